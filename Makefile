@@ -1,0 +1,45 @@
+# qt: the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench completions docs valkey venv clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## virtualenv with qt and its dev tools
+
+valkey:  ## valkey-server from the OS packages when missing (Debian 12: bookworm-backports)
+	@bash scripts/install-valkey.sh || echo "note: valkey-server could not be installed here; qt will say how when it needs one"
+
+lint: venv  ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: venv valkey lint  ## everything CI runs
+	$(BIN)/python -m pytest -q
+
+demo: venv valkey  ## the main job on the embedded default: a simulated market through the whole pipeline
+	@PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+bench: venv valkey  ## benchmarks, written to BENCHMARKS.md
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python -m benchmarks.$$(basename $$b .py) || exit 1; done
+
+completions: venv  ## regenerate completions/ (a test fails when they are stale)
+	$(BIN)/python -m qt_cli.completions completions
+
+docs: venv completions  ## regenerate docs/cli.md and completions/ (tests fail when they are stale)
+	$(BIN)/python -m qt_cli.clidoc docs/cli.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

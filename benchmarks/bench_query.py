@@ -1,0 +1,270 @@
+"""`qt query` speed and storage: one hour (50,000 ticks) and one trading day (500,000) stored.
+
+For each size, in the same run on the same server:
+- bare `XRANGE` of the per-event stream returning raw replies (the ceiling of the per-event layout),
+- the naive read: per-event XRANGE turned into a DataFrame (what the seed design would do),
+- bare `XRANGE` of the history chunks (raw replies),
+- `query("ticks") -> DataFrame` (chunks + tail, decoded to columns): median time and peak memory,
+- bytes per tick in Valkey (MEMORY USAGE … SAMPLES 0) of the chunks and of the per-event stream,
+- streaming CSV export (`run(fmt="csv")`) rows/s.
+
+Ticks come from the simulator (`qt feed --sim`, seeded) when it is available, else from a
+generator of realistic WDO trades. Run: `python -m benchmarks.bench_query` (about a minute).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import valkey
+
+from benchmarks.report import write_section
+from qt_cli.core import keys, query
+from qt_cli.core.chunks import ChunkBuilder
+from qt_cli.core.events import NS_PER_MS, NS_PER_S, Trade
+from qt_cli.core.store.managed import ManagedValkey, free_port
+
+SYMBOL = "WDOQ25"
+SIZES = (("1 hour", 50_000), ("1 day", 500_000))
+REPEAT = 5
+
+
+def sim_trades(n: int) -> list[Trade] | None:
+    """The first n trades of a seeded simulated session, or None without the simulator."""
+    try:
+        from qt_cli.core.sources.sim import SimConfig, SimulatedMarket
+    except ImportError:
+        return None
+    start = int(pd.Timestamp("2025-08-04T09:00", tz="America/Sao_Paulo").value)
+    market = SimulatedMarket(SimConfig(symbols=(SYMBOL,), seed=42, rate=0, start_ns=start))
+    market.open()
+    out: list[Trade] = []
+    seq = 0
+    try:
+        while len(out) < n and not market.finished:
+            for event in market.read(0.0):
+                seq += 1  # the publisher numbers every message of the ticks channel
+                if isinstance(event, Trade):
+                    out.append(dataclasses.replace(event, session="9f2c61d4.ticks", seq=seq))
+    finally:
+        market.close()
+    return out[:n] if len(out) >= n else None
+
+
+def generated_trades(n: int) -> list[Trade]:
+    """Realistic WDO trades: ms event times, ns receive times, 0.5-point steps, skewed brokers."""
+    rng = np.random.default_rng(7)
+    start_ms = 1_754_654_400_000
+    mean_gap_ms = 3_600_000 / 50_000
+    ts = (start_ms + np.cumsum(rng.exponential(mean_gap_ms, n).astype(np.int64))) * NS_PER_MS
+    latency = rng.integers(500_000, 20_000_000, n)
+    price = 5432.5 + np.cumsum(rng.choice([-1, 0, 0, 0, 1], n)) * 0.5
+    quantity = np.minimum(rng.geometric(0.35, n), 500)
+    brokers = np.array((3, 8, 15, 27, 39, 45, 72, 85, 92, 107, 114, 120, 122, 127, 147, 172))
+    weights = 1.0 / np.arange(1, len(brokers) + 1)
+    buyer = rng.choice(brokers, n, p=weights / weights.sum())
+    seller = rng.choice(brokers, n, p=weights / weights.sum())
+    kinds = rng.choice([2, 3, 1], n, p=[0.49, 0.49, 0.02])
+    return [
+        Trade(
+            symbol=SYMBOL,
+            ts_event=int(ts[i]),
+            price=float(price[i]),
+            quantity=int(quantity[i]),
+            volume=float(price[i]) * int(quantity[i]) * 10.0,
+            trade_id=100_000 + i,
+            buyer=int(buyer[i]),
+            seller=int(seller[i]),
+            trade_type=int(kinds[i]),
+            aggressor="buy" if kinds[i] == 2 else "sell" if kinds[i] == 3 else "none",
+            ts_init=int(ts[i] + latency[i]),
+            session="9f2c61d4.ticks",
+            seq=i + 1,
+        )
+        for i in range(n)
+    ]
+
+
+def store(client: valkey.Valkey, trades: list[Trade]) -> None:
+    """Per-event entries and history chunks, laid out as docs/contracts.md says."""
+    key = keys.stream_key("ticks", SYMBOL)
+    hist = keys.history_key("ticks", SYMBOL)
+    builder = ChunkBuilder()
+    top = -1
+    for start in range(0, len(trades), 5000):
+        batch = trades[start : start + 5000]
+        pipe = client.pipeline(transaction=False)
+        for t in batch:
+            fields = t.to_fields()
+            ms = t.ts_event // NS_PER_MS
+            if ms < top:
+                ms, fields["late"] = top, "1"
+            top = max(top, ms)
+            pipe.xadd(key, fields, id=f"{ms}-*")
+        ids = pipe.execute()
+        for t, entry_id in zip(batch, ids, strict=True):
+            if chunk := builder.add(t, entry_id):
+                client.xadd(hist, chunk.fields, id=f"{chunk.t_min_ms}-*")
+    # what is not sealed yet stays in the per-event tail, as on a live system
+
+
+def timed(fn: Callable[[], Any], repeat: int = REPEAT) -> tuple[float, Any]:
+    """Median seconds of `repeat` runs, and the last result."""
+    times = []
+    result = None
+    for _ in range(repeat):
+        result = None
+        gc.collect()
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def peak_mib(fn: Callable[[], Any]) -> float:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def naive_frame(client: valkey.Valkey, key: str, start: str, end: str) -> pd.DataFrame:
+    entries = client.xrange(key, start, end)
+    rows = [f for _, f in entries]
+    return pd.DataFrame(
+        {
+            "ts_event": [int(f[b"ts_event"]) for f in rows],
+            "price": [float(f[b"price"]) for f in rows],
+            "quantity": [int(f[b"quantity"]) for f in rows],
+            "volume": [float(f[b"volume"]) for f in rows],
+            "trade_id": [int(f[b"trade_id"]) for f in rows],
+            "buyer": [int(f[b"buyer"]) for f in rows],
+            "seller": [int(f[b"seller"]) for f in rows],
+            "aggressor": [f[b"aggressor"].decode() for f in rows],
+        }
+    )
+
+
+def measure(client: valkey.Valkey, trades: list[Trade]) -> dict[str, float]:
+    from_ns, to_ns = trades[0].ts_event, trades[-1].ts_event
+    start_ms, end_ms = str(from_ns // NS_PER_MS), str(to_ns // NS_PER_MS)
+    key = keys.stream_key("ticks", SYMBOL)
+    hist = keys.history_key("ticks", SYMBOL)
+    results: dict[str, float] = {}
+
+    results["bare_events"], _ = timed(
+        lambda: client.execute_command("XRANGE", key, start_ms, end_ms)
+    )
+    results["naive"], _ = timed(lambda: naive_frame(client, key, start_ms, end_ms), repeat=3)
+    chunk_start = str(from_ns // NS_PER_MS - 60_000)
+    results["bare_chunks"], _ = timed(
+        lambda: client.execute_command("XRANGE", hist, chunk_start, end_ms)
+    )
+
+    def run_query() -> pd.DataFrame:
+        return query.query("ticks", symbols=SYMBOL, start=from_ns, end=to_ns, client=client)
+
+    results["query"], frame = timed(run_query)
+    assert len(frame) == len(trades), (len(frame), len(trades))
+    assert frame["trade_id"].tolist()[:5] == [t.trade_id for t in trades[:5]]
+    results["query_peak_mib"] = peak_mib(run_query)
+    results["bare_peak_mib"] = peak_mib(
+        lambda: client.execute_command("XRANGE", key, start_ms, end_ms)
+    )
+    results["frame_mib"] = frame.memory_usage(deep=False).sum() / 2**20
+
+    results["chunk_bytes_per_tick"] = client.memory_usage(hist, samples=0) / len(trades)
+    results["event_bytes_per_tick"] = client.memory_usage(key, samples=0) / len(trades)
+
+    request = query.make_request("ticks", symbols=[SYMBOL], start=from_ns, end=to_ns)
+    with open(os.devnull, "wb") as sink:
+        started = time.perf_counter()
+        result = query.run(client, request, fmt="csv", out=sink)
+        csv_s = time.perf_counter() - started
+    results["csv_rows_per_s"] = result.rows / csv_s
+    with open(os.devnull, "wb") as sink:
+        started = time.perf_counter()
+        result = query.run(client, request, fmt="jsonl", out=sink)
+        results["jsonl_rows_per_s"] = result.rows / (time.perf_counter() - started)
+    return results
+
+
+def main() -> None:
+    largest = max(n for _, n in SIZES)
+    started = time.perf_counter()
+    trades_all = sim_trades(largest)
+    source = "the simulator (`--sim`, seed 42)"
+    if trades_all is None:
+        trades_all = generated_trades(largest)
+        source = "a generator of realistic WDO trades"
+    print(f"{len(trades_all)} trades from {source} in {time.perf_counter() - started:.1f} s")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ManagedValkey(Path(tmp), port=free_port())
+        status = server.start()
+        try:
+            client = valkey.Valkey(host="127.0.0.1", port=status.port)
+            for label, n in SIZES:
+                client.flushall()
+                trades = trades_all[:n]
+                span_h = (trades[-1].ts_event - trades[0].ts_event) / NS_PER_S / 3600
+                store(client, trades)
+                r = measure(client, trades)
+                r["span_h"] = span_h
+                rows.append((label, n, r))
+                print(label, {k: round(v, 4) for k, v in r.items()}, file=sys.stderr)
+            client.close()
+        finally:
+            server.stop()
+
+    targets = {"1 hour": 0.050, "1 day": 0.300}
+    lines = [
+        "## query",
+        "",
+        f"Ticks from {source}, stored per event and as history chunks (`docs/query.md`); "
+        f"times are medians of {REPEAT} runs, peak memory from tracemalloc.",
+        "",
+        "| stored | bare XRANGE per-event (raw) | per-event → DataFrame (naive) | bare XRANGE chunks (raw) "
+        "| **query → DataFrame** | target | peak memory query / bare XRANGE | DataFrame |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, n, r in rows:
+        lines.append(
+            f"| {label}: {n:,} ticks ({r['span_h']:.1f} h) | {r['bare_events'] * 1000:.0f} ms "
+            f"| {r['naive'] * 1000:.0f} ms | {r['bare_chunks'] * 1000:.1f} ms "
+            f"| **{r['query'] * 1000:.0f} ms** | ≤ {targets[label] * 1000:.0f} ms "
+            f"| {r['query_peak_mib']:.0f} MiB / {r['bare_peak_mib']:.0f} MiB | {r['frame_mib']:.0f} MiB |"
+        )
+    lines += [
+        "",
+        "| stored | history chunks (MEMORY USAGE) | per-event stream | CSV export | JSON lines export |",
+        "|---|---|---|---|---|",
+    ]
+    for label, _, r in rows:
+        lines.append(
+            f"| {label} | **{r['chunk_bytes_per_tick']:.1f} B/tick** (target ≤ 60) "
+            f"| {r['event_bytes_per_tick']:.0f} B/tick | **{r['csv_rows_per_s']:,.0f} rows/s** "
+            f"(target ≥ 200,000) | {r['jsonl_rows_per_s']:,.0f} rows/s |"
+        )
+    write_section("query", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

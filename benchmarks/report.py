@@ -1,0 +1,58 @@
+"""Benchmarks write their section of BENCHMARKS.md through here, one marked section each.
+
+Usage inside a benchmark: `write_section("bridge", markdown_text)`. A re-run replaces only its
+own section, so benchmarks can run alone or all together (`make bench`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "BENCHMARKS.md"
+HEADER = """# Benchmarks
+
+Measured by `make bench` (or one `python -m benchmarks.bench_<name>`); each section compares qt
+with a raw baseline measured in the same run on the same machine. Figures from a 2-core machine;
+absolute numbers move with the machine, the ratios much less.
+"""
+
+
+def machine() -> str:
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown cpu"
+    try:
+        valkey = subprocess.run(
+            ["valkey-server", "--version"], capture_output=True, text=True, check=False
+        ).stdout.split()[2]
+    except (OSError, IndexError):
+        valkey = "n/a"
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, valkey {valkey}"
+
+
+def write_section(name: str, body: str) -> None:
+    text = REPORT.read_text() if REPORT.exists() else HEADER
+    stamp = datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+    block = (
+        f"<!-- bench:{name} -->\n{body.rstrip()}\n\n_{stamp}; {machine()}_\n<!-- /bench:{name} -->"
+    )
+    pattern = re.compile(
+        rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S
+    )
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else f"{text.rstrip()}\n\n{block}\n"
+    )
+    REPORT.write_text(text)

@@ -1,0 +1,3 @@
+from qt_cli.app import main
+
+main()

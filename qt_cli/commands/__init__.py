@@ -1,0 +1,20 @@
+"""One module per subcommand: parse options, call core, render.
+
+COMMANDS lists (name, module, one-line summary) in the order `qt --help` shows them. Each module
+exposes `register(app, name=, summary=)` and imports its heavy dependencies inside the command,
+so `qt --help` stays instant.
+"""
+
+COMMANDS: list[tuple[str, str, str]] = [
+    ("valkey", "valkey", "Start, stop and inspect the managed local Valkey server."),
+    ("config", "config_cmd", "Show the resolved settings (flags > QT_* env > .env > defaults)."),
+    ("feed", "feed", "Capture DLL, replay or simulated market data; journal and publish it."),
+    ("bridge", "bridge", "Store ZeroMQ events in Valkey streams exactly once, with candles."),
+    ("query", "query", "Time travel: stored ticks, book, candles, features… by range or instant."),
+    ("cleanup", "cleanup", "Trim old stream entries by age or count, per kind, safely."),
+    (
+        "monitor",
+        "monitor",
+        "Live dashboard of the pipeline: prices, volume, lags, stages, Valkey health.",
+    ),
+]

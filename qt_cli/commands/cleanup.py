@@ -1,0 +1,136 @@
+"""`qt cleanup`: trim old stream entries by age or count, per kind, without blocking writers."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from qt_cli.options import AsJson
+from qt_cli.output import emit_json, err_console, is_terminal, out_console, say
+
+HELP = """\
+Trim old entries from the Valkey streams that match --pattern (found with SCAN, never KEYS).
+
+--retention DURATION keeps that much history (XTRIM MINID: entries whose id, the event time, is older than now - DURATION go). Repeat it with KIND=DURATION for a kind of its own: ticks, book, candles (or candles:1m), features, predictions, signals, daily, state, gaps, deadletter, hist (the columnar tick history). A stream of a kind without a retention and no default is left alone. --max-entries N keeps at most the newest N entries of every matching stream (alone or with --retention).
+
+Trimming goes in short steps (XTRIM ~ LIMIT), so a live system keeps writing. --dry-run changes nothing and shows what would go. Per stream: entries before and after, memory freed (MEMORY USAGE); --json for scripts.
+
+Example: qt cleanup --retention 30d --retention book=5d --retention hist=365d --dry-run
+"""
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _render(report: Any) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    title = "would trim (dry run)" if report.dry_run else "trimmed"
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("stream", no_wrap=True, min_width=max(len(s.key) for s in report.streams))
+    for name, justify in (
+        ("policy", "left"),
+        ("before", "right"),
+        ("after", "right"),
+        ("removed", "right"),
+        ("memory freed", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for s in report.streams:
+        approx = "~" if s.estimated else ""
+        table.add_row(
+            Text(s.key),
+            Text(s.policy),
+            f"{s.entries_before:,}",
+            f"{approx}{s.entries_after:,}",
+            f"{approx}{s.removed:,}",
+            f"{'~' if report.dry_run else ''}{_human_bytes(s.freed_bytes)}",
+        )
+    out_console().print(table)
+
+
+def register(app: typer.Typer, *, name: str, summary: str) -> None:
+    @app.command(name, help=HELP, short_help=summary)
+    def cleanup_command(
+        retention: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--retention",
+                "-r",
+                help="Keep this much: 30d, 12h; or per kind, KIND=DURATION (book=5d). Repeatable.",
+                show_default=False,
+            ),
+        ] = None,
+        max_entries: Annotated[
+            int | None,
+            typer.Option(
+                "--max-entries",
+                min=0,
+                help="Keep at most the newest N entries per stream.",
+                show_default=False,
+            ),
+        ] = None,
+        pattern: Annotated[
+            str, typer.Option("--pattern", "-p", help="Which streams (SCAN MATCH pattern).")
+        ] = "stream:*",
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Show what would go; change nothing.")
+        ] = False,
+        as_json: AsJson = False,
+    ) -> None:
+        from qt_cli.core import cleanup, config, store
+
+        policy = cleanup.parse_policy(retention or (), max_entries=max_entries)
+        client = store.connect_settings(config.current(), say=say)
+        progress: Any = None
+        bar: Any = None
+        if is_terminal(sys.stderr):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            bar = Progress(
+                TextColumn("cleanup"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[key]}"),
+                console=err_console(),
+                transient=True,
+            )
+            task = bar.add_task("cleanup", total=None, key="")
+            bar.start()
+
+            def progress(done: int, total: int, key: str) -> None:
+                bar.update(task, completed=done, total=total, key=key)
+
+        try:
+            report = cleanup.cleanup(
+                client, policy, pattern=pattern, dry_run=dry_run, progress=progress
+            )
+        finally:
+            if bar is not None:
+                bar.stop()
+            client.close()
+        if as_json:
+            emit_json(report.as_dict())
+            return
+        if report.streams:
+            _render(report)
+        verb = "would remove" if dry_run else "removed"
+        freed = _human_bytes(report.freed_bytes)
+        say(
+            f"{len(report.streams)} streams matching {pattern!r}: {verb} {report.removed:,} "
+            f"entries, {'about ' if dry_run else ''}{freed} {'to free' if dry_run else 'freed'} "
+            f"in {report.seconds:.2f} s"
+            + (f"; {len(report.skipped)} without a policy left alone" if report.skipped else "")
+        )
+
+    _ = cleanup_command

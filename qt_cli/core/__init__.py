@@ -1,0 +1,1 @@
+"""Everything that does the work; importable without Typer."""

@@ -1,0 +1,1740 @@
+"""`qt bridge`: events from ZeroMQ (or stdin, or files) into Valkey streams, exactly once.
+
+Threads: one receiver per input (`SubSource` for ZeroMQ: seq tracking, gap recovery from the
+feed's replay endpoint, rejects), one writer, one for derived data, and the caller's thread that
+supervises (`run`). Receivers put what they get on a `SpillQueue` (bounded memory, spills to a
+file under the data dir); the writer takes batches (N entries or T ms, whichever first) and
+writes each stream's part of a batch in ONE `qt_append` function call, all streams in one round
+trip; the deriver turns the stored ticks into candles (closed, and the forming one now and then)
+and columnar history chunks.
+
+Exactly once: each per-event stream keeps `hwm:<stream>` (session -> highest seq) and the
+function skips what is at or below it. The bridge also keeps a watermark per input session
+(`hwm:bridge:<name>`, written after each batch) so a restarted bridge asks the replay endpoint
+for exactly what it missed.
+
+Derived data is a pure function of the stored ticks in stream order: on start, and after any
+Valkey failure, the bridge rebuilds candle and chunk state from what is stored (the last chunk's
+`src`, the stored forming candle, the ticks after them), so a kill or an outage never makes
+candles or chunks disagree with the ticks.
+
+See docs/bridge.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+import valkey
+
+from qt_cli.core import keys
+from qt_cli.core.candles import (
+    DEFAULT_TIMEFRAMES,
+    CandleBuilder,
+    id_key,
+    timeframe_ns,
+)
+from qt_cli.core.chunks import (
+    CHUNK_MAX_EVENTS,
+    CHUNK_MAX_SPAN_NS,
+    SealedChunk,
+    TickColumns,
+    encode_columns,
+    tick_columns_of,
+)
+from qt_cli.core.endpoints import Endpoint, parse_endpoint
+from qt_cli.core.errors import DecodeError, StoreUnavailable, UsageError
+from qt_cli.core.events import NS_PER_MS, Candle, Event, Trade, decode_dict, decode_fields, now_ns
+from qt_cli.core.store.writer import (
+    DEADLETTER_MAXLEN,
+    DEFAULT_MAXLEN,
+    FCALL,
+    GAPS_MAXLEN,
+    RAW_MAX_BYTES,
+    AppendResult,
+    StreamBatch,
+    StreamWriter,
+    append_result,
+    event_values,
+    is_missing_function,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "bridge"
+STATS_TTL_S = 300
+PARTIAL_MAXLEN = 10
+DEFAULT_BATCH_SIZE = 2_000
+DEFAULT_BATCH_MS = 1.0
+DEFAULT_BUFFER_EVENTS = 200_000
+RESUME_PAGE = 5_000
+BACKOFF_START_S = 0.1
+BACKOFF_MAX_S = 5.0
+OUTAGE_REPORT_EVERY_S = 5.0
+DERIVE_QUEUE_MAX = 1_000_000  # ticks waiting for candles/chunks before the backlog is re-read
+TAIL_IDLE_S = 1.0
+TAIL_CHECK_EVERY_S = 2.0
+LATENCY_WINDOW = 4_096  # samples kept for p50/p99 (sorted once a second)
+LATENCY_STRIDE = 8  # latency of every 8th written event
+WRITE_TIMEOUT_S = 10.0
+
+Say = Callable[[str], None]
+
+
+def _log_say(message: str) -> None:
+    log.warning("%s", message)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def watermark_key(name: str) -> str:
+    """Hash of input session -> highest seq the bridge `name` has fully written."""
+    return keys.hwm_key(f"bridge:{name}")
+
+
+def partial_key(timeframe: str, symbol: str) -> str:
+    """The stream holding snapshots of the candle still forming (closed=0), newest last."""
+    return keys.stream_key(f"{keys.candle_kind(timeframe)}:partial", symbol)
+
+
+# --- the queue between receivers and the writer ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Input that cannot be stored as an event: the fields of one `stream:deadletter` entry."""
+
+    reason: str
+    raw: bytes
+    source: str
+    topic: str = ""
+    field: str = ""
+    ts_init: int = 0
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        return {
+            "reason": self.reason,
+            "field": self.field,
+            "raw": self.raw[:RAW_MAX_BYTES],
+            "source": self.source,
+            "topic": self.topic,
+            "ts_init": str(self.ts_init),
+        }
+
+
+@dataclass(frozen=True)
+class GapRecord:
+    """One `stream:gaps` entry (see zmq_io.Gap)."""
+
+    session: str
+    from_seq: int
+    to_seq: int
+    recovered: bool
+    reason: str
+    endpoint: str
+    ts_init: int
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "session": self.session,
+            "from_seq": str(self.from_seq),
+            "to_seq": str(self.to_seq),
+            "recovered": "1" if self.recovered else "0",
+            "reason": self.reason,
+            "endpoint": self.endpoint,
+            "ts_init": str(self.ts_init),
+        }
+
+
+Item = Event | DeadLetter | GapRecord
+
+
+def _item_to_line(item: Item) -> bytes:
+    if isinstance(item, Event):
+        return orjson.dumps({"e": item.to_dict()}, option=orjson.OPT_SERIALIZE_NUMPY)
+    if isinstance(item, DeadLetter):
+        data = {**item.__dict__, "raw": item.raw.decode("latin-1")}
+        return orjson.dumps({"d": data})
+    return orjson.dumps({"g": item.__dict__})
+
+
+def _item_from_line(line: bytes) -> Item:
+    data = orjson.loads(line)
+    if "e" in data:
+        return decode_dict(data["e"])
+    if "d" in data:
+        d = data["d"]
+        return DeadLetter(**{**d, "raw": d["raw"].encode("latin-1")})
+    return GapRecord(**data["g"])
+
+
+class SpillQueue:
+    """FIFO between receivers and the writer: up to `max_memory` items in memory, then a file.
+
+    Once spilling starts, every new item goes to the file until the file is drained, so order is
+    kept: memory holds the oldest items, the file the newer ones. A spill file left by an earlier
+    run is drained first (its events are written once: the high-water marks skip any repeat).
+    """
+
+    def __init__(self, path: Path, *, max_memory: int = DEFAULT_BUFFER_EVENTS) -> None:
+        self.path = path
+        self.max_memory = max(1, max_memory)
+        self._mem: deque[Item] = deque()
+        self._cond = threading.Condition()
+        self._file: Any = None
+        self._read_offset = 0
+        self.spilled_unread = 0
+        self.spilled_total = 0
+        self.recovered_from_disk = 0
+        if path.exists() and path.stat().st_size > 0:
+            with path.open("rb") as handle:
+                self.spilled_unread = sum(1 for line in handle if line.strip())
+            self.recovered_from_disk = self.spilled_unread
+            if self.spilled_unread == 0:
+                path.unlink()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._mem) + self.spilled_unread
+
+    @property
+    def spilling(self) -> bool:
+        return self.spilled_unread > 0
+
+    def put(self, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        with self._cond:
+            if self.spilled_unread == 0 and len(self._mem) + len(items) <= self.max_memory:
+                self._mem.extend(items)
+            else:
+                room = 0 if self.spilled_unread else max(0, self.max_memory - len(self._mem))
+                self._mem.extend(items[:room])
+                self._spill(items[room:])
+            self._cond.notify_all()
+
+    def _spill(self, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("ab")
+        self._file.write(b"\n".join(_item_to_line(i) for i in items) + b"\n")
+        self._file.flush()
+        self.spilled_unread += len(items)
+        self.spilled_total += len(items)
+
+    def take(self, max_items: int, *, wait_s: float, linger_s: float = 0.0) -> list[Item]:
+        """Up to `max_items`, waiting up to `wait_s` for the first and `linger_s` for more."""
+        with self._cond:
+            if not self._mem and not self.spilled_unread:
+                self._cond.wait(wait_s)
+            if linger_s > 0 and 0 < len(self._mem) < max_items and not self.spilled_unread:
+                deadline = time.monotonic() + linger_s
+                while len(self._mem) < max_items:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            if self._mem:
+                n = min(max_items, len(self._mem))
+                return [self._mem.popleft() for _ in range(n)]
+            if self.spilled_unread:
+                return self._read_spill(max_items)
+            return []
+
+    def _read_spill(self, max_items: int) -> list[Item]:
+        if self._file is not None:
+            self._file.flush()
+        out: list[Item] = []
+        with self.path.open("rb") as handle:
+            handle.seek(self._read_offset)
+            while len(out) < max_items and self.spilled_unread:
+                line = handle.readline()
+                if not line:
+                    self.spilled_unread = 0  # the file ended early (a torn last line)
+                    break
+                self._read_offset += len(line)
+                if not line.strip():
+                    continue
+                self.spilled_unread -= 1
+                try:
+                    out.append(_item_from_line(line))
+                except (orjson.JSONDecodeError, DecodeError, KeyError, TypeError) as exc:
+                    out.append(DeadLetter(f"unreadable spill line: {exc}", line, str(self.path)))
+        if self.spilled_unread == 0:
+            self._truncate()
+        return out
+
+    def _truncate(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.path.unlink(missing_ok=True)
+        self._read_offset = 0
+
+    def push_front(self, items: Sequence[Item]) -> None:
+        """Put items back at the head (a batch the writer could not store)."""
+        with self._cond:
+            self._mem.extendleft(reversed(items))
+            self._cond.notify_all()
+
+    def persist(self) -> int:
+        """Move everything to the spill file, oldest first (on shutdown while Valkey is down)."""
+        with self._cond:
+            unread: list[Item] = []
+            if self.spilled_unread:
+                unread = self._read_spill(self.spilled_unread)
+            everything = [*self._mem, *unread]
+            self._mem.clear()
+            self._truncate()
+            self._spill(everything)
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            return len(everything)
+
+    def close(self) -> None:
+        with self._cond:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+# --- configuration and counters ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Everything `qt bridge` needs; units in the names."""
+
+    inputs: tuple[str, ...]
+    output: str
+    symbols: tuple[str, ...] = ()
+    replay: str | None = None  # the feed's replay endpoint; None: gaps are recorded as lost
+    timeframes: tuple[str, ...] = DEFAULT_TIMEFRAMES
+    maxlen: int = DEFAULT_MAXLEN
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_ms: float = DEFAULT_BATCH_MS
+    buffer_events: int = DEFAULT_BUFFER_EVENTS
+    spill_dir: Path = Path()
+    name: str = "default"
+    candles: bool = True
+    chunks: bool = True
+    catch_up: bool = True
+    replay_timeout_s: float = 2.0
+    rcvhwm: int = 200_000  # ZeroMQ receive high-water mark per input, in messages
+    duration_s: float | None = None
+    stop_after: int | None = None
+    stats_interval_s: float = 1.0
+    password: str | None = None
+
+    @property
+    def spill_path(self) -> Path:
+        return self.spill_dir / f"{self.name}.spill"
+
+
+@dataclass
+class BridgeStats:
+    """Counters of a bridge run (also published to `qt:stats:bridge:<name>`)."""
+
+    received: int = 0
+    written: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    late: int = 0
+    filtered: int = 0
+    deadletters: int = 0
+    gaps_detected: int = 0
+    gaps_recovered: int = 0
+    gaps_lost: int = 0
+    messages_recovered: int = 0
+    messages_lost: int = 0
+    candles: int = 0
+    candle_skipped: int = 0
+    chunks: int = 0
+    spilled: int = 0
+    outages: int = 0
+    outage_s: float = 0.0
+    lag_ms: float = float("nan")
+    latency_p50_ms: float = float("nan")
+    latency_p99_ms: float = float("nan")
+    rate: float = 0.0
+    elapsed_s: float = 0.0
+    stopped_by: str = ""
+
+
+@dataclass
+class _FeedRun:
+    received: int = 0
+    last_seq: dict[str, int] = field(default_factory=dict)
+    rate_base: int = 0
+    rate: float = 0.0
+    gaps_recovered: int = 0
+    gaps_lost: int = 0
+
+
+class ColumnChunker:
+    """`chunks.ChunkBuilder`'s rules (docs/contracts.md), with the packing spread out.
+
+    A chunk is sealed at CHUNK_MAX_EVENTS trades or when a trade would stretch its event-time
+    span beyond CHUNK_MAX_SPAN_NS (that trade starts the next chunk), exactly as ChunkBuilder
+    does; but the trades are turned into columns PIECE at a time as they arrive, so sealing
+    only joins the pieces and compresses. That keeps each pause of the bridge's other threads
+    short (sealing 4,096 trades at once holds the interpreter for several ms). Produces the same
+    chunks as ChunkBuilder (tests/core/test_bridge.py).
+    """
+
+    PIECE = 256
+
+    def __init__(
+        self, *, max_events: int = CHUNK_MAX_EVENTS, max_span_ns: int = CHUNK_MAX_SPAN_NS
+    ) -> None:
+        self.max_events = max_events
+        self.max_span_ns = max_span_ns
+        self._pieces: list[TickColumns] = []
+        self._events: list[Trade] = []
+        self._late: list[bool] = []
+        self._n = 0
+        self._src = ""
+        self._t_min = 0
+        self._t_max = 0
+
+    @property
+    def pending(self) -> int:
+        return self._n
+
+    def add(self, trade: Trade, entry_id: str, *, late: bool) -> SealedChunk | None:
+        sealed = None
+        t = trade.ts_event
+        if self._n and max(self._t_max, t) - min(self._t_min, t) > self.max_span_ns:
+            sealed = self.seal()
+        if not self._n:
+            self._t_min = self._t_max = t
+        else:
+            if t < self._t_min:
+                self._t_min = t
+            if t > self._t_max:
+                self._t_max = t
+        self._events.append(trade)
+        self._late.append(late)
+        self._n += 1
+        self._src = entry_id
+        if len(self._events) >= self.PIECE:
+            self._pieces.append(tick_columns_of(self._events, late=self._late))
+            self._events = []
+            self._late = []
+        if self._n >= self.max_events:
+            return self.seal()
+        return sealed
+
+    def seal(self) -> SealedChunk | None:
+        if not self._n:
+            return None
+        pieces = self._pieces
+        if self._events:
+            pieces.append(tick_columns_of(self._events, late=self._late))
+        fields = encode_columns(TickColumns.concat(pieces))
+        fields["src"] = self._src.encode()
+        chunk = SealedChunk(fields, self._n, self._t_min, self._t_max, self._src)
+        self._pieces = []
+        self._events = []
+        self._late = []
+        self._n = 0
+        self._src = ""
+        return chunk
+
+
+@dataclass
+class _SymbolState:
+    """Derived-data builders of one symbol."""
+
+    builders: list[CandleBuilder]
+    chunker: ColumnChunker | None
+    chunk_after: tuple[int, int] | None  # after a resume: ids up to here are already chunked
+    skip_until: tuple[int, int] | None = None  # ticks up to here were applied by the rebuild
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+class _Input:
+    """One input endpoint and its receiver thread."""
+
+    def __init__(self, endpoint: Endpoint, source: Any) -> None:
+        self.endpoint = endpoint
+        self.source = source
+        self.thread: threading.Thread | None = None
+        self.finished = False
+        self.error: BaseException | None = None
+
+
+def fast_trade(data: dict[str, Any]) -> Trade | None:
+    """A Trade from a wire dict in the canonical form `Trade.to_dict()` writes, or None.
+
+    `decode_dict` converts and checks every field generically (~6 µs); this takes the fields
+    as orjson produced them when each has exactly the type the publisher writes (~2 µs) and
+    returns None for anything else, which then goes the generic way. Equal results for equal
+    input (tests/core/test_bridge.py checks it). Invalid values raise DecodeError as usual.
+    """
+    g = data.get
+    ts_event = g("ts_event")
+    ts_init = g("ts_init")
+    aggressor = g("aggressor")
+    symbol = g("symbol")
+    if (
+        type(ts_event) is not int
+        or type(ts_init) is not int
+        or type(aggressor) is not str
+        or type(symbol) is not str
+    ):
+        return None
+    price = g("price")
+    if type(price) is not float:
+        if type(price) is not int:
+            return None
+        price = float(price)
+    volume = g("volume", 0.0)
+    if type(volume) is not float:
+        if type(volume) is not int:
+            return None
+        volume = float(volume)
+    quantity = g("quantity", 0)
+    trade_id = g("trade_id", 0)
+    buyer = g("buyer", 0)
+    seller = g("seller", 0)
+    trade_type = g("trade_type", 0)
+    seq = g("seq", 0)
+    session = g("session", "")
+    buyer_name = g("buyer_name", "")
+    seller_name = g("seller_name", "")
+    is_edit = g("is_edit", False)
+    history = g("history", False)
+    if not (
+        type(quantity) is int
+        and type(trade_id) is int
+        and type(buyer) is int
+        and type(seller) is int
+        and type(trade_type) is int
+        and type(seq) is int
+        and type(session) is str
+        and type(buyer_name) is str
+        and type(seller_name) is str
+        and type(is_edit) is bool
+        and type(history) is bool
+    ):
+        return None
+    trade = Trade(
+        symbol,
+        ts_event,
+        price,
+        quantity,
+        volume,
+        trade_id,
+        buyer,
+        seller,
+        trade_type,
+        aggressor,
+        is_edit,
+        buyer_name,
+        seller_name,
+        history,
+        ts_init,
+        session,
+        seq,
+    )
+    trade._validate()
+    return trade
+
+
+# fast_trade passes Trade's fields by position: fail at import, not with swapped values.
+assert [f.name for f in dataclass_fields(Trade)] == [
+    "symbol",
+    "ts_event",
+    "price",
+    "quantity",
+    "volume",
+    "trade_id",
+    "buyer",
+    "seller",
+    "trade_type",
+    "aggressor",
+    "is_edit",
+    "buyer_name",
+    "seller_name",
+    "history",
+    "ts_init",
+    "session",
+    "seq",
+], "events.Trade changed its fields: update bridge.fast_trade"
+
+
+def _sub_source_class() -> Any:
+    """zmq_io.SubSource with the fast decoding of trades (the bulk of the traffic)."""
+    from qt_cli.core import zmq_io
+
+    base = zmq_io.SubSource
+    if not hasattr(base, "_emit"):  # a SubSource without the hook: decode the generic way
+        return base
+
+    class FastSubSource(base):  # type: ignore[misc, valid-type]
+        def _emit(self, data: dict[str, Any], payload: bytes, topic: str, out: list[Event]) -> None:
+            if data.get("type") == "tick" and (
+                not self.symbols or data.get("symbol") in self.symbols
+            ):
+                try:
+                    trade = fast_trade(data)
+                except DecodeError as exc:
+                    self._reject(payload, topic, str(exc), exc.field)
+                    return
+                if trade is not None:
+                    self.stats.decoded += 1
+                    out.append(trade)
+                    return
+            super()._emit(data, payload, topic, out)
+
+    return FastSubSource
+
+
+def _open_input(config: BridgeConfig, endpoint: Endpoint, known: dict[str, int]) -> Any:
+    if endpoint.kind == "zmq":
+        return _sub_source_class()(
+            endpoint,
+            symbols=config.symbols,
+            replay=config.replay if config.replay else None,
+            catch_up=config.catch_up,
+            known=known,
+            replay_timeout_s=config.replay_timeout_s,
+            rcvhwm=config.rcvhwm,
+        )
+    if endpoint.kind == "valkey":
+        raise UsageError(
+            f"--in {endpoint.uri}: the bridge reads ZeroMQ endpoints, '-' or files; "
+            "Valkey is where it writes (--out)"
+        )
+    from qt_cli.core.endpoints import open_source
+
+    return open_source(endpoint)
+
+
+class _TailCheck:
+    """Finds messages lost at the end of a burst, which no later message reveals as a gap.
+
+    When an input has been quiet for TAIL_IDLE_S, ask the replay endpoint (every
+    TAIL_CHECK_EVERY_S at most) how far each session this input heard from has been journaled;
+    anything beyond what was received is fetched and queued like a recovered gap. Runs on the
+    input's own thread (it owns the SubSource).
+    """
+
+    def __init__(self, bridge: Bridge, inp: _Input) -> None:
+        self.bridge = bridge
+        self.inp = inp
+        self.client: Any = None
+        self.quiet_since = time.monotonic()
+        self.last_check = 0.0
+
+    def after_read(self, got_events: bool) -> None:
+        now = time.monotonic()
+        if got_events:
+            self.quiet_since = now
+            return
+        if now - self.quiet_since < TAIL_IDLE_S or now - self.last_check < TAIL_CHECK_EVERY_S:
+            return
+        self.last_check = now
+        source = self.inp.source
+        if getattr(source, "recovering", False):
+            return
+        # Only sessions this input received itself: a session of another input may still be
+        # arriving there, and writing its later seqs first would make the marks skip earlier ones.
+        last_seqs = source.last_seqs()
+        heard = {
+            session: max(counters.last_seq, last_seqs.get(session, 0))
+            for session, counters in source.stats.sessions.items()
+            if counters.received
+        }
+        if not heard:
+            return
+        from qt_cli.core import zmq_io
+        from qt_cli.core.errors import UnavailableError
+
+        config = self.bridge.config
+        if self.client is None:
+            self.client = zmq_io.ReplayClient(config.replay, timeout_s=config.replay_timeout_s)
+        try:
+            journaled = self.client.info()
+            for session, last_heard in heard.items():
+                last = int((journaled.get(session) or {}).get("last_seq") or 0)
+                if last <= last_heard:
+                    continue
+                self.bridge.fetch_into_queue(
+                    self.client,
+                    session,
+                    last_heard + 1,
+                    last,
+                    reason="end of a burst lost (no later message showed the gap)",
+                )
+                source.set_known(session, last)
+        except UnavailableError as exc:
+            log.debug("tail check of %s: %s", self.inp.endpoint.uri, exc)
+            self.close()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+class _Deriver:
+    """Candles and history chunks from the ticks the writer stored, on a thread of their own.
+
+    Sealing a chunk packs thousands of ticks; doing it here keeps that off the write path (and
+    its latency). The writer hands over (events, ids) of each stored batch; this thread applies
+    them in order. Its state is a pure function of the stored ticks: on any Valkey failure (its
+    own, or the writer's) it drops the state and rebuilds it per symbol from what is stored, and
+    skips queued ticks that the rebuild already covered.
+    """
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.config = bridge.config
+        self.writer = bridge.writer
+        self.client = bridge.client
+        self.stats = bridge.stats
+        self.enabled = self.config.candles or self.config.chunks
+        self.states: dict[str, _SymbolState] = {}
+        self._queue: deque[tuple[list[Event], list[str]]] = deque()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._reset = False
+        self._done = False
+        self._pending_candles: list[tuple[Candle, str]] = []
+        self._partial_dirty: set[str] = set()
+        self._last_partials = 0.0
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # -- called by the writer --
+
+    def start(self) -> None:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._loop, name="qt-bridge-derive", daemon=True)
+            self._thread.start()
+
+    def push(self, events: list[Event], ids: list[str]) -> None:
+        with self._cond:
+            if self._queued > DERIVE_QUEUE_MAX:
+                # Far behind: drop the backlog; the rebuild re-reads those ticks from Valkey.
+                self._queue.clear()
+                self._queued = 0
+                self._reset = True
+            self._queue.append((events, ids))
+            self._queued += len(events)
+            self._cond.notify()
+
+    def reset(self) -> None:
+        """Forget the state (and the queue): rebuild from what Valkey holds."""
+        with self._cond:
+            self._queue.clear()
+            self._queued = 0
+            self._reset = True
+            self._cond.notify()
+
+    def finish(self) -> None:
+        """Apply what is queued, write the forming candles and pending chunks, and stop."""
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    # -- the thread --
+
+    def _loop(self) -> None:
+        backoff = BACKOFF_START_S
+        try:
+            while True:
+                with self._cond:
+                    if not self._queue and not self._done and not self._reset:
+                        self._cond.wait(0.2)
+                    if self._reset:
+                        self._reset = False
+                        self._forget()
+                    work = list(self._queue)
+                    self._queue.clear()
+                    self._queued = 0
+                    done = self._done
+                try:
+                    self._apply_work(work)
+                    self._flush()
+                    backoff = BACKOFF_START_S
+                except (
+                    valkey.ConnectionError,
+                    valkey.TimeoutError,
+                    OSError,
+                    valkey.ResponseError,
+                ) as exc:
+                    if isinstance(exc, valkey.ResponseError) and not _is_transient(exc):
+                        raise
+                    log.info("derived data paused (%s); rebuilding from Valkey later", exc)
+                    self._forget()
+                    if done:
+                        return
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    continue
+                if done:
+                    with self._cond:
+                        if self._queue or self._reset:
+                            continue
+                    break
+            self._finish()
+        except BaseException as exc:
+            self.error = exc
+            self.bridge.stop("derived data error")
+
+    def _apply_work(self, work: list[tuple[list[Event], list[str]]]) -> None:
+        derive = self._derive
+        for events, ids in work:
+            for event, entry_id in zip(events, ids, strict=True):
+                if entry_id and type(event) is Trade:
+                    derive(event, entry_id)
+
+    def _forget(self) -> None:
+        self.states.clear()
+        self._pending_candles.clear()
+        self._partial_dirty.clear()
+
+    def _finish(self) -> None:
+        try:
+            self._flush()
+            if self._partial_dirty:
+                self._write_partials(sorted(self._partial_dirty))
+            for symbol, state in self.states.items():
+                sealed = state.chunker.seal() if state.chunker is not None else None
+                if sealed is not None:
+                    self._append_chunk(symbol, sealed)
+        except (valkey.ConnectionError, valkey.TimeoutError, OSError, valkey.ResponseError) as exc:
+            if isinstance(exc, valkey.ResponseError) and not _is_transient(exc):
+                raise
+            log.info("derived data not finished (%s); the next start rebuilds it", exc)
+        self.stats.candle_skipped = self._skipped()
+
+    def _skipped(self) -> int:
+        return sum(b.late + b.edits + b.history for st in self.states.values() for b in st.builders)
+
+    # -- applying ticks --
+
+    def _derive(self, trade: Trade, entry_id: str) -> None:
+        state = self.states.get(trade.symbol)
+        if state is None:
+            state = self._resume(trade.symbol)
+        if state.skip_until is not None:
+            if id_key(entry_id) <= state.skip_until:
+                return  # covered by the rebuild from Valkey
+            state.skip_until = None
+        self._apply(state, trade, entry_id)
+
+    def _apply(self, state: _SymbolState, trade: Trade, entry_id: str) -> None:
+        pending = self._pending_candles
+        for builder in state.builders:
+            closed = builder.add(trade, entry_id)
+            if closed is not None:
+                pending.append((closed, builder.closed_src))
+        if state.builders:
+            self._partial_dirty.add(trade.symbol)
+        chunker = state.chunker
+        if chunker is not None:
+            if state.chunk_after is not None:
+                if id_key(entry_id) <= state.chunk_after:
+                    return  # already in a stored chunk
+                state.chunk_after = None
+            late = not entry_id.startswith(f"{trade.ts_event // NS_PER_MS}-")
+            sealed = chunker.add(trade, entry_id, late=late)
+            if sealed is not None:
+                self._append_chunk(trade.symbol, sealed)
+
+    def _append_chunk(self, symbol: str, chunk: SealedChunk) -> None:
+        if self.writer.append_chunk(symbol, chunk).appended:
+            self.stats.chunks += 1
+        time.sleep(0)  # packing a chunk held the GIL for a while: let the write path run
+
+    def _flush(self) -> None:
+        """Write closed candles now, and the forming candles about once a second."""
+        pending, self._pending_candles = self._pending_candles, []
+        if pending:
+            batches: dict[str, StreamBatch] = {}
+            for candle, src in pending:
+                key = keys.stream_key(candle.stream_kind, candle.symbol)
+                batch = batches.get(key)
+                if batch is None:
+                    batch = batches[key] = self.writer.batch(key, maxlen=0)
+                names, values = event_values(candle)
+                batch.add((*names, "src"), (*values, src), candle.ts_event // NS_PER_MS)
+            for result in self.writer.append_many(batches.values()):
+                self.stats.candles += result.written
+        now = time.monotonic()
+        if self._partial_dirty and now - self._last_partials >= self.config.stats_interval_s:
+            self._last_partials = now
+            self._write_partials(sorted(self._partial_dirty))
+            self.stats.candle_skipped = self._skipped()
+
+    def _write_partials(self, symbols: Sequence[str]) -> None:
+        batches: list[StreamBatch] = []
+        for symbol in symbols:
+            state = self.states.get(symbol)
+            for builder in state.builders if state is not None else ():
+                partial = builder.partial()
+                if partial is None:
+                    continue
+                # No session: every snapshot is stored (the marks would skip a repeated period).
+                snapshot = replace(partial, session="", seq=0)
+                names, values = event_values(snapshot)
+                batch = self.writer.batch(
+                    partial_key(builder.timeframe, symbol), maxlen=PARTIAL_MAXLEN, approx=False
+                )
+                batch.add(
+                    (*names, "pv", "src"),
+                    (*values, repr(builder.partial_pv), builder.partial_src),
+                    partial.ts_event // NS_PER_MS,
+                )
+                batches.append(batch)
+        self.writer.append_many(batches)
+        self._partial_dirty.difference_update(symbols)
+
+    # -- rebuilding from Valkey --
+
+    def _resume(self, symbol: str) -> _SymbolState:
+        """Rebuild a symbol's candle and chunk state from what Valkey holds."""
+        config = self.config
+        builders = [CandleBuilder(symbol, tf) for tf in config.timeframes] if config.candles else []
+        starts: list[str] = []
+        for builder in builders:
+            self._restore_candle(builder)
+            starts.append(builder.src)
+        state = _SymbolState(builders, ColumnChunker() if config.chunks else None, None)
+        if config.chunks:
+            chunk_src = self.writer.last_chunk_src(symbol)
+            state.chunk_after = id_key(chunk_src) if chunk_src else None
+            starts.append(chunk_src)
+        self.states[symbol] = state
+        start = min(starts, key=id_key)
+        ticks_key = keys.stream_key("ticks", symbol)
+        cursor = f"({start}" if start else "-"
+        last = ""
+        while True:
+            page = self.client.xrange(ticks_key, min=cursor, max="+", count=RESUME_PAGE)
+            if not page:
+                break
+            for raw_id, stored in page:
+                last = _text(raw_id)
+                try:
+                    trade = decode_fields(stored)
+                except DecodeError:
+                    continue
+                if type(trade) is Trade:
+                    self._apply(state, trade, last)
+            cursor = f"({last}"
+            if len(page) < RESUME_PAGE:
+                break
+        if last:
+            state.skip_until = id_key(last)
+            log.info("rebuilt candles and chunks of %s from stored ticks up to %s", symbol, last)
+        return state
+
+    def _restore_candle(self, builder: CandleBuilder) -> None:
+        symbol, tf = builder.symbol, builder.timeframe
+        closed_entry = self.client.xrevrange(keys.stream_key(keys.candle_kind(tf), symbol), count=1)
+        partial_entry = self.client.xrevrange(partial_key(tf, symbol), count=1)
+        closed = _stored_candle(closed_entry)
+        partial = _stored_candle(partial_entry)
+        if partial is not None and (closed is None or partial[0].ts_event > closed[0].ts_event):
+            candle, fields = partial
+            try:
+                pv = float(fields.get("pv", "nan"))
+            except ValueError:
+                pv = float("nan")
+            if pv == pv and fields.get("src"):
+                builder.resume_forming(candle, pv=pv, src=fields["src"])
+                return
+        if closed is not None and closed[1].get("src"):
+            builder.resume_after_closed(closed[0], closed[1]["src"])
+
+
+# --- the bridge ----------------------------------------------------------------------------------
+
+
+class Bridge:
+    """The bridge runner: `run()` blocks until stopped; `stop()` from any thread or a signal."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        *,
+        say: Say = _log_say,
+        warn: Say | None = None,
+        client: valkey.Valkey | None = None,
+    ) -> None:
+        if not config.inputs:
+            raise UsageError("no input: give --in tcp://…, '-' or a file")
+        for tf in config.timeframes:
+            timeframe_ns(tf)
+        if config.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        self.config = config
+        self.say = say
+        self.warn = warn or say
+        self.stats = BridgeStats()
+        self._endpoints = [parse_endpoint(uri) for uri in config.inputs]
+        out = parse_endpoint(config.output)
+        if out.kind != "valkey":
+            raise UsageError(
+                f"--out {out.uri}: the bridge writes to Valkey (valkey://host:port/db)"
+            )
+        self._out = out
+        from qt_cli.core import store
+
+        self.client = client or store.connect(
+            out, password=config.password, timeout_s=WRITE_TIMEOUT_S
+        )
+        self.writer = StreamWriter(self.client, maxlen=config.maxlen)
+        self.writer.ensure_library()
+        self.queue = SpillQueue(config.spill_path, max_memory=config.buffer_events)
+        if self.queue.recovered_from_disk:
+            self.say(
+                f"bridge: {self.queue.recovered_from_disk:,} events left in {config.spill_path} "
+                "by an earlier run; writing them first"
+            )
+        self._symbols = frozenset(config.symbols)
+        self._stop = threading.Event()
+        self._inputs_done = threading.Event()
+        self._writer_done = threading.Event()
+        self._writer_error: BaseException | None = None
+        self._inputs: list[_Input] = []
+        self._count_lock = threading.Lock()
+        self._started_ns = now_ns()
+        self._started_mono = time.monotonic()
+        self._host = socket.gethostname()
+        self._stats_key = keys.stats_key(STAGE, config.name)
+        self._watermark_key = watermark_key(config.name)
+        self._watermark: dict[str, int] = {}
+        self._feeds: dict[str, _FeedRun] = {}
+        self._rate_base = 0
+        self._rate_mono = time.monotonic()
+        self._latencies: deque[int] = deque(maxlen=LATENCY_WINDOW)
+        self._last_stats_mono = 0.0
+        self._key_cache: dict[tuple[str, str], str] = {}
+        self.deriver = _Deriver(self)
+        self._outage_since: float | None = None
+        self._closed = False
+
+    # -- lifecycle --
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the bridge to finish: stop receiving, write what was received, return from run()."""
+        if not self._stop.is_set():
+            self.stats.stopped_by = self.stats.stopped_by or reason
+            self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, *, on_progress: Callable[[BridgeStats], None] | None = None) -> BridgeStats:
+        """Receive and write until stopped, `duration_s`, `stop_after` or the end of every input.
+
+        `on_progress(stats)` is called about four times a second from this thread.
+        """
+        self._watermark = self._load_watermark()
+        for endpoint in self._endpoints:
+            source = _open_input(self.config, endpoint, dict(self._watermark))
+            self._inputs.append(_Input(endpoint, source))
+        self._catch_up_on_start()
+        for inp in self._inputs:
+            inp.thread = threading.Thread(
+                target=self._receive, args=(inp,), name=f"qt-bridge-in:{inp.endpoint.uri}"
+            )
+            inp.thread.daemon = True
+            inp.thread.start()
+        self.deriver.start()
+        writer = threading.Thread(target=self._write_loop, name="qt-bridge-writer", daemon=True)
+        writer.start()
+        deadline = self._started_mono + self.config.duration_s if self.config.duration_s else None
+        last_progress = 0.0
+        try:
+            while not self._writer_done.is_set():
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    self.stop("duration")
+                if all(i.finished for i in self._inputs):
+                    self._inputs_done.set()  # the writer drains the queue and returns
+                if on_progress is not None and now - last_progress >= 0.25:
+                    last_progress = now
+                    on_progress(self.stats)
+                self._writer_done.wait(0.05)
+        finally:
+            self._stop.set()
+            for inp in self._inputs:
+                if inp.thread is not None:
+                    inp.thread.join(timeout=10)
+            self._inputs_done.set()
+            writer.join()
+        self.stats.elapsed_s = time.monotonic() - self._started_mono
+        if self._writer_error is not None:
+            raise self._writer_error
+        for inp in self._inputs:
+            if inp.error is not None:
+                raise inp.error
+        if not self.stats.stopped_by:
+            self.stats.stopped_by = "end of input"
+        return self.stats
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for inp in self._inputs:
+            try:
+                inp.source.close()
+            except Exception:  # closing must not hide the run's own outcome
+                log.debug("closing %s failed", inp.endpoint.uri, exc_info=True)
+        self.queue.close()
+        try:
+            self.client.close()
+        except Exception:
+            log.debug("closing the Valkey client failed", exc_info=True)
+
+    # -- receiving --
+
+    def _catch_up_on_start(self) -> None:
+        """Fetch what the sessions this bridge wrote before published while it was away.
+
+        The subscribers would also notice on their first live message, but a feed may be quiet
+        (or done) by now. Only sessions in the watermark are asked for: a fresh bridge takes the
+        sessions it hears (and their start, with catch-up) from the subscribers.
+        """
+        zmq_sources = [i.source for i in self._inputs if i.endpoint.kind == "zmq"]
+        if not (self.config.replay and self.config.catch_up and zmq_sources and self._watermark):
+            return
+        from qt_cli.core import zmq_io
+        from qt_cli.core.errors import UnavailableError
+
+        client = zmq_io.ReplayClient(self.config.replay, timeout_s=self.config.replay_timeout_s)
+        try:
+            try:
+                held = client.info()
+            except UnavailableError as exc:
+                log.info("no catch-up on start: %s", exc)
+                return
+            for session, info in held.items():
+                done = self._watermark.get(session)
+                last = int(info.get("last_seq") or 0)
+                if done is None or last <= done:
+                    continue
+                try:
+                    self.fetch_into_queue(client, session, done + 1, last, reason="bridge restart")
+                except UnavailableError as exc:
+                    self.warn(f"bridge: catch-up of {session} after seq {done} failed: {exc}")
+                    continue
+                for source in zmq_sources:
+                    source.set_known(session, last)
+        finally:
+            client.close()
+
+    def fetch_into_queue(
+        self, client: Any, session: str, from_seq: int, to_seq: int, *, reason: str
+    ) -> None:
+        """Fetch a range from the replay endpoint a page at a time into the write queue (memory
+        stays bounded: the queue spills), then record it in stream:gaps (recovered and lost
+        parts)."""
+        from qt_cli.core.zmq_io import missing_ranges
+
+        endpoint = client.endpoint.uri
+        runs: list[list[int]] = []
+        missing: list[tuple[int, int]] = []
+        start = from_seq
+        while start <= to_seq:
+            page = client.page(session, start, to_seq)
+            seqs = [m[0] for m in page.messages if start <= m[0] <= to_seq]
+            end = to_seq if page.next is None else page.next - 1
+            missing += missing_ranges(start, end, seqs)
+            for seq in seqs:
+                if runs and seq == runs[-1][1] + 1:
+                    runs[-1][1] = seq
+                else:
+                    runs.append([seq, seq])
+            self._queue_messages(page.messages, endpoint)
+            if page.next is None:
+                break
+            start = page.next
+        now = now_ns()
+        gaps: list[Item] = [GapRecord(session, a, b, True, reason, endpoint, now) for a, b in runs]
+        gaps += [
+            GapRecord(
+                session,
+                a,
+                b,
+                False,
+                f"{reason}; not in the journal behind {endpoint}",
+                endpoint,
+                now,
+            )
+            for a, b in missing
+        ]
+        self.queue.put(gaps)
+
+    def _queue_messages(self, messages: list[tuple[int, bytes, bytes]], endpoint: str) -> None:
+        items: list[Item] = []
+        now = now_ns()
+        filtered = 0
+        for _seq, topic, payload in messages:
+            try:
+                data = orjson.loads(payload)
+                event = (fast_trade(data) if isinstance(data, dict) else None) or decode_dict(data)
+            except (orjson.JSONDecodeError, DecodeError) as exc:
+                field_ = exc.field if isinstance(exc, DecodeError) else None
+                items.append(
+                    DeadLetter(
+                        str(exc),
+                        payload,
+                        endpoint,
+                        topic.decode(errors="replace"),
+                        field_ or "",
+                        now,
+                    )
+                )
+                continue
+            if self._symbols and event.symbol not in self._symbols and event.symbol != "*":
+                filtered += 1
+                continue
+            items.append(event)
+        with self._count_lock:
+            self.stats.received += sum(1 for i in items if isinstance(i, Event))
+            self.stats.filtered += filtered
+        self.queue.put(items)
+
+    def _receive(self, inp: _Input) -> None:
+        source = inp.source
+        take_rejects = getattr(source, "take_rejects", None)
+        take_gaps = getattr(source, "take_gaps", None)
+        stop_after = self.config.stop_after
+        tail = _TailCheck(self, inp) if inp.endpoint.kind == "zmq" and self.config.replay else None
+        try:
+            while not self._stop.is_set():
+                events = source.read(0.1)
+                if tail is not None:
+                    tail.after_read(bool(events))
+                items: list[Item] = []
+                if take_gaps is not None:
+                    for gap in take_gaps():
+                        items.append(
+                            GapRecord(
+                                gap.session,
+                                gap.from_seq,
+                                gap.to_seq,
+                                gap.recovered,
+                                gap.reason,
+                                gap.endpoint,
+                                gap.ts_init,
+                            )
+                        )
+                if take_rejects is not None:
+                    for reject in take_rejects():
+                        items.append(
+                            DeadLetter(
+                                reject.reason,
+                                reject.raw,
+                                reject.source,
+                                reject.topic,
+                                reject.field or "",
+                                reject.ts_init,
+                            )
+                        )
+                if events:
+                    if self._symbols:
+                        kept = [e for e in events if e.symbol in self._symbols or e.symbol == "*"]
+                        with self._count_lock:
+                            self.stats.filtered += len(events) - len(kept)
+                        events = kept
+                    if stop_after is not None:
+                        with self._count_lock:
+                            room = stop_after - self.stats.received
+                            if room <= 0:
+                                events = []
+                            elif len(events) >= room:
+                                events = events[:room]
+                                self.stop("stop-after")
+                            self.stats.received += len(events)
+                    else:
+                        with self._count_lock:
+                            self.stats.received += len(events)
+                    items.extend(events)
+                if items:
+                    self.queue.put(items)
+                if source.finished:
+                    break
+        except BaseException as exc:  # a receiver failing must stop the bridge, loudly
+            inp.error = exc
+            self.stop("input error")
+        finally:
+            if tail is not None:
+                tail.close()
+            inp.finished = True
+
+    # -- writing --
+
+    def _write_loop(self) -> None:
+        config = self.config
+        linger_s = config.batch_ms / 1000.0
+        try:
+            while True:
+                receiving = not (self._stop.is_set() or self._inputs_done.is_set())
+                if not receiving and all(i.finished for i in self._inputs) and not len(self.queue):
+                    break
+                items = self.queue.take(config.batch_size, wait_s=0.1, linger_s=linger_s)
+                if items:
+                    if not self._write_with_retry(items):
+                        break  # stopping while Valkey is down: everything was spilled
+                if self._due_stats():
+                    self._guarded(self._publish_stats)
+            self.deriver.finish()
+            self._guarded(self._publish_stats)
+        except BaseException as exc:
+            self._writer_error = exc
+            self._stop.set()
+        finally:
+            self.deriver.finish()
+            if self.deriver.error is not None and self._writer_error is None:
+                self._writer_error = self.deriver.error
+            self._writer_done.set()
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        """Run a Valkey step whose failure can wait for the next one (stats, partial candles)."""
+        try:
+            fn()
+        except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
+            log.debug("deferred Valkey step failed: %s", exc)
+        except valkey.ResponseError as exc:
+            if not _is_transient(exc):
+                raise
+            log.debug("deferred Valkey step refused: %s", exc)
+
+    def _write_with_retry(self, items: list[Item]) -> bool:
+        backoff = BACKOFF_START_S
+        last_report = 0.0
+        while True:
+            try:
+                if self._outage_since is not None:
+                    self.client.ping()
+                    self._recovered_from_outage()
+                self._write_batch(items)
+                return True
+            except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
+                now = time.monotonic()
+                if self._outage_since is None:
+                    self._outage_since = now
+                    self.stats.outages += 1
+                    self.warn(
+                        f"bridge: Valkey at {self._out.uri} is unreachable or refuses writes ({_reason(exc)}); "
+                        "buffering what arrives and retrying with backoff"
+                    )
+                    last_report = now
+                elif now - last_report >= OUTAGE_REPORT_EVERY_S:
+                    last_report = now
+                    self.warn(
+                        f"bridge: Valkey still unreachable after {now - self._outage_since:.0f}s; "
+                        f"{len(self.queue) + len(items):,} events buffered "
+                        f"({self.queue.spilled_unread:,} spilled to {self.queue.path})"
+                    )
+                self.stats.spilled = self.queue.spilled_total
+                if self._stop.is_set():
+                    self.queue.push_front(items)
+                    kept = self.queue.persist()
+                    self.stats.spilled = self.queue.spilled_total
+                    self.warn(
+                        f"bridge: stopping while Valkey is unreachable: {kept:,} events kept in "
+                        f"{self.queue.path}; the next 'qt bridge --name {self.config.name}' writes them"
+                    )
+                    return False
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _recovered_from_outage(self) -> None:
+        assert self._outage_since is not None
+        down_s = time.monotonic() - self._outage_since
+        self.stats.outage_s += down_s
+        self._outage_since = None
+        self.writer.ensure_library()
+        # What we wrote just before the failure may or may not be stored: rebuild derived state
+        # from what the server holds (the retried batch's repeats are skipped by the marks).
+        self.deriver.reset()
+        self.say(
+            f"bridge: Valkey is back after {down_s:.1f}s; writing {len(self.queue):,} buffered events"
+        )
+
+    # -- one batch --
+
+    def _write_batch(self, items: list[Item]) -> None:
+        batches: dict[str, StreamBatch] = {}
+        placed: dict[str, list[Event]] = {}
+        deadletters: list[DeadLetter] = []
+        gaps: list[GapRecord] = []
+        marks: dict[str, int] = {}
+        per_session: dict[str, int] = {}
+        key_of = self._key_cache
+        for item in items:
+            if isinstance(item, Event):
+                symbol = item.symbol
+                kind = item.stream_kind
+                key = key_of.get((kind, symbol))
+                if key is None:
+                    if not keys.valid_symbol(symbol) and symbol != "*":
+                        deadletters.append(
+                            DeadLetter(
+                                f"field 'symbol': {symbol!r} is not a valid ticker",
+                                item.to_wire()[:RAW_MAX_BYTES],
+                                "bridge",
+                                field="symbol",
+                                ts_init=now_ns(),
+                            )
+                        )
+                        continue
+                    key = key_of[(kind, symbol)] = keys.stream_key(kind, symbol)
+                batch = batches.get(key)
+                if batch is None:
+                    batch = batches[key] = self.writer.batch(key)
+                    placed[key] = []
+                names, values = event_values(item)
+                batch.add(names, values, item.ts_event // NS_PER_MS)
+                placed[key].append(item)
+                session = getattr(item, "session", "")
+                if session:
+                    seq = item.seq  # type: ignore[attr-defined]
+                    per_session[session] = per_session.get(session, 0) + 1
+                    if seq > marks.get(session, 0):
+                        marks[session] = seq
+            elif isinstance(item, DeadLetter):
+                deadletters.append(item)
+            else:
+                gaps.append(item)
+
+        results, failures = self._execute(list(batches.values()), deadletters, gaps, marks)
+        self.stats.batches += 1
+        now = now_ns()
+        for result in results:
+            events = placed[result.key]
+            self.stats.written += result.written
+            self.stats.duplicates += result.duplicates
+            self.stats.late += result.late
+            if result.written:
+                self._after_write(result, events, now)
+        for key, error in failures.items():
+            self._dead_letter_batch(placed[key], f"Valkey refused the write to {key}: {error}")
+        for gap in gaps:
+            self._report_gap(gap)
+        self.stats.deadletters += len(deadletters)
+        for session, seq in marks.items():
+            if seq > self._watermark.get(session, 0):
+                self._watermark[session] = seq
+            feed = self._feed(session)
+            feed.received += per_session[session]
+            channel = session.split(".", 1)[1] if "." in session else session
+            feed.last_seq[channel] = max(seq, feed.last_seq.get(channel, 0))
+
+    def _execute(
+        self,
+        batches: list[StreamBatch],
+        deadletters: list[DeadLetter],
+        gaps: list[GapRecord],
+        marks: dict[str, int],
+    ) -> tuple[list[AppendResult], dict[str, str]]:
+        """One round trip: every stream's append, dead letters, gaps, then the watermark."""
+        writer = self.writer
+        pipe = self.client.pipeline(transaction=False)
+        for batch in batches:
+            pipe.execute_command(
+                FCALL, "qt_append", 2, batch.key, keys.hwm_key(batch.key), *batch.call_args()
+            )
+        for letter in deadletters:
+            pipe.xadd(
+                keys.stream_key("deadletter"),
+                letter.to_fields(),
+                maxlen=DEADLETTER_MAXLEN,
+                approximate=True,
+            )
+        for gap in gaps:
+            pipe.xadd(
+                keys.stream_key("gaps"), gap.to_fields(), maxlen=GAPS_MAXLEN, approximate=True
+            )
+        if marks:
+            # Last in the pipeline: the server runs it only after every append above.
+            pipe.hset(self._watermark_key, mapping=marks)
+        replies = pipe.execute(raise_on_error=False)
+        results: list[AppendResult] = []
+        failures: dict[str, str] = {}
+        retry: list[StreamBatch] = []
+        for batch, reply in zip(batches, replies[: len(batches)], strict=True):
+            if isinstance(reply, Exception):
+                if isinstance(reply, valkey.ConnectionError | valkey.TimeoutError):
+                    raise reply
+                if _is_transient(reply):
+                    # Out of memory, a replica, loading: wait and retry like an outage.
+                    raise valkey.ConnectionError(f"{type(reply).__name__}: {reply}")
+                if is_missing_function(reply):
+                    retry.append(batch)
+                    continue
+                failures[batch.key] = str(reply)
+                continue
+            results.append(append_result(batch.key, reply))
+        for reply in replies[len(batches) :]:
+            if isinstance(reply, valkey.ConnectionError | valkey.TimeoutError):
+                raise reply
+            if isinstance(reply, Exception) and _is_transient(reply):
+                raise valkey.ConnectionError(f"{type(reply).__name__}: {reply}")
+        if retry:
+            writer.ensure_library(force=True)
+            results += writer.append_many(retry)
+            if marks:
+                self.client.hset(self._watermark_key, mapping=marks)
+        return results, failures
+
+    def _dead_letter_batch(self, events: list[Event], reason: str) -> None:
+        self.warn(f"bridge: {reason}; {len(events)} events go to the dead-letter stream")
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(
+                keys.stream_key("deadletter"),
+                DeadLetter(reason, event.to_wire(), "bridge", ts_init=now_ns()).to_fields(),
+                maxlen=DEADLETTER_MAXLEN,
+                approximate=True,
+            )
+        pipe.execute()
+        self.stats.deadletters += len(events)
+
+    def _after_write(self, result: AppendResult, events: list[Event], now: int) -> None:
+        ids = result.ids
+        sample = self._latencies.append
+        for i in range(len(events) - 1, -1, -LATENCY_STRIDE):  # a sample is enough for p50/p99
+            if ids[i]:
+                ts_init = getattr(events[i], "ts_init", 0)
+                if ts_init:
+                    sample(now - ts_init)
+        last = events[-1]
+        if ids[-1] and getattr(last, "ts_init", 0):
+            self.stats.lag_ms = (now - last.ts_init) / NS_PER_MS  # type: ignore[attr-defined]
+        if self.deriver.enabled and result.key.startswith("stream:ticks:"):
+            self.deriver.push(events, ids)
+
+    # -- gaps, feeds, stats --
+
+    def _report_gap(self, gap: GapRecord) -> None:
+        size = gap.to_seq - gap.from_seq + 1
+        self.stats.gaps_detected += 1
+        feed = self._feed(gap.session)
+        if gap.recovered:
+            self.stats.gaps_recovered += 1
+            self.stats.messages_recovered += size
+            feed.gaps_recovered += 1
+            self.say(
+                f"bridge: recovered seq {gap.from_seq}..{gap.to_seq} of {gap.session} "
+                f"({size:,} messages) from {gap.endpoint}"
+            )
+        else:
+            self.stats.gaps_lost += 1
+            self.stats.messages_lost += size
+            feed.gaps_lost += 1
+            self.warn(
+                f"bridge: LOST seq {gap.from_seq}..{gap.to_seq} of {gap.session} "
+                f"({size:,} messages): {gap.reason}; recorded in stream:gaps"
+            )
+
+    def _feed(self, session: str) -> _FeedRun:
+        run_id = session.split(".", 1)[0] or "unknown"
+        feed = self._feeds.get(run_id)
+        if feed is None:
+            feed = self._feeds[run_id] = _FeedRun()
+        return feed
+
+    def _load_watermark(self) -> dict[str, int]:
+        raw = self.client.hgetall(self._watermark_key)
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    def _due_stats(self) -> bool:
+        return time.monotonic() - self._last_stats_mono >= self.config.stats_interval_s
+
+    def _update_rates(self) -> None:
+        now = time.monotonic()
+        interval = now - self._rate_mono
+        if interval >= 0.5:
+            self.stats.rate = (self.stats.written - self._rate_base) / interval
+            self._rate_base = self.stats.written
+            for feed in self._feeds.values():
+                feed.rate = (feed.received - feed.rate_base) / interval
+                feed.rate_base = feed.received
+            self._rate_mono = now
+        if self._latencies:
+            ordered = sorted(self._latencies)
+            self.stats.latency_p50_ms = ordered[len(ordered) // 2] / NS_PER_MS
+            self.stats.latency_p99_ms = ordered[int(len(ordered) * 0.99)] / NS_PER_MS
+        self.stats.spilled = self.queue.spilled_total
+
+    def stats_fields(self) -> dict[str, str]:
+        """The fields of `qt:stats:bridge:<name>` (docs/contracts.md)."""
+        s = self.stats
+        return {
+            "stage": STAGE,
+            "name": self.config.name,
+            "pid": str(os.getpid()),
+            "host": self._host,
+            "started_ns": str(self._started_ns),
+            "updated_ns": str(now_ns()),
+            "received": str(s.received),
+            "written": str(s.written),
+            "rate": f"{s.rate:.1f}",
+            "lag_ms": _fmt(s.lag_ms),
+            "duplicates": str(s.duplicates),
+            "batches": str(s.batches),
+            "gaps_detected": str(s.gaps_detected),
+            "gaps_recovered": str(s.gaps_recovered),
+            "gaps_lost": str(s.gaps_lost),
+            "deadletters": str(s.deadletters),
+            "late": str(s.late),
+            "buffered": str(len(self.queue)),
+            "spilled": str(s.spilled),
+            "filtered": str(s.filtered),
+            "candles": str(s.candles),
+            "chunks": str(s.chunks),
+            "latency_p50_ms": _fmt(s.latency_p50_ms),
+            "latency_p99_ms": _fmt(s.latency_p99_ms),
+            "valkey": "down" if self._outage_since is not None else "up",
+            "inputs": ",".join(self.config.inputs),
+            "output": self._out.uri,
+        }
+
+    def _publish_stats(self) -> None:
+        self._last_stats_mono = time.monotonic()
+        self._update_rates()
+        if self._outage_since is not None:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self._stats_key, mapping=self.stats_fields())
+        pipe.expire(self._stats_key, STATS_TTL_S)
+        pipe.sadd(keys.STAGES_SET, self._stats_key)
+        now = str(now_ns())
+        for run_id, feed in self._feeds.items():
+            key = keys.stats_key("feed", run_id)
+            fields = {
+                "stage": "feed",
+                "name": run_id,
+                "received": str(feed.received),
+                "last_seq": str(max(feed.last_seq.values(), default=0)),
+                "rate": f"{feed.rate:.1f}",
+                "updated_ns": now,
+                "gaps_recovered": str(feed.gaps_recovered),
+                "gaps_lost": str(feed.gaps_lost),
+                "reported_by": self._stats_key,
+            }
+            for channel, seq in feed.last_seq.items():
+                fields[f"last_seq:{channel}"] = str(seq)
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, STATS_TTL_S)
+            pipe.sadd(keys.STAGES_SET, key)
+        pipe.execute()
+
+    def totals(self) -> dict[str, Any]:
+        """What `qt bridge` prints on exit (and with --json)."""
+        self._update_rates()
+        s = self.stats
+        out: dict[str, Any] = {
+            "name": self.config.name,
+            "output": self._out.uri,
+            "inputs": list(self.config.inputs),
+            "received": s.received,
+            "written": s.written,
+            "duplicates": s.duplicates,
+            "late": s.late,
+            "filtered": s.filtered,
+            "batches": s.batches,
+            "deadletters": s.deadletters,
+            "gaps_detected": s.gaps_detected,
+            "gaps_recovered": s.gaps_recovered,
+            "gaps_lost": s.gaps_lost,
+            "messages_recovered": s.messages_recovered,
+            "messages_lost": s.messages_lost,
+            "candles": s.candles,
+            "candle_skipped": s.candle_skipped,
+            "chunks": s.chunks,
+            "spilled": s.spilled,
+            "buffered": len(self.queue),
+            "outages": s.outages,
+            "outage_s": round(s.outage_s, 3),
+            "elapsed_s": round(s.elapsed_s, 3),
+            "rate": round(s.written / s.elapsed_s, 1) if s.elapsed_s > 0 else 0.0,
+            "latency_p50_ms": _round(s.latency_p50_ms),
+            "latency_p99_ms": _round(s.latency_p99_ms),
+            "stopped_by": s.stopped_by,
+        }
+        return out
+
+
+def _stored_candle(entries: list[Any]) -> tuple[Candle, dict[str, str]] | None:
+    if not entries:
+        return None
+    fields = {_text(k): _text(v) for k, v in entries[0][1].items()}
+    try:
+        candle = decode_dict(fields)
+    except DecodeError:
+        return None
+    if not isinstance(candle, Candle):
+        return None
+    return candle, fields
+
+
+_TRANSIENT_TYPES = (
+    valkey.exceptions.OutOfMemoryError,
+    valkey.exceptions.ReadOnlyError,
+    valkey.exceptions.ClusterDownError,
+    valkey.exceptions.TryAgainError,
+)
+_TRANSIENT_TEXT = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A refusal that passes (memory freed, failover done, dataset loaded): retry, don't drop."""
+    if isinstance(exc, _TRANSIENT_TYPES):
+        return True
+    return isinstance(exc, valkey.ResponseError) and str(exc).startswith(_TRANSIENT_TEXT)
+
+
+def _fmt(value: float) -> str:
+    return "" if value != value else f"{value:.3f}"
+
+
+def _round(value: float) -> float | None:
+    return None if value != value else round(value, 3)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].rstrip(".")
+
+
+def run_bridge(config: BridgeConfig, *, say: Say = _log_say, warn: Say | None = None) -> Bridge:
+    """Build a bridge (connects to Valkey; StoreUnavailable if it cannot)."""
+    try:
+        return Bridge(config, say=say, warn=warn)
+    except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"cannot reach Valkey at {config.output}: {_reason(exc)}") from None

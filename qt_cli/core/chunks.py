@@ -1,0 +1,618 @@
+"""Columnar history chunks: many trades packed into one Valkey stream entry, built for reading.
+
+Why: reading per-event stream entries back into Python costs ~10 µs per entry (reply parsing and
+a Python object per field), so an hour of ticks takes ~0.5 s. A chunk holds up to
+`CHUNK_MAX_EVENTS` trades as packed columns in one value, so a query reads a handful of entries
+and turns them into NumPy arrays without a Python loop per row.
+
+An entry of `stream:hist:ticks:{SYM}` has the fields `v` (codec version), `n` (trades),
+`t_min`/`t_max` (event time range, ns), `cols` (the packed columns) and `src` (the id of the last
+per-event entry the chunk includes; added by the builder / the bridge).
+
+`cols` is one zlib stream: a 4-byte little-endian header length, a JSON header, then the column
+buffers back to back. The header lists, per column, how its buffer is encoded:
+
+- integers (`int`): optionally divided by a common power of ten (`s`, e.g. 1e6 for ms-resolution
+  times), then either delta-encoded (`m: "d"`, base = first value) or frame-of-reference encoded
+  (`m: "f"`, base = minimum), stored in the narrowest integer type that holds them (`t`), with the
+  bytes of multi-byte values transposed (byte shuffle) so zlib sees the slowly changing high bytes
+  together. A column whose values are all equal is `m: "c"` and takes no bytes.
+- floats: `dec` (every value is an exact decimal with `k` places: stored as the integers
+  value × 10^k, checked to read back bit for bit), `ratio` (volume = price × quantity × `r`,
+  with the rows that differ stored raw), or `raw` (float64, byte-shuffled).
+- strings (session, buyer/seller names): a dictionary in the header and integer codes.
+
+Decoding is a zlib inflate, one `frombuffer` per column, and a cumsum for delta columns.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from qt_cli.core.errors import DecodeError
+from qt_cli.core.events import NS_PER_MS, NS_PER_S, Trade
+
+CODEC_VERSION = 1
+CHUNK_MAX_EVENTS = 4096
+CHUNK_MAX_SPAN_NS = 60 * NS_PER_S
+ZLIB_LEVEL = 6
+
+# Numeric columns of a decoded chunk and their dtypes, in display order.
+NUMERIC_COLUMNS: dict[str, np.dtype[Any]] = {
+    "ts_event": np.dtype(np.int64),
+    "ts_init": np.dtype(np.int64),
+    "price": np.dtype(np.float64),
+    "quantity": np.dtype(np.int64),
+    "volume": np.dtype(np.float64),
+    "trade_id": np.dtype(np.int64),
+    "buyer": np.dtype(np.int32),
+    "seller": np.dtype(np.int32),
+    "trade_type": np.dtype(np.uint8),
+    "aggressor": np.dtype(np.int8),  # 1 buy, -1 sell, 0 none
+    "is_edit": np.dtype(np.bool_),
+    "history": np.dtype(np.bool_),
+    "late": np.dtype(np.bool_),  # stored with an id clamped above its event time
+    "seq": np.dtype(np.int64),
+}
+# String columns: dictionary-encoded (a tuple of strings per column, codes per row).
+STRING_COLUMNS = ("session", "buyer_name", "seller_name")
+_INT_COLUMNS = (
+    "quantity",
+    "trade_id",
+    "buyer",
+    "seller",
+    "trade_type",
+    "aggressor",
+    "is_edit",
+    "history",
+    "late",
+    "seq",
+)
+
+AGGRESSOR_CODES = {"buy": 1, "sell": -1, "none": 0}
+AGGRESSOR_NAMES = {1: "buy", -1: "sell", 0: "none"}
+
+_HEADER_LEN = struct.Struct("<I")
+_TIME_SCALES = (NS_PER_S, NS_PER_MS, 1_000)
+_MAX_EXACT_INT = 2**53
+
+
+# --- integer columns -------------------------------------------------------------------------
+
+
+def _narrow_signed(lo: int, hi: int) -> str:
+    for name in ("<i1", "<i2", "<i4"):
+        info = np.iinfo(np.dtype(name))
+        if info.min <= lo and hi <= info.max:
+            return name
+    return "<i8"
+
+
+def _narrow_unsigned(hi: int) -> str:
+    for name in ("<u1", "<u2", "<u4"):
+        if hi <= np.iinfo(np.dtype(name)).max:
+            return name
+    return "<u8"
+
+
+def _shuffle(values: np.ndarray, dtype: str) -> bytes:
+    arr = values.astype(dtype, copy=False)
+    if arr.itemsize == 1:
+        return arr.tobytes()
+    return arr.view(np.uint8).reshape(len(arr), arr.itemsize).T.tobytes()
+
+
+def _unshuffle(payload: memoryview, offset: int, n: int, dtype: str) -> np.ndarray:
+    dt = np.dtype(dtype)
+    raw = np.frombuffer(payload, np.uint8, n * dt.itemsize, offset)
+    if dt.itemsize == 1:
+        return raw.view(dt)
+    return raw.reshape(dt.itemsize, n).T.copy().view(dt).reshape(n)
+
+
+def _pack_int(values: np.ndarray, out: list[bytes], *, scales: Iterable[int] = ()) -> dict:
+    """Spec for an int64 column; appends its buffer (if any) to `out`."""
+    n = len(values)
+    first = int(values[0]) if n else 0
+    if n == 0 or not np.any(values != first):
+        return {"e": "int", "m": "c", "b": first}
+    scale = 1
+    for candidate in scales:
+        if not np.any(values % candidate):
+            scale = candidate
+            break
+    v = values // scale if scale != 1 else values
+    lo, hi = int(v.min()), int(v.max())
+    frame_type = _narrow_unsigned(hi - lo)
+    deltas = np.empty(n, dtype=np.int64)
+    deltas[0] = 0
+    np.subtract(v[1:], v[:-1], out=deltas[1:])
+    delta_type = _narrow_signed(int(deltas.min()), int(deltas.max()))
+    delta_size, frame_size = np.dtype(delta_type).itemsize, np.dtype(frame_type).itemsize
+    # Same width: deltas win for near-monotonic columns (times, ids), offsets for codes.
+    if delta_size < frame_size or (
+        delta_size == frame_size and np.abs(deltas).sum() < (v - lo).sum()
+    ):
+        buf = _shuffle(deltas, delta_type)
+        spec = {"e": "int", "m": "d", "b": int(v[0]), "t": delta_type, "s": scale}
+    else:
+        buf = _shuffle(v - lo, frame_type)
+        spec = {"e": "int", "m": "f", "b": lo, "t": frame_type, "s": scale}
+    spec["len"] = len(buf)
+    out.append(buf)
+    return spec
+
+
+def _unpack_int(spec: dict, payload: memoryview, offset: int, n: int) -> tuple[np.ndarray, int]:
+    mode = spec["m"]
+    if mode == "c":
+        return np.full(n, spec["b"], dtype=np.int64), offset
+    stored = _unshuffle(payload, offset, n, spec["t"])
+    if mode == "d":
+        values = np.cumsum(stored, dtype=np.int64)
+    else:
+        values = stored.astype(np.int64)
+    values += spec["b"]
+    if spec["s"] != 1:
+        values *= spec["s"]
+    return values, offset + spec["len"]
+
+
+# --- float columns ---------------------------------------------------------------------------
+
+
+def _decimal_places(values: np.ndarray, max_places: int = 8) -> tuple[int, np.ndarray] | None:
+    """(k, values × 10^k as int64) when every value reads back exactly from that integer."""
+    if not np.all(np.isfinite(values)) or np.any(np.abs(values) * 10**max_places >= _MAX_EXACT_INT):
+        return None
+    for k in range(max_places + 1):
+        factor = float(10**k)
+        ints = np.round(values * factor)
+        if np.array_equal(ints / factor, values):
+            return k, ints.astype(np.int64)
+    return None
+
+
+def _pack_float(values: np.ndarray, out: list[bytes]) -> dict:
+    found = _decimal_places(values)
+    if found is not None:
+        k, ints = found
+        return {"e": "dec", "k": k, "i": _pack_int(ints, out)}
+    return _pack_raw(values, out)
+
+
+def _pack_raw(values: np.ndarray, out: list[bytes]) -> dict:
+    buf = _shuffle(values, "<f8")
+    out.append(buf)
+    return {"e": "raw", "len": len(buf)}
+
+
+def _ratio_prediction(price: np.ndarray, quantity: np.ndarray, ratio: float) -> np.ndarray:
+    # One formula for encoder and decoder, so the predictions are the same doubles on both sides.
+    return price * quantity.astype(np.float64) * ratio
+
+
+def _pack_volume(
+    volume: np.ndarray, price: np.ndarray, quantity: np.ndarray, out: list[bytes]
+) -> dict:
+    """Volume is usually price × quantity × contract multiplier: store only the rows that are not."""
+    usable = np.flatnonzero((quantity > 0) & np.isfinite(price) & (price > 0) & np.isfinite(volume))
+    if len(usable) >= max(1, len(volume) // 2):
+        i = int(usable[0])
+        ratio = float(volume[i] / (price[i] * float(quantity[i])))
+        misses = np.flatnonzero(_ratio_prediction(price, quantity, ratio) != volume)
+        if len(misses) <= len(volume) // 8:
+            spec: dict = {"e": "ratio", "r": ratio}
+            spec["x"] = _pack_int(misses.astype(np.int64), out) if len(misses) else None
+            spec["nx"] = int(len(misses))
+            if len(misses):
+                spec["xv"] = _pack_float(volume[misses], out)
+            return spec
+    return _pack_float(volume, out)
+
+
+def _unpack_float(
+    spec: dict, payload: memoryview, offset: int, n: int, columns: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, int]:
+    kind = spec["e"]
+    if kind == "dec":
+        ints, offset = _unpack_int(spec["i"], payload, offset, n)
+        return ints / float(10 ** spec["k"]), offset
+    if kind == "raw":
+        return _unshuffle(payload, offset, n, "<f8").astype(np.float64), offset + spec["len"]
+    if kind == "ratio":
+        values = _ratio_prediction(columns["price"], columns["quantity"], spec["r"])
+        nx = spec["nx"]
+        if nx:
+            misses, offset = _unpack_int(spec["x"], payload, offset, nx)
+            exact, offset = _unpack_float(spec["xv"], payload, offset, nx, columns)
+            values[misses] = exact
+        return values, offset
+    raise DecodeError(f"history chunk: unknown float encoding {kind!r}", field="cols")
+
+
+# --- encode / decode -------------------------------------------------------------------------
+
+
+def _dictionary(values: Sequence[str], table: dict[str, int]) -> np.ndarray:
+    return np.fromiter(
+        (table.setdefault(v, len(table)) for v in values), dtype=np.int64, count=len(values)
+    )
+
+
+def encode_ticks(
+    events: Sequence[Trade], *, late: Sequence[bool] | None = None
+) -> dict[str, bytes]:
+    """Pack trades (in stream order) into the fields `v`, `n`, `t_min`, `t_max`, `cols`.
+
+    `late` marks trades stored with an id clamped above their event time (default: none).
+    """
+    if not events:
+        raise ValueError("encode_ticks needs at least one trade")
+    return encode_columns(tick_columns_of(events, late=late))
+
+
+def encode_columns(columns: TickColumns) -> dict[str, bytes]:
+    """Pack decoded columns (at least one row) into chunk fields; see encode_ticks."""
+    n = columns.n
+    if n == 0:
+        raise ValueError("a chunk needs at least one trade")
+    a = columns.arrays
+    ints = {name: a[name].astype(np.int64) for name in _INT_COLUMNS}
+    t_event = a["ts_event"]
+    t_init = a["ts_init"]
+    buffers: list[bytes] = []
+    specs: dict[str, dict] = {}
+    specs["ts_event"] = _pack_int(t_event, buffers, scales=_TIME_SCALES)
+    # Receive time: either on its own or as latency after the event time, whichever packs narrower.
+    own: list[bytes] = []
+    own_spec = _pack_int(t_init, own, scales=_TIME_SCALES)
+    rel: list[bytes] = []
+    rel_spec = _pack_int(t_init - t_event, rel, scales=_TIME_SCALES)
+    if sum(map(len, rel)) < sum(map(len, own)):
+        specs["ts_init"] = {"e": "rel", "i": rel_spec}
+        buffers += rel
+    else:
+        specs["ts_init"] = own_spec
+        buffers += own
+    specs["price"] = _pack_float(a["price"], buffers)
+    specs["quantity"] = _pack_int(ints["quantity"], buffers)
+    specs["volume"] = _pack_volume(a["volume"], a["price"], ints["quantity"], buffers)
+    for name in _INT_COLUMNS:
+        if name != "quantity":
+            specs[name] = _pack_int(ints[name], buffers)
+    for name in STRING_COLUMNS:
+        specs[name] = _pack_int(columns.codes[name].astype(np.int64), buffers)
+    header = orjson.dumps(
+        {"n": n, "cols": specs, "dicts": {k: list(columns.dictionaries[k]) for k in STRING_COLUMNS}}
+    )
+    blob = zlib.compress(_HEADER_LEN.pack(len(header)) + header + b"".join(buffers), ZLIB_LEVEL)
+    return {
+        "v": str(CODEC_VERSION).encode(),
+        "n": str(n).encode(),
+        "t_min": str(int(t_event.min())).encode(),
+        "t_max": str(int(t_event.max())).encode(),
+        "cols": blob,
+    }
+
+
+def tick_columns_of(events: Sequence[Trade], *, late: Sequence[bool] | None = None) -> TickColumns:
+    """Trades as columns (one pass over the objects)."""
+    n = len(events)
+    if n == 0:
+        return TickColumns.empty()
+    rows = [
+        (
+            e.ts_event,
+            e.ts_init,
+            e.price,
+            e.quantity,
+            e.volume,
+            e.trade_id,
+            e.buyer,
+            e.seller,
+            e.trade_type,
+            AGGRESSOR_CODES.get(e.aggressor, 0),
+            e.is_edit,
+            e.history,
+            e.seq,
+            e.session,
+            e.buyer_name,
+            e.seller_name,
+        )
+        for e in events
+    ]
+    cols = list(zip(*rows, strict=True))
+    names = (
+        "ts_event",
+        "ts_init",
+        "price",
+        "quantity",
+        "volume",
+        "trade_id",
+        "buyer",
+        "seller",
+        "trade_type",
+        "aggressor",
+        "is_edit",
+        "history",
+        "seq",
+    )
+    arrays = {
+        name: np.array(col, dtype=NUMERIC_COLUMNS[name])
+        for name, col in zip(names, cols[: len(names)], strict=True)
+    }
+    arrays["late"] = np.zeros(n, dtype=np.bool_) if late is None else np.array(late, dtype=np.bool_)
+    codes: dict[str, np.ndarray] = {}
+    dictionaries: dict[str, tuple[str, ...]] = {}
+    for name, col in zip(STRING_COLUMNS, cols[len(names) :], strict=True):
+        table: dict[str, int] = {}
+        codes[name] = _dictionary(col, table).astype(np.int32)
+        dictionaries[name] = tuple(table)
+    return TickColumns(n, {k: arrays[k] for k in NUMERIC_COLUMNS}, codes, dictionaries)
+
+
+@dataclass(frozen=True)
+class TickColumns:
+    """Decoded ticks: numeric arrays plus dictionary-encoded strings (codes into a tuple)."""
+
+    n: int
+    arrays: dict[str, np.ndarray]
+    codes: dict[str, np.ndarray] = field(default_factory=dict)
+    dictionaries: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def strings(self, name: str) -> np.ndarray:
+        """A string column as an object array."""
+        table = np.array(self.dictionaries[name] or ("",), dtype=object)
+        return table[self.codes[name]]
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        out = dict(self.arrays)
+        for name in STRING_COLUMNS:
+            out[name] = self.strings(name)
+        return out
+
+    def take(self, index: np.ndarray | slice) -> TickColumns:
+        """The rows at `index` (integer array, boolean mask or slice), in that order."""
+        arrays = {k: v[index] for k, v in self.arrays.items()}
+        codes = {k: v[index] for k, v in self.codes.items()}
+        n = len(next(iter(arrays.values()))) if arrays else 0
+        return TickColumns(n, arrays, codes, dict(self.dictionaries))
+
+    @staticmethod
+    def empty() -> TickColumns:
+        return TickColumns(
+            0,
+            {k: np.empty(0, dtype=dt) for k, dt in NUMERIC_COLUMNS.items()},
+            {k: np.empty(0, dtype=np.int32) for k in STRING_COLUMNS},
+            dict.fromkeys(STRING_COLUMNS, ()),
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[TickColumns]) -> TickColumns:
+        """One TickColumns from many, merging their string dictionaries."""
+        parts = [p for p in parts if p.n]
+        if not parts:
+            return TickColumns.empty()
+        if len(parts) == 1:
+            return parts[0]
+        arrays = {k: np.concatenate([p.arrays[k] for p in parts]) for k in NUMERIC_COLUMNS}
+        codes: dict[str, np.ndarray] = {}
+        dictionaries: dict[str, tuple[str, ...]] = {}
+        for name in STRING_COLUMNS:
+            merged: dict[str, int] = {}
+            pieces = []
+            for p in parts:
+                local = p.dictionaries[name]
+                remap = np.fromiter(
+                    (merged.setdefault(s, len(merged)) for s in local), np.int32, len(local)
+                )
+                pieces.append(remap[p.codes[name]] if len(local) else p.codes[name])
+            codes[name] = np.concatenate(pieces)
+            dictionaries[name] = tuple(merged)
+        return TickColumns(sum(p.n for p in parts), arrays, codes, dictionaries)
+
+
+def _text(fields: Mapping[Any, Any], name: str) -> bytes:
+    value = fields.get(name.encode(), fields.get(name))
+    if value is None:
+        raise DecodeError(f"history chunk: field {name!r} is missing", field=name)
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def decode_tick_columns(fields: Mapping[Any, Any]) -> TickColumns:
+    """Decode one chunk's fields (bytes or str keys, as XRANGE returns them)."""
+    version = _text(fields, "v")
+    if version != str(CODEC_VERSION).encode():
+        raise DecodeError(
+            f"history chunk codec version {version.decode(errors='replace')!r} is not "
+            f"{CODEC_VERSION}: this chunk was written by another qt version; upgrade qt",
+            field="v",
+        )
+    n = int(_text(fields, "n"))
+    try:
+        blob = zlib.decompress(_text(fields, "cols"))
+        (header_len,) = _HEADER_LEN.unpack_from(blob)
+        header = orjson.loads(blob[4 : 4 + header_len])
+    except (zlib.error, struct.error, orjson.JSONDecodeError) as exc:
+        raise DecodeError(
+            f"history chunk: cannot unpack its columns ({exc})", field="cols"
+        ) from None
+    if header.get("n") != n:
+        raise DecodeError(
+            f"history chunk: header says {header.get('n')} trades, field n says {n}", field="n"
+        )
+    payload = memoryview(blob)
+    offset = 4 + header_len
+    specs = header["cols"]
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        arrays["ts_event"], offset = _unpack_int(specs["ts_event"], payload, offset, n)
+        init_spec = specs["ts_init"]
+        if init_spec["e"] == "rel":
+            latency, offset = _unpack_int(init_spec["i"], payload, offset, n)
+            arrays["ts_init"] = latency + arrays["ts_event"]
+        else:
+            arrays["ts_init"], offset = _unpack_int(init_spec, payload, offset, n)
+        arrays["price"], offset = _unpack_float(specs["price"], payload, offset, n, arrays)
+        arrays["quantity"], offset = _unpack_int(specs["quantity"], payload, offset, n)
+        arrays["volume"], offset = _unpack_float(specs["volume"], payload, offset, n, arrays)
+        for name in _INT_COLUMNS:
+            if name == "quantity":
+                continue
+            values, offset = _unpack_int(specs[name], payload, offset, n)
+            dtype = NUMERIC_COLUMNS[name]
+            arrays[name] = values if dtype == np.int64 else values.astype(dtype)
+        codes: dict[str, np.ndarray] = {}
+        for name in STRING_COLUMNS:
+            values, offset = _unpack_int(specs[name], payload, offset, n)
+            codes[name] = values.astype(np.int32)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DecodeError(f"history chunk: malformed columns ({exc})", field="cols") from None
+    if offset != len(blob):
+        raise DecodeError("history chunk: column sizes do not add up", field="cols")
+    try:
+        dictionaries = {name: tuple(header["dicts"][name]) for name in STRING_COLUMNS}
+    except (KeyError, TypeError) as exc:
+        raise DecodeError(f"history chunk: malformed dictionaries ({exc})", field="cols") from None
+    ordered = {k: arrays[k] for k in NUMERIC_COLUMNS}
+    return TickColumns(n, ordered, codes, dictionaries)
+
+
+def decode_ticks(fields: Mapping[Any, Any]) -> dict[str, np.ndarray]:
+    """Decode one chunk into columns (strings as object arrays); see NUMERIC_COLUMNS."""
+    return decode_tick_columns(fields).to_dict()
+
+
+def trades_of(columns: TickColumns, symbol: str) -> list[Trade]:
+    """Trade events back from decoded columns (a Python loop: for tests and small exports)."""
+    d = columns.to_dict()
+    out = []
+    for i in range(columns.n):
+        out.append(
+            Trade(
+                symbol=symbol,
+                ts_event=int(d["ts_event"][i]),
+                price=float(d["price"][i]),
+                quantity=int(d["quantity"][i]),
+                volume=float(d["volume"][i]),
+                trade_id=int(d["trade_id"][i]),
+                buyer=int(d["buyer"][i]),
+                seller=int(d["seller"][i]),
+                trade_type=int(d["trade_type"][i]),
+                aggressor=AGGRESSOR_NAMES[int(d["aggressor"][i])],
+                is_edit=bool(d["is_edit"][i]),
+                buyer_name=d["buyer_name"][i],
+                seller_name=d["seller_name"][i],
+                history=bool(d["history"][i]),
+                ts_init=int(d["ts_init"][i]),
+                session=d["session"][i],
+                seq=int(d["seq"][i]),
+            )
+        )
+    return out
+
+
+# --- building chunks from the per-event stream -----------------------------------------------
+
+
+def entry_ms(entry_id: str | bytes) -> int:
+    """The millisecond part of a stream entry id (`1754654400000-3` -> 1754654400000)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+@dataclass(frozen=True)
+class SealedChunk:
+    """A chunk ready to XADD: `fields` includes `src`; the entry id to ask for is `t_min_ms`."""
+
+    fields: dict[str, bytes]
+    n: int
+    t_min: int
+    t_max: int
+    src: str
+
+    @property
+    def t_min_ms(self) -> int:
+        return self.t_min // NS_PER_MS
+
+
+class ChunkBuilder:
+    """Accumulates trades in stream order and seals a chunk at `max_events` or `max_span_ns`.
+
+    Pure (no I/O). `add(trade, entry_id)` returns a sealed chunk when one is due: when the
+    chunk just reached `max_events`, or when the new trade would stretch the chunk's event-time
+    span beyond `max_span_ns` (then the chunk holds the trades before it, and the new trade
+    starts the next one). `seal()` packs whatever is pending (None when nothing is), e.g. on
+    shutdown or when the market goes quiet. A trade whose entry id lies above its event time
+    (a clamped, late entry) is flagged `late`.
+    """
+
+    def __init__(
+        self, *, max_events: int = CHUNK_MAX_EVENTS, max_span_ns: int = CHUNK_MAX_SPAN_NS
+    ) -> None:
+        if max_events < 1:
+            raise ValueError("max_events must be at least 1")
+        self.max_events = max_events
+        self.max_span_ns = max_span_ns
+        self._events: list[Trade] = []
+        self._late: list[bool] = []
+        self._src = ""
+        self._t_min = 0
+        self._t_max = 0
+
+    @property
+    def pending(self) -> int:
+        """Trades added but not yet sealed."""
+        return len(self._events)
+
+    @property
+    def last_src(self) -> str:
+        """Entry id of the last trade added ('' when nothing is pending)."""
+        return self._src
+
+    @property
+    def span_ns(self) -> int:
+        return self._t_max - self._t_min if self._events else 0
+
+    def add(
+        self, event: Trade, entry_id: str | bytes, *, late: bool | None = None
+    ) -> SealedChunk | None:
+        src = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        if late is None:
+            late = entry_ms(src) > event.ts_event // NS_PER_MS
+        sealed = None
+        t = event.ts_event
+        if self._events and (max(self._t_max, t) - min(self._t_min, t) > self.max_span_ns):
+            sealed = self.seal()
+        if not self._events:
+            self._t_min = self._t_max = t
+        else:
+            self._t_min = min(self._t_min, t)
+            self._t_max = max(self._t_max, t)
+        self._events.append(event)
+        self._late.append(late)
+        self._src = src
+        if len(self._events) >= self.max_events:
+            # Never both: after a span break the new chunk holds one trade, and with
+            # max_events == 1 the previous add already sealed, so there was nothing to break.
+            return self.seal()
+        return sealed
+
+    def seal(self) -> SealedChunk | None:
+        if not self._events:
+            return None
+        fields = encode_ticks(self._events, late=self._late)
+        fields["src"] = self._src.encode()
+        chunk = SealedChunk(fields, len(self._events), self._t_min, self._t_max, self._src)
+        self._events = []
+        self._late = []
+        self._src = ""
+        return chunk

@@ -1,0 +1,248 @@
+"""The endpoint URI grammar shared by every command's --in/--out, and the Source/Sink interface.
+
+| URI                                              | kind   | as output            | as input         |
+|--------------------------------------------------|--------|----------------------|------------------|
+| tcp://host:port, ipc:///path                     | zmq    | bind a PUB socket    | connect a SUB    |
+| valkey://[user:pass@]host[:port][/db], valkeys:// | valkey | XADD to streams      | XREAD streams    |
+| unix:///path/valkey.sock[?db=N]                  | valkey | (same, unix socket)  |                  |
+| -                                                | stdio  | JSON lines to stdout | from stdin       |
+| file.jsonl, file.csv, file.parquet               | file   | record to the file   | replay the file  |
+
+Parsing is pure; opening a Source or Sink is delegated to the module that owns the external
+system (zmq_io, store, files), imported only when used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import parse_qs, unquote
+
+from qt_cli.core.errors import EndpointError
+from qt_cli.core.events import Event
+
+Kind = Literal["zmq", "valkey", "stdio", "file"]
+FILE_FORMATS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+DEFAULT_VALKEY_PORT = 6379
+
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+|\*)$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed endpoint. `uri` is the text as given, with any password masked."""
+
+    kind: Kind
+    scheme: str
+    uri: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    db: int = 0
+    username: str = ""
+    password: str = ""
+    format: str = ""
+
+    @property
+    def zmq_address(self) -> str:
+        if self.scheme == "ipc":
+            return f"ipc://{self.path}"
+        return f"tcp://{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+class Sink(Protocol):
+    """Where events go: `send` a batch, `flush`, `close`."""
+
+    def send(self, events: Sequence[Event]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """Where events come from: `read` a batch (empty on timeout), `finished` at the end, `close`."""
+
+    def read(self, timeout_s: float) -> list[Event]: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def _port(text: str, uri: str) -> int:
+    if not text.isdigit():
+        raise EndpointError(f"endpoint {uri!r}: port {text!r} is not a number")
+    port = int(text)
+    if not 0 < port < 65536:
+        raise EndpointError(f"endpoint {uri!r}: port {port} is out of range (1-65535)")
+    return port
+
+
+def _split_host_port(netloc: str, uri: str, *, default_port: int | None) -> tuple[str, int]:
+    if netloc.startswith("["):  # [ipv6]:port
+        host, sep, rest = netloc.partition("]")
+        host += "]"
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise EndpointError(f"endpoint {uri!r}: cannot read host {netloc!r}")
+    else:
+        host, _, port_text = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+    if not host:
+        raise EndpointError(f"endpoint {uri!r}: the host is missing")
+    if not _HOST_RE.match(host):
+        raise EndpointError(f"endpoint {uri!r}: {host!r} is not a valid host")
+    if not port_text:
+        if default_port is None:
+            raise EndpointError(
+                f"endpoint {uri!r}: the port is missing (e.g. tcp://127.0.0.1:5555)"
+            )
+        return host, default_port
+    return host, _port(port_text, uri)
+
+
+def parse_endpoint(uri: str) -> Endpoint:
+    """Parse one endpoint URI; EndpointError names the bad part."""
+    text = uri.strip()
+    if not text:
+        raise EndpointError("endpoint is empty")
+    if text == "-":
+        return Endpoint(kind="stdio", scheme="-", uri="-", format="jsonl")
+    if "://" not in text:
+        return _parse_file(text)
+    scheme, rest = text.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == "tcp":
+        host, port = _split_host_port(rest.rstrip("/"), text, default_port=None)
+        return Endpoint(kind="zmq", scheme="tcp", uri=text, host=host, port=port)
+    if scheme == "ipc":
+        if not rest or rest == "/":
+            raise EndpointError(
+                f"endpoint {text!r}: the ipc path is missing (e.g. ipc:///tmp/qt-ticks)"
+            )
+        return Endpoint(kind="zmq", scheme="ipc", uri=text, path=rest)
+    if scheme in ("valkey", "valkeys", "redis", "rediss"):
+        return _parse_valkey(scheme, rest, text)
+    if scheme == "unix":
+        path, _, query = rest.partition("?")
+        if not path.startswith("/"):
+            raise EndpointError(
+                f"endpoint {text!r}: a unix socket needs an absolute path (unix:///path/valkey.sock)"
+            )
+        db = _db_from_query(query, text)
+        return Endpoint(kind="valkey", scheme="unix", uri=text, path=path, db=db)
+    if scheme == "file":
+        return _parse_file(rest)
+    raise EndpointError(
+        f"endpoint {text!r}: unknown scheme {scheme!r} "
+        "(use tcp://, ipc://, valkey://, valkeys://, unix://, '-', or a .jsonl/.csv/.parquet file)"
+    )
+
+
+def _db_from_query(query: str, uri: str) -> int:
+    if not query:
+        return 0
+    values = parse_qs(query).get("db")
+    if not values or not values[0].isdigit():
+        raise EndpointError(f"endpoint {uri!r}: db must be a number (?db=0)")
+    return int(values[0])
+
+
+def _parse_valkey(scheme: str, rest: str, uri: str) -> Endpoint:
+    netloc, _, tail = rest.partition("/")
+    path_db, _, _query = tail.partition("?")
+    username = password = ""
+    if "@" in netloc:
+        creds, netloc = netloc.rsplit("@", 1)
+        if ":" in creds:
+            username, password = (unquote(p) for p in creds.split(":", 1))
+        else:
+            password = unquote(creds)
+    host, port = _split_host_port(netloc, uri, default_port=DEFAULT_VALKEY_PORT)
+    db = 0
+    if path_db:
+        if not path_db.isdigit():
+            raise EndpointError(f"endpoint {_mask(uri)!r}: database {path_db!r} is not a number")
+        db = int(path_db)
+    tls = scheme in ("valkeys", "rediss")
+    return Endpoint(
+        kind="valkey",
+        scheme="valkeys" if tls else "valkey",
+        uri=_mask(uri),
+        host=host.strip("[]"),
+        port=port,
+        db=db,
+        username=username,
+        password=password,
+    )
+
+
+def _mask(uri: str) -> str:
+    from qt_cli.core.config import mask_url
+
+    return mask_url(uri)
+
+
+def _parse_file(text: str) -> Endpoint:
+    path = Path(text)
+    fmt = FILE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise EndpointError(
+            f"endpoint {text!r}: not a URI and not a known file type (.jsonl, .csv, .parquet)"
+        )
+    return Endpoint(kind="file", scheme="file", uri=text, path=str(path), format=fmt)
+
+
+def parse_endpoints(uris: Sequence[str]) -> list[Endpoint]:
+    return [parse_endpoint(u) for u in uris]
+
+
+def open_sink(endpoint: Endpoint | str) -> Sink:
+    """Open an output: ZeroMQ PUB (bind), Valkey streams, stdout JSON lines, or a file."""
+    ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
+    if ep.kind == "zmq":
+        from qt_cli.core import zmq_io
+
+        return zmq_io.PubSink(ep)
+    if ep.kind == "valkey":
+        from qt_cli.core import store
+        from qt_cli.core.store.writer import StreamSink
+
+        return StreamSink(store.connect(ep))
+    from qt_cli.core import files
+
+    if ep.kind == "stdio":
+        return files.JsonLinesSink(None)
+    return files.open_file_sink(Path(ep.path), ep.format)
+
+
+def open_source(endpoint: Endpoint | str, *, symbols: Sequence[str] = ()) -> Source:
+    """Open an input: ZeroMQ SUB (connect), Valkey streams, stdin JSON lines, or a file."""
+    ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
+    if ep.kind == "zmq":
+        from qt_cli.core import zmq_io
+
+        return zmq_io.SubSource(ep, symbols=symbols)
+    if ep.kind == "valkey":
+        from qt_cli.core import store
+        from qt_cli.core.store.reader import StreamSource
+
+        return StreamSource(store.connect(ep), symbols=symbols)
+    from qt_cli.core import files
+
+    if ep.kind == "stdio":
+        return files.JsonLinesSource(None)
+    return files.open_file_source(Path(ep.path), ep.format)

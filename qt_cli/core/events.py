@@ -1,0 +1,627 @@
+"""Event types and their two encodings: the ZeroMQ wire (orjson) and flat Valkey stream fields.
+
+Every event is an immutable dataclass whose times are integer nanoseconds since the epoch (UTC):
+`ts_event` is venue time, `ts_init` is our receive time on a monotonic-anchored clock. `session`
+and `seq` are set by the publisher (one random session id per run, seq gap-free per session and
+endpoint); an event that was never published has session "" and seq 0.
+
+Wire: `{"type": ..., field: value, ...}`. A Trade is a superset of the seed guide's tick
+(`type, symbol, timestamp, timestamp_ms, trade_id, price, volume, quantity, buyer, seller,
+trade_type, is_edit`) plus `seq`, `session`, `recv_ns`, so a seed-era consumer still works.
+Flat fields: every value a decimal string (bool "1"/"0", missing number "", lists and dicts JSON).
+Both round-trip exactly (floats use the shortest repr that reads back to the same double).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import MISSING as _dataclass_missing
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, ClassVar, get_type_hints
+
+import orjson
+
+from qt_cli.core.errors import DecodeError
+
+NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
+
+# B3 local time for the seed-compatible `timestamp` string. A fixed offset would be wrong before
+# 2019 (Brazil had DST), so use the tz database when it is available.
+try:
+    from zoneinfo import ZoneInfo
+
+    EXCHANGE_TZ: timezone | ZoneInfo = ZoneInfo("America/Sao_Paulo")
+except Exception:  # pragma: no cover - a system without tz data
+    EXCHANGE_TZ = timezone(timedelta(hours=-3))
+
+TRADE_TYPE_NAMES = {
+    0: "none",
+    1: "cross",
+    2: "aggressor_buy",
+    3: "aggressor_sell",
+    4: "auction",
+    5: "surveillance",
+    6: "expit",
+    7: "options_exercise",
+    8: "over_the_counter",
+    9: "derivative_term",
+    10: "index",
+    11: "btc",
+    12: "on_behalf",
+    13: "rlp",
+    14: "block_book",
+    15: "rfq",
+    16: "midpoint",
+    17: "trade_at_close",
+    18: "trade_at_average",
+    32: "unknown",
+    33: "update",
+    34: "mid",
+    35: "off_exchange",
+}
+TRADE_TYPE_UNKNOWN = 32
+
+
+def aggressor_of(trade_type: int) -> str:
+    """'buy' for an aggressor buy (2), 'sell' for an aggressor sell (3), else 'none'."""
+    return "buy" if trade_type == 2 else "sell" if trade_type == 3 else "none"
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class ReceiveClock:
+    """One clock for every callback: wall time anchored once, advanced by the monotonic clock.
+
+    `time.time_ns()` can step (NTP); receive stamps must not, so events from different callbacks
+    order correctly and latencies are never negative.
+    """
+
+    def __init__(self) -> None:
+        self._wall0 = time.time_ns()
+        self._mono0 = time.monotonic_ns()
+
+    def __call__(self) -> int:
+        return self._wall0 + (time.monotonic_ns() - self._mono0)
+
+
+_iso_cache: dict[int, str] = {}
+
+
+def iso_local(ts_ns: int) -> str:
+    """ISO 8601 in exchange time with milliseconds, e.g. `2025-08-08T09:00:01.250-03:00`."""
+    seconds, rem = divmod(ts_ns, NS_PER_S)
+    head = _iso_cache.get(seconds)
+    if head is None:
+        if len(_iso_cache) > 4096:
+            _iso_cache.clear()
+        stamp = datetime.fromtimestamp(seconds, tz=EXCHANGE_TZ).isoformat()
+        head = _iso_cache[seconds] = stamp  # 'YYYY-MM-DDTHH:MM:SS+HH:MM'
+    return f"{head[:19]}.{rem // NS_PER_MS:03d}{head[19:]}"
+
+
+# --- field conversion -------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _to_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str | bytes):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise DecodeError(f"field '{name}': expected an integer, got {value!r}", field=name)
+
+
+def _to_float(name: str, value: Any) -> float:
+    if value is None or value == "" or value == b"":
+        return math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str | bytes):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise DecodeError(f"field '{name}': expected a number, got {value!r}", field=name)
+
+
+def _to_str(name: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise DecodeError(f"field '{name}': expected text, got {value!r}", field=name)
+
+
+_TRUE = {True, "1", "true", "True", b"1", b"true", b"True"}
+_FALSE = {False, "0", "false", "False", "", b"0", b"false", b"False", b""}
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise DecodeError(f"field '{name}': expected a boolean, got {value!r}", field=name)
+
+
+def _to_json(name: str, value: Any) -> Any:
+    if isinstance(value, str | bytes):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"field '{name}': invalid JSON ({exc})", field=name) from None
+    return value
+
+
+def _nan_to_float(values: dict[str, Any]) -> dict[str, float]:
+    return {k: math.nan if v is None else float(v) for k, v in values.items()}
+
+
+_CONVERT = {int: _to_int, float: _to_float, str: _to_str, bool: _to_bool}
+
+
+def _flat_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    if isinstance(value, int | str):
+        return str(value)
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+# --- the base --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of every event: symbol, venue time, receive time, publisher session and seq."""
+
+    TYPE: ClassVar[str] = ""
+    STREAM: ClassVar[str] = ""
+    _spec: ClassVar[tuple[tuple[str, Any, Any], ...]] = ()
+
+    symbol: str
+    ts_event: int
+
+    @property
+    def ts_event_ms(self) -> int:
+        return self.ts_event // NS_PER_MS
+
+    @property
+    def stream_kind(self) -> str:
+        """The per-symbol stream this event is stored in (`ticks`, `book`, `candles:1m`, …)."""
+        return self.STREAM
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire message as a dict (before orjson)."""
+        out: dict[str, Any] = {"type": self.TYPE}
+        for name, _, _ in self._spec:
+            out[name] = getattr(self, name)
+        return out
+
+    def to_wire(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat Valkey stream fields: every value a string."""
+        return {k: _flat_value(v) for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        kwargs: dict[str, Any] = {}
+        for name, typ, default in cls._spec:
+            value = data.get(name, _MISSING)
+            if value is _MISSING or (value is None and typ is not float):
+                if default is _MISSING:
+                    raise DecodeError(f"field '{name}' is missing", field=name)
+                kwargs[name] = default() if callable(default) else default
+                continue
+            convert = _CONVERT.get(typ)
+            kwargs[name] = convert(name, value) if convert else _to_json(name, value)
+        event = cls(**kwargs)
+        event._validate()
+        return event
+
+    def _validate(self) -> None:
+        if not self.symbol:
+            raise DecodeError("field 'symbol' is empty", field="symbol")
+        if self.ts_event <= 0:
+            raise DecodeError(f"field 'ts_event': not a time ({self.ts_event})", field="ts_event")
+
+
+def _finish(cls: type[Event]) -> type[Event]:
+    """Build the (name, type, default) spec a class decodes with, in field order."""
+    hints = get_type_hints(cls)
+    spec = []
+    for f in fields(cls):
+        typ = hints[f.name]
+        if f.default is not _dataclass_missing:
+            default: Any = f.default
+        elif f.default_factory is not _dataclass_missing:
+            default = f.default_factory
+        else:
+            default = _MISSING
+        base = typ if typ in _CONVERT else object
+        spec.append((f.name, base, default))
+    cls._spec = tuple(spec)
+    return cls
+
+
+def _check_price(name: str, value: float, *, allow_nan: bool = False) -> None:
+    if math.isnan(value):
+        if not allow_nan:
+            raise DecodeError(f"field '{name}': price is NaN", field=name)
+    elif not math.isfinite(value) or value <= 0:
+        raise DecodeError(f"field '{name}': price must be positive, got {value!r}", field=name)
+
+
+# --- market data -----------------------------------------------------------------------------
+
+
+@_finish
+@dataclass(frozen=True, slots=True)
+class Trade(Event):
+    """One trade (tick). `volume` is financial volume (price × qty × multiplier), `quantity` contracts."""
+
+    TYPE: ClassVar[str] = "tick"
+    STREAM: ClassVar[str] = "ticks"
+
+    price: float = math.nan
+    quantity: int = 0
+    volume: float = 0.0
+    trade_id: int = 0
+    buyer: int = 0
+    seller: int = 0
+    trade_type: int = 0
+    aggressor: str = "none"
+    is_edit: bool = False
+    buyer_name: str = ""
+    seller_name: str = ""
+    history: bool = False
+    ts_init: int = 0
+    session: str = ""
+    seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.TYPE,
+            "symbol": self.symbol,
+            "timestamp": iso_local(self.ts_event),
+            "timestamp_ms": self.ts_event // NS_PER_MS,
+            "trade_id": self.trade_id,
+            "price": self.price,
+            "volume": self.volume,
+            "quantity": self.quantity,
+            "buyer": self.buyer,
+            "seller": self.seller,
+            "trade_type": self.trade_type,
+            "is_edit": self.is_edit,
+            "aggressor": self.aggressor,
+            "ts_event": self.ts_event,
+            "ts_init": self.ts_init,
+            "recv_ns": self.ts_init,
+            "session": self.session,
+            "seq": self.seq,
+        }
+        if self.buyer_name or self.seller_name:
+            out["buyer_name"] = self.buyer_name
+            out["seller_name"] = self.seller_name
+        if self.history:
+            out["history"] = True
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        # A seed-era tick has no ts_event: take timestamp_ms (its only numeric time).
+        if "ts_event" not in data and "timestamp_ms" in data:
+            data = {**data, "ts_event": _to_int("timestamp_ms", data["timestamp_ms"]) * NS_PER_MS}
+        if "ts_init" not in data and "recv_ns" in data:
+            data = {**data, "ts_init": data["recv_ns"]}
+        if "aggressor" not in data and "trade_type" in data:
+            data = {**data, "aggressor": aggressor_of(_to_int("trade_type", data["trade_type"]))}
+        return super(Trade, cls).from_dict(data)
+
+    def _validate(self) -> None:
+        Event._validate(self)
+        _check_price("price", self.price)
+        if self.quantity < 0:
+            raise DecodeError(f"field 'quantity': negative ({self.quantity})", field="quantity")
+        if self.aggressor not in ("buy", "sell", "none"):
+            raise DecodeError(
+                f"field 'aggressor': {self.aggressor!r} is not buy|sell|none", field="aggressor"
+            )
+
+
+BOOK_SIDES = ("bid", "ask")
+BOOK_ACTIONS = ("add", "edit", "delete", "delete_from", "full")
+
+
+@_finish
+@dataclass(frozen=True, slots=True)
+class BookUpdate(Event):
+    """One change of a limit order book side, in the DLL's terms.
+
+    `position` counts from the end of the side's list as the DLL does (profitdll.md §8), the
+    list running worst → best, so position 0 is the best level; `edit` carries the new absolute
+    quantity, `delete` the level it removes, `delete_from` removes positions `position`…0;
+    `levels` is set only for `full`, best first: [price, quantity, count] per level for the
+    price book, [price, quantity, agent, order_id] per order for the offer book.
+    `book` is "price" (aggregated per price) or "offer" (per order: agent and order_id are set).
+    """
+
+    TYPE: ClassVar[str] = "book"
+    STREAM: ClassVar[str] = "book"
+
+    side: str = "bid"
+    action: str = "add"
+    position: int = 0
+    price: float = math.nan
+    quantity: int = 0
+    count: int = 0
+    agent: int = 0
+    order_id: int = 0
+    book: str = "price"
+    levels: list[list[float]] = field(default_factory=list)
+    ts_init: int = 0
+    session: str = ""
+    seq: int = 0
+
+    def _validate(self) -> None:
+        Event._validate(self)
+        if self.side not in BOOK_SIDES:
+            raise DecodeError(f"field 'side': {self.side!r} is not bid|ask", field="side")
+        if self.action not in BOOK_ACTIONS:
+            raise DecodeError(
+                f"field 'action': {self.action!r} is not one of {', '.join(BOOK_ACTIONS)}",
+                field="action",
+            )
+        if self.action == "add":
+            _check_price("price", self.price)
+        if not isinstance(self.levels, list):
+            raise DecodeError("field 'levels': expected a list", field="levels")
+
+
+@_finish
+@dataclass(frozen=True, slots=True)
+class TopOfBook(Event):
+    """Best bid and ask (the DLL's tiny book). A side not yet seen is NaN."""
+
+    TYPE: ClassVar[str] = "tob"
+    STREAM: ClassVar[str] = "book"
+
+    bid_price: float = math.nan
+    bid_qty: int = 0
+    ask_price: float = math.nan
+    ask_qty: int = 0
+    ts_init: int = 0
+    session: str = ""
+    seq: int = 0
+
+    def _validate(self) -> None:
+        Event._validate(self)
+        _check_price("bid_price", self.bid_price, allow_nan=True)
+        _check_price("ask_price", self.ask_price, allow_nan=True)
+
+
+@_finish
+@dataclass(frozen=True, slots=True)
+class Candle(Event):
+    """OHLCV bar; `ts_event` is the bar's open time, `closed` false while it is still forming."""
+
+    TYPE: ClassVar[str] = "candle"
+    STREAM: ClassVar[str] = "candles"
+
+    timeframe: str = "1m"
+    open: float = math.nan
+    high: float = math.nan
+    low: float = math.nan
+    close: float = math.nan
+    volume: float = 0.0
+    quantity: int = 0
+    trades: int = 0
+    buy_volume: float = 0.0
+    sell_volume: float = 0.0
+    vwap: float = math.nan
+    closed: bool = True
+    ts_init: int = 0
+    session: str = ""
+    seq: int = 0
+
+    @property
+    def stream_kind(self) -> str:
+        return f"candles:{self.timeframe}"
+
+
+@_finish
+@dataclass(frozen=True, slots=True)
+class Daily(Event):
+    """The DLL's daily bar for the current session (open/high/low/close so far, limits, counts)."""
+
+    TYPE: ClassVar[str] = "daily"
+    STREAM: ClassVar[str] = "daily"
+
+    open: float = math.nan
+    high: float = math.nan
+    low: float = math.nan
+    close: float = math.nan
+    volume: float = 0.0
+    adjust: float = math.nan
+    max_limit: float = math.nan
+    min_limit: float = math.nan
+    buy_volume: float = 0.0
+    sell_volume: float = 0.0
+    quantity: int = 0
+    trades: int = 0
+    open_interest: int = 0
+    buy_quantity: int = 0
+    sell_quantity: int = 0
+    buy_trades: int = 0
+    sell_trades: int = 0
+    ts_init: int = 0
+    session: str = ""
+    seq: int = 0
+
+
+@_finish
+@dataclass(frozen=True, slots=True)
+class State(Event):
+    """A connection, ticker or feed state change, in words (`text`) as well as the DLL's codes.
+
+    `symbol` is "*" for states that concern the whole connection.
+    """
+
+    TYPE: ClassVar[str] = "state"
+    STREAM: ClassVar[str] = "state"
+
+    source: str = "feed"
+    code: int = 0
+    text: str = ""
+    ts_init: int = 0
+    session: str = ""
+    seq: int = 0
+
+
+# --- model side ------------------------------------------------------------------------------
+
+
+@_finish
+@dataclass(frozen=True, slots=True)
+class FeatureVector(Event):
+    """Named feature values at `ts_event`; NaN where a value cannot be computed (see `reasons`)."""
+
+    TYPE: ClassVar[str] = "features"
+    STREAM: ClassVar[str] = "features"
+
+    feature_set: str = ""
+    catalog_hash: str = ""
+    features: dict[str, float] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    warm: bool = False
+    ts_init: int = 0
+    session: str = ""
+    seq: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        event = super(FeatureVector, cls).from_dict(data)
+        assert isinstance(event, FeatureVector)
+        if not isinstance(event.features, dict):
+            raise DecodeError("field 'features': expected an object", field="features")
+        object.__setattr__(event, "features", _nan_to_float(event.features))
+        return event
+
+
+@_finish
+@dataclass(frozen=True, slots=True)
+class Prediction(Event):
+    """A model's output for one feature vector."""
+
+    TYPE: ClassVar[str] = "prediction"
+    STREAM: ClassVar[str] = "predictions"
+
+    model: str = ""
+    model_hash: str = ""
+    feature_set: str = ""
+    value: float = math.nan
+    label: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    ts_features: int = 0
+    ts_init: int = 0
+    session: str = ""
+    seq: int = 0
+
+
+SIGNAL_ACTIONS = ("buy", "sell", "hold")
+
+
+@_finish
+@dataclass(frozen=True, slots=True)
+class Signal(Event):
+    """A trading signal derived from a prediction."""
+
+    TYPE: ClassVar[str] = "signal"
+    STREAM: ClassVar[str] = "signals"
+
+    action: str = "hold"
+    confidence: float = math.nan
+    price: float = math.nan
+    model: str = ""
+    reason: str = ""
+    ts_init: int = 0
+    session: str = ""
+    seq: int = 0
+
+    def _validate(self) -> None:
+        Event._validate(self)
+        if self.action not in SIGNAL_ACTIONS:
+            raise DecodeError(
+                f"field 'action': {self.action!r} is not buy|sell|hold", field="action"
+            )
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        Trade,
+        BookUpdate,
+        TopOfBook,
+        Candle,
+        Daily,
+        State,
+        FeatureVector,
+        Prediction,
+        Signal,
+    )
+}
+EVENT_TYPES["history"] = Trade  # history trades travel on their own endpoint, same shape
+
+
+def decode_dict(data: Any) -> Event:
+    """Decode a wire dict (or flat fields) into its event; DecodeError names the bad field."""
+    if not isinstance(data, dict):
+        raise DecodeError(f"expected a JSON object, got {type(data).__name__}", field=None)
+    kind = data.get("type")
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise DecodeError(f"field 'type': unknown event type {kind!r}", field="type")
+    return cls.from_dict(data)
+
+
+def decode(payload: bytes | str) -> Event:
+    """Decode one orjson wire payload."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}", field=None) from None
+    return decode_dict(data)
+
+
+def decode_fields(fields_: dict[bytes | str, bytes | str]) -> Event:
+    """Decode flat Valkey stream fields (as XRANGE returns them)."""
+    data = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in fields_.items()
+    }
+    return decode_dict(data)
+
+
+def utc_datetime(ts_ns: int) -> datetime:
+    return datetime.fromtimestamp(ts_ns / NS_PER_S, tz=UTC)

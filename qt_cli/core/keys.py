@@ -1,0 +1,84 @@
+"""The one place that builds every Valkey key and ZeroMQ topic.
+
+Stream keys put the symbol in a hash tag (`stream:ticks:{WDOQ25}`) so every key of one symbol
+lives in one cluster slot and a server-side function may touch them together.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Stream kinds written per symbol. `candles:<tf>` is built with candle_kind().
+SYMBOL_KINDS = ("ticks", "book", "features", "predictions", "signals", "daily", "state")
+GLOBAL_STREAMS = {"gaps": "stream:gaps", "deadletter": "stream:deadletter"}
+
+# ZeroMQ topic prefix per wire `type` (seed guide: tick_{SYMBOL}, book_{SYMBOL}, features_{SYMBOL}).
+TOPIC_PREFIX = {
+    "tick": "tick",
+    "history": "history",
+    "book": "book",
+    "tob": "book",
+    "daily": "daily",
+    "state": "state",
+    "candle": "candle",
+    "features": "features",
+    "prediction": "prediction",
+    "signal": "signal",
+}
+
+_SYMBOL_RE = re.compile(r"^[A-Za-z0-9._\-]{1,32}$")
+_KEY_RE = re.compile(r"^stream:(?P<kind>.+):\{(?P<symbol>[^}]+)\}$")
+
+
+def valid_symbol(symbol: str) -> bool:
+    """True for a ticker we accept in keys and topics (letters, digits, . _ -)."""
+    return bool(_SYMBOL_RE.match(symbol))
+
+
+def candle_kind(timeframe: str) -> str:
+    return f"candles:{timeframe}"
+
+
+def stream_key(kind: str, symbol: str | None = None) -> str:
+    """`stream_key("ticks", "WDOQ25")` -> `stream:ticks:{WDOQ25}`; global streams take no symbol."""
+    if symbol is None:
+        return GLOBAL_STREAMS[kind]
+    return f"stream:{kind}:{{{symbol}}}"
+
+
+def parse_stream_key(key: str) -> tuple[str, str] | None:
+    """(kind, symbol) of a per-symbol stream key, or None for anything else."""
+    match = _KEY_RE.match(key)
+    if match is None:
+        return None
+    return match["kind"], match["symbol"]
+
+
+def history_key(kind: str, symbol: str) -> str:
+    """The columnar history (chunks of many events per entry) beside a per-event stream."""
+    return f"stream:hist:{kind}:{{{symbol}}}"
+
+
+def late_index_key(kind: str, symbol: str) -> str:
+    """Sorted set of history chunks that hold events older than the chunk id (late events)."""
+    return f"idx:late:{kind}:{{{symbol}}}"
+
+
+def hwm_key(stream: str) -> str:
+    """Hash of the highest (session -> seq) written to a stream; same slot as the stream."""
+    return f"hwm:{stream}"
+
+
+def stats_key(stage: str, name: str = "default") -> str:
+    """Hash of a running stage's counters, read by `qt monitor`."""
+    return f"qt:stats:{stage}:{name}"
+
+
+STATS_PATTERN = "qt:stats:*"
+# Set of the stats hash keys of every stage that ever ran, so `qt monitor` finds them without SCAN.
+STAGES_SET = "qt:stages"
+
+
+def topic(wire_type: str, symbol: str) -> str:
+    """ZeroMQ topic for a message: `tick_WDOQ25`, `book_WDOQ25`, `features_WDOQ25`, …"""
+    return f"{TOPIC_PREFIX[wire_type]}_{symbol}"

@@ -1,0 +1,1 @@
+"""Market-data sources for `qt feed`: ProfitDLL (ctypes), the simulator and file replay."""

@@ -1,0 +1,142 @@
+"""Valkey: connections, the managed local server, and (in submodules) stream writes and reads.
+
+Every Valkey call in qt goes through this package. `connect()` turns an endpoint into a client;
+`resolve()` decides which server a command uses when none was configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import valkey
+
+from qt_cli.core import config
+from qt_cli.core.config import Settings, mask_url
+from qt_cli.core.endpoints import Endpoint, parse_endpoint
+from qt_cli.core.errors import EndpointError, StoreUnavailable
+
+DEFAULT_URL = "valkey://127.0.0.1:6379/0"
+CONNECT_TIMEOUT_S = 2.0
+
+Client = valkey.Valkey
+ValkeyError = valkey.ValkeyError
+ConnectionFailure = (valkey.ConnectionError, valkey.TimeoutError, OSError)
+
+
+def client_for(endpoint: Endpoint, *, password: str = "", timeout_s: float | None = None) -> Client:
+    """A client for a parsed valkey endpoint; the password comes from the URL or `password`."""
+    if endpoint.kind != "valkey":
+        raise EndpointError(f"endpoint {endpoint.uri!r} is not a Valkey endpoint")
+    secret = endpoint.password or password or None
+    common = {
+        "db": endpoint.db,
+        "password": secret,
+        "username": endpoint.username or None,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "decode_responses": False,
+    }
+    if endpoint.scheme == "unix":
+        return valkey.Valkey(unix_socket_path=endpoint.path, **common)
+    return valkey.Valkey(
+        host=endpoint.host, port=endpoint.port, ssl=endpoint.scheme == "valkeys", **common
+    )
+
+
+def connect(
+    target: Endpoint | str, *, password: str | None = None, timeout_s: float | None = None
+) -> Client:
+    """Connect and check the server answers; StoreUnavailable says where and how to fix it."""
+    endpoint = parse_endpoint(target) if isinstance(target, str) else target
+    if password is None:
+        password = config.current().valkey_password
+    client = client_for(endpoint, password=password, timeout_s=timeout_s)
+    try:
+        client.ping()
+    except valkey.AuthenticationError:
+        if not secret_given(endpoint, password):
+            raise StoreUnavailable(
+                f"Valkey at {endpoint.uri} needs a password: set QT_VALKEY_PASSWORD"
+            ) from None
+        raise StoreUnavailable(
+            f"Valkey at {endpoint.uri} refused the credentials: check the URL's user and "
+            "QT_VALKEY_PASSWORD"
+        ) from None
+    except valkey.ResponseError as exc:
+        if "NOAUTH" in str(exc):
+            raise StoreUnavailable(
+                f"Valkey at {endpoint.uri} needs a password: set QT_VALKEY_PASSWORD"
+            ) from None
+        raise
+    except ConnectionFailure as exc:
+        raise StoreUnavailable(
+            f"cannot reach Valkey at {endpoint.uri} ({_reason(exc)}); start one with "
+            "'qt valkey start' or point --valkey / QT_VALKEY_URL at a running server"
+        ) from None
+    return client
+
+
+def secret_given(endpoint: Endpoint, password: str) -> bool:
+    return bool(endpoint.password or password)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].rstrip(".")
+
+
+def answers(url: str, *, timeout_s: float = 0.3) -> bool:
+    """True when a Valkey server answers PING at `url` (no exception, no waiting)."""
+    endpoint = parse_endpoint(url)
+    client = client_for(endpoint, timeout_s=timeout_s)
+    try:
+        return bool(client.ping())
+    except (valkey.ValkeyError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def resolve_url(settings: Settings, *, say: Callable[[str], None] | None = None) -> str:
+    """The Valkey URL a command uses.
+
+    A configured URL (--valkey, QT_VALKEY_URL, .env) wins. Otherwise localhost:6379 if something
+    answers there; otherwise the managed server, started on the spot (and `say` tells the user).
+    """
+    if settings.valkey_url:
+        return settings.valkey_url
+    if answers(DEFAULT_URL):
+        return DEFAULT_URL
+    from qt_cli.core.store.managed import ManagedValkey
+
+    managed = ManagedValkey(settings.valkey_dir)
+    status = managed.status()
+    if not status.running:
+        if say:
+            say(
+                f"no Valkey configured and none on localhost:6379; starting the managed server in {settings.valkey_dir}"
+            )
+        status = managed.start()
+    return status.url
+
+
+def connect_settings(
+    settings: Settings, *, say: Callable[[str], None] | None = None, timeout_s: float | None = None
+) -> Client:
+    """Connect to the server the settings name (or the managed default)."""
+    url = resolve_url(settings, say=say)
+    return connect(url, password=settings.valkey_password, timeout_s=timeout_s)
+
+
+__all__ = [
+    "Client",
+    "ConnectionFailure",
+    "DEFAULT_URL",
+    "ValkeyError",
+    "answers",
+    "client_for",
+    "connect",
+    "connect_settings",
+    "mask_url",
+    "resolve_url",
+]

@@ -1,0 +1,543 @@
+"""Every range read from Valkey streams: paging, history chunks plus tail, late-entry merge, tailing.
+
+Layout (docs/contracts.md): per-event streams `stream:<kind>:{SYM}` whose ids are `<event ms>-<n>`
+(a late event gets an id clamped to the stream's top, the field `late=1`, and keeps its true time in
+`ts_event`), and for ticks the columnar history `stream:hist:ticks:{SYM}` (chunks of up to 4,096
+trades and 60 s, id `<t_min ms>-<n>`, clamped chunks also listed in `idx:late:ticks:{SYM}`).
+
+Reading ticks for [from, to]:
+1. snapshot the last chunked per-event id (`src`);
+2. the late chunks whose t_min lies in [from - 60 s, to] (from the late index);
+3. the per-event entries after `src` (the tail, not chunked yet);
+4. the chunks with ids in [from - 60 s, to], in pages (XRANGE … COUNT), skipping chunks sealed
+   after the snapshot (their trades are in the tail already).
+Everything is filtered to [from, to] and merged into event-time order. Pages are released as soon
+as nothing later can sort before them (the "watermark": no chunk still to come has a t_min below
+the last chunk id read), so an export streams in bounded memory.
+
+Per-event kinds (book, candles, features, …) are read by id in [from, to + margin] and sorted by
+`ts_event`; an entry may arrive at most `LATE_MARGIN_MS` after later events and still sort into
+place (a tick arriving later than that is still found, through the chunks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qt_cli.core import keys
+from qt_cli.core.chunks import (
+    AGGRESSOR_CODES,
+    CHUNK_MAX_SPAN_NS,
+    STRING_COLUMNS,
+    TickColumns,
+    decode_tick_columns,
+    tick_columns_of,
+)
+from qt_cli.core.errors import DecodeError
+from qt_cli.core.events import NS_PER_MS, Event, Trade, decode_fields
+
+log = logging.getLogger(__name__)
+
+PAGE_ENTRIES = 5_000  # per-event entries per XRANGE
+PAGE_CHUNKS = 32  # history chunks per XRANGE (~130,000 ticks)
+LATE_MARGIN_MS = 60_000
+CHUNK_SPAN_MS = CHUNK_MAX_SPAN_NS // NS_PER_MS
+_EXTRA_POS = 1 << 62  # late chunks and the tail sort after chunk rows with the same time
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+# --- ids and paging --------------------------------------------------------------------------
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    """`b"1754654400000-3"` -> (1754654400000, 3)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(entry_id: tuple[int, int]) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+def xrange_pages(
+    client: Any, key: str, start: str = "-", end: str = "+", *, count: int = PAGE_ENTRIES
+) -> Iterator[list[Entry]]:
+    """XRANGE in pages of `count` entries, each page starting after the last id of the previous."""
+    while True:
+        page = client.xrange(key, start, end, count=count)
+        if not page:
+            return
+        yield page
+        if len(page) < count:
+            return
+        start = "(" + page[-1][0].decode()
+
+
+def first_id(client: Any, key: str) -> tuple[int, int] | None:
+    entries = client.xrange(key, "-", "+", count=1)
+    return parse_id(entries[0][0]) if entries else None
+
+
+def last_id(client: Any, key: str) -> tuple[int, int] | None:
+    entries = client.xrevrange(key, "+", "-", count=1)
+    return parse_id(entries[0][0]) if entries else None
+
+
+def symbols_of(client: Any, kind: str) -> list[str]:
+    """Symbols with a per-event stream or a history stream of `kind` (SCAN, never KEYS)."""
+    found: set[str] = set()
+    for pattern in (keys.stream_key(kind, "*"), keys.history_key(kind, "*")):
+        for key in client.scan_iter(match=pattern, count=1000, _type="stream"):
+            text = key.decode() if isinstance(key, bytes) else key
+            symbol = text[text.rfind("{") + 1 : -1]
+            if symbol and keys.valid_symbol(symbol):
+                found.add(symbol)
+    return sorted(found)
+
+
+# --- per-event tick entries -> columns -------------------------------------------------------
+
+
+def _ints(values: list[bytes]) -> np.ndarray:
+    return np.fromiter(map(int, values), dtype=np.int64, count=len(values))
+
+
+def _floats(values: list[bytes]) -> np.ndarray:
+    return np.fromiter(
+        (float(v) if v else np.nan for v in values), dtype=np.float64, count=len(values)
+    )
+
+
+def _flags(values: list[bytes]) -> np.ndarray:
+    return np.fromiter((v in (b"1", b"true", b"True") for v in values), np.bool_, len(values))
+
+
+_AGGRESSOR = {k.encode(): v for k, v in AGGRESSOR_CODES.items()}
+
+
+def tick_columns_from_entries(
+    entries: Sequence[Entry], *, problems: list[str] | None = None
+) -> TickColumns:
+    """Per-event tick entries (as XRANGE returns them) as columns, one list pass per field.
+
+    Entries written by seed-era tools (no ts_event, say) take the slow path through
+    events.decode_fields; an entry that does not decode is left out and described in `problems`.
+    """
+    rows = [f for _, f in entries]
+    if not rows:
+        return TickColumns.empty()
+    try:
+        return _tick_columns_fast(rows)
+    except (KeyError, ValueError, TypeError):
+        pass
+    trades: list[Trade] = []
+    late: list[bool] = []
+    for entry_id, fields in entries:
+        try:
+            event = decode_fields(fields)
+        except DecodeError as exc:
+            if problems is not None:
+                problems.append(f"{entry_id.decode()}: {exc}")
+            continue
+        if isinstance(event, Trade):
+            trades.append(event)
+            late.append(fields.get(b"late") == b"1")
+    return tick_columns_of(trades, late=late)
+
+
+def _tick_columns_fast(rows: list[dict[bytes, bytes]]) -> TickColumns:
+    def col(name: bytes, default: bytes | None = None) -> list[bytes]:
+        if default is None:
+            return [f[name] for f in rows]
+        return [f.get(name, default) for f in rows]
+
+    n = len(rows)
+    arrays = {
+        "ts_event": _ints(col(b"ts_event")),
+        "ts_init": _ints(col(b"ts_init", b"0")),
+        "price": _floats(col(b"price")),
+        "quantity": _ints(col(b"quantity", b"0")),
+        "volume": _floats(col(b"volume", b"0")),
+        "trade_id": _ints(col(b"trade_id", b"0")),
+        "buyer": _ints(col(b"buyer", b"0")).astype(np.int32),
+        "seller": _ints(col(b"seller", b"0")).astype(np.int32),
+        "trade_type": _ints(col(b"trade_type", b"0")).astype(np.uint8),
+        "aggressor": np.fromiter(
+            (_AGGRESSOR[v] for v in col(b"aggressor", b"none")), dtype=np.int8, count=n
+        ),
+        "is_edit": _flags(col(b"is_edit", b"0")),
+        "history": _flags(col(b"history", b"0")),
+        "late": _flags(col(b"late", b"0")),
+        "seq": _ints(col(b"seq", b"0")),
+    }
+    codes: dict[str, np.ndarray] = {}
+    dictionaries: dict[str, tuple[str, ...]] = {}
+    for name in STRING_COLUMNS:
+        table: dict[bytes, int] = {}
+        values = col(name.encode(), b"")
+        codes[name] = np.fromiter(
+            (table.setdefault(v, len(table)) for v in values), dtype=np.int32, count=n
+        )
+        dictionaries[name] = tuple(v.decode() for v in table)
+    return TickColumns(n, arrays, codes, dictionaries)
+
+
+# --- ordered merge with a watermark ----------------------------------------------------------
+
+
+class _TickMerge:
+    """Pending rows, released in (ts_event, stream position) order once below a watermark."""
+
+    def __init__(self, from_ns: int, to_ns: int) -> None:
+        self.from_ns = from_ns
+        self.to_ns = to_ns
+        self.parts: list[TickColumns] = []
+        self.positions: list[np.ndarray] = []
+        self.main_pos = 0
+        self.extra_pos = _EXTRA_POS
+
+    def add(self, columns: TickColumns, *, extra: bool = False) -> None:
+        if columns.n == 0:
+            return
+        ts = columns.arrays["ts_event"]
+        inside = (ts >= self.from_ns) & (ts <= self.to_ns)
+        if not inside.all():
+            columns = columns.take(np.flatnonzero(inside))
+            if columns.n == 0:
+                return
+        start = self.extra_pos if extra else self.main_pos
+        self.positions.append(np.arange(start, start + columns.n, dtype=np.int64))
+        if extra:
+            self.extra_pos += columns.n
+        else:
+            self.main_pos += columns.n
+        self.parts.append(columns)
+
+    def release(self, below_ns: int | None = None) -> TickColumns | None:
+        """The pending rows with ts_event < below_ns (all when None), in order; None if none."""
+        if not self.parts:
+            return None
+        merged = TickColumns.concat(self.parts)
+        pos = np.concatenate(self.positions) if len(self.positions) > 1 else self.positions[0]
+        ts = merged.arrays["ts_event"]
+        if len(ts) > 1 and (np.any(ts[1:] < ts[:-1]) or np.any(pos[1:] <= pos[:-1])):
+            order = np.lexsort((pos, ts))
+            merged = merged.take(order)
+            pos = pos[order]
+            ts = merged.arrays["ts_event"]
+        cut = merged.n if below_ns is None else int(np.searchsorted(ts, below_ns, side="left"))
+        if cut == merged.n:
+            self.parts, self.positions = [], []
+            return merged
+        self.parts = [merged.take(slice(cut, None))]
+        self.positions = [pos[cut:]]
+        return merged.take(slice(0, cut)) if cut else None
+
+
+@dataclass
+class ReadStats:
+    """What a range read touched; `problems` lists entries that could not be read."""
+
+    chunks: int = 0
+    late_chunks: int = 0
+    skipped_chunks: int = 0
+    tail_entries: int = 0
+    entries: int = 0
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TickPage:
+    """Rows in event-time order; every later page sorts at or after `watermark_ns`."""
+
+    columns: TickColumns
+    watermark_ns: int
+
+
+def chunked_src(client: Any, symbol: str) -> tuple[int, int] | None:
+    """Id of the last per-event entry included in a history chunk (None: nothing chunked)."""
+    hist = keys.history_key("ticks", symbol)
+    best: tuple[int, int] | None = None
+    mark = client.hget(keys.hwm_key(hist), "src")
+    if mark:
+        best = parse_id(mark)
+    last = client.xrevrange(hist, "+", "-", count=1)
+    if last and b"src" in last[0][1]:
+        src = parse_id(last[0][1][b"src"])
+        best = src if best is None else max(best, src)
+    return best
+
+
+def _chunk_overlaps(fields: dict[bytes, bytes], from_ns: int, to_ns: int) -> bool:
+    try:
+        return int(fields[b"t_max"]) >= from_ns and int(fields[b"t_min"]) <= to_ns
+    except (KeyError, ValueError):
+        return True  # let the decoder say what is wrong
+
+
+def iter_ticks(
+    client: Any,
+    symbol: str,
+    from_ns: int,
+    to_ns: int,
+    *,
+    page_chunks: int = PAGE_CHUNKS,
+    page_entries: int = PAGE_ENTRIES,
+    margin_ms: int = LATE_MARGIN_MS,
+    stats: ReadStats | None = None,
+) -> Iterator[TickPage]:
+    """The trades of `symbol` with from_ns <= ts_event <= to_ns, in event-time order, in pages."""
+    stats = stats if stats is not None else ReadStats()
+    hist = keys.history_key("ticks", symbol)
+    events_key = keys.stream_key("ticks", symbol)
+    from_ms, to_ms = from_ns // NS_PER_MS, to_ns // NS_PER_MS
+    merge = _TickMerge(from_ns, to_ns)
+    src = chunked_src(client, symbol)
+
+    def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> TickColumns | None:
+        try:
+            return decode_tick_columns(fields)
+        except DecodeError as exc:
+            stats.problems.append(f"{hist} {entry_id.decode()}: {exc}")
+            return None
+
+    def sealed_after_snapshot(fields: dict[bytes, bytes]) -> bool:
+        chunk_src = fields.get(b"src")
+        return src is None or (chunk_src is not None and parse_id(chunk_src) > src)
+
+    def emit(below_ns: int | None, watermark_ns: int) -> Iterator[TickPage]:
+        released = merge.release(below_ns)
+        if released is not None and released.n:
+            stats.rows += released.n
+            yield TickPage(released, watermark_ns)
+
+    if src is None:
+        # Nothing chunked: the per-event stream is all there is.
+        for page in xrange_pages(
+            client, events_key, str(from_ms), str(to_ms + margin_ms), count=page_entries
+        ):
+            stats.entries += len(page)
+            merge.add(tick_columns_from_entries(page, problems=stats.problems))
+            watermark = (parse_id(page[-1][0])[0] - margin_ms) * NS_PER_MS
+            yield from emit(watermark, watermark)
+        yield from emit(None, to_ns)
+        return
+
+    late_ids: set[bytes] = set()
+    for chunk_id in client.zrangebyscore(
+        keys.late_index_key("ticks", symbol), from_ms - CHUNK_SPAN_MS, to_ms
+    ):
+        for entry_id, fields in client.xrange(hist, chunk_id, chunk_id):
+            late_ids.add(entry_id)
+            if sealed_after_snapshot(fields) or not _chunk_overlaps(fields, from_ns, to_ns):
+                continue
+            if (columns := decode(entry_id, fields)) is not None:
+                stats.late_chunks += 1
+                merge.add(columns, extra=True)
+    tail_start = max(src, (from_ms, 0))
+    start = f"({format_id(src)}" if tail_start == src else format_id(tail_start)
+    for page in xrange_pages(client, events_key, start, "+", count=page_entries):
+        stats.tail_entries += len(page)
+        merge.add(tick_columns_from_entries(page, problems=stats.problems), extra=True)
+
+    for page in xrange_pages(
+        client, hist, str(max(0, from_ms - CHUNK_SPAN_MS)), str(to_ms), count=page_chunks
+    ):
+        for entry_id, fields in page:
+            if entry_id in late_ids:
+                continue
+            if sealed_after_snapshot(fields) or not _chunk_overlaps(fields, from_ns, to_ns):
+                stats.skipped_chunks += 1
+                continue
+            columns = decode(entry_id, fields)
+            if columns is None:
+                continue
+            stats.chunks += 1
+            # A clamped chunk missing from the late index still belongs to the result.
+            clamped = parse_id(entry_id)[0] != int(fields[b"t_min"]) // NS_PER_MS
+            merge.add(columns, extra=clamped)
+        watermark = parse_id(page[-1][0])[0] * NS_PER_MS
+        yield from emit(watermark, watermark)
+    yield from emit(None, to_ns)
+
+
+def read_ticks(client: Any, symbol: str, from_ns: int, to_ns: int, **kwargs: Any) -> TickColumns:
+    """All trades of `symbol` in [from_ns, to_ns] as one TickColumns, in event-time order."""
+    pages = [p.columns for p in iter_ticks(client, symbol, from_ns, to_ns, **kwargs)]
+    return TickColumns.concat(pages)
+
+
+# --- per-event kinds -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    """Entries in event-time order (`times` ns parallel to `entries`)."""
+
+    entries: list[Entry]
+    times: list[int]
+    watermark_ns: int
+
+
+def entry_time(entry_id: bytes, fields: dict[bytes, bytes], time_field: bytes) -> int:
+    """An entry's time in ns: its `time_field`, else a seed-era `timestamp_ms`, else its id."""
+    value = fields.get(time_field)
+    if value:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    stamp = fields.get(b"timestamp_ms")
+    if stamp:
+        try:
+            return int(stamp) * NS_PER_MS
+        except ValueError:
+            pass
+    return parse_id(entry_id)[0] * NS_PER_MS
+
+
+def iter_entries(
+    client: Any,
+    key: str,
+    from_ns: int,
+    to_ns: int,
+    *,
+    time_field: str = "ts_event",
+    margin_ms: int = LATE_MARGIN_MS,
+    page_entries: int = PAGE_ENTRIES,
+    stats: ReadStats | None = None,
+) -> Iterator[EntryPage]:
+    """Entries of a per-event stream with from_ns <= time <= to_ns, in time order, in pages."""
+    stats = stats if stats is not None else ReadStats()
+    field_name = time_field.encode()
+    from_ms, to_ms = from_ns // NS_PER_MS, to_ns // NS_PER_MS
+    pending: list[tuple[int, int, Entry]] = []
+    position = 0
+
+    def release(below_ns: int | None, watermark_ns: int) -> Iterator[EntryPage]:
+        nonlocal pending
+        pending.sort(key=lambda item: (item[0], item[1]))
+        if below_ns is None:
+            ready, pending = pending, []
+        else:
+            cut = 0
+            while cut < len(pending) and pending[cut][0] < below_ns:
+                cut += 1
+            ready, pending = pending[:cut], pending[cut:]
+        if ready:
+            stats.rows += len(ready)
+            yield EntryPage([e for _, _, e in ready], [t for t, _, _ in ready], watermark_ns)
+
+    start = str(max(0, from_ms - margin_ms)) if time_field != "ts_event" else str(from_ms)
+    for page in xrange_pages(client, key, start, str(to_ms + margin_ms), count=page_entries):
+        stats.entries += len(page)
+        for entry in page:
+            t = entry_time(entry[0], entry[1], field_name)
+            if from_ns <= t <= to_ns:
+                pending.append((t, position, entry))
+            position += 1
+        watermark = (parse_id(page[-1][0])[0] - margin_ms) * NS_PER_MS
+        yield from release(watermark, watermark)
+    yield from release(None, to_ns)
+
+
+# --- live tailing ----------------------------------------------------------------------------
+
+
+class StreamSource:
+    """`--in valkey://…`: follows per-event streams with XREAD and decodes their entries.
+
+    Reads `kinds` (default ticks and book) of `symbols`; with no symbols it follows every symbol
+    that has a stream of those kinds, looking for new ones every few seconds. `start` is where to
+    begin: "$" (only new entries, the default), "0" (everything stored), or an entry id.
+    Entries that do not decode are counted in `rejected` and described in `problems`.
+    """
+
+    RESCAN_S = 5.0
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        symbols: Sequence[str] = (),
+        kinds: Sequence[str] = ("ticks", "book"),
+        start: str = "$",
+        count: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.symbols = list(symbols)
+        self.kinds = list(kinds)
+        self.start = start
+        self.count = count
+        self.rejected = 0
+        self.problems: list[str] = []
+        self._clock = clock
+        self._positions: dict[str, str] = {}
+        self._closed = False
+        self._next_scan = 0.0
+        self._follow()
+
+    def _follow(self) -> None:
+        symbols = self.symbols
+        if not symbols:
+            found: set[str] = set()
+            for kind in self.kinds:
+                found.update(symbols_of(self.client, kind))
+            symbols = sorted(found)
+            self._next_scan = self._clock() + self.RESCAN_S
+        for symbol in symbols:
+            for kind in self.kinds:
+                key = keys.stream_key(kind, symbol)
+                if key not in self._positions:
+                    self._positions[key] = self._start_id(key)
+
+    def _start_id(self, key: str) -> str:
+        if self.start != "$":
+            return self.start
+        # "$" resolved once, so entries added between two reads are not skipped.
+        top = last_id(self.client, key)
+        return format_id(top) if top else "0-0"
+
+    def read(self, timeout_s: float) -> list[Event]:
+        if self._closed:
+            return []
+        if not self.symbols and self._clock() >= self._next_scan:
+            self._follow()
+        if not self._positions:
+            time.sleep(min(timeout_s, 0.1))
+            return []
+        reply = self.client.xread(
+            self._positions, count=self.count, block=max(1, int(timeout_s * 1000))
+        )
+        events: list[Event] = []
+        for key, entries in reply or ():
+            name = key.decode() if isinstance(key, bytes) else key
+            for entry_id, fields in entries:
+                try:
+                    events.append(decode_fields(fields))
+                except DecodeError as exc:
+                    self.rejected += 1
+                    if len(self.problems) < 20:
+                        self.problems.append(f"{name} {entry_id.decode()}: {exc}")
+            if entries:
+                self._positions[name] = entries[-1][0].decode()
+        return events
+
+    @property
+    def finished(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.client.close()

@@ -1,0 +1,385 @@
+"""Writing events to Valkey streams exactly once, a whole batch per server call.
+
+The write path is the `qt` function library (`functions.lua`, loaded with FUNCTION LOAD REPLACE).
+`qt_append` takes every entry of one stream's batch in ONE call: it skips entries whose
+`(session, seq)` is at or below the stream's high-water mark (`hwm:<stream>`), XADDs the rest with
+ids from event time (`<ms>-*`, clamped to the stream's top with `late=1` for older events), trims
+with MAXLEN ~, and moves the marks, atomically. One call per stream instead of one command per
+entry is what lifts the client past the ~90-100k entries/s of a per-entry XADD pipeline.
+
+`qt_chunk` appends a columnar history chunk (`qt_cli/core/chunks.py`) idempotently on its `src`.
+
+Writers reload the library when the server lost it (restart without persistence, FUNCTION FLUSH)
+and retry the call; the marks make the retry harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import valkey
+
+from qt_cli.core import keys
+from qt_cli.core.chunks import SealedChunk
+from qt_cli.core.errors import StoreUnavailable
+from qt_cli.core.events import NS_PER_MS, Event, Trade, iso_local
+
+LIBRARY_NAME = "qt"
+LIBRARY_VERSION = "2"  # must equal VERSION in functions.lua
+DEFAULT_MAXLEN = 100_000
+DEADLETTER_MAXLEN = 10_000
+GAPS_MAXLEN = 10_000
+RAW_MAX_BYTES = 64 * 1024
+
+# The command name as bytes: the client then sends the arguments as they are (with a str name it
+# re-splits the name and copies the whole argument tuple, which costs for a 40,000-argument batch).
+FCALL = b"FCALL"
+
+_MISSING_FUNCTION = ("function not found", "noscript", "no such library")
+
+
+def library_code() -> str:
+    """The Lua source of the `qt` function library."""
+    return resources.files("qt_cli.core.store").joinpath("functions.lua").read_text()
+
+
+def is_missing_function(exc: BaseException) -> bool:
+    """True for the error of a call to a function the server does not have (lost library)."""
+    text = str(exc).lower()
+    return isinstance(exc, valkey.ResponseError) and any(m in text for m in _MISSING_FUNCTION)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- events -> stream fields ----------------------------------------------------------------
+#
+# An entry is a schema (its field names, sent once per call) and its values. Ints and floats are
+# left to the client's packer, which writes them with str / repr exactly as `Event.to_fields`
+# does (NaN is ""); tests check the two agree.
+
+TRADE_NAMES = (
+    "type",
+    "symbol",
+    "timestamp",
+    "timestamp_ms",
+    "trade_id",
+    "price",
+    "volume",
+    "quantity",
+    "buyer",
+    "seller",
+    "trade_type",
+    "is_edit",
+    "aggressor",
+    "ts_event",
+    "ts_init",
+    "recv_ns",
+    "session",
+    "seq",
+)
+TRADE_NAMES_WITH_NAMES = (*TRADE_NAMES, "buyer_name", "seller_name")
+TRADE_NAMES_HISTORY = (*TRADE_NAMES, "history")
+TRADE_NAMES_WITH_NAMES_HISTORY = (*TRADE_NAMES_WITH_NAMES, "history")
+
+
+def _num(value: float) -> Any:
+    return "" if value != value else value
+
+
+def trade_values(t: Trade) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """(field names, values) of `Trade.to_fields()`, without the intermediate dicts."""
+    ts = t.ts_event
+    values: tuple[Any, ...] = (
+        "tick",
+        t.symbol,
+        iso_local(ts),
+        ts // NS_PER_MS,
+        t.trade_id,
+        _num(t.price),
+        _num(t.volume),
+        t.quantity,
+        t.buyer,
+        t.seller,
+        t.trade_type,
+        "1" if t.is_edit else "0",
+        t.aggressor,
+        ts,
+        t.ts_init,
+        t.ts_init,
+        t.session,
+        t.seq,
+    )
+    if t.buyer_name or t.seller_name:
+        values += (t.buyer_name, t.seller_name)
+        if t.history:
+            return TRADE_NAMES_WITH_NAMES_HISTORY, (*values, "1")
+        return TRADE_NAMES_WITH_NAMES, values
+    if t.history:
+        return TRADE_NAMES_HISTORY, (*values, "1")
+    return TRADE_NAMES, values
+
+
+def event_values(event: Event) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """(field names, values) of an event's stream fields."""
+    if type(event) is Trade:
+        return trade_values(event)
+    fields = event.to_fields()
+    return tuple(fields), tuple(fields.values())
+
+
+def event_key(event: Event) -> str:
+    return keys.stream_key(event.stream_kind, event.symbol)
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamBatch:
+    """The entries of one `qt_append` call for one stream, already flattened into arguments."""
+
+    key: str
+    maxlen: int = DEFAULT_MAXLEN
+    approx: bool = True
+    count: int = 0
+    args: list[Any] = field(default_factory=list)
+    schemas: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+    def add(self, names: tuple[str, ...], values: Sequence[Any], event_ms: int) -> None:
+        """One entry: field `names` (a tuple, shared between entries) and their `values`."""
+        index = self.schemas.get(names)
+        if index is None:
+            index = self.schemas[names] = len(self.schemas) + 1
+        self.args += (index, event_ms)
+        self.args += values
+        self.count += 1
+
+    def add_fields(self, fields: dict[str, Any], event_ms: int) -> None:
+        self.add(tuple(fields), tuple(fields.values()), event_ms)
+
+    def add_event(self, event: Event) -> None:
+        names, values = event_values(event)
+        self.add(names, values, event.ts_event // NS_PER_MS)
+
+    def call_args(self) -> list[Any]:
+        head: list[Any] = [self.maxlen, "1" if self.approx else "0", len(self.schemas)]
+        for names in self.schemas:
+            head.append(len(names))
+            head += names
+        head.append(self.count)
+        head += self.args
+        return head
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What one `qt_append` call did: `ids` has one entry id per input entry ('' = duplicate)."""
+
+    key: str
+    written: int
+    duplicates: int
+    late: int
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    appended: bool
+    id: str  # the new chunk's id, or the src already covered when skipped
+    late: bool = False
+
+
+def append_result(key: str, reply: Sequence[Any]) -> AppendResult:
+    """Parse a `qt_append` reply."""
+    return AppendResult(
+        key=key,
+        written=int(reply[0]),
+        duplicates=int(reply[1]),
+        late=int(reply[2]),
+        ids=[_text(v) for v in reply[3:]],
+    )
+
+
+class StreamWriter:
+    """Exactly-once batched appends through the `qt` function library on one client."""
+
+    def __init__(
+        self, client: valkey.Valkey, *, maxlen: int = DEFAULT_MAXLEN, approx: bool = True
+    ) -> None:
+        self.client = client
+        self.maxlen = maxlen
+        self.approx = approx
+        self._loaded = False
+
+    # -- library --
+
+    def ensure_library(self, *, force: bool = False) -> None:
+        """Load the function library unless the server already has this version."""
+        if not force:
+            try:
+                if _text(self.client.fcall_ro("qt_version", 0)) == LIBRARY_VERSION:
+                    self._loaded = True
+                    return
+            except valkey.ResponseError as exc:
+                if not is_missing_function(exc):
+                    raise
+        try:
+            self.client.function_load(library_code(), replace=True)
+        except valkey.ResponseError as exc:
+            raise StoreUnavailable(
+                f"Valkey refused qt's function library ({exc}); qt needs Valkey >= 7 "
+                "(or Redis >= 7) with functions enabled"
+            ) from None
+        self._loaded = True
+
+    def _fcall(self, name: str, keys_: Sequence[str], args: Sequence[Any]) -> Any:
+        if not self._loaded:
+            self.ensure_library()
+        try:
+            return self.client.execute_command(FCALL, name, len(keys_), *keys_, *args)
+        except valkey.ResponseError as exc:
+            if not is_missing_function(exc):
+                raise
+        self.ensure_library(force=True)
+        return self.client.execute_command(FCALL, name, len(keys_), *keys_, *args)
+
+    # -- appends --
+
+    def batch(
+        self, key: str, *, maxlen: int | None = None, approx: bool | None = None
+    ) -> StreamBatch:
+        return StreamBatch(
+            key=key,
+            maxlen=self.maxlen if maxlen is None else maxlen,
+            approx=self.approx if approx is None else approx,
+        )
+
+    def append(self, batch: StreamBatch) -> AppendResult:
+        """Append one stream's batch in one call."""
+        if batch.count == 0:
+            return AppendResult(batch.key, 0, 0, 0, [])
+        reply = self._fcall("qt_append", (batch.key, keys.hwm_key(batch.key)), batch.call_args())
+        return append_result(batch.key, reply)
+
+    def append_many(self, batches: Iterable[StreamBatch]) -> list[AppendResult]:
+        """Append several streams' batches in one round trip (each stream's call is atomic)."""
+        todo = [b for b in batches if b.count]
+        if not todo:
+            return []
+        if len(todo) == 1:
+            return [self.append(todo[0])]
+        if not self._loaded:
+            self.ensure_library()
+        results: list[AppendResult | None] = [None] * len(todo)
+        for attempt in range(2):
+            pending = [i for i, r in enumerate(results) if r is None]
+            pipe = self.client.pipeline(transaction=False)
+            for i in pending:
+                b = todo[i]
+                pipe.execute_command(
+                    FCALL, "qt_append", 2, b.key, keys.hwm_key(b.key), *b.call_args()
+                )
+            replies = pipe.execute(raise_on_error=False)
+            missing = False
+            for i, reply in zip(pending, replies, strict=True):
+                if isinstance(reply, Exception):
+                    if attempt == 0 and is_missing_function(reply):
+                        missing = True
+                        continue
+                    raise reply
+                results[i] = append_result(todo[i].key, reply)
+            if not missing:
+                break
+            self.ensure_library(force=True)
+        return [r for r in results if r is not None]
+
+    def append_events(self, events: Iterable[Event]) -> list[AppendResult]:
+        """Group events by stream and append each group in one call."""
+        batches: dict[str, StreamBatch] = {}
+        for event in events:
+            key = event_key(event)
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = self.batch(key)
+            batch.add_event(event)
+        return self.append_many(batches.values())
+
+    def append_chunk(self, symbol: str, chunk: SealedChunk) -> ChunkResult:
+        """Append a sealed history chunk of ticks once (skipped when its src is already covered)."""
+        hist = keys.history_key("ticks", symbol)
+        flat: list[Any] = []
+        for name, value in chunk.fields.items():
+            if name != "src":
+                flat += (name, value)
+        reply = self._fcall(
+            "qt_chunk",
+            (hist, keys.late_index_key("ticks", symbol), keys.hwm_key(hist)),
+            [chunk.t_min_ms, chunk.src, len(flat) // 2, *flat],
+        )
+        if int(reply[0]) == 0:
+            return ChunkResult(False, _text(reply[1]))
+        return ChunkResult(True, _text(reply[1]), bool(int(reply[2])))
+
+    def add_plain(self, key: str, fields: dict[str, Any], *, maxlen: int) -> str:
+        """A plain XADD with an automatic id (for stream:gaps and stream:deadletter)."""
+        return _text(self.client.xadd(key, fields, maxlen=maxlen, approximate=True))
+
+    # -- reads the bridge needs on start --
+
+    def last_chunk_src(self, symbol: str) -> str:
+        """The src of the last history chunk of a symbol ('' when none was written)."""
+        hist = keys.history_key("ticks", symbol)
+        value = self.client.hget(keys.hwm_key(hist), "src")
+        if value:
+            return _text(value)
+        last = self.client.xrevrange(hist, count=1)
+        if last:
+            src = last[0][1].get(b"src")
+            return _text(src) if src else ""
+        return ""
+
+    def high_water(self, key: str) -> dict[str, int]:
+        """session -> highest seq stored in a stream."""
+        raw = self.client.hgetall(keys.hwm_key(key))
+        return {_text(k): int(v) for k, v in raw.items() if _text(k) != "src"}
+
+
+class StreamSink:
+    """The `--out valkey://…` sink: every `send` is appended exactly once, a call per stream.
+
+    Stores events as given (no candles or history chunks: `qt bridge` derives those).
+    """
+
+    def __init__(self, client: valkey.Valkey, *, maxlen: int | None = None) -> None:
+        if maxlen is None:
+            from qt_cli.core import config
+
+            maxlen = config.current().maxlen
+        self.client = client
+        self.writer = StreamWriter(client, maxlen=maxlen)
+        self.written = 0
+        self.duplicates = 0
+        self.late = 0
+
+    def send(self, events: Sequence[Event]) -> None:
+        for result in self.writer.append_events(events):
+            self.written += result.written
+            self.duplicates += result.duplicates
+            self.late += result.late
+
+    def flush(self) -> None:
+        """Nothing is held back: `send` has stored its events when it returns."""
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def truncate_raw(raw: bytes | str) -> bytes:
+    """A dead letter's payload, at most RAW_MAX_BYTES."""
+    data = raw.encode(errors="replace") if isinstance(raw, str) else bytes(raw)
+    return data[:RAW_MAX_BYTES]

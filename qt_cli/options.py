@@ -1,0 +1,47 @@
+"""Options shared by several commands, declared once: same name, default and help everywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Symbols = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--symbol", "-s", help="Ticker, repeatable (e.g. WDOQ25). Default: all.", show_default=False
+    ),
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")
+]
+Duration = Annotated[
+    str | None,
+    typer.Option(
+        "--duration",
+        help="Stop after this long, e.g. 30s, 5m (default: run until Ctrl+C).",
+        show_default=False,
+    ),
+]
+StopAfter = Annotated[
+    int | None,
+    typer.Option("--stop-after", help="Stop after this many events.", show_default=False, min=1),
+]
+Inputs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--in",
+        "-i",
+        help="Input endpoint, repeatable: tcp://…, ipc://…, valkey://…, '-', or a file.",
+        show_default=False,
+    ),
+]
+Outputs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Output endpoint, repeatable: tcp://…, ipc://…, valkey://…, '-', or a file.",
+        show_default=False,
+    ),
+]

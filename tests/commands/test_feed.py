@@ -1,0 +1,256 @@
+"""`qt feed` through CliRunner: option errors, outputs, totals as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from qt_cli.app import app
+from qt_cli.core.errors import UsageError
+from qt_cli.core.journal import JournalReader
+from tests.core.test_replay import nelogica_csv, nelogica_row
+from tests.helpers import tcp_endpoint
+
+
+def feed(cli: CliRunner, *args: str, input: str | None = None):  # noqa: ANN201
+    return cli.invoke(app, ["feed", *args], input=input)
+
+
+def zmq_outs() -> list[str]:
+    """Random ports for every endpoint, so tests never bind the defaults."""
+    return [
+        arg
+        for kind in ("ticks", "book", "history", "replay")
+        for arg in ("--out", f"{kind}={tcp_endpoint()}")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "choose exactly one source: --dll PATH, --sim, --replay FILE or --replay-journal DIR"),
+        (["--sim", "--replay", "x.csv"], "(got --sim, --replay)"),
+        (["--sim", "--out", "ticks=tcp://127.0.0.1"], "the port is missing"),
+        (["--sim", "--out", "ticks=gopher://x"], "unknown scheme 'gopher'"),
+        (["--sim", "--out", "tcp://127.0.0.1:7000"], "a ZeroMQ endpoint binds one channel"),
+        (
+            ["--sim", "--fsync", "sometimes"],
+            "--fsync 'sometimes': choose one of none, batch, always",
+        ),
+        (["--replay", "missing.csv"], "--replay missing.csv: no such file"),
+        (["--replay-journal", "nowhere"], "--replay-journal nowhere: no such directory"),
+        (["--dll", "missing.so"], "--dll missing.so: no such file"),
+        (["--sim", "--speed", "-2"], "--speed -2: 0 (as fast as possible) or positive"),
+        (["--sim", "--history-from", "2025-08-08"], "--history-from/--history-to apply to --dll"),
+        (["--replay-journal", ".", "--rate", "0"], "--rate and --seed apply to --sim only"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(
+    cli: CliRunner, args: list[str], message: str
+) -> None:
+    result = feed(cli, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert result.stderr.startswith("Error: ")
+    assert "Traceback" not in result.output
+
+
+def test_same_port_for_two_outputs_is_refused(cli: CliRunner) -> None:
+    uri = tcp_endpoint()
+    result = feed(cli, "--sim", "--out", f"ticks={uri}", "--out", f"book={uri}")
+    assert result.exit_code == 2
+    assert "is given to two outputs" in result.stderr
+
+
+def test_dll_credentials_come_only_from_the_environment(cli: CliRunner, tmp_path: Path) -> None:
+    dll = tmp_path / "ProfitDLL.so"
+    dll.write_bytes(b"")
+    result = feed(cli, "--dll", str(dll), "--symbol", "WDOQ25")
+    assert result.exit_code == 2
+    assert "PROFIT_ACTIVATION_KEY, PROFIT_USER, PROFIT_PASSWORD in the environment" in result.stderr
+
+
+def test_sim_json_totals_and_a_gap_free_jsonl_file(cli: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    journal = tmp_path / "journal"
+    result = feed(
+        cli,
+        "--sim",
+        "--rate", "0",
+        "--seed", "7",
+        "--stop-after", "300",
+        "--out", str(out),
+        "--journal", str(journal),
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    totals = json.loads(result.stdout)
+    assert totals["events"] == 300 and totals["stopped_by"] == "stop_after"
+    assert totals["source"] == "sim"
+    assert sum(totals["by_kind"].values()) == 300
+    assert totals["journal"]["records"] == 300 and totals["journal"]["dir"] == str(journal)
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(rows) == 300
+    by_session: dict[str, list[int]] = {}
+    for row in rows:
+        by_session.setdefault(row["session"], []).append(row["seq"])
+    for session, seqs in by_session.items():
+        channel = session.split(".")[1]
+        assert session == f"{totals['run_id']}.{channel}"
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert totals["channels"][channel]["last_seq"] == len(seqs)
+    assert sum(ch["published"] for ch in totals["channels"].values()) == 300
+    assert sorted(JournalReader(journal).sessions()) == sorted(by_session)
+
+
+def test_out_dash_writes_json_lines_to_stdout(cli: CliRunner, tmp_path: Path) -> None:
+    path = nelogica_csv(tmp_path / "wdo.csv", [nelogica_row(i, i + 1) for i in range(5)])
+    result = feed(
+        cli, "--replay", str(path), "--speed", "0", "--out", "-", "--journal", str(tmp_path / "j")
+    )
+    assert result.exit_code == 0, result.output
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [line["trade_id"] for line in lines] == [1, 2, 3, 4, 5]
+    assert [line["seq"] for line in lines] == [1, 2, 3, 4, 5]
+    assert {line["type"] for line in lines} == {"tick"}
+    assert "published 5 events (tick 5)" in result.stderr
+    assert "stopped by end" in result.stderr
+    assert "1-second resolution" in result.stderr
+
+
+def test_replay_over_zmq_with_bad_lines_and_strict(cli: CliRunner, tmp_path: Path) -> None:
+    rows = [nelogica_row(0, 1), "WDOQ25,20250808,090000", nelogica_row(1, 3)]
+    path = nelogica_csv(tmp_path / "bad.csv", rows)
+    result = feed(
+        cli, "--replay", str(path), "--speed", "0", *zmq_outs(), "--journal", str(tmp_path / "j"),
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    totals = json.loads(result.stdout)
+    assert totals["events"] == 2 and totals["rejected"] == 1
+    assert totals["problems"] == [f"{path}:3: expected 11 fields, got 3: 'WDOQ25,20250808,090000'"]
+    assert f"{path}:3: expected 11 fields" in result.stderr
+    strict = feed(
+        cli, "--replay", str(path), "--speed", "0", "--strict", *zmq_outs(),
+        "--journal", str(tmp_path / "j2"),
+    )  # fmt: skip
+    assert strict.exit_code == 4
+    assert f"Error: {path}:3: expected 11 fields" in strict.stderr
+
+
+def test_replay_journal_republishes_with_new_sessions(cli: CliRunner, tmp_path: Path) -> None:
+    first = feed(
+        cli, "--sim", "--rate", "0", "--stop-after", "120", "--out", str(tmp_path / "a.jsonl"),
+        "--journal", str(tmp_path / "j1"), "--json",
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output
+    again = feed(
+        cli, "--replay-journal", str(tmp_path / "j1"), "--speed", "0",
+        "--out", str(tmp_path / "b.jsonl"), "--journal", str(tmp_path / "j2"), "--json",
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    a = [orjson.loads(x) for x in (tmp_path / "a.jsonl").read_bytes().splitlines()]
+    b = [orjson.loads(x) for x in (tmp_path / "b.jsonl").read_bytes().splitlines()]
+    assert json.loads(again.stdout)["events"] == 120 and len(b) == 120
+    strip = ("session", "seq")
+
+    def key(row: dict[str, object]) -> str:
+        return orjson.dumps({k: v for k, v in row.items() if k not in strip}).decode()
+
+    assert sorted(map(key, a)) == sorted(map(key, b))
+    assert {r["session"].split(".")[0] for r in a}.isdisjoint(
+        {r["session"].split(".")[0] for r in b}
+    )
+
+
+def test_csv_output_per_channel(cli: CliRunner, tmp_path: Path) -> None:
+    result = feed(
+        cli, "--sim", "--rate", "0", "--stop-after", "200",
+        "--out", f"ticks={tmp_path / 'ticks.csv'}", "--out", f"book={tmp_path / 'book.parquet'}",
+        "--out", f"history={tmp_path / 'history.csv'}", "--journal", str(tmp_path / "j"), "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    totals = json.loads(result.stdout)
+    from qt_cli.core.files import read_events
+
+    ticks = read_events(tmp_path / "ticks.csv")
+    book = read_events(tmp_path / "book.parquet")
+    assert len(ticks) == totals["channels"]["ticks"]["published"]
+    assert len(book) == totals["channels"]["book"]["published"]
+    assert [e.seq for e in book] == list(range(1, len(book) + 1))
+    assert {e.TYPE for e in book} <= {"book", "tob"}
+
+
+# --- the core the command calls (qt_cli/core/feed.py) ------------------------------------------
+
+
+def test_outputs_default_to_the_configured_endpoints() -> None:
+    from qt_cli.core.feed import parse_outputs
+
+    outputs = parse_outputs([])
+    assert outputs.channels == {
+        "ticks": "tcp://127.0.0.1:5555",
+        "book": "tcp://127.0.0.1:5556",
+        "history": "tcp://127.0.0.1:5557",
+    }
+    assert outputs.replay == "tcp://127.0.0.1:5559"
+
+
+def test_a_bare_output_takes_every_channel_not_given_by_kind() -> None:
+    from qt_cli.core.feed import parse_outputs
+
+    outputs = parse_outputs(["-", "book=tcp://127.0.0.1:7001"])
+    assert outputs.channels == {"ticks": "-", "book": "tcp://127.0.0.1:7001", "history": "-"}
+    assert outputs.replay == "tcp://127.0.0.1:5559"  # a ZeroMQ channel remains
+    assert parse_outputs(["-"]).replay == ""  # nothing to recover over stdout
+    assert parse_outputs(["replay=none"]).replay == ""
+    with pytest.raises(UsageError, match="--out book= given twice"):
+        parse_outputs(["book=-", "book=x.jsonl"])
+    with pytest.raises(UsageError, match="only one output for every channel"):
+        parse_outputs(["-", "x.jsonl"])
+
+
+def test_events_are_routed_to_their_channel() -> None:
+    from qt_cli.core.events import BookUpdate, Daily, State, TopOfBook, Trade
+    from qt_cli.core.feed import channel_of
+
+    assert channel_of(Trade("X", 1, price=1.0)) == "ticks"
+    assert channel_of(Trade("X", 1, price=1.0, history=True)) == "history"
+    assert channel_of(State("*", 1)) == "ticks"
+    assert channel_of(Daily("X", 1)) == "ticks"
+    assert channel_of(BookUpdate("X", 1)) == "book"
+    assert channel_of(TopOfBook("X", 1)) == "book"
+
+
+def test_feed_stop_from_another_thread_flushes_and_totals(tmp_path: Path) -> None:
+    import threading
+
+    from qt_cli.core.feed import Feed, parse_outputs
+    from qt_cli.core.sources.sim import SimConfig, SimulatedMarket
+
+    out = tmp_path / "live.jsonl"
+    feed_ = Feed(
+        SimulatedMarket(SimConfig(seed=3, rate=2000)),
+        parse_outputs([str(out)]),
+        journal_dir=tmp_path / "j",
+        source_name="sim",
+    )
+    feed_.open()
+    timer = threading.Timer(0.5, feed_.stop)
+    timer.start()
+    try:
+        totals = feed_.run()
+    finally:
+        feed_.close()
+        timer.cancel()
+    assert totals["stopped_by"] == "signal"
+    assert totals["events"] > 0
+    assert len(out.read_bytes().splitlines()) == totals["events"]
+    assert (
+        JournalReader(tmp_path / "j").last_seq(totals["channels"]["book"]["session"])
+        == (totals["channels"]["book"]["last_seq"])
+    )

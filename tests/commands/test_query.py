@@ -1,0 +1,195 @@
+"""`qt query` through the CLI: formats, --output, table, errors, empty ranges."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from qt_cli.app import app
+from qt_cli.core.files import read_events
+from tests.core.test_chunks import make_trades
+from tests.core.test_query import SYMBOL, seed_ticks
+
+RANGE = ["--from", "2025-08-08T09:00", "--to", "2025-08-08T09:05"]
+
+
+def expected(trades) -> list:
+    from qt_cli.core.timeparse import parse_time
+
+    lo, hi = parse_time("2025-08-08T09:00"), parse_time("2025-08-08T09:05")
+    return [t for t in trades if lo <= t.ts_event <= hi]
+
+
+def test_jsonl_on_a_pipe_by_default(cli: CliRunner, vk) -> None:
+    trades = make_trades(2000)
+    seed_ticks(vk, trades, chunked=1700, max_events=500)
+    result = cli.invoke(app, ["query", "--symbol", SYMBOL, *RANGE])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows == [t.to_dict() for t in expected(trades)]
+    assert (
+        f"{len(rows):,} rows: ticks of WDOQ25 from 2025-08-08T09:00:00.000-03:00" in result.stderr
+    )
+    assert "(America/Sao_Paulo)" in result.stderr
+
+
+def test_csv_to_stdout_and_every_format_to_files(cli: CliRunner, vk, tmp_path: Path) -> None:
+    trades = make_trades(2000)
+    seed_ticks(vk, trades, chunked=1700, max_events=500)
+    want = expected(trades)
+    result = cli.invoke(app, ["query", "-s", SYMBOL, *RANGE, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert frame["trade_id"].tolist() == [t.trade_id for t in want]
+    for suffix in ("csv", "jsonl", "parquet"):
+        path = tmp_path / f"out.{suffix}"
+        result = cli.invoke(app, ["query", "-s", SYMBOL, *RANGE, "--output", str(path)])
+        assert result.exit_code == 0, result.output
+        assert result.stdout == ""
+        assert f"rows to {path}" in result.stderr
+        assert read_events(path) == want, suffix
+    path = tmp_path / "out.json"
+    assert cli.invoke(app, ["query", "-s", SYMBOL, *RANGE, "-O", str(path)]).exit_code == 0
+    assert [r["seq"] for r in json.loads(path.read_text())] == [t.seq for t in want]
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.num_rows == len(want)
+
+
+def test_json_flag_is_a_json_array(cli: CliRunner, vk) -> None:
+    trades = make_trades(300)
+    seed_ticks(vk, trades)
+    result = cli.invoke(app, ["query", "-s", SYMBOL, *RANGE, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["trade_id"] for r in json.loads(result.stdout)] == [
+        t.trade_id for t in expected(trades)
+    ]
+
+
+def test_table_with_a_row_limit_and_summary(cli: CliRunner, vk) -> None:
+    trades = make_trades(300)
+    seed_ticks(vk, trades)
+    result = cli.invoke(
+        app,
+        ["query", "-s", SYMBOL, "--from", "2025-08-08T12:00", "--to", "2025-08-08T12:05"]
+        + ["--tz", "UTC", "--format", "table", "--limit", "5"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "time (UTC)" in result.stdout
+    assert "2025-08-08 12:00:00" in result.stdout
+    assert "price" in result.stdout
+    n = len(expected(trades))
+    assert f"{n:,} rows: ticks of WDOQ25 from 2025-08-08T12:00:00.000+00:00" in result.stderr
+    assert "showing the first 5 (--limit" in result.stderr
+
+
+def test_other_kinds_and_as_of(cli: CliRunner, vk) -> None:
+    from qt_cli.core.events import Candle, FeatureVector
+    from tests.core.test_query import T0, seed_events
+
+    seed_events(
+        vk,
+        [
+            Candle(symbol=SYMBOL, ts_event=T0 + i * 60 * 10**9, open=1.0, close=2.0 + i)
+            for i in range(3)
+        ],
+    )
+    seed_events(vk, [FeatureVector(symbol=SYMBOL, ts_event=T0, features={"a": 1.5})])
+    result = cli.invoke(app, ["query", "-s", SYMBOL, "-k", "candles:1m", *RANGE, "-f", "csv"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert frame["close"].tolist() == [2.0, 3.0, 4.0]
+    assert frame["time"].iloc[0] == "2025-08-08T09:00:00.000-03:00"
+    result = cli.invoke(
+        app, ["query", "-s", SYMBOL, "-k", "candles", "--as-of", "2025-08-08T09:01:30"]
+    )
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["close"] for line in result.stdout.splitlines()] == [3.0]
+    assert "as of 2025-08-08T09:01:30.000-03:00" in result.stderr
+    result = cli.invoke(app, ["query", "-k", "features", *RANGE, "-f", "table"])
+    assert result.exit_code == 0, result.output
+    assert "1.5" in result.stdout
+
+
+def test_empty_range_exits_zero_with_a_message(cli: CliRunner, vk) -> None:
+    seed_ticks(vk, make_trades(10))
+    result = cli.invoke(
+        app, ["query", "-s", SYMBOL, "--from", "2025-08-07T09:00", "--to", "2025-08-07T10:00"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith("no ticks of WDOQ25 from 2025-08-07T09:00:00.000-03:00")
+
+
+def test_errors_are_one_clear_line(cli: CliRunner, vk) -> None:
+    seed_ticks(vk, make_trades(10))
+    cases = [
+        (
+            ["query", "--from", "2025-08-08T10:00", "--to", "2025-08-08T09:00"],
+            "Error: --from (2025-08-08T10:00:00.000-03:00) is after --to "
+            "(2025-08-08T09:00:00.000-03:00): swap them or widen the range",
+        ),
+        (
+            ["query", "--from", "yesterdayish"],
+            "Error: time 'yesterdayish' is not a time I can read: use ISO 8601 "
+            "(2025-08-08T09:00), a date (2025-08-08), a time of day (09:00), a relative time "
+            "(-15m, -2h, now) or epoch milliseconds (1754654400000)",
+        ),
+        (
+            ["query", "--kind", "quotes"],
+            "Error: unknown kind 'quotes': choose one of ticks, book, candles:1m, features, "
+            "predictions, signals, daily, state, gaps, deadletter (or candles:<tf>)",
+        ),
+        (
+            ["query", "-s", "WINQ25", *RANGE],
+            "Error: no ticks stored for WINQ25 (stored: WDOQ25); check --symbol and --kind",
+        ),
+        (
+            ["query", *RANGE, "--tz", "Nowhere/Land"],
+            "Error: time zone 'Nowhere/Land' is unknown: use a tz database name such as "
+            "America/Sao_Paulo or UTC",
+        ),
+        (
+            ["query", *RANGE, "--output", "out.xlsx"],
+            "Error: --output out.xlsx: cannot tell the format from the suffix; add --format "
+            "csv|jsonl|json|parquet",
+        ),
+        (
+            ["query", *RANGE, "--format", "xml"],
+            "Error: unknown format 'xml': choose table, csv, jsonl, json or parquet",
+        ),
+    ]
+    for args, message in cases:
+        result = cli.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.strip() == message, args
+        assert result.stdout == ""
+
+
+def test_unreachable_valkey_is_exit_3(cli: CliRunner, monkeypatch) -> None:
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("QT_VALKEY_URL", f"valkey://127.0.0.1:{free_port()}/0")
+    result = cli.invoke(app, ["query", *RANGE])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith("Error: cannot reach Valkey at valkey://127.0.0.1:")
+
+
+def test_a_closed_pipe_stops_quietly(qt, vk) -> None:
+    """`qt query … | head -1`: the reader goes away; no traceback, exit 0."""
+    trades = make_trades(20_000, mean_gap_ms=10)
+    seed_ticks(vk, trades, max_events=4096)
+    proc = qt.start("query", "-s", SYMBOL, "--from", "2025-08-08T08:00", "--to", "2025-08-08T18:00")
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert json.loads(first)["trade_id"] == trades[0].trade_id
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert proc.stderr is not None
+    stderr = proc.stderr.read().decode()
+    assert "Traceback" not in stderr
+    assert "Error" not in stderr

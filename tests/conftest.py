@@ -1,0 +1,89 @@
+"""Fixtures: a real valkey-server, isolated settings, CliRunner and real `qt` processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import valkey as valkey_lib
+from typer.testing import CliRunner
+
+from qt_cli.core import config
+from qt_cli.core.store.managed import INSTALL_HINT, ManagedValkey, find_server
+from tests.helpers import QtProcesses, free_port
+
+
+@dataclass
+class ValkeyServer:
+    url: str
+    port: int
+    directory: Path
+    managed: ManagedValkey
+
+    def client(self) -> valkey_lib.Valkey:
+        return valkey_lib.Valkey(host="127.0.0.1", port=self.port)
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    """A real valkey-server on a free loopback port with its own directory, for the whole run."""
+    try:
+        find_server()
+    except Exception:
+        pytest.fail(f"valkey-server is required for these tests. {INSTALL_HINT}")
+    directory = tmp_path_factory.mktemp("valkey")
+    port = free_port()
+    managed = ManagedValkey(directory, port=port)
+    status = managed.start()
+    yield ValkeyServer(url=status.url, port=port, directory=directory, managed=managed)
+    managed.stop()
+
+
+@pytest.fixture
+def valkey_url(valkey_server: ValkeyServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test server's URL, flushed before the test and exported as QT_VALKEY_URL."""
+    client = valkey_server.client()
+    client.flushall()
+    client.function_flush()
+    client.close()
+    monkeypatch.setenv("QT_VALKEY_URL", valkey_server.url)
+    config.set_current(config.load_settings())
+    return valkey_server.url
+
+
+@pytest.fixture
+def vk(valkey_url: str, valkey_server: ValkeyServer) -> Iterator[valkey_lib.Valkey]:
+    """A client on the flushed test server."""
+    client = valkey_server.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """No test sees the user's QT_* environment, .env or data directory."""
+    for name in list(os.environ):
+        if name.startswith("QT_") or name == "PROFIT_ACTIVATION_KEY" or name.startswith("PROFIT_"):
+            monkeypatch.delenv(name)
+    data_dir = tmp_path / "qt-data"
+    monkeypatch.setenv("QT_DATA_DIR", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    config.set_current(config.load_settings())
+    yield data_dir
+    config._current = None
+
+
+@pytest.fixture
+def cli() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def qt(tmp_path: Path) -> Iterator[QtProcesses]:
+    """Runs real `qt` processes with the test's environment; kills leftovers at teardown."""
+    procs = QtProcesses(tmp_path)
+    yield procs
+    procs.cleanup()
