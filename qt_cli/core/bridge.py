@@ -633,16 +633,14 @@ def _open_input(config: BridgeConfig, endpoint: Endpoint, known: dict[str, int])
 class _TailCheck:
     """Finds messages lost at the end of a burst, which no later message reveals as a gap.
 
-    When an input has been quiet for TAIL_IDLE_S, ask the replay endpoint (every
-    TAIL_CHECK_EVERY_S at most) how far each session this input heard from has been journaled;
-    anything beyond what was received is fetched and queued like a recovered gap. Runs on the
-    input's own thread (it owns the SubSource).
+    When an input has been quiet for TAIL_IDLE_S, asks its SubSource (every TAIL_CHECK_EVERY_S
+    at most) to compare what it received with what the feed journaled (`check_tail`); the
+    missing seqs then arrive through the source's normal gap recovery. Runs on the input's own
+    thread (it owns the SubSource).
     """
 
-    def __init__(self, bridge: Bridge, inp: _Input) -> None:
-        self.bridge = bridge
-        self.inp = inp
-        self.client: Any = None
+    def __init__(self, source: Any) -> None:
+        self.source = source
         self.quiet_since = time.monotonic()
         self.last_check = 0.0
 
@@ -654,47 +652,12 @@ class _TailCheck:
         if now - self.quiet_since < TAIL_IDLE_S or now - self.last_check < TAIL_CHECK_EVERY_S:
             return
         self.last_check = now
-        source = self.inp.source
-        if getattr(source, "recovering", False):
-            return
-        # Only sessions this input received itself: a session of another input may still be
-        # arriving there, and writing its later seqs first would make the marks skip earlier ones.
-        last_seqs = source.last_seqs()
-        heard = {
-            session: max(counters.last_seq, last_seqs.get(session, 0))
-            for session, counters in source.stats.sessions.items()
-            if counters.received
-        }
-        if not heard:
-            return
-        from qt_cli.core import zmq_io
         from qt_cli.core.errors import UnavailableError
 
-        config = self.bridge.config
-        if self.client is None:
-            self.client = zmq_io.ReplayClient(config.replay, timeout_s=config.replay_timeout_s)
         try:
-            journaled = self.client.info()
-            for session, last_heard in heard.items():
-                last = int((journaled.get(session) or {}).get("last_seq") or 0)
-                if last <= last_heard:
-                    continue
-                self.bridge.fetch_into_queue(
-                    self.client,
-                    session,
-                    last_heard + 1,
-                    last,
-                    reason="end of a burst lost (no later message showed the gap)",
-                )
-                source.set_known(session, last)
+            self.source.check_tail()
         except UnavailableError as exc:
-            log.debug("tail check of %s: %s", self.inp.endpoint.uri, exc)
-            self.close()
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+            log.debug("tail check of %s: %s", self.source.uri, exc)
 
 
 class _Deriver:
@@ -1231,7 +1194,7 @@ class Bridge:
         take_rejects = getattr(source, "take_rejects", None)
         take_gaps = getattr(source, "take_gaps", None)
         stop_after = self.config.stop_after
-        tail = _TailCheck(self, inp) if inp.endpoint.kind == "zmq" and self.config.replay else None
+        tail = _TailCheck(source) if inp.endpoint.kind == "zmq" and self.config.replay else None
         try:
             while not self._stop.is_set():
                 events = source.read(0.1)
@@ -1290,8 +1253,6 @@ class Bridge:
             inp.error = exc
             self.stop("input error")
         finally:
-            if tail is not None:
-                tail.close()
             inp.finished = True
 
     # -- writing --

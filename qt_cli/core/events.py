@@ -274,6 +274,31 @@ def _check_price(name: str, value: float, *, allow_nan: bool = False) -> None:
 # --- market data -----------------------------------------------------------------------------
 
 
+# The wire fields of a trade in the order Trade.to_dict writes them (seed fields first), and the
+# optional ones it adds only when set. Writers and exporters use these instead of their own lists.
+TRADE_WIRE_FIELDS = (
+    "type",
+    "symbol",
+    "timestamp",
+    "timestamp_ms",
+    "trade_id",
+    "price",
+    "volume",
+    "quantity",
+    "buyer",
+    "seller",
+    "trade_type",
+    "is_edit",
+    "aggressor",
+    "ts_event",
+    "ts_init",
+    "recv_ns",
+    "session",
+    "seq",
+)
+TRADE_OPTIONAL_FIELDS = ("buyer_name", "seller_name", "history")
+
+
 @_finish
 @dataclass(frozen=True, slots=True)
 class Trade(Event):

@@ -206,6 +206,16 @@ class _RowSource:
         self.stats.reject(message)
         self._rejects.append(Reject(raw[:MAX_RAW_BYTES], "", message, field, self.name, now_ns()))
 
+    def read(self, timeout_s: float) -> list[Event]:
+        raise NotImplementedError
+
+    def batches(self) -> Iterator[list[Event]]:
+        """Every event, in batches, until the end of the input."""
+        while not self._done:
+            batch = self.read(1.0)
+            if batch:
+                yield batch
+
     def _decode(self, data: Any, where: str, raw: bytes) -> Event | None:
         try:
             event = decode_dict(data)
@@ -282,13 +292,6 @@ class JsonLinesSource(_RowSource):
             if event is not None:
                 out.append(event)
         return out
-
-    def batches(self) -> Iterator[list[Event]]:
-        """Every event, in batches, until the end of the input."""
-        while not self._done:
-            batch = self.read(1.0)
-            if batch:
-                yield batch
 
     def close(self) -> None:
         if self._own:
@@ -429,12 +432,6 @@ class CsvSource(_RowSource):
                 out.append(event)
         return out
 
-    def batches(self) -> Iterator[list[Event]]:
-        while not self._done:
-            batch = self.read()
-            if batch:
-                yield batch
-
     def close(self) -> None:
         self._file.close()
 
@@ -546,12 +543,6 @@ class ParquetSource(_RowSource):
             if event is not None:
                 out.append(event)
         return out
-
-    def batches(self) -> Iterator[list[Event]]:
-        while not self._done:
-            batch = self.read()
-            if batch:
-                yield batch
 
     def close(self) -> None:
         self._file.close()

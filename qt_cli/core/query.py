@@ -35,6 +35,8 @@ from qt_cli.core.events import (
     EXCHANGE_TZ,
     NS_PER_MS,
     NS_PER_S,
+    TRADE_OPTIONAL_FIELDS,
+    TRADE_WIRE_FIELDS,
     BookUpdate,
     Candle,
     Daily,
@@ -662,30 +664,7 @@ def _strings(values: Any) -> list[Any]:
     return [None if isinstance(v, float) else v for v in values.tolist()]
 
 
-TICK_WIRE_COLUMNS = (
-    "type",
-    "symbol",
-    "timestamp",
-    "timestamp_ms",
-    "trade_id",
-    "price",
-    "volume",
-    "quantity",
-    "buyer",
-    "seller",
-    "trade_type",
-    "is_edit",
-    "aggressor",
-    "ts_event",
-    "ts_init",
-    "recv_ns",
-    "session",
-    "seq",
-    "buyer_name",
-    "seller_name",
-    "history",
-    "late",
-)
+TICK_WIRE_COLUMNS = (*TRADE_WIRE_FIELDS, *TRADE_OPTIONAL_FIELDS, "late")
 
 
 def _tick_wire(frame: pd.DataFrame) -> dict[str, Any]:

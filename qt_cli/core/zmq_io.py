@@ -607,6 +607,28 @@ class SubSource:
         """True while a gap is being recovered (live messages wait in the socket meanwhile)."""
         return bool(self._jobs)
 
+    def check_tail(self) -> int:
+        """Queue recovery of messages lost at the end of a burst, which no later seq reveals.
+
+        Asks the replay endpoint how far each session this source heard from is journaled and
+        queues the missing seqs beyond what was received; the next `read()` calls fetch them.
+        Returns how many seqs were queued (0 without a replay endpoint or while recovering).
+        Raises UnavailableError when the replay endpoint does not answer.
+        """
+        if self.replay is None or self._jobs:
+            return 0
+        journaled = self.replay.info()
+        queued = 0
+        for session in self.stats.sessions:
+            last = int((journaled.get(session) or {}).get("last_seq") or 0)
+            heard = self._last.get(session, 0)
+            if last > heard:
+                reason = "end of a burst lost (no later message showed the gap)"
+                self._jobs.append(_Recovery(session, heard + 1, last, reason, None))
+                self.stats.gaps_detected += 1
+                queued += last - heard
+        return queued
+
     # -- reading --
 
     def read(self, timeout_s: float) -> list[Event]:

@@ -7,6 +7,8 @@ import pytest
 
 from qt_cli.core.errors import DecodeError
 from qt_cli.core.events import (
+    TRADE_OPTIONAL_FIELDS,
+    TRADE_WIRE_FIELDS,
     BookUpdate,
     Candle,
     Daily,
@@ -205,6 +207,15 @@ def test_tick_is_superset_of_seed_guide_message() -> None:
     }
     assert wire["timestamp_ms"] == T0 // 1_000_000
     assert wire["recv_ns"] == T0 + 5_000
+
+
+def test_trade_field_lists_match_the_encoder() -> None:
+    plain = Trade(symbol="X", ts_event=T0, price=1.0)
+    assert tuple(plain.to_dict()) == TRADE_WIRE_FIELDS
+    full = Trade(
+        symbol="X", ts_event=T0, price=1.0, buyer_name="XP", seller_name="BTG", history=True
+    )
+    assert tuple(full.to_dict()) == TRADE_WIRE_FIELDS + TRADE_OPTIONAL_FIELDS
 
 
 def test_seed_format_tick_decodes() -> None:

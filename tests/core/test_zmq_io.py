@@ -407,3 +407,26 @@ def test_only_range_requests_keep_a_lingering_feed_up(rig: Rig) -> None:
         assert rig.server.last_request_at > 0.0
     finally:
         client.close()
+
+
+def test_check_tail_recovers_what_no_later_seq_reveals(rig: Rig, ctx: zmq.Context[Any]) -> None:
+    source = SubSource(rig.pub_uri, replay=rig.replay_uri, context=ctx)
+    try:
+        connected(source, rig.pub)  # probes take the first seqs
+        rig.pub.send(trades(5))
+        last = rig.pub.sequencer.seq
+        read_all(source, until=last)
+        # Journaled but never received (dropped by a high-water mark after the last message):
+        for seq, trade in enumerate(trades(3), start=last + 1):
+            payload = orjson.dumps({**trade.to_dict(), "session": "run1.ticks", "seq": seq})
+            rig.journal.append("run1.ticks", seq, b"tick_WDOQ25", payload)
+        rig.journal.commit()
+        assert source.read(0.1) == []  # nothing on the wire reveals them
+        assert source.check_tail() == 3
+        tail = read_all(source, until=last + 3)
+        assert [e.seq for e in tail] == [last + 1, last + 2, last + 3]
+        gaps = source.take_gaps()
+        assert [(g.from_seq, g.to_seq, g.recovered) for g in gaps] == [(last + 1, last + 3, True)]
+        assert source.check_tail() == 0
+    finally:
+        source.close()
