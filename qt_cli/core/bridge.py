@@ -35,6 +35,7 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import valkey
 
@@ -46,28 +47,60 @@ from qt_cli.core.candles import (
     timeframe_ns,
 )
 from qt_cli.core.chunks import (
+    AGGRESSOR_CODES,
     CHUNK_MAX_EVENTS,
     CHUNK_MAX_SPAN_NS,
+    NUMERIC_COLUMNS,
     SealedChunk,
     TickColumns,
     encode_columns,
-    tick_columns_of,
 )
 from qt_cli.core.endpoints import Endpoint, parse_endpoint
 from qt_cli.core.errors import DecodeError, StoreUnavailable, UsageError
-from qt_cli.core.events import NS_PER_MS, Candle, Event, Trade, decode_dict, decode_fields, now_ns
+from qt_cli.core.events import (
+    NS_PER_MS,
+    Candle,
+    Event,
+    Trade,
+    decode_dict,
+    decode_fields,
+    iso_local,
+    now_ns,
+)
 from qt_cli.core.store.writer import (
     DEADLETTER_MAXLEN,
     DEFAULT_MAXLEN,
+    E_AGGRESSOR,
+    E_BUYER,
+    E_IS_EDIT,
+    E_PRICE,
+    E_QUANTITY,
+    E_SELLER,
+    E_SEQ,
+    E_SESSION,
+    E_SYMBOL,
+    E_TRADE_ID,
+    E_TRADE_TYPE,
+    E_TS_EVENT,
+    E_TS_INIT,
+    E_VOLUME,
     FCALL,
     GAPS_MAXLEN,
     RAW_MAX_BYTES,
+    TRADE_NAMES,
+    TRADE_NAMES_HISTORY,
+    TRADE_NAMES_WITH_NAMES,
+    TRADE_NAMES_WITH_NAMES_HISTORY,
     AppendResult,
     StreamBatch,
     StreamWriter,
     append_result,
+    entry_history,
+    entry_names,
+    entry_trade,
     event_values,
     is_missing_function,
+    trade_entry,
 )
 
 log = logging.getLogger(__name__)
@@ -159,10 +192,39 @@ class GapRecord:
         }
 
 
-Item = Event | DeadLetter | GapRecord
+# A trade as the bridge carries it from the receiver to the writer and the deriver: a plain
+# tuple (stream key, schema, entry) with the entry's values in the order the stream stores them
+# (`writer.trade_entry`). No Trade object per tick: decoding builds this straight from the wire
+# dict (`tick_row`), the writer appends the entry, candles and chunks read its fields.
+Row = tuple[str, tuple[str, ...], tuple[Any, ...]]
+Item = Event | DeadLetter | GapRecord | Row
+
+
+@dataclass
+class _Batch:
+    """A batch of the writer, grouped per stream and packed into one pipeline of commands."""
+
+    items: list[Item]
+    batches: list[StreamBatch]
+    placed: dict[str, list[Any]]  # stream key -> its events (Rows for trades), in batch order
+    deadletters: list[DeadLetter]
+    gaps: list[GapRecord]
+    marks: dict[str, int]  # input session -> highest seq in the batch
+    per_session: dict[str, int]
+    packed: list[bytes]
+    ncommands: int
+
+
+def _xadd_command(key: str, fields: dict[str, Any], maxlen: int) -> tuple[Any, ...]:
+    flat: list[Any] = []
+    for name, value in fields.items():
+        flat += (name, value)
+    return (b"XADD", key, b"MAXLEN", b"~", maxlen, b"*", *flat)
 
 
 def _item_to_line(item: Item) -> bytes:
+    if type(item) is tuple:
+        item = entry_trade(item[2])
     if isinstance(item, Event):
         return orjson.dumps({"e": item.to_dict()}, option=orjson.OPT_SERIALIZE_NUMPY)
     if isinstance(item, DeadLetter):
@@ -406,7 +468,7 @@ class ColumnChunker:
         self.max_events = max_events
         self.max_span_ns = max_span_ns
         self._pieces: list[TickColumns] = []
-        self._events: list[Trade] = []
+        self._entries: list[tuple[Any, ...]] = []
         self._late: list[bool] = []
         self._n = 0
         self._src = ""
@@ -418,8 +480,12 @@ class ColumnChunker:
         return self._n
 
     def add(self, trade: Trade, entry_id: str, *, late: bool) -> SealedChunk | None:
+        return self.add_entry(trade_entry(trade)[1], entry_id, late=late)
+
+    def add_entry(self, entry: tuple[Any, ...], entry_id: str, *, late: bool) -> SealedChunk | None:
+        """Add a stored tick given as its entry (`writer.trade_entry`)."""
         sealed = None
-        t = trade.ts_event
+        t = entry[E_TS_EVENT]
         if self._n and max(self._t_max, t) - min(self._t_min, t) > self.max_span_ns:
             sealed = self.seal()
         if not self._n:
@@ -429,13 +495,13 @@ class ColumnChunker:
                 self._t_min = t
             if t > self._t_max:
                 self._t_max = t
-        self._events.append(trade)
+        self._entries.append(entry)
         self._late.append(late)
         self._n += 1
         self._src = entry_id
-        if len(self._events) >= self.PIECE:
-            self._pieces.append(tick_columns_of(self._events, late=self._late))
-            self._events = []
+        if len(self._entries) >= self.PIECE:
+            self._pieces.append(entry_columns(self._entries, self._late))
+            self._entries = []
             self._late = []
         if self._n >= self.max_events:
             return self.seal()
@@ -445,17 +511,70 @@ class ColumnChunker:
         if not self._n:
             return None
         pieces = self._pieces
-        if self._events:
-            pieces.append(tick_columns_of(self._events, late=self._late))
+        if self._entries:
+            pieces.append(entry_columns(self._entries, self._late))
         fields = encode_columns(TickColumns.concat(pieces))
         fields["src"] = self._src.encode()
         chunk = SealedChunk(fields, self._n, self._t_min, self._t_max, self._src)
         self._pieces = []
-        self._events = []
+        self._entries = []
         self._late = []
         self._n = 0
         self._src = ""
         return chunk
+
+
+def entry_columns(entries: Sequence[tuple[Any, ...]], late: Sequence[bool]) -> TickColumns:
+    """Entries as chunk columns: what `chunks.tick_columns_of` makes of the same trades."""
+    n = len(entries)
+    cols = list(zip(*entries, strict=False))  # as many fields as the shortest entry has
+    plain = len(cols) == E_SEQ + 1 and all(len(e) == E_SEQ + 1 for e in entries)
+    price = cols[E_PRICE]
+    volume = cols[E_VOLUME]
+    if "" in price:
+        price = tuple(np.nan if v == "" else v for v in price)
+    if "" in volume:
+        volume = tuple(np.nan if v == "" else v for v in volume)
+    aggressor = AGGRESSOR_CODES
+    arrays = {
+        "ts_event": np.array(cols[E_TS_EVENT], dtype=np.int64),
+        "ts_init": np.array(cols[E_TS_INIT], dtype=np.int64),
+        "price": np.array(price, dtype=np.float64),
+        "quantity": np.array(cols[E_QUANTITY], dtype=np.int64),
+        "volume": np.array(volume, dtype=np.float64),
+        "trade_id": np.array(cols[E_TRADE_ID], dtype=np.int64),
+        "buyer": np.array(cols[E_BUYER], dtype=NUMERIC_COLUMNS["buyer"]),
+        "seller": np.array(cols[E_SELLER], dtype=NUMERIC_COLUMNS["seller"]),
+        "trade_type": np.array(cols[E_TRADE_TYPE], dtype=NUMERIC_COLUMNS["trade_type"]),
+        "aggressor": np.array(
+            [aggressor.get(a, 0) for a in cols[E_AGGRESSOR]], dtype=NUMERIC_COLUMNS["aggressor"]
+        ),
+        "is_edit": np.array([v == "1" for v in cols[E_IS_EDIT]], dtype=np.bool_),
+        "history": (
+            np.zeros(n, dtype=np.bool_)
+            if plain
+            else np.array([entry_history(e) for e in entries], dtype=np.bool_)
+        ),
+        "late": np.array(late, dtype=np.bool_),
+        "seq": np.array(cols[E_SEQ], dtype=np.int64),
+    }
+    strings: dict[str, Sequence[str]] = {"session": cols[E_SESSION]}
+    if plain:
+        strings["buyer_name"] = strings["seller_name"] = ("",) * n
+    elif len(cols) >= E_SEQ + 3:  # every entry has names
+        strings["buyer_name"], strings["seller_name"] = cols[E_SEQ + 1], cols[E_SEQ + 2]
+    else:
+        names = [entry_names(e) for e in entries]
+        strings["buyer_name"] = [b for b, _ in names]
+        strings["seller_name"] = [s for _, s in names]
+    codes: dict[str, np.ndarray] = {}
+    dictionaries: dict[str, tuple[str, ...]] = {}
+    for name, values in strings.items():
+        table: dict[str, int] = {}
+        setdefault = table.setdefault
+        codes[name] = np.array([setdefault(v, len(table)) for v in values], dtype=np.int32)
+        dictionaries[name] = tuple(table)
+    return TickColumns(n, {k: arrays[k] for k in NUMERIC_COLUMNS}, codes, dictionaries)
 
 
 @dataclass
@@ -582,37 +701,139 @@ assert [f.name for f in dataclass_fields(Trade)] == [
 ], "events.Trade changed its fields: update bridge.fast_trade"
 
 
-def _sub_source_class() -> Any:
-    """zmq_io.SubSource with the fast decoding of trades (the bulk of the traffic)."""
-    from qt_cli.core import zmq_io
+_TICK_KEYS: dict[str, str] = {}  # symbol -> stream:ticks:{SYM}, for valid tickers
+_INF = float("inf")
+_AGGRESSORS = frozenset(("buy", "sell", "none"))
 
-    base = zmq_io.SubSource
-    if not hasattr(base, "_emit"):  # a SubSource without the hook: decode the generic way
-        return base
 
-    class FastSubSource(base):  # type: ignore[misc, valid-type]
-        def _emit(self, data: dict[str, Any], payload: bytes, topic: str, out: list[Event]) -> None:
-            if data.get("type") == "tick" and (
-                not self.symbols or data.get("symbol") in self.symbols
-            ):
-                try:
-                    trade = fast_trade(data)
-                except DecodeError as exc:
-                    self._reject(payload, topic, str(exc), exc.field)
-                    return
-                if trade is not None:
-                    self.stats.decoded += 1
-                    out.append(trade)
-                    return
-            super()._emit(data, payload, topic, out)
+_ISO_SECONDS: dict[int, tuple[str, str]] = {}
+_MILLIS = tuple(f".{ms:03d}" for ms in range(1000))
 
-    return FastSubSource
+
+def _iso(ts_ns: int) -> str:
+    """`events.iso_local(ts_ns)`, cached per second (tests/core/test_bridge_rows.py checks)."""
+    seconds, rem = divmod(ts_ns, 1_000_000_000)
+    parts = _ISO_SECONDS.get(seconds)
+    if parts is None:
+        if len(_ISO_SECONDS) > 4096:
+            _ISO_SECONDS.clear()
+        stamp = iso_local(seconds * 1_000_000_000)  # 'YYYY-MM-DDTHH:MM:SS.000+HH:MM'
+        parts = _ISO_SECONDS[seconds] = (stamp[:19], stamp[23:])
+    return parts[0] + _MILLIS[rem // NS_PER_MS] + parts[1]
+
+
+def tick_row(data: dict[str, Any]) -> Row | None:
+    """The bridge's decoding of a wire dict: a trade becomes a Row, anything else None.
+
+    Takes the same canonical form as `fast_trade` (every field of exactly the type the
+    publisher writes) and builds the stream entry directly, without a Trade object; None leaves
+    a message to the generic decoding (other event types, unusual forms, a symbol that is not a
+    valid ticker: the writer dead-letters those). Invalid values raise DecodeError with the
+    generic decoder's message. `timestamp`, `timestamp_ms` and `recv_ns` are derived from
+    `ts_event` and `ts_init` as `Trade.to_fields` does, whatever the wire says.
+    """
+    g = data.get
+    if g("type") != "tick":
+        return None
+    ts = g("ts_event")
+    ts_init = g("ts_init")
+    symbol = g("symbol")
+    aggressor = g("aggressor")
+    price = g("price")
+    volume = g("volume", 0.0)
+    quantity = g("quantity", 0)
+    trade_id = g("trade_id", 0)
+    buyer = g("buyer", 0)
+    seller = g("seller", 0)
+    trade_type = g("trade_type", 0)
+    session = g("session", "")
+    seq = g("seq", 0)
+    is_edit = g("is_edit", False)
+    if type(price) is not float:
+        if type(price) is not int:
+            return None
+        price = float(price)
+    if type(volume) is not float:
+        if type(volume) is not int:
+            return None
+        volume = float(volume)
+    if not (
+        type(ts) is int
+        and type(ts_init) is int
+        and type(symbol) is str
+        and type(aggressor) is str
+        and type(quantity) is int
+        and type(trade_id) is int
+        and type(buyer) is int
+        and type(seller) is int
+        and type(trade_type) is int
+        and type(session) is str
+        and type(seq) is int
+        and type(is_edit) is bool
+    ):
+        return None
+    if not (
+        symbol and ts > 0 and 0.0 < price < _INF and quantity >= 0 and aggressor in _AGGRESSORS
+    ):
+        fast_trade(data)  # raises the generic decoder's DecodeError
+        return None
+    key = _TICK_KEYS.get(symbol)
+    if key is None:
+        if not keys.valid_symbol(symbol):
+            return None
+        key = _TICK_KEYS[symbol] = keys.stream_key("ticks", symbol)
+    ms = ts // NS_PER_MS
+    entry = (
+        ms,
+        "tick",
+        symbol,
+        _iso(ts),
+        ms,
+        trade_id,
+        price,
+        volume,
+        quantity,
+        buyer,
+        seller,
+        trade_type,
+        "1" if is_edit else "0",
+        aggressor,
+        ts,
+        ts_init,
+        ts_init,
+        session,
+        seq,
+    )
+    if "buyer_name" not in data and "seller_name" not in data and "history" not in data:
+        return key, TRADE_NAMES, entry
+    buyer_name = g("buyer_name", "")
+    seller_name = g("seller_name", "")
+    history = g("history", False)
+    if type(buyer_name) is not str or type(seller_name) is not str or type(history) is not bool:
+        return None
+    if buyer_name or seller_name:
+        entry += (buyer_name, seller_name)
+        if history:
+            return key, TRADE_NAMES_WITH_NAMES_HISTORY, (*entry, "1")
+        return key, TRADE_NAMES_WITH_NAMES, entry
+    if history:
+        return key, TRADE_NAMES_HISTORY, (*entry, "1")
+    return key, TRADE_NAMES, entry
+
+
+def trade_row(trade: Trade, key: str) -> Row:
+    """A decoded Trade (files, stdin, the spill file) as a Row."""
+    names, entry = trade_entry(trade)
+    return key, names, entry
 
 
 def _open_input(config: BridgeConfig, endpoint: Endpoint, known: dict[str, int]) -> Any:
     if endpoint.kind == "zmq":
-        return _sub_source_class()(
+        from qt_cli.core.zmq_io import SubSource
+
+        return SubSource(
             endpoint,
+            decode=tick_row,
             symbols=config.symbols,
             replay=config.replay if config.replay else None,
             catch_up=config.catch_up,
@@ -678,7 +899,7 @@ class _Deriver:
         self.stats = bridge.stats
         self.enabled = self.config.candles or self.config.chunks
         self.states: dict[str, _SymbolState] = {}
-        self._queue: deque[tuple[list[Event], list[str]]] = deque()
+        self._queue: deque[tuple[list[Row], list[str]]] = deque()
         self._queued = 0
         self._cond = threading.Condition()
         self._reset = False
@@ -696,7 +917,7 @@ class _Deriver:
             self._thread = threading.Thread(target=self._loop, name="qt-bridge-derive", daemon=True)
             self._thread.start()
 
-    def push(self, events: list[Event], ids: list[str]) -> None:
+    def push(self, events: list[Row], ids: list[str]) -> None:
         with self._cond:
             if self._queued > DERIVE_QUEUE_MAX:
                 # Far behind: drop the backlog; the rebuild re-reads those ticks from Valkey.
@@ -769,12 +990,12 @@ class _Deriver:
             self.error = exc
             self.bridge.stop("derived data error")
 
-    def _apply_work(self, work: list[tuple[list[Event], list[str]]]) -> None:
+    def _apply_work(self, work: list[tuple[list[Row], list[str]]]) -> None:
         derive = self._derive
-        for events, ids in work:
-            for event, entry_id in zip(events, ids, strict=True):
-                if entry_id and type(event) is Trade:
-                    derive(event, entry_id)
+        for rows, ids in work:
+            for row, entry_id in zip(rows, ids, strict=True):
+                if entry_id:
+                    derive(row[2], entry_id)
 
     def _forget(self) -> None:
         self.states.clear()
@@ -801,34 +1022,43 @@ class _Deriver:
 
     # -- applying ticks --
 
-    def _derive(self, trade: Trade, entry_id: str) -> None:
-        state = self.states.get(trade.symbol)
+    def _derive(self, entry: tuple[Any, ...], entry_id: str) -> None:
+        symbol = entry[E_SYMBOL]
+        state = self.states.get(symbol)
         if state is None:
-            state = self._resume(trade.symbol)
+            state = self._resume(symbol, entry_id)
         if state.skip_until is not None:
             if id_key(entry_id) <= state.skip_until:
                 return  # covered by the rebuild from Valkey
             state.skip_until = None
-        self._apply(state, trade, entry_id)
+        self._apply(state, entry, entry_id)
 
-    def _apply(self, state: _SymbolState, trade: Trade, entry_id: str) -> None:
-        pending = self._pending_candles
-        for builder in state.builders:
-            closed = builder.add(trade, entry_id)
-            if closed is not None:
-                pending.append((closed, builder.closed_src))
+    def _apply(self, state: _SymbolState, entry: tuple[Any, ...], entry_id: str) -> None:
         if state.builders:
-            self._partial_dirty.add(trade.symbol)
+            volume = entry[E_VOLUME]
+            if type(volume) is str:  # NaN is stored empty
+                volume = float("nan")
+            ts, price, quantity = entry[E_TS_EVENT], entry[E_PRICE], entry[E_QUANTITY]
+            aggressor, ts_init = entry[E_AGGRESSOR], entry[E_TS_INIT]
+            is_edit, history = entry[E_IS_EDIT] == "1", len(entry) % 2 == 0  # entry_history
+            pending = self._pending_candles
+            for builder in state.builders:
+                closed = builder.add_tick(
+                    ts, price, quantity, volume, aggressor, ts_init, entry_id, is_edit, history
+                )
+                if closed is not None:
+                    pending.append((closed, builder.closed_src))
+            self._partial_dirty.add(entry[E_SYMBOL])
         chunker = state.chunker
         if chunker is not None:
             if state.chunk_after is not None:
                 if id_key(entry_id) <= state.chunk_after:
                     return  # already in a stored chunk
                 state.chunk_after = None
-            late = not entry_id.startswith(f"{trade.ts_event // NS_PER_MS}-")
-            sealed = chunker.add(trade, entry_id, late=late)
+            late = not entry_id.startswith(f"{entry[0]}-")
+            sealed = chunker.add_entry(entry, entry_id, late=late)
             if sealed is not None:
-                self._append_chunk(trade.symbol, sealed)
+                self._append_chunk(entry[E_SYMBOL], sealed)
 
     def _append_chunk(self, symbol: str, chunk: SealedChunk) -> None:
         if self.writer.append_chunk(symbol, chunk).appended:
@@ -880,8 +1110,12 @@ class _Deriver:
 
     # -- rebuilding from Valkey --
 
-    def _resume(self, symbol: str) -> _SymbolState:
-        """Rebuild a symbol's candle and chunk state from what Valkey holds."""
+    def _resume(self, symbol: str, before: str) -> _SymbolState:
+        """Rebuild a symbol's candle and chunk state from what Valkey holds before `before`.
+
+        `before` is the id of the first queued tick of the symbol: the queue holds the ticks
+        from there on, in stream order, so only the older ones are read back.
+        """
         config = self.config
         builders = [CandleBuilder(symbol, tf) for tf in config.timeframes] if config.candles else []
         starts: list[str] = []
@@ -899,7 +1133,7 @@ class _Deriver:
         cursor = f"({start}" if start else "-"
         last = ""
         while True:
-            page = self.client.xrange(ticks_key, min=cursor, max="+", count=RESUME_PAGE)
+            page = self.client.xrange(ticks_key, min=cursor, max=f"({before}", count=RESUME_PAGE)
             if not page:
                 break
             for raw_id, stored in page:
@@ -909,7 +1143,7 @@ class _Deriver:
                 except DecodeError:
                     continue
                 if type(trade) is Trade:
-                    self._apply(state, trade, last)
+                    self._apply(state, trade_entry(trade)[1], last)
             cursor = f"({last}"
             if len(page) < RESUME_PAGE:
                 break
@@ -1002,7 +1236,24 @@ class Bridge:
         self._key_cache: dict[tuple[str, str], str] = {}
         self.deriver = _Deriver(self)
         self._outage_since: float | None = None
+        self._conn: Any = None  # the writer's connection (see _connection)
+        pool = self.client.connection_pool
+        # Packs the writer's commands; never connected (packing needs no socket).
+        self._packer: Any = pool.connection_class(**pool.connection_kwargs)
         self._closed = False
+        self._watermark = self._load_watermark()
+        # Subscribe now rather than in run(): a SUB socket misses what is published before its
+        # subscription reaches the publisher, and a burst that ends before then has no later
+        # message to reveal the gap. ZeroMQ inputs come first; the others open in run().
+        try:
+            for endpoint in self._endpoints:
+                if endpoint.kind != "zmq":
+                    break
+                source = _open_input(config, endpoint, dict(self._watermark))
+                self._inputs.append(_Input(endpoint, source))
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle --
 
@@ -1021,8 +1272,7 @@ class Bridge:
 
         `on_progress(stats)` is called about four times a second from this thread.
         """
-        self._watermark = self._load_watermark()
-        for endpoint in self._endpoints:
+        for endpoint in self._endpoints[len(self._inputs) :]:
             source = _open_input(self.config, endpoint, dict(self._watermark))
             self._inputs.append(_Input(endpoint, source))
         self._catch_up_on_start()
@@ -1166,7 +1416,7 @@ class Bridge:
         for _seq, topic, payload in messages:
             try:
                 data = orjson.loads(payload)
-                event = (fast_trade(data) if isinstance(data, dict) else None) or decode_dict(data)
+                event = (tick_row(data) if isinstance(data, dict) else None) or decode_dict(data)
             except (orjson.JSONDecodeError, DecodeError) as exc:
                 field_ = exc.field if isinstance(exc, DecodeError) else None
                 items.append(
@@ -1180,12 +1430,13 @@ class Bridge:
                     )
                 )
                 continue
-            if self._symbols and event.symbol not in self._symbols and event.symbol != "*":
+            symbol = _symbol_of(event)
+            if self._symbols and symbol not in self._symbols and symbol != "*":
                 filtered += 1
                 continue
             items.append(event)
         with self._count_lock:
-            self.stats.received += sum(1 for i in items if isinstance(i, Event))
+            self.stats.received += sum(1 for i in items if not isinstance(i, DeadLetter))
             self.stats.filtered += filtered
         self.queue.put(items)
 
@@ -1228,7 +1479,10 @@ class Bridge:
                         )
                 if events:
                     if self._symbols:
-                        kept = [e for e in events if e.symbol in self._symbols or e.symbol == "*"]
+                        wanted = self._symbols
+                        kept = [
+                            e for e in events if _symbol_of(e) in wanted or _symbol_of(e) == "*"
+                        ]
                         with self._count_lock:
                             self.stats.filtered += len(events) - len(kept)
                         events = kept
@@ -1260,14 +1514,23 @@ class Bridge:
     def _write_loop(self) -> None:
         config = self.config
         linger_s = config.batch_ms / 1000.0
+        ahead: _Batch | None = None  # taken and packed while the previous batch was running
         try:
             while True:
-                receiving = not (self._stop.is_set() or self._inputs_done.is_set())
-                if not receiving and all(i.finished for i in self._inputs) and not len(self.queue):
-                    break
-                items = self.queue.take(config.batch_size, wait_s=0.1, linger_s=linger_s)
-                if items:
-                    if not self._write_with_retry(items):
+                if ahead is None:
+                    receiving = not (self._stop.is_set() or self._inputs_done.is_set())
+                    if (
+                        not receiving
+                        and all(i.finished for i in self._inputs)
+                        and not len(self.queue)
+                    ):
+                        break
+                    items = self.queue.take(config.batch_size, wait_s=0.1, linger_s=linger_s)
+                    ahead = self._prepare(items) if items else None
+                if ahead is not None:
+                    batch, ahead = ahead, None
+                    written, ahead = self._write_with_retry(batch)
+                    if not written:
                         break  # stopping while Valkey is down: everything was spilled
                 if self._due_stats():
                     self._guarded(self._publish_stats)
@@ -1277,6 +1540,9 @@ class Bridge:
             self._writer_error = exc
             self._stop.set()
         finally:
+            if ahead is not None:
+                self.queue.push_front(ahead.items)
+            self._release_connection()
             self.deriver.finish()
             if self.deriver.error is not None and self._writer_error is None:
                 self._writer_error = self.deriver.error
@@ -1293,16 +1559,21 @@ class Bridge:
                 raise
             log.debug("deferred Valkey step refused: %s", exc)
 
-    def _write_with_retry(self, items: list[Item]) -> bool:
+    def _write_with_retry(self, batch: _Batch) -> tuple[bool, _Batch | None]:
+        """Write a batch, riding out Valkey outages: (written, the next batch if one was taken).
+
+        (False, None) when stopping while Valkey is down (everything went to the spill file).
+        """
         backoff = BACKOFF_START_S
         last_report = 0.0
+        items = batch.items
         while True:
             try:
                 if self._outage_since is not None:
                     self.client.ping()
                     self._recovered_from_outage()
-                self._write_batch(items)
-                return True
+                    return True, self._write_batch(batch, look_ahead=False)
+                return True, self._write_batch(batch, look_ahead=True)
             except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
                 now = time.monotonic()
                 if self._outage_since is None:
@@ -1329,7 +1600,7 @@ class Bridge:
                         f"bridge: stopping while Valkey is unreachable: {kept:,} events kept in "
                         f"{self.queue.path}; the next 'qt bridge --name {self.config.name}' writes them"
                     )
-                    return False
+                    return False, None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
@@ -1348,16 +1619,31 @@ class Bridge:
 
     # -- one batch --
 
-    def _write_batch(self, items: list[Item]) -> None:
+    # -- one batch --
+    #
+    # A batch is prepared (grouped per stream and packed into one pipeline of commands), sent,
+    # and while Valkey runs it the next batch is taken from the queue and prepared: packing the
+    # arguments is the bridge's largest single cost, and this way it overlaps the server's work
+    # instead of adding to it. Only one batch is ever in flight, so a batch that fails is retried
+    # before anything after it reaches the server (the marks would otherwise skip it).
+
+    def _prepare(self, items: list[Item]) -> _Batch:
         batches: dict[str, StreamBatch] = {}
-        placed: dict[str, list[Event]] = {}
+        placed: dict[str, list[Any]] = {}
         deadletters: list[DeadLetter] = []
         gaps: list[GapRecord] = []
         marks: dict[str, int] = {}
         per_session: dict[str, int] = {}
         key_of = self._key_cache
+        new_batch = self.writer.batch
         for item in items:
-            if isinstance(item, Event):
+            if type(item) is not tuple:
+                if not isinstance(item, Event):
+                    if isinstance(item, DeadLetter):
+                        deadletters.append(item)
+                    else:
+                        gaps.append(item)  # type: ignore[arg-type]
+                    continue
                 symbol = item.symbol
                 kind = item.stream_kind
                 key = key_of.get((kind, symbol))
@@ -1374,25 +1660,115 @@ class Bridge:
                         )
                         continue
                     key = key_of[(kind, symbol)] = keys.stream_key(kind, symbol)
-                batch = batches.get(key)
-                if batch is None:
-                    batch = batches[key] = self.writer.batch(key)
-                    placed[key] = []
-                names, values = event_values(item)
-                batch.add(names, values, item.ts_event // NS_PER_MS)
-                placed[key].append(item)
-                session = getattr(item, "session", "")
-                if session:
-                    seq = item.seq  # type: ignore[attr-defined]
-                    per_session[session] = per_session.get(session, 0) + 1
-                    if seq > marks.get(session, 0):
-                        marks[session] = seq
-            elif isinstance(item, DeadLetter):
-                deadletters.append(item)
-            else:
-                gaps.append(item)
+                if type(item) is not Trade:
+                    batch = batches.get(key)
+                    if batch is None:
+                        batch = batches[key] = new_batch(key)
+                        placed[key] = []
+                    names, values = event_values(item)
+                    batch.add(names, values, item.ts_event // NS_PER_MS)
+                    placed[key].append(item)
+                    session = getattr(item, "session", "")
+                    if session:
+                        seq = item.seq  # type: ignore[attr-defined]
+                        per_session[session] = per_session.get(session, 0) + 1
+                        if seq > marks.get(session, 0):
+                            marks[session] = seq
+                    continue
+                item = trade_row(item, key)
+            # A trade (Row): the hot path.
+            key, names, entry = item  # type: ignore[misc]
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = new_batch(key)
+                placed[key] = []
+            batch.add_entry(names, entry)
+            placed[key].append(item)
+            session = entry[E_SESSION]
+            if session:
+                seq = entry[E_SEQ]
+                per_session[session] = per_session.get(session, 0) + 1
+                if seq > marks.get(session, 0):
+                    marks[session] = seq
 
-        results, failures = self._execute(list(batches.values()), deadletters, gaps, marks)
+        commands: list[tuple[Any, ...]] = [
+            (FCALL, "qt_append", 2, b.key, keys.hwm_key(b.key), *b.call_args())
+            for b in batches.values()
+        ]
+        for letter in deadletters:
+            commands.append(
+                _xadd_command(keys.stream_key("deadletter"), letter.to_fields(), DEADLETTER_MAXLEN)
+            )
+        for gap in gaps:
+            commands.append(_xadd_command(keys.stream_key("gaps"), gap.to_fields(), GAPS_MAXLEN))
+        if marks:
+            # Last in the pipeline: the server runs it only after every append above.
+            flat: list[Any] = []
+            for session, seq in marks.items():
+                flat += (session, seq)
+            commands.append((b"HSET", self._watermark_key, *flat))
+        return _Batch(
+            items,
+            list(batches.values()),
+            placed,
+            deadletters,
+            gaps,
+            marks,
+            per_session,
+            self._packer.pack_commands(commands),
+            len(commands),
+        )
+
+    def _connection(self) -> Any:
+        """The writer's own connection (taken from the client's pool once)."""
+        if self._conn is None:
+            self._conn = self.client.connection_pool.get_connection("FCALL")
+        return self._conn
+
+    def _release_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self.client.connection_pool.release(self._conn)
+            except Exception:  # releasing must not hide the run's own outcome
+                log.debug("releasing the writer's connection failed", exc_info=True)
+            self._conn = None
+
+    def _write_batch(self, batch: _Batch, *, look_ahead: bool) -> _Batch | None:
+        """Send a batch; with `look_ahead`, take and prepare the next one meanwhile (returned)."""
+        conn = self._connection()
+        ahead: _Batch | None = None
+        try:
+            conn.send_packed_command(batch.packed, check_health=False)
+            if look_ahead:
+                items = self.queue.take(self.config.batch_size, wait_s=0)
+                if items:
+                    try:
+                        ahead = self._prepare(items)
+                    except BaseException:
+                        self.queue.push_front(items)
+                        raise
+            replies: list[Any] = []
+            for _ in range(batch.ncommands):
+                try:
+                    replies.append(conn.read_response())
+                except valkey.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            if ahead is not None:
+                self.queue.push_front(ahead.items)
+            raise
+        try:
+            self._complete(batch, replies)
+        except BaseException:
+            if ahead is not None:
+                self.queue.push_front(ahead.items)
+            raise
+        return ahead
+
+    def _complete(self, batch: _Batch, replies: list[Any]) -> None:
+        results, failures = self._check_replies(batch, replies)
+        placed = batch.placed
         self.stats.batches += 1
         now = now_ns()
         for result in results:
@@ -1404,50 +1780,27 @@ class Bridge:
                 self._after_write(result, events, now)
         for key, error in failures.items():
             self._dead_letter_batch(placed[key], f"Valkey refused the write to {key}: {error}")
-        for gap in gaps:
+        for gap in batch.gaps:
             self._report_gap(gap)
-        self.stats.deadletters += len(deadletters)
-        for session, seq in marks.items():
+        self.stats.deadletters += len(batch.deadletters)
+        for session, seq in batch.marks.items():
             if seq > self._watermark.get(session, 0):
                 self._watermark[session] = seq
             feed = self._feed(session)
-            feed.received += per_session[session]
+            feed.received += batch.per_session[session]
             channel = session.split(".", 1)[1] if "." in session else session
             feed.last_seq[channel] = max(seq, feed.last_seq.get(channel, 0))
 
-    def _execute(
-        self,
-        batches: list[StreamBatch],
-        deadletters: list[DeadLetter],
-        gaps: list[GapRecord],
-        marks: dict[str, int],
+    def _check_replies(
+        self, batch: _Batch, replies: list[Any]
     ) -> tuple[list[AppendResult], dict[str, str]]:
-        """One round trip: every stream's append, dead letters, gaps, then the watermark."""
+        """Results of the appends; transient refusals raise (retried like an outage)."""
         writer = self.writer
-        pipe = self.client.pipeline(transaction=False)
-        for batch in batches:
-            pipe.execute_command(
-                FCALL, "qt_append", 2, batch.key, keys.hwm_key(batch.key), *batch.call_args()
-            )
-        for letter in deadletters:
-            pipe.xadd(
-                keys.stream_key("deadletter"),
-                letter.to_fields(),
-                maxlen=DEADLETTER_MAXLEN,
-                approximate=True,
-            )
-        for gap in gaps:
-            pipe.xadd(
-                keys.stream_key("gaps"), gap.to_fields(), maxlen=GAPS_MAXLEN, approximate=True
-            )
-        if marks:
-            # Last in the pipeline: the server runs it only after every append above.
-            pipe.hset(self._watermark_key, mapping=marks)
-        replies = pipe.execute(raise_on_error=False)
+        batches = batch.batches
         results: list[AppendResult] = []
         failures: dict[str, str] = {}
         retry: list[StreamBatch] = []
-        for batch, reply in zip(batches, replies[: len(batches)], strict=True):
+        for stream_batch, reply in zip(batches, replies[: len(batches)], strict=True):
             if isinstance(reply, Exception):
                 if isinstance(reply, valkey.ConnectionError | valkey.TimeoutError):
                     raise reply
@@ -1455,11 +1808,11 @@ class Bridge:
                     # Out of memory, a replica, loading: wait and retry like an outage.
                     raise valkey.ConnectionError(f"{type(reply).__name__}: {reply}")
                 if is_missing_function(reply):
-                    retry.append(batch)
+                    retry.append(stream_batch)
                     continue
-                failures[batch.key] = str(reply)
+                failures[stream_batch.key] = str(reply)
                 continue
-            results.append(append_result(batch.key, reply))
+            results.append(append_result(stream_batch.key, reply))
         for reply in replies[len(batches) :]:
             if isinstance(reply, valkey.ConnectionError | valkey.TimeoutError):
                 raise reply
@@ -1468,34 +1821,35 @@ class Bridge:
         if retry:
             writer.ensure_library(force=True)
             results += writer.append_many(retry)
-            if marks:
-                self.client.hset(self._watermark_key, mapping=marks)
+            if batch.marks:
+                self.client.hset(self._watermark_key, mapping=batch.marks)
         return results, failures
 
-    def _dead_letter_batch(self, events: list[Event], reason: str) -> None:
+    def _dead_letter_batch(self, events: list[Any], reason: str) -> None:
         self.warn(f"bridge: {reason}; {len(events)} events go to the dead-letter stream")
         pipe = self.client.pipeline(transaction=False)
         for event in events:
             pipe.xadd(
                 keys.stream_key("deadletter"),
-                DeadLetter(reason, event.to_wire(), "bridge", ts_init=now_ns()).to_fields(),
+                DeadLetter(reason, _wire_of(event), "bridge", ts_init=now_ns()).to_fields(),
                 maxlen=DEADLETTER_MAXLEN,
                 approximate=True,
             )
         pipe.execute()
         self.stats.deadletters += len(events)
 
-    def _after_write(self, result: AppendResult, events: list[Event], now: int) -> None:
+    def _after_write(self, result: AppendResult, events: list[Any], now: int) -> None:
         ids = result.ids
         sample = self._latencies.append
         for i in range(len(events) - 1, -1, -LATENCY_STRIDE):  # a sample is enough for p50/p99
             if ids[i]:
-                ts_init = getattr(events[i], "ts_init", 0)
+                ts_init = _ts_init_of(events[i])
                 if ts_init:
                     sample(now - ts_init)
-        last = events[-1]
-        if ids[-1] and getattr(last, "ts_init", 0):
-            self.stats.lag_ms = (now - last.ts_init) / NS_PER_MS  # type: ignore[attr-defined]
+        if ids[-1]:
+            ts_init = _ts_init_of(events[-1])
+            if ts_init:
+                self.stats.lag_ms = (now - ts_init) / NS_PER_MS
         if self.deriver.enabled and result.key.startswith("stream:ticks:"):
             self.deriver.push(events, ids)
 
@@ -1649,6 +2003,20 @@ class Bridge:
             "stopped_by": s.stopped_by,
         }
         return out
+
+
+def _ts_init_of(item: Event | Row) -> int:
+    if type(item) is tuple:
+        return item[2][E_TS_INIT]  # type: ignore[no-any-return]
+    return getattr(item, "ts_init", 0)
+
+
+def _symbol_of(item: Event | Row) -> str:
+    return item[2][E_SYMBOL] if type(item) is tuple else item.symbol  # type: ignore[union-attr]
+
+
+def _wire_of(item: Event | Row) -> bytes:
+    return (entry_trade(item[2]) if type(item) is tuple else item).to_wire()  # type: ignore[union-attr]
 
 
 def _stored_candle(entries: list[Any]) -> tuple[Candle, dict[str, str]] | None:

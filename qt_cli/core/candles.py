@@ -152,18 +152,42 @@ class CandleBuilder:
 
         A tick at or before the resume point (`src`) was already applied and is ignored.
         """
+        return self.add_tick(
+            trade.ts_event,
+            trade.price,
+            trade.quantity,
+            trade.volume,
+            trade.aggressor,
+            trade.ts_init,
+            src,
+            trade.is_edit,
+            trade.history,
+        )
+
+    def add_tick(
+        self,
+        ts: int,
+        price: float,
+        quantity: int,
+        volume: float,
+        aggressor: str,
+        ts_init: int,
+        src: str = "",
+        is_edit: bool = False,
+        history: bool = False,
+    ) -> Candle | None:
+        """`add` with the trade's fields given one by one (the bridge has no Trade object)."""
         if self._resume_key is not None and src:
             if id_key(src) <= self._resume_key:
                 return None
             self._resume_key = None  # past the resume point: ids only grow from here
         self.src = src
-        if trade.is_edit:
+        if is_edit:
             self.edits += 1
             return None
-        if trade.history:
+        if history:
             self.history += 1
             return None
-        ts = trade.ts_event
         open_ns = ts - ts % self.tf_ns
         forming = self._forming
         closed: Candle | None = None
@@ -176,25 +200,23 @@ class CandleBuilder:
                 closed = self._candle(forming, closed_flag=True)
                 self._closed_open_ns = forming.open_ns
                 self.closed_src = forming.src
-            price = trade.price
             forming = self._forming = _Forming(
                 open_ns, price, price, price, price, 0.0, 0, 0, 0.0, 0.0, 0.0, 0, ""
             )
-        price = trade.price
         if price > forming.high:
             forming.high = price
         if price < forming.low:
             forming.low = price
         forming.close = price
-        forming.volume += trade.volume
-        forming.quantity += trade.quantity
+        forming.volume += volume
+        forming.quantity += quantity
         forming.trades += 1
-        if trade.aggressor == "buy":
-            forming.buy_volume += trade.volume
-        elif trade.aggressor == "sell":
-            forming.sell_volume += trade.volume
-        forming.pv += price * trade.quantity
-        forming.ts_init = trade.ts_init
+        if aggressor == "buy":
+            forming.buy_volume += volume
+        elif aggressor == "sell":
+            forming.sell_volume += volume
+        forming.pv += price * quantity
+        forming.ts_init = ts_init
         forming.src = src
         return closed
 

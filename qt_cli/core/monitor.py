@@ -2,7 +2,7 @@
 
 `Monitor.collect()` reads Valkey with a bounded number of cheap commands and returns a `Snapshot`
 (plain data, `as_dict()` for JSON); `render()` turns a snapshot into rich renderables. There is no
-I/O loop here: the command owns the refresh loop and rich.live.
+I/O loop here: the command owns the refresh loop and the live display.
 
 What one refresh costs (S symbols, G stage hashes):
 - per symbol: XREVRANGE of the ticks stream from the last id read (COUNT `page_size`, at most

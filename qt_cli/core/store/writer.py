@@ -124,6 +124,72 @@ def trade_values(t: Trade) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     return TRADE_NAMES, values
 
 
+# A trade's *entry*: (event ms, value…) with the values in the order of its schema (one of the
+# four TRADE_NAMES* tuples). The bridge builds entries straight from the wire dict and hands them
+# to `StreamBatch.add_entry`, to its candles and to its chunks, without a Trade object per tick.
+# Positions in an entry (0 is the event ms, field k of TRADE_NAMES is at k + 1):
+E_MS = 0
+E_SYMBOL = 2
+E_TRADE_ID = 5
+E_PRICE = 6
+E_VOLUME = 7
+E_QUANTITY = 8
+E_BUYER = 9
+E_SELLER = 10
+E_TRADE_TYPE = 11
+E_IS_EDIT = 12  # "1" or "0"
+E_AGGRESSOR = 13
+E_TS_EVENT = 14
+E_TS_INIT = 15
+E_SESSION = 17
+E_SEQ = 18
+E_NAMES = 19  # buyer_name, seller_name: present when the schema has them
+_PLAIN_LEN = len(TRADE_NAMES) + 1
+
+
+def trade_entry(t: Trade) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """(schema, entry) of a trade: what `trade_values` gives, with the event ms in front."""
+    names, values = trade_values(t)
+    return names, (t.ts_event // NS_PER_MS, *values)
+
+
+def entry_history(entry: Sequence[Any]) -> bool:
+    """True for a history trade: its schema ends with `history` (one field more than even)."""
+    return len(entry) % 2 == 0
+
+
+def entry_names(entry: Sequence[Any]) -> tuple[str, str]:
+    """(buyer_name, seller_name) of an entry ('' when its schema has none)."""
+    if len(entry) >= _PLAIN_LEN + 2:
+        return entry[E_NAMES], entry[E_NAMES + 1]
+    return "", ""
+
+
+def entry_trade(entry: Sequence[Any]) -> Trade:
+    """The Trade an entry was made of (for the rare paths: spill file, dead letters)."""
+    buyer_name, seller_name = entry_names(entry)
+    price, volume = entry[E_PRICE], entry[E_VOLUME]
+    return Trade(
+        symbol=entry[E_SYMBOL],
+        ts_event=entry[E_TS_EVENT],
+        price=float("nan") if price == "" else price,
+        quantity=entry[E_QUANTITY],
+        volume=float("nan") if volume == "" else volume,
+        trade_id=entry[E_TRADE_ID],
+        buyer=entry[E_BUYER],
+        seller=entry[E_SELLER],
+        trade_type=entry[E_TRADE_TYPE],
+        aggressor=entry[E_AGGRESSOR],
+        is_edit=entry[E_IS_EDIT] == "1",
+        buyer_name=buyer_name,
+        seller_name=seller_name,
+        history=entry_history(entry),
+        ts_init=entry[E_TS_INIT],
+        session=entry[E_SESSION],
+        seq=entry[E_SEQ],
+    )
+
+
 def event_values(event: Event) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     """(field names, values) of an event's stream fields."""
     if type(event) is Trade:
@@ -149,6 +215,8 @@ class StreamBatch:
     count: int = 0
     args: list[Any] = field(default_factory=list)
     schemas: dict[tuple[str, ...], int] = field(default_factory=dict)
+    _last_names: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
+    _last_index: int = field(default=0, repr=False, compare=False)
 
     def add(self, names: tuple[str, ...], values: Sequence[Any], event_ms: int) -> None:
         """One entry: field `names` (a tuple, shared between entries) and their `values`."""
@@ -157,6 +225,20 @@ class StreamBatch:
             index = self.schemas[names] = len(self.schemas) + 1
         self.args += (index, event_ms)
         self.args += values
+        self.count += 1
+
+    def add_entry(self, names: tuple[str, ...], entry: Sequence[Any]) -> None:
+        """One entry given as (event ms, value…) (see `trade_entry`)."""
+        if names is self._last_names:
+            index = self._last_index
+        else:
+            index = self.schemas.get(names)
+            if index is None:
+                index = self.schemas[names] = len(self.schemas) + 1
+            self._last_names, self._last_index = names, index
+        args = self.args
+        args.append(index)
+        args += entry
         self.count += 1
 
     def add_fields(self, fields: dict[str, Any], event_ms: int) -> None:
@@ -201,8 +283,14 @@ def append_result(key: str, reply: Sequence[Any]) -> AppendResult:
         written=int(reply[0]),
         duplicates=int(reply[1]),
         late=int(reply[2]),
-        ids=[_text(v) for v in reply[3:]],
+        ids=_texts(reply[3:]),
     )
+
+
+def _texts(values: Sequence[Any]) -> list[str]:
+    if all(type(v) is bytes for v in values):
+        return [v.decode() for v in values]
+    return [_text(v) for v in values]
 
 
 class StreamWriter:

@@ -1,0 +1,170 @@
+"""The bridge's fast path: wire dicts straight to stream entries (Rows), and the pieces that use
+them (chunk columns, the SubSource decode hook, framing), against the generic code."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+import zmq
+
+from qt_cli.core import keys
+from qt_cli.core.bridge import _iso, entry_columns, tick_row
+from qt_cli.core.chunks import encode_columns, tick_columns_of
+from qt_cli.core.errors import DecodeError
+from qt_cli.core.events import NS_PER_S, Trade, decode_dict, iso_local
+from qt_cli.core.store.writer import entry_trade, trade_entry
+from qt_cli.core.zmq_io import SubSource
+from tests.helpers import eventually, tcp_endpoint
+
+T0 = 1_754_654_400 * NS_PER_S
+BASE = Trade(
+    "WDOQ25",
+    T0 + 123_456_789,
+    price=5000.5,
+    quantity=3,
+    volume=150015.0,
+    trade_id=9,
+    buyer=3,
+    seller=72,
+    trade_type=2,
+    aggressor="buy",
+    ts_init=T0 + 200_000_000,
+    session="r.ticks",
+    seq=5,
+)
+VARIANTS = [
+    BASE,
+    replace(BASE, buyer_name="XP", seller_name="BTG"),
+    replace(BASE, history=True),
+    replace(BASE, buyer_name="XP", seller_name="", history=True),
+    replace(BASE, is_edit=True, aggressor="none", session="", seq=0),
+    replace(BASE, volume=0.0, quantity=0),
+]
+
+
+def test_iso_equals_iso_local() -> None:
+    rng = random.Random(7)
+    stamps = [
+        0,
+        1,
+        999_999_999,
+        T0,
+        T0 + 999_999_999,
+        *(rng.randrange(4 * 10**18) for _ in range(5000)),
+    ]
+    for ts in stamps:
+        assert _iso(ts) == iso_local(ts)
+
+
+@pytest.mark.parametrize("trade", VARIANTS)
+def test_a_row_holds_what_the_generic_path_would_store(trade: Trade) -> None:
+    wire = orjson.loads(trade.to_wire())
+    row = tick_row(wire)
+    assert row is not None
+    key, names, entry = row
+    assert key == keys.stream_key("ticks", trade.symbol)
+    assert (names, entry) == trade_entry(decode_dict(wire))
+    assert entry_trade(entry) == trade
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"type": "book"},
+        {"price": "5000.5"},
+        {"quantity": 2.0},
+        {"is_edit": 1},
+        {"ts_event": None},
+        {"buyer_name": 3},
+        {"history": "yes"},
+        {"symbol": "not a ticker!"},
+    ],
+)
+def test_anything_unusual_goes_the_generic_way(change: dict) -> None:
+    assert tick_row({**orjson.loads(BASE.to_wire()), **change}) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"price": -1.0}, "price must be positive"),
+        ({"price": 0}, "price must be positive"),
+        ({"quantity": -2}, "negative"),
+        ({"aggressor": "up"}, "is not buy|sell|none"),
+        ({"symbol": ""}, "'symbol' is empty"),
+        ({"ts_event": 0}, "not a time"),
+    ],
+)
+def test_invalid_values_raise_the_generic_error(change: dict, message: str) -> None:
+    wire = {**orjson.loads(BASE.to_wire()), **change}
+    with pytest.raises(DecodeError, match=message):
+        tick_row(wire)
+    with pytest.raises(DecodeError, match=message):
+        decode_dict(wire)
+
+
+def test_chunk_columns_from_entries_equal_those_from_trades() -> None:
+    trades = [replace(BASE, ts_event=T0 + i * 1_000_000, seq=i + 1, trade_id=i) for i in range(600)]
+    trades[10] = replace(trades[10], buyer_name="XP")
+    trades[20] = replace(trades[20], history=True, session="h.history")
+    trades[30] = replace(trades[30], is_edit=True, aggressor="sell")
+    late = [i % 7 == 0 for i in range(len(trades))]
+    for part in (trades[:5], trades[:300], trades[40:], trades):  # plain, mixed
+        flags = late[: len(part)]
+        expected = encode_columns(tick_columns_of(part, late=flags))
+        got = encode_columns(entry_columns([trade_entry(t)[1] for t in part], flags))
+        assert got == expected
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def test_sub_source_decode_hook_and_framing(ctx: zmq.Context[Any]) -> None:
+    uri = tcp_endpoint()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(uri)
+    source = SubSource(uri, replay=None, catch_up=False, decode=tick_row, context=ctx)
+    try:
+        seq = 0
+
+        def wire(trade: Trade) -> bytes:
+            nonlocal seq
+            seq += 1
+            return orjson.dumps(trade.to_dict() | {"session": "hook.ticks", "seq": seq})
+
+        got: list[Any] = []
+
+        def ready() -> bool:
+            pub.send_multipart([b"tick_WDOQ25", wire(BASE)])
+            got.extend(source.read(0.05))
+            return bool(got)
+
+        eventually(ready, message="subscriber never connected")
+        got.clear()
+        pub.send_multipart([b"tick_WDOQ25", wire(BASE)])  # a Row
+        bad = orjson.loads(wire(BASE)) | {"price": -1.0}
+        pub.send_multipart([b"tick_WDOQ25", orjson.dumps(bad)])  # rejected
+        pub.send(wire(replace(BASE, price=5001.0)))  # one frame: topic ''
+        head = wire(replace(BASE, price=5002.0))
+        pub.send_multipart([b"tick_WDOQ25", head[:40], head[40:]])  # three frames
+        eventually(lambda: got.extend(source.read(0.05)) or len(got) >= 3)
+        assert [type(item) for item in got] == [tuple, tuple, tuple]
+        assert [row[2][6] for row in got] == [5000.5, 5001.0, 5002.0]
+        [reject] = source.take_rejects()
+        assert reject.topic == "tick_WDOQ25" and "price must be positive" in reject.reason
+        session = source.stats.sessions["hook.ticks"]
+        assert (session.received, session.last_seq) == (seq - 1, seq)  # the reject counts in seq
+        assert source.take_gaps() == []
+    finally:
+        source.close()
+        pub.close(linger=0)
