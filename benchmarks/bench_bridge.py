@@ -320,9 +320,9 @@ def main() -> None:
         "cores; repeated runs vary by about ±25%. The bridge is bound by Python CPU under one "
         "interpreter lock (thread CPU time per trade, measured with /proc and py-spy --gil): "
         "receiving and decoding ~5 µs (ZeroMQ frames ~1, JSON ~1.4, seq tracking and the flat "
-        "entry ~2), the writer ~4 µs (of which the client packing ~20 arguments per entry ~3), "
-        "candles + chunks ~2.7 µs; the server-side function costs ~5 µs per entry on the other "
-        "core, overlapped with packing the next batch.",
+        "entry ~2), the writer ~3 µs (values of a whole batch joined into one argument, ~2 per "
+        "entry), candles + chunks ~2.7 µs; the server-side function costs ~5.5 µs per entry on "
+        "the other core, overlapped with packing the next batch.",
         "",
         f"Tick-to-stored latency at {LATENCY_RATE:,} ticks/s for {LATENCY_SECONDS} s "
         "(publisher send → the bridge's function call returned): "

@@ -412,7 +412,8 @@ def test_a_valkey_outage_is_buffered_spilled_and_drained_in_order(
     trades = make_trades(3000)
     key = keys.stream_key("ticks", "WDOQ25")
     try:
-        feed.send(trades[:1000])
+        sent = send_until_stored(client, feed, trades[:1000])
+        feed.send(trades[sent:1000])
         eventually(lambda: client.xlen(key) == 500, message="first 1000 stored")
         own_valkey.stop()
         for start in range(1000, 3000, 250):
@@ -453,7 +454,8 @@ def test_stopping_during_an_outage_keeps_the_buffer_for_the_next_run(
     trades = make_trades(1200)
     key = keys.stream_key("ticks", "WDOQ25")
     try:
-        feed.send(trades[:200])
+        sent = send_until_stored(client, feed, trades[:200])
+        feed.send(trades[sent:200])
         eventually(lambda: client.xlen(key) == 100, message="first 200 stored")
         own_valkey.stop()
         feed.send(trades[200:])

@@ -18,11 +18,14 @@ from qt_cli.core.events import (
     decode_fields,
 )
 from qt_cli.core.store.writer import (
+    FCALL,
     LIBRARY_VERSION,
+    SEP,
     StreamSink,
     StreamWriter,
     event_values,
     library_code,
+    pack_values,
 )
 
 BASE_NS = 1_754_654_400_000_000_000  # 2025-08-08 12:00:00 UTC
@@ -311,3 +314,63 @@ def test_open_sink_resolves_valkey_urls_to_a_stream_sink(
     sink.send([Candle(symbol="WDOQ25", ts_event=BASE_NS, open=1.0, close=2.0, seq=1)])
     sink.close()
     assert vk.xlen(keys.stream_key("candles:1m", "WDOQ25")) == 1
+
+
+# --- the batch encoding: all values of a call in one argument, split by the function ----------
+
+
+def test_values_are_packed_each_followed_by_the_separator() -> None:
+    values = [1, 1754654400123, "tick", 5000.5, "", 3, 1e16, -0.0]
+    sep, data = pack_values(values)
+    assert sep == SEP
+    assert data == "1\x001754654400123\x00tick\x005000.5\x00\x003\x001e+16\x00-0.0\x00"
+    assert data.split(sep)[:-1] == [str(v) for v in values]
+
+
+def test_a_value_holding_nul_switches_to_a_byte_no_value_holds() -> None:
+    values = [1, 10, "a\x00b", "ação", 2.5]
+    sep, data = pack_values(values)
+    assert sep == b"\xff"  # never part of UTF-8 text
+    assert data.split(sep)[:-1] == [str(v).encode() for v in values]
+
+
+@pytest.mark.parametrize(
+    ("buyer_name", "seller_name", "session"),
+    [
+        ("Ágora CTVM", "Itaú 証券 📈", "run1.ticks"),
+        ("has\x00nul", "tab\tnew\nline", "run1.ticks"),
+        ("\xff\xfe", "sep\x00\x00", "sess\x00ion"),
+        ("", "x", "ünï.ticks"),
+    ],
+)
+def test_values_with_separators_and_unicode_are_stored_exactly(
+    vk: valkey.Valkey, buyer_name: str, seller_name: str, session: str
+) -> None:
+    writer = StreamWriter(vk)
+    events = [
+        trade(seq, buyer_name=buyer_name, seller_name=seller_name, session=session)
+        for seq in (1, 2)
+    ] + [trade(3, session=session), trade(4, ms=0, session=session)]
+    result = append(writer, events)
+    assert (result.written, result.duplicates, result.late) == (4, 0, 1)
+    entries = stored(vk)
+    assert [as_text(f) for _, f in entries] == [e.to_fields() for e in events[:3]] + [
+        {**events[3].to_fields(), "late": "1"}
+    ]
+    assert [i for i, _ in entries] == result.ids
+    assert writer.high_water(TICKS) == {session: 4}
+    again = append(writer, events)
+    assert (again.written, again.duplicates) == (0, 4)
+
+
+def test_a_malformed_call_is_refused_before_anything_is_written(vk: valkey.Valkey) -> None:
+    writer = StreamWriter(vk)
+    writer.ensure_library()
+    hwm = keys.hwm_key(TICKS)
+    head = [0, "1", 1, 2, "session", "seq"]
+    with pytest.raises(valkey.ResponseError, match="separator"):
+        vk.execute_command(FCALL, "qt_append", 2, TICKS, hwm, *head, 1, "", "1\x0010\x00s\x001\x00")
+    with pytest.raises(valkey.ResponseError, match="ends inside an entry"):
+        vk.execute_command(FCALL, "qt_append", 2, TICKS, hwm, *head, 1, SEP, "1\x0010\x00s\x00")
+    assert vk.xlen(TICKS) == 0
+    assert vk.hgetall(hwm) == {}

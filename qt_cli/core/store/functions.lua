@@ -7,7 +7,10 @@ FUNCTION LOAD REPLACE. Bump VERSION whenever this file changes: writers compare 
 qt_append   KEYS: stream, hwm hash            one call appends a whole batch to one stream
   ARGV: maxlen (0 = no trim), approx ('1' = MAXLEN ~), then the field-name schemas:
         nschemas, and per schema: nnames, name1 ... nameN;
-        then count, and per entry: schema index (1-based), event ms, value1 ... valueN
+        then count, sep, data: data holds, per entry, schema index (1-based), event ms,
+        value1 ... valueN, EACH followed by sep (one byte that occurs in no value; the writer
+        picks it). One blob instead of ~20 arguments per entry: far cheaper to pack for the
+        client and to hand to the function for the server.
   An entry whose `seq` value is at or below hwm[its `session` value] is skipped (already
   stored: exactly once). An entry with an empty or no session is always written. The id is
   `<event ms>-*`; an event older than the stream's top is clamped to `<top ms>-*` and gets the
@@ -23,7 +26,7 @@ qt_chunk    KEYS: history stream, late index (zset), hwm hash of the history str
   Returns {1, id, late} or {0, last src}.
 ]]
 
-local VERSION = '2'
+local VERSION = '3'
 
 -- Stream ids are compared as (ms, seq) numbers; the strings are kept for building ids, because
 -- Lua would print a millisecond timestamp as 1.754654400123e+12.
@@ -129,19 +132,49 @@ local function append(keys, args)
     end
   end
 
+  local sep = args[i]
+  local data = args[i + 1]
+  local find, sub = string.find, string.sub
+  local pos = 1          -- start of the next value in data
+  local e
+  if type(sep) ~= 'string' or #sep ~= 1 or type(data) ~= 'string' then
+    return server.error_reply('qt_append: expected count, a one-byte separator and the data')
+  end
+
   for _ = 1, count do
-    local schema = schemas[tonumber_(args[i])]
-    local ms_text = args[i + 1]
-    local base = i + 1        -- value j of this entry is args[base + j]
+    e = find(data, sep, pos, true)
+    if e == nil then
+      save_marks()
+      return server.error_reply('qt_append: data holds fewer entries than count')
+    end
+    local schema = schemas[tonumber_(sub(data, pos, e - 1))]
+    pos = e + 1
+    e = find(data, sep, pos, true)
+    if schema == nil or e == nil then
+      save_marks()
+      return server.error_reply('qt_append: bad entry in data')
+    end
+    local ms_text = sub(data, pos, e - 1)
+    pos = e + 1
+    -- The values go straight into the schema's XADD command (value j at 3 + 2j).
+    local cmd = schema.cmd
     local nnames = schema.n
-    i = base + nnames + 1
+    for j = 1, nnames do
+      e = find(data, sep, pos, true)
+      if e == nil then
+        save_marks()
+        return server.error_reply('qt_append: data ends inside an entry')
+      end
+      cmd[3 + 2 * j] = sub(data, pos, e - 1)
+      pos = e + 1
+    end
     local session, seq_text, seq = '', nil, nil
     if schema.session ~= nil then
-      session = args[base + schema.session]
+      session = cmd[3 + 2 * schema.session]
     end
     local fresh = true
     if session ~= '' and schema.seq ~= nil then
-      seq_text = args[base + schema.seq]
+      seq_text = cmd[3 + 2 * schema.seq]
       seq = tonumber(seq_text)
       local mark = marks[session]
       if mark == nil then
@@ -158,12 +191,8 @@ local function append(keys, args)
       out[nout] = ''
     else
       local ms = tonumber_(ms_text)
-      local cmd = schema.cmd
       local n = 3 + 2 * nnames
       cmd[3] = ms_text .. '-*'
-      for j = 1, nnames do
-        cmd[3 + 2 * j] = args[base + j]
-      end
       local is_late = top_text ~= nil and ms < top
       local id
       if not is_late then

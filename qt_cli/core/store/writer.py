@@ -5,7 +5,8 @@ The write path is the `qt` function library (`functions.lua`, loaded with FUNCTI
 `(session, seq)` is at or below the stream's high-water mark (`hwm:<stream>`), XADDs the rest with
 ids from event time (`<ms>-*`, clamped to the stream's top with `late=1` for older events), trims
 with MAXLEN ~, and moves the marks, atomically. One call per stream instead of one command per
-entry is what lifts the client past the ~90-100k entries/s of a per-entry XADD pipeline.
+entry is what lifts the client past the ~90-100k entries/s of a per-entry XADD pipeline; all values
+of a call go in one separator-joined argument (`pack_values`), not ~20 arguments per entry.
 
 `qt_chunk` appends a columnar history chunk (`qt_cli/core/chunks.py`) idempotently on its `src`.
 
@@ -25,10 +26,10 @@ import valkey
 from qt_cli.core import keys
 from qt_cli.core.chunks import SealedChunk
 from qt_cli.core.errors import StoreUnavailable
-from qt_cli.core.events import NS_PER_MS, Event, Trade, iso_local
+from qt_cli.core.events import NS_PER_MS, TRADE_WIRE_FIELDS, Event, Trade, iso_local
 
 LIBRARY_NAME = "qt"
-LIBRARY_VERSION = "2"  # must equal VERSION in functions.lua
+LIBRARY_VERSION = "3"  # must equal VERSION in functions.lua
 DEFAULT_MAXLEN = 100_000
 DEADLETTER_MAXLEN = 10_000
 GAPS_MAXLEN = 10_000
@@ -62,26 +63,7 @@ def _text(value: Any) -> str:
 # left to the client's packer, which writes them with str / repr exactly as `Event.to_fields`
 # does (NaN is ""); tests check the two agree.
 
-TRADE_NAMES = (
-    "type",
-    "symbol",
-    "timestamp",
-    "timestamp_ms",
-    "trade_id",
-    "price",
-    "volume",
-    "quantity",
-    "buyer",
-    "seller",
-    "trade_type",
-    "is_edit",
-    "aggressor",
-    "ts_event",
-    "ts_init",
-    "recv_ns",
-    "session",
-    "seq",
-)
+TRADE_NAMES = TRADE_WIRE_FIELDS
 TRADE_NAMES_WITH_NAMES = (*TRADE_NAMES, "buyer_name", "seller_name")
 TRADE_NAMES_HISTORY = (*TRADE_NAMES, "history")
 TRADE_NAMES_WITH_NAMES_HISTORY = (*TRADE_NAMES_WITH_NAMES, "history")
@@ -254,8 +236,35 @@ class StreamBatch:
             head.append(len(names))
             head += names
         head.append(self.count)
-        head += self.args
+        head += pack_values(self.args)
         return head
+
+
+# The values of a batch travel as ONE argument: each value followed by a separator byte that
+# occurs in none of them (`functions.lua` splits it). Packing 20 arguments per entry was the
+# client's largest cost (~3 µs per entry); one str.join over the batch is a fraction of that.
+# Values are str, int or float (what `trade_values` / `Event.to_fields` give): str() writes ints
+# and floats exactly as the client's packer did (repr), and NaN is already "".
+SEP = "\x00"
+
+
+def pack_values(values: Sequence[Any]) -> tuple[bytes | str, bytes | str]:
+    """(separator, data) for `qt_append`: every value followed by the separator."""
+    text = SEP.join(map(str, values))
+    if text.count(SEP) == len(values) - 1:
+        return SEP, text + SEP
+    return _pack_values_rare(values)
+
+
+def _pack_values_rare(values: Sequence[Any]) -> tuple[bytes, bytes]:
+    """A value holds NUL: use a byte no value holds (0xFF never occurs in UTF-8 text)."""
+    encoded = [v if type(v) is bytes else str(v).encode() for v in values]
+    used = set(b"".join(encoded))
+    for code in (0xFF, *range(256)):
+        if code not in used:
+            sep = bytes((code,))
+            return sep, sep.join(encoded) + sep
+    raise ValueError("qt_append: the values use every byte, no separator is left")
 
 
 @dataclass(frozen=True)
