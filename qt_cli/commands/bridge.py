@@ -122,6 +122,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         from qt_cli.core import config, store
         from qt_cli.core.bridge import BridgeConfig, run_bridge
         from qt_cli.core.candles import parse_timeframes
+        from qt_cli.core.endpoints import parse_endpoints
         from qt_cli.core.errors import UsageError
         from qt_cli.core.timeparse import parse_duration_s
 
@@ -130,6 +131,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         outs = list(outputs or ())
         if len(outs) > 1:
             raise UsageError("give one --out valkey://… (the bridge writes to one Valkey)")
+        parse_endpoints([*ins, *outs])  # bad input is reported before any server is started
         output = outs[0] if outs else store.resolve_url(settings, say=say)
         replay_endpoint: str | None = replay if replay is not None else settings.replay_endpoint
         if replay_endpoint and replay_endpoint.strip().lower() in ("none", "off", ""):

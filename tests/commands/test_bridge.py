@@ -148,3 +148,13 @@ def test_duration_stops_a_bridge_that_hears_nothing(
     totals = json.loads(result.stdout)
     assert (totals["received"], totals["stopped_by"]) == (0, "duration")
     assert vk.hget(keys.stats_key("bridge", "default"), "stage") == b"bridge"
+
+
+def test_a_bad_input_is_reported_before_any_server_starts(
+    cli: CliRunner, isolated_settings: Path
+) -> None:
+    result = cli.invoke(app, ["bridge", "--in", "bogus://x", "--duration", "1s"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: endpoint 'bogus://x': unknown scheme 'bogus'")
+    assert "starting the managed server" not in result.stderr
+    assert not (isolated_settings / "valkey").exists()
