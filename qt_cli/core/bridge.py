@@ -31,7 +31,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -601,131 +600,15 @@ class _Input:
         self.error: BaseException | None = None
 
 
-def fast_trade(data: dict[str, Any]) -> Trade | None:
-    """A Trade from a wire dict in the canonical form `Trade.to_dict()` writes, or None.
-
-    `decode_dict` converts and checks every field generically (~6 µs); this takes the fields
-    as orjson produced them when each has exactly the type the publisher writes (~2 µs) and
-    returns None for anything else, which then goes the generic way. Equal results for equal
-    input (tests/core/test_bridge.py checks it). Invalid values raise DecodeError as usual.
-    """
-    g = data.get
-    ts_event = g("ts_event")
-    ts_init = g("ts_init")
-    aggressor = g("aggressor")
-    symbol = g("symbol")
-    if (
-        type(ts_event) is not int
-        or type(ts_init) is not int
-        or type(aggressor) is not str
-        or type(symbol) is not str
-    ):
-        return None
-    price = g("price")
-    if type(price) is not float:
-        if type(price) is not int:
-            return None
-        price = float(price)
-    volume = g("volume", 0.0)
-    if type(volume) is not float:
-        if type(volume) is not int:
-            return None
-        volume = float(volume)
-    quantity = g("quantity", 0)
-    trade_id = g("trade_id", 0)
-    buyer = g("buyer", 0)
-    seller = g("seller", 0)
-    trade_type = g("trade_type", 0)
-    seq = g("seq", 0)
-    session = g("session", "")
-    buyer_name = g("buyer_name", "")
-    seller_name = g("seller_name", "")
-    is_edit = g("is_edit", False)
-    history = g("history", False)
-    if not (
-        type(quantity) is int
-        and type(trade_id) is int
-        and type(buyer) is int
-        and type(seller) is int
-        and type(trade_type) is int
-        and type(seq) is int
-        and type(session) is str
-        and type(buyer_name) is str
-        and type(seller_name) is str
-        and type(is_edit) is bool
-        and type(history) is bool
-    ):
-        return None
-    trade = Trade(
-        symbol,
-        ts_event,
-        price,
-        quantity,
-        volume,
-        trade_id,
-        buyer,
-        seller,
-        trade_type,
-        aggressor,
-        is_edit,
-        buyer_name,
-        seller_name,
-        history,
-        ts_init,
-        session,
-        seq,
-    )
-    trade._validate()
-    return trade
-
-
-# fast_trade passes Trade's fields by position: fail at import, not with swapped values.
-assert [f.name for f in dataclass_fields(Trade)] == [
-    "symbol",
-    "ts_event",
-    "price",
-    "quantity",
-    "volume",
-    "trade_id",
-    "buyer",
-    "seller",
-    "trade_type",
-    "aggressor",
-    "is_edit",
-    "buyer_name",
-    "seller_name",
-    "history",
-    "ts_init",
-    "session",
-    "seq",
-], "events.Trade changed its fields: update bridge.fast_trade"
-
-
 _TICK_KEYS: dict[str, str] = {}  # symbol -> stream:ticks:{SYM}, for valid tickers
 _INF = float("inf")
 _AGGRESSORS = frozenset(("buy", "sell", "none"))
 
 
-_ISO_SECONDS: dict[int, tuple[str, str]] = {}
-_MILLIS = tuple(f".{ms:03d}" for ms in range(1000))
-
-
-def _iso(ts_ns: int) -> str:
-    """`events.iso_local(ts_ns)`, cached per second (tests/core/test_bridge_rows.py checks)."""
-    seconds, rem = divmod(ts_ns, 1_000_000_000)
-    parts = _ISO_SECONDS.get(seconds)
-    if parts is None:
-        if len(_ISO_SECONDS) > 4096:
-            _ISO_SECONDS.clear()
-        stamp = iso_local(seconds * 1_000_000_000)  # 'YYYY-MM-DDTHH:MM:SS.000+HH:MM'
-        parts = _ISO_SECONDS[seconds] = (stamp[:19], stamp[23:])
-    return parts[0] + _MILLIS[rem // NS_PER_MS] + parts[1]
-
-
 def tick_row(data: dict[str, Any]) -> Row | None:
     """The bridge's decoding of a wire dict: a trade becomes a Row, anything else None.
 
-    Takes the same canonical form as `fast_trade` (every field of exactly the type the
+    Takes the canonical form `Trade.to_dict()` writes (every field of exactly the type the
     publisher writes) and builds the stream entry directly, without a Trade object; None leaves
     a message to the generic decoding (other event types, unusual forms, a symbol that is not a
     valid ticker: the writer dead-letters those). Invalid values raise DecodeError with the
@@ -775,7 +658,7 @@ def tick_row(data: dict[str, Any]) -> Row | None:
     if not (
         symbol and ts > 0 and 0.0 < price < _INF and quantity >= 0 and aggressor in _AGGRESSORS
     ):
-        fast_trade(data)  # raises the generic decoder's DecodeError
+        decode_dict(data)  # raises the generic decoder's DecodeError
         return None
     key = _TICK_KEYS.get(symbol)
     if key is None:
@@ -787,7 +670,7 @@ def tick_row(data: dict[str, Any]) -> Row | None:
         ms,
         "tick",
         symbol,
-        _iso(ts),
+        iso_local(ts),
         ms,
         trade_id,
         price,

@@ -89,19 +89,23 @@ class ReceiveClock:
         return self._wall0 + (time.monotonic_ns() - self._mono0)
 
 
-_iso_cache: dict[int, str] = {}
+_iso_cache: dict[int, tuple[str, str]] = {}
+_MILLIS = tuple(f".{ms:03d}" for ms in range(1000))
 
 
 def iso_local(ts_ns: int) -> str:
-    """ISO 8601 in exchange time with milliseconds, e.g. `2025-08-08T09:00:01.250-03:00`."""
+    """ISO 8601 in exchange time with milliseconds, e.g. `2025-08-08T09:00:01.250-03:00`.
+
+    On the bridge's hot path: the date and offset are cached per second.
+    """
     seconds, rem = divmod(ts_ns, NS_PER_S)
-    head = _iso_cache.get(seconds)
-    if head is None:
+    parts = _iso_cache.get(seconds)
+    if parts is None:
         if len(_iso_cache) > 4096:
             _iso_cache.clear()
         stamp = datetime.fromtimestamp(seconds, tz=EXCHANGE_TZ).isoformat()
-        head = _iso_cache[seconds] = stamp  # 'YYYY-MM-DDTHH:MM:SS+HH:MM'
-    return f"{head[:19]}.{rem // NS_PER_MS:03d}{head[19:]}"
+        parts = _iso_cache[seconds] = (stamp[:19], stamp[19:])  # 'YYYY-MM-DDTHH:MM:SS', '+HH:MM'
+    return parts[0] + _MILLIS[rem // NS_PER_MS] + parts[1]
 
 
 # --- field conversion -------------------------------------------------------------------------

@@ -513,49 +513,6 @@ def test_spill_queue_persists_everything_for_the_next_run(tmp_path: Path) -> Non
 # --- the fast decoding of trades ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "trade",
-    [
-        make_trades(1)[0],
-        replace(make_trades(1)[0], buyer_name="XP", seller_name="BTG", history=True),
-        replace(make_trades(1)[0], is_edit=True, session="r.ticks", seq=77, aggressor="none"),
-        replace(make_trades(1)[0], price=5000.0, volume=0.0, quantity=0),
-    ],
-)
-def test_fast_trade_decodes_exactly_like_the_generic_decoder(trade: Trade) -> None:
-    from qt_cli.core.bridge import fast_trade
-    from qt_cli.core.events import decode_dict
-
-    wire = orjson.loads(trade.to_wire())
-    assert fast_trade(wire) == decode_dict(wire) == trade
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"price": "5000.5"},  # a string: the generic decoder converts it
-        {"quantity": 2.0},
-        {"is_edit": 1},
-        {"ts_event": None},
-        {"aggressor": None},
-    ],
-)
-def test_fast_trade_leaves_anything_unusual_to_the_generic_decoder(change: dict) -> None:
-    from qt_cli.core.bridge import fast_trade
-
-    wire = {**orjson.loads(make_trades(1)[0].to_wire()), **change}
-    assert fast_trade(wire) is None
-
-
-def test_fast_trade_rejects_invalid_values_like_the_generic_decoder() -> None:
-    from qt_cli.core.bridge import fast_trade
-    from qt_cli.core.errors import DecodeError
-
-    wire = {**orjson.loads(make_trades(1)[0].to_wire()), "price": -1.0}
-    with pytest.raises(DecodeError, match="price must be positive"):
-        fast_trade(wire)
-
-
 def test_stats_are_published_for_the_monitor(
     vk: valkey.Valkey, valkey_url: str, tmp_path: Path
 ) -> None:

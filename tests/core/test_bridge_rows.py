@@ -3,7 +3,6 @@ them (chunk columns, the SubSource decode hook, framing), against the generic co
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -13,10 +12,10 @@ import pytest
 import zmq
 
 from qt_cli.core import keys
-from qt_cli.core.bridge import _iso, entry_columns, tick_row
+from qt_cli.core.bridge import entry_columns, tick_row
 from qt_cli.core.chunks import encode_columns, tick_columns_of
 from qt_cli.core.errors import DecodeError
-from qt_cli.core.events import NS_PER_S, Trade, decode_dict, iso_local
+from qt_cli.core.events import NS_PER_S, Trade, decode_dict
 from qt_cli.core.store.writer import entry_trade, trade_entry
 from qt_cli.core.zmq_io import SubSource
 from tests.helpers import eventually, tcp_endpoint
@@ -45,20 +44,6 @@ VARIANTS = [
     replace(BASE, is_edit=True, aggressor="none", session="", seq=0),
     replace(BASE, volume=0.0, quantity=0),
 ]
-
-
-def test_iso_equals_iso_local() -> None:
-    rng = random.Random(7)
-    stamps = [
-        0,
-        1,
-        999_999_999,
-        T0,
-        T0 + 999_999_999,
-        *(rng.randrange(4 * 10**18) for _ in range(5000)),
-    ]
-    for ts in stamps:
-        assert _iso(ts) == iso_local(ts)
 
 
 @pytest.mark.parametrize("trade", VARIANTS)

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import math
+import random
+from datetime import datetime, timedelta
 
 import orjson
 import pytest
 
 from qt_cli.core.errors import DecodeError
 from qt_cli.core.events import (
+    EXCHANGE_TZ,
     TRADE_OPTIONAL_FIELDS,
     TRADE_WIRE_FIELDS,
     BookUpdate,
@@ -244,6 +247,24 @@ def test_iso_local_uses_exchange_zone_history() -> None:
     assert iso_local(T0) == "2025-08-08T09:00:00.123-03:00"
     # 2018-01-15 was in Brazilian summer time (UTC-2).
     assert iso_local(1_516_021_200_000_000_000) == "2018-01-15T11:00:00.000-02:00"
+
+
+def test_iso_local_cache_equals_direct_formatting() -> None:
+    rng = random.Random(7)
+    stamps = [
+        0,
+        1,
+        999_999_999,
+        T0,
+        T0 + 999_999_999,
+        *(rng.randrange(4 * 10**18) for _ in range(5000)),
+    ]
+    for ts in stamps:
+        seconds, rem = divmod(ts, 1_000_000_000)
+        direct = datetime.fromtimestamp(seconds, tz=EXCHANGE_TZ) + timedelta(
+            microseconds=rem // 1000
+        )
+        assert iso_local(ts) == direct.isoformat(timespec="milliseconds")
 
 
 def test_aggressor_mapping() -> None:
