@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -15,6 +16,7 @@ from qt_cli.core.candles import (
     parse_timeframes,
     timeframe_ns,
 )
+from qt_cli.core.chunks import tick_columns_of
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_S, Trade
 
@@ -221,3 +223,89 @@ def test_candles_from_ticks_per_symbol() -> None:
         ("A", 11.0),
         ("B", 20.0),
     ]
+
+
+def _mixed_ticks(rng: random.Random, n: int) -> list[Trade]:
+    """Bursts, far-late trades, edits, backfill, NaN volumes and prices whose sums round."""
+    out, at = [], 0.0
+    for i in range(n):
+        at += rng.choice((0.0, 0.3, 2.5, 17.0, 75.0))
+        when = at - rng.choice((0.0, 0.0, 0.0, 61.0, 400.0))  # some from closed periods: late
+        extra = {}
+        if rng.random() < 0.05:
+            extra["is_edit"] = True
+        if rng.random() < 0.05:
+            extra["history"] = True
+        t = tick(
+            max(when, 0.0),
+            rng.choice((5000.0, 5000.5, 4999.5, 5012.25, 0.1 + 0.2)),
+            rng.randrange(1, 9),
+            rng.choice(("buy", "sell", "none")),
+            seq=i + 1,
+            **extra,
+        )
+        if rng.random() < 0.02:
+            t = replace(t, volume=math.nan)
+        out.append(t)
+    return out
+
+
+def _state(builder: CandleBuilder) -> tuple:
+    partial = builder.partial()
+    return (
+        partial.to_fields() if partial else None,
+        builder.partial_pv if partial else None,
+        builder.src,
+        builder.closed_src,
+        builder.late,
+        builder.edits,
+        builder.history,
+    )
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("timeframe", ["1m", "5m"])
+def test_columns_at_once_make_exactly_the_candles_of_one_tick_at_a_time(
+    seed: int, timeframe: str
+) -> None:
+    rng = random.Random(seed)
+    trades = _mixed_ticks(rng, 600)
+    ids = [f"{T0 // 1_000_000 + i}-0" for i in range(len(trades))]
+    one, many = CandleBuilder("WDOQ25", timeframe), CandleBuilder("WDOQ25", timeframe)
+    expected, got = [], []
+    for trade, entry_id in zip(trades, ids, strict=True):
+        closed = one.add(trade, entry_id)
+        if closed is not None:
+            expected.append((closed.to_fields(), one.closed_src))
+    start = 0
+    while start < len(trades):
+        end = start + rng.choice((1, 2, 7, 50, 300))
+        cols = tick_columns_of(trades[start:end]).arrays
+        got += [(c.to_fields(), src) for c, src in many.add_columns(cols, ids[start:end])]
+        start = end
+    assert got == expected
+    assert len(expected) >= 3
+    assert _state(many) == _state(one)
+
+
+def test_columns_after_a_resume_skip_what_was_applied_before() -> None:
+    trades = _mixed_ticks(random.Random(7), 300)
+    ids = [f"{T0 // 1_000_000 + i}-0" for i in range(len(trades))]
+    first = CandleBuilder("WDOQ25", "1m")
+    for trade, entry_id in zip(trades[:150], ids[:150], strict=True):
+        first.add(trade, entry_id)
+    one, many = CandleBuilder("WDOQ25", "1m"), CandleBuilder("WDOQ25", "1m")
+    partial = first.partial()
+    assert partial is not None
+    for builder in (one, many):
+        builder.resume_forming(partial, pv=first.partial_pv, src=first.partial_src)
+    # The resumed builders see the whole stream again: the first 150 ticks must be skipped.
+    expected = [
+        (c.to_fields(), one.closed_src)
+        for t, i in zip(trades, ids, strict=True)
+        if (c := one.add(t, i)) is not None
+    ]
+    cols = tick_columns_of(trades).arrays
+    got = [(c.to_fields(), src) for c, src in many.add_columns(cols, ids)]
+    assert got == expected and expected
+    assert _state(many) == _state(one)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import random
+import struct
 
 import pytest
 import valkey
@@ -25,7 +27,9 @@ from qt_cli.core.store.writer import (
     StreamWriter,
     event_values,
     library_code,
+    pack_json,
     pack_values,
+    trade_values,
 )
 
 BASE_NS = 1_754_654_400_000_000_000  # 2025-08-08 12:00:00 UTC
@@ -323,8 +327,69 @@ def test_values_are_packed_each_followed_by_the_separator() -> None:
     values = [1, 1754654400123, "tick", 5000.5, "", 3, 1e16, -0.0]
     sep, data = pack_values(values)
     assert sep == SEP
-    assert data == "1\x001754654400123\x00tick\x005000.5\x00\x003\x001e+16\x00-0.0\x00"
-    assert data.split(sep)[:-1] == [str(v) for v in values]
+    assert data == b"1\x001754654400123\x00tick\x005000.5\x00\x003\x001e+16\x00-0.0\x00"
+    assert data.split(sep)[:-1] == [str(v).encode() for v in values]
+
+
+def _random_float(rng: random.Random) -> float:
+    kind = rng.randrange(4)
+    if kind == 0:  # any finite bit pattern: huge, tiny, subnormal
+        value = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        return value if math.isfinite(value) else 1.0
+    if kind == 1:  # around the 1e-4 and 1e16 edges where repr switches to an exponent
+        return (
+            rng.choice((1.0, -1.0)) * rng.uniform(0.5, 2.0) * 10.0 ** rng.choice((-5, -4, 15, 16))
+        )
+    if kind == 2:  # prices in ticks of 0.5 and 0.01
+        return rng.randrange(1, 2_000_000) * rng.choice((0.5, 0.01))
+    return float(rng.randrange(-(10**6), 10**6))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_packed_values_are_str_of_each_value(seed: int) -> None:
+    """Every value as str() writes it; a float below 1e-4 may be spelled otherwise, same number."""
+    rng = random.Random(seed)
+    strings = [
+        "tick",
+        "",
+        "a,b",
+        'q"uote',
+        "back\\slash",
+        "tab\t",
+        "ação",
+        "null",
+        "e-mini",
+        "run1.ticks",
+        "2025-08-08T09:00:00.000000-03:00",
+    ]
+    fast = 0
+    for _ in range(2_000):
+        values: list = []
+        for _ in range(rng.randrange(1, 4)):
+            kind = rng.randrange(3)
+            if kind == 0:
+                values.append(_random_float(rng))
+            elif kind == 1:
+                values.append(rng.randrange(-(2**63), 2**64) >> rng.randrange(64))
+            else:
+                values.append(rng.choice(strings))
+        sep, data = pack_values(values)
+        tokens = data.split(sep)[:-1]
+        assert len(tokens) == len(values)
+        for token, value in zip(tokens, values, strict=True):
+            if type(value) is float and 0 < abs(value) < 1e-4:
+                assert float(token) == value
+            else:
+                assert token == str(value).encode()
+        fast += pack_json(values) is not None
+    assert fast > 1_000  # the one-call path was taken, on values of every kind
+
+
+def test_trade_values_take_the_one_call_path() -> None:
+    values = [v for seq in range(1, 500) for v in trade_values(trade(seq))[1]]
+    data = pack_json(values)
+    assert data is not None
+    assert data.split(SEP)[:-1] == [str(v).encode() for v in values]
 
 
 def test_a_value_holding_nul_switches_to_a_byte_no_value_holds() -> None:
