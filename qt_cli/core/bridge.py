@@ -913,25 +913,22 @@ class _Deriver:
 
     def _apply_work(self, work: list[tuple[list[Row], list[str], int]]) -> None:
         """Each symbol's stored ticks of the work, in stream order, as one batch."""
-        symbols: dict[str, tuple[list[tuple[Any, ...]], list[str], list[int]]] = {}
-        for rows, ids, late in work:
+        entries: dict[str, list[tuple[Any, ...]]] = {}
+        kept: dict[str, list[str]] = {}
+        late: dict[str, int] = {}
+        for rows, ids, nlate in work:
             if not rows:
                 continue
             symbol = rows[0][2][E_SYMBOL]  # one push holds one tick stream's batch
-            found = symbols.get(symbol)
-            if found is None:
-                found = symbols[symbol] = ([], [], [0])
-            entries, kept, nlate = found
-            if all(ids):
-                entries += [row[2] for row in rows]
-                kept += ids
-            else:
-                entries += [row[2] for row, entry_id in zip(rows, ids, strict=True) if entry_id]
-                kept += [entry_id for entry_id in ids if entry_id]
-            nlate[0] += late
-        for entries, kept, nlate in symbols.values():
-            if entries:
-                self._derive_batch(entries, kept, nlate[0])
+            if symbol not in entries:
+                entries[symbol], kept[symbol], late[symbol] = [], [], 0
+            # '' = a duplicate the function skipped: not stored, not derived.
+            entries[symbol] += [row[2] for row, i in zip(rows, ids, strict=True) if i]
+            kept[symbol] += [i for i in ids if i]
+            late[symbol] += nlate
+        for symbol, symbol_entries in entries.items():
+            if symbol_entries:
+                self._derive_batch(symbol_entries, kept[symbol], late[symbol])
 
     def _forget(self) -> None:
         self.states.clear()
