@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -12,6 +13,7 @@ import pytest
 import valkey
 import zmq
 
+from qt_cli.core import bridge as bridge_module
 from qt_cli.core import keys
 from qt_cli.core.bridge import (
     Bridge,
@@ -534,6 +536,32 @@ def test_stats_are_published_for_the_monitor(
     feed = {k.decode(): v.decode() for k, v in vk.hgetall(feed_key).items()}
     assert (feed["received"], feed["last_seq"]) == ("50", "50")
     assert {stats_key.encode(), feed_key.encode()} <= set(vk.smembers(keys.STAGES_SET))
+
+
+def test_cycles_are_collected_on_a_schedule_while_the_bridge_runs(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bridge_module, "GC_EVERY_S", 0.0)  # collect on every supervisor pass
+    collections: list[int] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    automatic: list[bool] = []
+    path = jsonl(tmp_path / "in.jsonl", make_trades(2000))
+    bridge = Bridge(config_for(valkey_url, tmp_path, str(path)))
+    assert gc.isenabled()
+    gc.callbacks.append(on_gc)
+    try:
+        stats = bridge.run(on_progress=lambda _: automatic.append(gc.isenabled()))
+    finally:
+        gc.callbacks.remove(on_gc)
+        bridge.close()
+    assert stats.written == 2000
+    assert automatic and not any(automatic)  # no automatic collection while running
+    assert 2 in collections  # the scheduled full collections ran
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # the interpreter is as it was
 
 
 @pytest.mark.parametrize(("n", "step_ms"), [(10_000, 3), (3_000, 40), (700, 100)])
