@@ -6,9 +6,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import valkey as valkey_lib
+import zmq
 from typer.testing import CliRunner
 
 from qt_cli.core import config
@@ -74,6 +76,13 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     config.set_current(config.load_settings())
     yield data_dir
     config._current = None
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ them (chunk columns, the SubSource decode hook, framing), against the generic co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -104,13 +103,6 @@ def test_chunk_columns_from_entries_equal_those_from_trades() -> None:
         expected = encode_columns(tick_columns_of(part, late=flags))
         got = encode_columns(entry_columns([trade_entry(t)[1] for t in part], flags))
         assert got == expected
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def test_sub_source_decode_hook_and_framing(ctx: zmq.Context[Any]) -> None:

@@ -37,13 +37,6 @@ def trades(n: int, start: int = 0, symbol: str = SYM) -> list[Event]:
     ]
 
 
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
 @dataclass
 class Rig:
     pub: PubSink

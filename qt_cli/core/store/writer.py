@@ -227,9 +227,6 @@ class StreamBatch:
         args += entry
         self.count += 1
 
-    def add_fields(self, fields: dict[str, Any], event_ms: int) -> None:
-        self.add(tuple(fields), tuple(fields.values()), event_ms)
-
     def add_event(self, event: Event) -> None:
         names, values = event_values(event)
         self.add(names, values, event.ts_event // NS_PER_MS)
@@ -445,10 +442,6 @@ class StreamWriter:
             return ChunkResult(False, _text(reply[1]))
         return ChunkResult(True, _text(reply[1]), bool(int(reply[2])))
 
-    def add_plain(self, key: str, fields: dict[str, Any], *, maxlen: int) -> str:
-        """A plain XADD with an automatic id (for stream:gaps and stream:deadletter)."""
-        return _text(self.client.xadd(key, fields, maxlen=maxlen, approximate=True))
-
     # -- reads the bridge needs on start --
 
     def last_chunk_src(self, symbol: str) -> str:
@@ -497,9 +490,3 @@ class StreamSink:
 
     def close(self) -> None:
         self.client.close()
-
-
-def truncate_raw(raw: bytes | str) -> bytes:
-    """A dead letter's payload, at most RAW_MAX_BYTES."""
-    data = raw.encode(errors="replace") if isinstance(raw, str) else bytes(raw)
-    return data[:RAW_MAX_BYTES]
