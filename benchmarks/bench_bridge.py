@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -40,7 +41,7 @@ from qt_cli.core.store.writer import StreamWriter
 SYMBOLS = ("WDOQ25", "WINV25", "PETR4", "VALE3")
 N_RAW = 200_000
 N_SUSTAINED = 200_000
-SUSTAINED_RUNS = 3  # runs vary by ±10-15% on two shared cores: the median is reported
+SUSTAINED_RUNS = 5  # runs vary by ±10-15% on two shared cores: the median is reported
 LATENCY_RATE = 10_000
 LATENCY_SECONDS = 8
 
@@ -286,7 +287,14 @@ def latency(client: valkey.Valkey, url: str, tmp: Path) -> dict:
 
 @contextmanager
 def own_server(directory: Path) -> Iterator[tuple[valkey.Valkey, str]]:
-    """A managed valkey-server of the benchmark's own (AOF on): (client, url)."""
+    """A managed valkey-server of the benchmark's own (AOF on): (client, url).
+
+    Its data is deleted afterwards and everything written so far is flushed to disk before it
+    starts: the previous runs' append-only files (up to ~1 GB) would otherwise be written back
+    by the kernel in the middle of this run, on the same two cores (sustained median of 5:
+    ~99k ticks/s without the flush, ~105k with it, and ~105k for runs in a fresh process).
+    """
+    os.sync()
     server = ManagedValkey(directory, port=free_port())
     status = server.start()
     client = valkey.Valkey(host="127.0.0.1", port=status.port)
@@ -295,6 +303,7 @@ def own_server(directory: Path) -> Iterator[tuple[valkey.Valkey, str]]:
     finally:
         client.close()
         server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main() -> None:
@@ -349,16 +358,22 @@ def main() -> None:
         f"{bare['exact']} | {bare['gaps_recovered']} |",
         "",
         "Target ≥ 100,000 ticks/s sustained. Publisher, bridge and valkey-server share the two "
-        "cores and together need about 17–19 µs of CPU per trade (process CPU time over the "
-        "measured window: bridge 7.5–9.4 µs, valkey-server 8.4–9.1 µs, publisher ~1.3 µs), so "
-        "the machine is nearly full at 100k/s and single runs vary by ±10–15%. In the bridge: "
-        "its ZeroMQ I/O thread ~1.5 µs; under one interpreter lock, receiving and decoding "
-        "~3.9 µs (ZeroMQ frames ~1.1, JSON ~1.0, the entry ~1.1), packing a batch ~0.6 µs per "
-        "entry (one orjson call for all values), candles and chunks ~0.8 µs (columns per stored "
-        "batch, candles with NumPy). The automatic cycle collector is off while the bridge runs "
-        "(it cost ~2 µs per trade re-walking the rows in flight; `gc.collect()` runs every "
-        "30 s instead). In valkey-server: the `qt_append` function ~5.4 µs per entry (splitting "
-        "the values ~2.2, XADD ~2.2) plus the append-only file ~2.8 µs.",
+        "cores and together need about 16.5–17 µs of CPU per trade (process CPU time over the "
+        "measured window: bridge 7.5–7.8 µs, valkey-server 7.5–8.1 µs, publisher 1.2–1.6 µs); "
+        "the cores idle 14–19% of the window, mostly at the end, when the receiver has drained "
+        "ZeroMQ and only the server is busy. The writer keeps two batches in flight so the "
+        "server finds the next one waiting (with one in flight it idled between batches: "
+        "~87k → ~100k ticks/s); the second batch's calls require the marks of the first, so "
+        "it is never stored ahead of a first that failed. In the bridge: its ZeroMQ I/O thread "
+        "~1.4 µs; under one interpreter lock, receiving and decoding ~4 µs (ZeroMQ frames ~1.1, "
+        "JSON ~1.0, the entry ~1.1), packing a batch ~0.6 µs per entry (one orjson call for "
+        "all values), candles and chunks ~0.8 µs. The automatic cycle collector is off while "
+        "the bridge runs (it cost ~2 µs per trade re-walking the rows in flight; `gc.collect()` "
+        "runs every 30 s instead). In valkey-server, measured alone: the `qt_append` function "
+        "~5.1 µs per entry, ~7.5 µs with the append-only file; a trade's type, symbol, "
+        "timestamp_ms and recv_ns are filled in by the function, not sent and split per entry. "
+        "Before each run everything written so far is flushed to disk (`sync`), so the kernel "
+        "does not write back earlier runs' files during it.",
         "",
         f"Tick-to-stored latency at {LATENCY_RATE:,} ticks/s for {LATENCY_SECONDS} s "
         "(publisher send → the bridge's function call returned): "

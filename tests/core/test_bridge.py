@@ -23,6 +23,7 @@ from qt_cli.core.bridge import (
     GapRecord,
     SpillQueue,
     partial_key,
+    trade_row,
     watermark_key,
 )
 from qt_cli.core.candles import candles_from_ticks
@@ -31,6 +32,7 @@ from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_S, BookUpdate, Trade, decode_fields
 from qt_cli.core.journal import JournalWriter
 from qt_cli.core.store.managed import ManagedValkey
+from qt_cli.core.store.writer import is_out_of_order
 from qt_cli.core.zmq_io import PubSink, ReplayServer
 from tests.helpers import eventually, free_port, tcp_endpoint
 
@@ -536,6 +538,33 @@ def test_stats_are_published_for_the_monitor(
     feed = {k.decode(): v.decode() for k, v in vk.hgetall(feed_key).items()}
     assert (feed["received"], feed["last_seq"]) == ("50", "50")
     assert {stats_key.encode(), feed_key.encode()} <= set(vk.smembers(keys.STAGES_SET))
+
+
+def test_a_batch_sent_behind_another_is_stored_only_after_it(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path
+) -> None:
+    # Two batches are on the wire at once: each stream's call of the second requires the marks
+    # the first sets, so it can never be stored ahead of a first that failed (and is retried).
+    bridge = Bridge(config_for(valkey_url, tmp_path, str(tmp_path / "unused.jsonl")))
+    trades = [replace(t, session="s1.ticks", seq=i) for i, t in enumerate(make_trades(40), 1)]
+    rows = [trade_row(t, keys.stream_key("ticks", t.symbol)) for t in trades]
+    first = bridge._prepare(rows[:20])
+    second = bridge._prepare(rows[20:], after=first)
+    assert {b.key: b.require for b in second.batches} == {
+        keys.stream_key("ticks", "WDOQ25"): {"s1.ticks": 19},
+        keys.stream_key("ticks", "WINV25"): {"s1.ticks": 20},
+    }
+    with pytest.raises(valkey.ResponseError) as refused:
+        bridge.writer.append_many(second.batches)
+    assert is_out_of_order(refused.value)
+    assert session_seqs(vk, ("WDOQ25", "WINV25")) == []
+    assert vk.hgetall(watermark_key(bridge.config.name)) == {}
+    bridge._write_batch(first, look_ahead=False)
+    bridge._write_batch(second, look_ahead=False)
+    assert session_seqs(vk, ("WDOQ25", "WINV25")) == [("s1.ticks", i) for i in range(1, 41)]
+    bridge._flush_watermark()  # moved only once the replies confirmed both stored
+    assert vk.hgetall(watermark_key(bridge.config.name)) == {b"s1.ticks": b"40"}
+    bridge.close()
 
 
 def test_cycles_are_collected_on_a_schedule_while_the_bridge_runs(

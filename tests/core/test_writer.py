@@ -26,6 +26,7 @@ from qt_cli.core.store.writer import (
     StreamSink,
     StreamWriter,
     event_values,
+    is_out_of_order,
     library_code,
     pack_json,
     pack_values,
@@ -108,6 +109,40 @@ def test_stored_fields_are_exactly_to_fields(vk: valkey.Valkey, event) -> None:
     names, values = event_values(event)
     assert list(names) == list(event.to_fields())
     assert len(values) == len(names)
+
+
+def test_a_batch_mixing_schemas_stores_each_entry_as_its_fields(vk: valkey.Valkey) -> None:
+    # Plain trades first, then other schemas: the entries already added get their schema index
+    # when the second schema appears; type, symbol, timestamp_ms and recv_ns are never sent.
+    writer = StreamWriter(vk)
+    events = [
+        trade(1),
+        trade(2),
+        trade(3, buyer_name="XP", seller_name="BTG"),
+        trade(4, history=True),
+        trade(5),
+        trade(6, buyer_name="XP", seller_name="", history=True, is_edit=True),
+    ]
+    result = append(writer, events)
+    assert (result.written, result.duplicates, result.late) == (6, 0, 0)
+    assert [as_text(f) for _, f in stored(vk)] == [e.to_fields() for e in events]
+
+
+def test_a_call_requiring_marks_not_reached_writes_nothing(vk: valkey.Valkey) -> None:
+    writer = StreamWriter(vk)
+    append(writer, [trade(1), trade(2)])
+    later = writer.batch(TICKS)
+    later.add_event(trade(5))
+    later.require = {"run1.ticks": 4}  # seq 3..4 were sent before and are not stored
+    with pytest.raises(valkey.ResponseError) as refused:
+        writer.append(later)
+    assert is_out_of_order(refused.value)
+    assert vk.xlen(TICKS) == 2
+    assert writer.high_water(TICKS) == {"run1.ticks": 2}
+    append(writer, [trade(3), trade(4)])
+    result = writer.append(later)
+    assert (result.written, result.duplicates) == (1, 0)
+    assert [int(f[b"seq"]) for _, f in stored(vk)] == [1, 2, 3, 4, 5]
 
 
 def test_a_batch_is_stored_once_however_often_it_is_sent(vk: valkey.Valkey) -> None:
@@ -406,6 +441,7 @@ def test_a_value_holding_nul_switches_to_a_byte_no_value_holds() -> None:
         ("has\x00nul", "tab\tnew\nline", "run1.ticks"),
         ("\xff\xfe", "sep\x00\x00", "sess\x00ion"),
         ("", "x", "ünï.ticks"),
+        ("XP, Inc.", "[BTG]", 'a"b\\c'),
     ],
 )
 def test_values_with_separators_and_unicode_are_stored_exactly(
@@ -432,10 +468,13 @@ def test_a_malformed_call_is_refused_before_anything_is_written(vk: valkey.Valke
     writer = StreamWriter(vk)
     writer.ensure_library()
     hwm = keys.hwm_key(TICKS)
-    head = [0, "1", 1, 2, "session", "seq"]
+    head = [0, "1", 0, 1, 2, "session", "", "seq", ""]
     with pytest.raises(valkey.ResponseError, match="separator"):
-        vk.execute_command(FCALL, "qt_append", 2, TICKS, hwm, *head, 1, "", "1\x0010\x00s\x001\x00")
+        vk.execute_command(FCALL, "qt_append", 2, TICKS, hwm, *head, 1, "", "10\x00s\x001\x00")
     with pytest.raises(valkey.ResponseError, match="ends inside an entry"):
-        vk.execute_command(FCALL, "qt_append", 2, TICKS, hwm, *head, 1, SEP, "1\x0010\x00s\x00")
+        vk.execute_command(FCALL, "qt_append", 2, TICKS, hwm, *head, 1, SEP, "10\x00s\x00")
+    bad = [0, "1", 0, 1, 1, "session", "?"]
+    with pytest.raises(valkey.ResponseError, match="unknown source"):
+        vk.execute_command(FCALL, "qt_append", 2, TICKS, hwm, *bad, 1, SEP, "10\x00")
     assert vk.xlen(TICKS) == 0
     assert vk.hgetall(hwm) == {}

@@ -5,12 +5,20 @@ FUNCTION LOAD REPLACE. Bump VERSION whenever this file changes: writers compare 
 `FCALL_RO qt_version 0` and reload the library when it differs or is missing.
 
 qt_append   KEYS: stream, hwm hash            one call appends a whole batch to one stream
-  ARGV: maxlen (0 = no trim), approx ('1' = MAXLEN ~), then the field-name schemas:
-        nschemas, and per schema: nnames, name1 ... nameN;
-        then count, sep, data: data holds, per entry, schema index (1-based), event ms,
-        value1 ... valueN, EACH followed by sep (one byte that occurs in no value; the writer
-        picks it). One blob instead of ~20 arguments per entry: far cheaper to pack for the
-        client and to hand to the function for the server.
+  ARGV: maxlen (0 = no trim), approx ('1' = MAXLEN ~), nrequire and as many (session, seq):
+        marks that must already be reached, else nothing is written and the call fails with
+        'an earlier batch of this stream is not stored' (a writer pipelining two calls passes
+        the marks of the first, so the second never lands before a first that failed);
+        then the schemas: nschemas, and per schema nnames, then per field its name and source:
+          ''        a value sent with each entry (in the order of the fields)
+          '=text'   the same text in every entry of the call (sent once: type, symbol)
+          '#'       the entry's event ms (timestamp_ms)
+          '>name'   a copy of field `name` of the same entry (recv_ns is ts_init)
+        then count, sep, data: data holds, per entry, the schema index (1-based; only when
+        there are several schemas), the event ms and the sent values, EACH followed by sep (one
+        byte that occurs in no value; the writer picks it). One blob instead of ~20 arguments
+        per entry: far cheaper to pack for the client and to hand to the function for the
+        server; what is the same in every entry or a copy of another field is not sent at all.
   An entry whose `seq` value is at or below hwm[its `session` value] is skipped (already
   stored: exactly once). An entry with an empty or no session is always written. The id is
   `<event ms>-*`; an event older than the stream's top is clamped to `<top ms>-*` and gets the
@@ -26,7 +34,7 @@ qt_chunk    KEYS: history stream, late index (zset), hwm hash of the history str
   Returns {1, id, late} or {0, last src}.
 ]]
 
-local VERSION = '3'
+local VERSION = '4'
 
 -- Stream ids are compared as (ms, seq) numbers; the strings are kept for building ids, because
 -- Lua would print a millisecond timestamp as 1.754654400123e+12.
@@ -86,28 +94,65 @@ local function append(keys, args)
   local stream, hwm_key = keys[1], keys[2]
   local maxlen = tonumber(args[1])
   local approx = args[2] == '1'
-  local nschemas = tonumber(args[3])
+  -- Entries of an earlier call that are still in flight must be stored before this one's: a
+  -- writer with two calls on the wire passes the marks the first one sets, and when it failed
+  -- (it will be retried) this one is refused rather than stored ahead of it.
+  local nrequire = tonumber(args[3])
   local i = 4
-  -- Field names are sent once per call (a schema), the values once per entry.
-  -- Each schema keeps a ready XADD command with its names filled in; per entry only the id
-  -- and the values are written into it (cheaper than building a table per entry).
+  for _ = 1, nrequire do
+    local have = tonumber(server.call('HGET', hwm_key, args[i])) or 0
+    if have < tonumber(args[i + 1]) then
+      return server.error_reply('qt_append: an earlier batch of this stream is not stored')
+    end
+    i = i + 2
+  end
+  local nschemas = tonumber(args[i])
+  i = i + 1
+  -- Field names and sources are sent once per call (a schema), the values once per entry.
+  -- Each schema keeps a ready XADD command with its names and per-call texts filled in; per
+  -- entry only the id and the values are written into it (cheaper than a table per entry).
   local schemas = {}
   for s = 1, nschemas do
     local nnames = tonumber(args[i])
+    i = i + 1
     local cmd = {'XADD', stream, ''}
-    local schema = {cmd = cmd, n = nnames, session = nil, seq = nil}
+    local schema = {cmd = cmd, n = nnames, sent = {}, ms = {}, copies = {}}
+    local at = {}  -- field name -> its place in cmd
+    local wanted = {}  -- copies as (place, name of the field copied)
     for j = 1, nnames do
-      local name = args[i + j]
-      cmd[2 + 2 * j] = name
-      cmd[3 + 2 * j] = ''
-      if name == 'session' then
-        schema.session = j
-      elseif name == 'seq' then
-        schema.seq = j
+      local name, source = args[i], args[i + 1]
+      i = i + 2
+      local place = 3 + 2 * j
+      cmd[place - 1] = name
+      cmd[place] = ''
+      at[name] = place
+      local kind = string.sub(source, 1, 1)
+      if source == '' then
+        schema.sent[#schema.sent + 1] = place
+      elseif kind == '=' then
+        cmd[place] = string.sub(source, 2)
+      elseif source == '#' then
+        schema.ms[#schema.ms + 1] = place
+      elseif kind == '>' then
+        wanted[#wanted + 1] = {place, string.sub(source, 2)}
+      else
+        return server.error_reply('qt_append: unknown source ' .. source .. ' of field ' .. name)
       end
     end
+    local copied = {}
+    for _, copy in ipairs(wanted) do
+      copied[copy[1]] = true
+    end
+    for _, copy in ipairs(wanted) do
+      local from = at[copy[2]]
+      if from == nil or copied[from] then
+        return server.error_reply('qt_append: field ' .. copy[2] .. ' to copy is not a sent field')
+      end
+      schema.copies[#schema.copies + 1] = copy[1]
+      schema.copies[#schema.copies + 1] = from
+    end
+    schema.session, schema.seq = at['session'], at['seq']
     schemas[s] = schema
-    i = i + nnames + 1
   end
   local count = tonumber(args[i])
   i = i + 1
@@ -141,40 +186,53 @@ local function append(keys, args)
     return server.error_reply('qt_append: expected count, a one-byte separator and the data')
   end
 
+  local indexed = nschemas > 1
+  local schema = schemas[1]
   for _ = 1, count do
-    e = find(data, sep, pos, true)
-    if e == nil then
-      save_marks()
-      return server.error_reply('qt_append: data holds fewer entries than count')
+    if indexed then
+      e = find(data, sep, pos, true)
+      if e == nil then
+        save_marks()
+        return server.error_reply('qt_append: data holds fewer entries than count')
+      end
+      schema = schemas[tonumber_(sub(data, pos, e - 1))]
+      pos = e + 1
     end
-    local schema = schemas[tonumber_(sub(data, pos, e - 1))]
-    pos = e + 1
     e = find(data, sep, pos, true)
     if schema == nil or e == nil then
       save_marks()
-      return server.error_reply('qt_append: bad entry in data')
+      return server.error_reply('qt_append: data holds fewer entries than count')
     end
     local ms_text = sub(data, pos, e - 1)
     pos = e + 1
-    -- The values go straight into the schema's XADD command (value j at 3 + 2j).
+    -- The values go straight into the schema's XADD command.
     local cmd = schema.cmd
     local nnames = schema.n
-    for j = 1, nnames do
+    local sent = schema.sent
+    for t = 1, #sent do
       e = find(data, sep, pos, true)
       if e == nil then
         save_marks()
         return server.error_reply('qt_append: data ends inside an entry')
       end
-      cmd[3 + 2 * j] = sub(data, pos, e - 1)
+      cmd[sent[t]] = sub(data, pos, e - 1)
       pos = e + 1
+    end
+    local at_ms = schema.ms
+    for t = 1, #at_ms do
+      cmd[at_ms[t]] = ms_text
+    end
+    local copies = schema.copies
+    for t = 1, #copies, 2 do
+      cmd[copies[t]] = cmd[copies[t + 1]]
     end
     local session, seq_text, seq = '', nil, nil
     if schema.session ~= nil then
-      session = cmd[3 + 2 * schema.session]
+      session = cmd[schema.session]
     end
     local fresh = true
     if session ~= '' and schema.seq ~= nil then
-      seq_text = cmd[3 + 2 * schema.seq]
+      seq_text = cmd[schema.seq]
       seq = tonumber(seq_text)
       local mark = marks[session]
       if mark == nil then
