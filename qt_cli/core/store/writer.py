@@ -235,9 +235,10 @@ class Schema:
         return head
 
 
-# A trade's type and symbol are the same in every entry of its stream, timestamp_ms is the event
-# ms and recv_ns the receive time ts_init: 4 of 18 values are not sent per entry (nor split by the
-# server: ~0.6 µs per entry of its time). history is "1" whenever a schema has it.
+# A trade's type and symbol are the same in every entry of its stream (a stream holds one
+# symbol), timestamp_ms is the event ms and recv_ns the receive time ts_init: 4 of 18 values are
+# not sent per entry (nor split by the server: ~0.3-0.5 µs per entry of its time). history is "1"
+# whenever a schema has it.
 _TRADE_DERIVED = {
     "type": PER_STREAM,
     "symbol": PER_STREAM,
