@@ -234,7 +234,15 @@ def _xadd_command(key: str, fields: dict[str, Any], maxlen: int) -> tuple[Any, .
 
 def _item_to_line(item: Item) -> bytes:
     if type(item) is tuple:
-        item = entry_trade(item[2])
+        _, names, entry = item  # type: ignore[misc]
+        if entry[E_PRICE] != "" and entry[E_VOLUME] != "":
+            # The wire dict the Row was made of (what Trade.to_dict gives), without a Trade.
+            wire = dict(zip(names, entry[1:], strict=True))
+            wire["is_edit"] = wire["is_edit"] == "1"
+            if "history" in wire:
+                wire["history"] = True
+            return orjson.dumps({"e": wire})
+        item = entry_trade(entry)
     if isinstance(item, Event):
         return orjson.dumps({"e": item.to_dict()}, option=orjson.OPT_SERIALIZE_NUMPY)
     if isinstance(item, DeadLetter):
@@ -246,7 +254,8 @@ def _item_to_line(item: Item) -> bytes:
 def _item_from_line(line: bytes) -> Item:
     data = orjson.loads(line)
     if "e" in data:
-        return decode_dict(data["e"])
+        wire = data["e"]
+        return tick_row(wire) or decode_dict(wire)  # a trade straight to its Row, as received
     if "d" in data:
         d = data["d"]
         return DeadLetter(**{**d, "raw": d["raw"].encode("latin-1")})
