@@ -1641,7 +1641,10 @@ class Bridge:
         key_of = self._key_cache
         new_batch = self.writer.batch
         for item in items:
-            if type(item) is not tuple:
+            if type(item) is tuple:  # a trade (Row): the hot path
+                key, names, entry = item  # type: ignore[misc]
+                session, seq = entry[E_SESSION], entry[E_SEQ]
+            else:
                 if not isinstance(item, Event):
                     if isinstance(item, DeadLetter):
                         deadletters.append(item)
@@ -1664,27 +1667,15 @@ class Bridge:
                         )
                         continue
                     key = key_of[(kind, symbol)] = keys.stream_key(kind, symbol)
-                if type(item) is not Trade:
-                    batch = batches.get(key)
-                    if batch is None:
-                        batch = batches[key] = new_batch(key)
-                        batch.require = before.get(key)
-                        placed[key] = []
-                        stream_marks[key] = {}
+                if type(item) is Trade:
+                    item = trade_row(item, key)
+                    _, names, entry = item
+                    session, seq = entry[E_SESSION], entry[E_SEQ]
+                else:
                     names, values = event_values(item)
-                    batch.add(names, values, item.ts_event // NS_PER_MS)
-                    placed[key].append(item)
+                    entry = (item.ts_event // NS_PER_MS, *values)
                     session = getattr(item, "session", "")
-                    if session:
-                        seq = item.seq  # type: ignore[attr-defined]
-                        per_session[session] = per_session.get(session, 0) + 1
-                        marks = stream_marks[key]
-                        if seq > marks.get(session, 0):
-                            marks[session] = seq
-                    continue
-                item = trade_row(item, key)
-            # A trade (Row): the hot path.
-            key, names, entry = item  # type: ignore[misc]
+                    seq = getattr(item, "seq", 0)
             batch = batches.get(key)
             if batch is None:
                 batch = batches[key] = new_batch(key)
@@ -1693,9 +1684,7 @@ class Bridge:
                 stream_marks[key] = {}
             batch.add_entry(names, entry)
             placed[key].append(item)
-            session = entry[E_SESSION]
             if session:
-                seq = entry[E_SEQ]
                 per_session[session] = per_session.get(session, 0) + 1
                 marks = stream_marks[key]
                 if seq > marks.get(session, 0):
