@@ -1702,9 +1702,7 @@ class Bridge:
             commands.append(_xadd_command(keys.stream_key("gaps"), gap.to_fields(), GAPS_MAXLEN))
         marks: dict[str, int] = {}
         for per_stream in stream_marks.values():
-            for session, seq in per_stream.items():
-                if seq > marks.get(session, 0):
-                    marks[session] = seq
+            _raise_marks(marks, per_stream)
         return _Batch(
             items,
             list(batches.values()),
@@ -1791,10 +1789,7 @@ class Bridge:
         batch.sent = True
 
     def _due_watermark(self, marks: dict[str, int]) -> None:
-        due = self._watermark_due
-        for session, seq in marks.items():
-            if seq > due.get(session, 0):
-                due[session] = seq
+        _raise_marks(self._watermark_due, marks)
 
     def _flush_watermark(self) -> None:
         """Store the confirmed marks now (idle or done: no send to carry them)."""
@@ -1824,9 +1819,8 @@ class Bridge:
             self._report_gap(gap)
         self.stats.deadletters += len(batch.deadletters)
         self._due_watermark(batch.marks)
+        _raise_marks(self._watermark, batch.marks)
         for session, seq in batch.marks.items():
-            if seq > self._watermark.get(session, 0):
-                self._watermark[session] = seq
             feed = self._feed(session)
             feed.received += batch.per_session[session]
             channel = session.split(".", 1)[1] if "." in session else session
@@ -2083,6 +2077,13 @@ _TRANSIENT_TYPES = (
     valkey.exceptions.TryAgainError,
 )
 _TRANSIENT_TEXT = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY")
+
+
+def _raise_marks(into: dict[str, int], marks: dict[str, int]) -> None:
+    """Raise each session's mark in `into` to the one in `marks` where that is higher."""
+    for session, seq in marks.items():
+        if seq > into.get(session, 0):
+            into[session] = seq
 
 
 def _is_transient(exc: BaseException) -> bool:
