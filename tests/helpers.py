@@ -145,3 +145,15 @@ class QtProcesses:
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream:
                     stream.close()
+
+
+# What an older qt's library looks like to this one: same name, other version, other arguments.
+OTHER_QT_LIBRARY = """#!lua name=qt
+local function refuse(keys, args)
+  return server.error_reply('qt_append: expected count, a one-byte separator and the data')
+end
+server.register_function('qt_append', refuse)
+server.register_function('qt_chunk', refuse)
+server.register_function{function_name = 'qt_version', callback = function() return '3' end,
+  flags = {'no-writes'}}
+"""

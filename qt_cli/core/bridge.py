@@ -101,7 +101,6 @@ from qt_cli.core.store.writer import (
     entry_names,
     entry_trade,
     event_values,
-    is_missing_function,
     is_out_of_order,
     trade_entry,
 )
@@ -1835,6 +1834,7 @@ class Bridge:
         results: list[AppendResult] = []
         failures: dict[str, str] = {}
         retry: list[StreamBatch] = []
+        lost = False  # the library is gone or another qt version's: reload before the retry
         for stream_batch, reply in zip(batches, replies[: len(batches)], strict=True):
             if isinstance(reply, Exception):
                 if isinstance(reply, valkey.ConnectionError | valkey.TimeoutError):
@@ -1842,7 +1842,11 @@ class Bridge:
                 if _is_transient(reply):
                     # Out of memory, a replica, loading: wait and retry like an outage.
                     raise valkey.ConnectionError(f"{type(reply).__name__}: {reply}")
-                if is_missing_function(reply) or is_out_of_order(reply):
+                if is_out_of_order(reply):
+                    retry.append(stream_batch)
+                    continue
+                if lost or writer.library_lost(reply):
+                    lost = True
                     retry.append(stream_batch)
                     continue
                 failures[stream_batch.key] = str(reply)
@@ -1856,7 +1860,7 @@ class Bridge:
         if retry:
             # The library was lost, or an earlier batch failed (it was handled first: dead
             # letters, or its own retry): write these now, in order, without conditions.
-            if any(is_missing_function(r) for r in replies if isinstance(r, Exception)):
+            if lost:
                 writer.ensure_library(force=True)
             for stream_batch in retry:
                 stream_batch.require = None

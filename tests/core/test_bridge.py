@@ -33,9 +33,9 @@ from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_S, BookUpdate, Trade, decode_fields
 from qt_cli.core.journal import JournalWriter
 from qt_cli.core.store.managed import ManagedValkey
-from qt_cli.core.store.writer import is_out_of_order
+from qt_cli.core.store.writer import LIBRARY_VERSION, is_out_of_order
 from qt_cli.core.zmq_io import PubSink, ReplayServer
-from tests.helpers import eventually, free_port, tcp_endpoint
+from tests.helpers import OTHER_QT_LIBRARY, eventually, free_port, tcp_endpoint
 
 T0 = 1_754_654_400 * NS_PER_S
 
@@ -591,6 +591,20 @@ def test_a_batch_sent_behind_another_is_stored_only_after_it(
     bridge._flush_watermark()  # moved only once the replies confirmed both stored
     assert vk.hgetall(watermark_key(bridge.config.name)) == {b"s1.ticks": b"40"}
     bridge.close()
+
+
+def test_a_library_replaced_by_another_qt_version_is_reloaded_not_dead_lettered(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path
+) -> None:
+    path = jsonl(tmp_path / "in.jsonl", make_trades(300))
+    bridge = Bridge(config_for(valkey_url, tmp_path, str(path)))  # loads its library
+    vk.function_load(OTHER_QT_LIBRARY, replace=True)  # an older qt on the same server
+    stats = bridge.run()
+    bridge.close()
+    assert (stats.written, stats.deadletters) == (300, 0)
+    assert vk.xlen(keys.stream_key("deadletter")) == 0
+    assert vk.fcall_ro("qt_version", 0) == LIBRARY_VERSION.encode()
+    assert_derived_match(vk, "WDOQ25")
 
 
 def test_cycles_are_collected_on_a_schedule_while_the_bridge_runs(

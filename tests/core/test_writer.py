@@ -32,6 +32,7 @@ from qt_cli.core.store.writer import (
     pack_values,
     trade_values,
 )
+from tests.helpers import OTHER_QT_LIBRARY
 
 BASE_NS = 1_754_654_400_000_000_000  # 2025-08-08 12:00:00 UTC
 TICKS = keys.stream_key("ticks", "WDOQ25")
@@ -256,6 +257,16 @@ def test_an_old_library_version_is_replaced(vk: valkey.Valkey) -> None:
     writer = StreamWriter(vk)
     writer.ensure_library()
     assert vk.fcall_ro("qt_version", 0) == LIBRARY_VERSION.encode()
+    # Another qt version takes the server over while this writer runs: its refusal is not
+    # taken for a bad batch; the writer reloads its own library and writes.
+    vk.function_load(OTHER_QT_LIBRARY, replace=True)
+    assert append(writer, [trade(1)]).written == 1
+    vk.function_load(OTHER_QT_LIBRARY, replace=True)
+    other = keys.stream_key("book", "WDOQ25")
+    results = writer.append_many(
+        [_batch(writer, TICKS, [trade(2)]), _batch(writer, other, [trade(1, session="x")])]
+    )
+    assert [r.written for r in results] == [1, 1]
 
 
 def test_a_failing_write_keeps_marks_and_stream_consistent(vk: valkey.Valkey) -> None:

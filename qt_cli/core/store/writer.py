@@ -433,16 +433,28 @@ class StreamWriter:
 
     # -- library --
 
+    def has_current_library(self) -> bool:
+        """True when the server holds this version of the library (not none, not another qt's)."""
+        try:
+            return _text(self.client.fcall_ro("qt_version", 0)) == LIBRARY_VERSION
+        except valkey.ResponseError as exc:
+            if is_missing_function(exc):
+                return False
+            raise
+
+    def library_lost(self, exc: BaseException) -> bool:
+        """True when a call failed because the library is gone or another qt version replaced
+        it (FUNCTION FLUSH, a restart without persistence, an older qt on the same server):
+        reload and call again rather than give the events up."""
+        if is_missing_function(exc):
+            return True
+        return isinstance(exc, valkey.ResponseError) and not self.has_current_library()
+
     def ensure_library(self, *, force: bool = False) -> None:
         """Load the function library unless the server already has this version."""
-        if not force:
-            try:
-                if _text(self.client.fcall_ro("qt_version", 0)) == LIBRARY_VERSION:
-                    self._loaded = True
-                    return
-            except valkey.ResponseError as exc:
-                if not is_missing_function(exc):
-                    raise
+        if not force and self.has_current_library():
+            self._loaded = True
+            return
         try:
             self.client.function_load(library_code(), replace=True)
         except valkey.ResponseError as exc:
@@ -458,7 +470,7 @@ class StreamWriter:
         try:
             return self.client.execute_command(FCALL, name, len(keys_), *keys_, *args)
         except valkey.ResponseError as exc:
-            if not is_missing_function(exc):
+            if not self.library_lost(exc):
                 raise
         self.ensure_library(force=True)
         return self.client.execute_command(FCALL, name, len(keys_), *keys_, *args)
@@ -503,7 +515,7 @@ class StreamWriter:
             missing = False
             for i, reply in zip(pending, replies, strict=True):
                 if isinstance(reply, Exception):
-                    if attempt == 0 and is_missing_function(reply):
+                    if attempt == 0 and self.library_lost(reply):
                         missing = True
                         continue
                     raise reply
