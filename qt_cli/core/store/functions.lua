@@ -146,7 +146,7 @@ local function append(keys, args)
     for _, copy in ipairs(wanted) do
       local from = at[copy[2]]
       if from == nil or copied[from] then
-        return server.error_reply('qt_append: field ' .. copy[2] .. ' to copy is not a sent field')
+        return server.error_reply('qt_append: field ' .. copy[2] .. ' to copy is missing or a copy')
       end
       schema.copies[#schema.copies + 1] = copy[1]
       schema.copies[#schema.copies + 1] = from
@@ -189,14 +189,12 @@ local function append(keys, args)
   local indexed = nschemas > 1
   local schema = schemas[1]
   for _ = 1, count do
-    if indexed then
+    if indexed then  -- a missing or unknown index fails just below
       e = find(data, sep, pos, true)
-      if e == nil then
-        save_marks()
-        return server.error_reply('qt_append: data holds fewer entries than count')
+      schema = e and schemas[tonumber_(sub(data, pos, e - 1))]
+      if e then
+        pos = e + 1
       end
-      schema = schemas[tonumber_(sub(data, pos, e - 1))]
-      pos = e + 1
     end
     e = find(data, sep, pos, true)
     if schema == nil or e == nil then
