@@ -420,7 +420,7 @@ class BridgeConfig:
     duration_s: float | None = None
     stop_after: int | None = None
     stats_interval_s: float = 1.0
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def spill_path(self) -> Path:

@@ -11,6 +11,8 @@ from qt_cli.core.errors import ConfigError
 
 ENV_PREFIX = "QT_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
 
 def default_data_dir() -> Path:
@@ -42,6 +44,10 @@ class Settings:
     @property
     def valkey_dir(self) -> Path:
         return self.data_dir / "valkey"
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.describe().items())
+        return f"Settings({shown})"
 
     def describe(self) -> dict[str, Any]:
         """Settings as shown to a user: secrets masked."""
@@ -98,6 +104,20 @@ def _coerce(name: str, typ: Any, raw: Any) -> Any:
             return int(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"setting {name}: expected a whole number, got {raw!r}") from None
+    if typ in (float, "float"):
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting {name}: expected a number, got {raw!r}") from None
+    if typ in (bool, "bool"):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in TRUE_WORDS:
+            return True
+        if text in FALSE_WORDS:
+            return False
+        raise ConfigError(f"setting {name}: expected true or false, got {raw!r}")
     if typ in (Path, "Path"):
         return Path(raw).expanduser()
     return str(raw)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import parse_qs, unquote
@@ -49,7 +49,7 @@ class Endpoint:
     path: str = ""
     db: int = 0
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     format: str = ""
 
     @property

@@ -65,3 +65,49 @@ def test_secrets_are_masked(tmp_path: Path) -> None:
     assert "hunter2" not in str(shown) and shown["valkey_password"] == "***"
     assert mask_url("valkey://:pw@h:1/0") == "valkey://:***@h:1/0"
     assert mask_url("valkey://h:1/0") == "valkey://h:1/0"
+
+
+def test_secrets_never_appear_in_reprs(tmp_path: Path) -> None:
+    from qt_cli.core.bridge import BridgeConfig
+    from qt_cli.core.endpoints import parse_endpoint
+
+    secret = "s3cr3t-pw"
+    settings = load_settings(
+        environ={"QT_VALKEY_PASSWORD": secret, "QT_VALKEY_URL": f"valkey://u:{secret}@h:1/0"},
+        dotenv=tmp_path / "missing.env",
+    )
+    endpoint = parse_endpoint(f"valkey://u:{secret}@h:1/0")
+    config = BridgeConfig(inputs=("tcp://127.0.0.1:1",), output="valkey://h:1/0", password=secret)
+    assert settings.valkey_password == secret
+    assert endpoint.password == secret
+    for shown in (repr(settings), str(settings), repr(endpoint), str(endpoint), repr(config)):
+        assert secret not in shown, shown
+    assert "valkey://u:***@h:1/0" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("typ", "raw", "expected"),
+    [
+        (float, "2.5", 2.5),
+        (float, "1e-3", 0.001),
+        (bool, "true", True),
+        (bool, "Yes", True),
+        (bool, "0", False),
+        (bool, "off", False),
+        (int, "7", 7),
+    ],
+)
+def test_settings_convert_numbers_and_flags(typ: type, raw: str, expected: object) -> None:
+    from qt_cli.core.config import _coerce
+
+    value = _coerce("QT_X", typ, raw)
+    assert value == expected
+    assert type(value) is typ
+
+
+@pytest.mark.parametrize(("typ", "raw"), [(float, "fast"), (bool, "maybe"), (int, "1.5")])
+def test_settings_refuse_values_of_the_wrong_kind(typ: type, raw: str) -> None:
+    from qt_cli.core.config import _coerce
+
+    with pytest.raises(ConfigError, match="QT_X"):
+        _coerce("QT_X", typ, raw)
