@@ -234,28 +234,59 @@ def exactly_once(client: valkey.Valkey, n: int) -> bool:
     return sorted(seqs) == list(range(1, n + 1))
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_idle() -> tuple[int, int]:
+    """(idle ticks, all ticks) of the whole machine so far, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float | tuple[int, int]]:
+    return {**{name: cpu_s(pid) for name, pid in pids.items()}, "idle": machine_idle()}
+
+
 def sustained(client: valkey.Valkey, url: str, tmp: Path, *extra: str) -> dict:
     client.flushdb()
+    server_pid = int(client.info("server")["process_id"])
     publisher, pub_uri, replay_uri = start_publisher("blast", N_SUSTAINED, tmp)
     bridge = start_bridge(url, pub_uri, replay_uri, tmp, "--maxlen", "0", *extra)
     assert publisher.stdin is not None
     publisher.stdin.write("go\n")
     publisher.stdin.flush()
+    pids = {"bridge": bridge.pid, "valkey-server": server_pid, "publisher": publisher.pid}
     t_first = n_first = None
+    first_cpu: dict = {}
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         count = stored(client)
         now = time.perf_counter()
         if count and t_first is None:
             t_first, n_first = now, count
+            first_cpu = cpu_snapshot(pids)
         if count >= N_SUSTAINED:
             break
         time.sleep(0.01)
     assert t_first is not None and n_first is not None
-    rate = (N_SUSTAINED - n_first) / (now - t_first)
+    last_cpu = cpu_snapshot(pids)
+    measured = N_SUSTAINED - n_first
+    rate = measured / (now - t_first)
+    cpu_us = {name: (last_cpu[name] - first_cpu[name]) / measured * 1e6 for name in pids}
+    (idle0, all0), (idle1, all1) = first_cpu["idle"], last_cpu["idle"]
+    idle = (idle1 - idle0) / max(1, all1 - all0)
     totals = stop_bridge(bridge)
     finish_publisher(publisher)
-    return {"rate": rate, "exact": exactly_once(client, N_SUSTAINED), "totals": totals}
+    return {
+        "rate": rate,
+        "exact": exactly_once(client, N_SUSTAINED),
+        "totals": totals,
+        "cpu_us": cpu_us,
+        "idle": idle,
+    }
 
 
 def summary(runs: list[dict]) -> dict:
@@ -266,6 +297,10 @@ def summary(runs: list[dict]) -> dict:
         "range": f"{rates[0]:,.0f}–{rates[-1]:,.0f}",
         "exact": "yes" if all(r["exact"] for r in runs) else "NO",
         "gaps_recovered": sum(r["totals"]["gaps_recovered"] for r in runs),
+        "cpu_us": {
+            name: statistics.median(r["cpu_us"][name] for r in runs) for name in runs[0]["cpu_us"]
+        },
+        "idle": statistics.median(r["idle"] for r in runs),
     }
 
 
@@ -357,22 +392,15 @@ def main() -> None:
         f"{bare['rate'] / best_raw:.2f}× | {bare['exact']} | {bare['gaps_recovered']} |",
         "",
         "Target ≥ 100,000 ticks/s sustained. Publisher, bridge and valkey-server share the two "
-        "cores and together need about 16.5–17 µs of CPU per trade (process CPU time over the "
-        "measured window: bridge 7.5–7.8 µs, valkey-server 7.5–8.1 µs, publisher 1.2–1.6 µs); "
-        "the cores idle 14–19% of the window, mostly at the end, when the receiver has drained "
-        "ZeroMQ and only the server is busy. The writer keeps two batches in flight so the "
-        "server finds the next one waiting (with one in flight it idled between batches: "
-        "~87k → ~100k ticks/s); the second batch's calls require the marks of the first, so "
-        "it is never stored ahead of a first that failed. In the bridge: its ZeroMQ I/O thread "
-        "~1.4 µs; under one interpreter lock, receiving and decoding ~4 µs (ZeroMQ frames ~1.1, "
-        "JSON ~1.0, the entry ~1.1), packing a batch ~0.6 µs per entry (one orjson call for "
-        "all values), candles and chunks ~0.8 µs. The automatic cycle collector is off while "
-        "the bridge runs (it cost ~2 µs per trade re-walking the rows in flight; `gc.collect()` "
-        "runs every 30 s instead). In valkey-server, measured alone: the `qt_append` function "
-        "~5.1 µs per entry, ~7.5 µs with the append-only file; a trade's type, symbol, "
-        "timestamp_ms and recv_ns are filled in by the function, not sent and split per entry. "
-        "Before each run everything written so far is flushed to disk (`sync`), so the kernel "
-        "does not write back earlier runs' files during it.",
+        "cores; process CPU per trade over the measured window (median of the default runs): "
+        + ", ".join(f"{name} {us:.1f} µs" for name, us in full["cpu_us"].items())
+        + f" ({sum(full['cpu_us'].values()):.1f} µs in all); the machine's cores were idle "
+        f"{full['idle']:.0%} of the window. The writer keeps two batches in flight so the "
+        "server finds the next one waiting; the second batch's calls require the marks of the "
+        "first, so it is never stored ahead of a first that failed. The automatic cycle "
+        "collector is off while the bridge runs (`gc.collect()` every 30 s instead). Before "
+        "each run everything written so far is flushed to disk (`sync`), so the kernel does "
+        "not write back earlier runs' files during it.",
         "",
         f"Tick-to-stored latency at {LATENCY_RATE:,} ticks/s for {LATENCY_SECONDS} s "
         "(publisher send → the bridge's function call returned): "
