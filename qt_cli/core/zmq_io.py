@@ -274,9 +274,10 @@ class ReplayServer:
             size += len(record.payload) + len(record.topic) + 8
             count += 1
         self.messages_served += count
-        last = None
+        last = first = None
         if next_seq is None:
             last = self.reader.last_seq(session)
+            first = self.reader.first_seq(session) if last is not None else None
         header = {
             "status": "ok",
             "session": session,
@@ -285,6 +286,7 @@ class ReplayServer:
             "count": count,
             "next": next_seq,
             "last": last if next_seq is None else None,
+            "first": first,
         }
         return [orjson.dumps(header), *frames]
 
@@ -323,6 +325,7 @@ class ReplayPage:
     messages: list[tuple[int, bytes, bytes]]
     next: int | None
     last: int | None  # highest seq the journal holds for the session; None: unknown session
+    first: int | None = None  # lowest seq it still holds (journal retention removes older ones)
 
 
 class ReplayClient:
@@ -404,7 +407,13 @@ class ReplayClient:
             (unpack(rest[i])[0], rest[i + 1], rest[i + 2]) for i in range(0, len(rest) - 2, 3)
         ]
         return ReplayPage(
-            session, from_seq, to_seq, messages, header.get("next"), header.get("last")
+            session,
+            from_seq,
+            to_seq,
+            messages,
+            header.get("next"),
+            header.get("last"),
+            header.get("first"),
         )
 
     def fetch(
@@ -821,12 +830,17 @@ class SubSource:
             where = self.replay.endpoint.uri if self.replay is not None else "?"
             unknown = page.last is None and page.next is None and not seqs
             why = (
-                f"the journal behind {where} does not hold this session"
+                f"the journal behind {where} does not hold this session (never journaled "
+                "there, or removed by its retention)"
                 if unknown
                 else f"not in the journal behind {where}"
             )
+            trimmed = (
+                f"removed from the journal behind {where} by its retention "
+                f"(it holds seq {page.first} on)"
+            )
             for a, b in missing_ranges(job.next_seq, end, seqs):
-                job.lost.append((a, b, why))
+                job.lost.append((a, b, trimmed if page.first and b < page.first else why))
             if page.next is not None:
                 job.next_seq = page.next
                 return
