@@ -587,25 +587,34 @@ class JournalReader:
     ) -> Iterator[Record]:
         """Records of `session` with from_seq <= seq <= to_seq, in seq order (at most `limit`)."""
         segments = self.sessions().get(session)
-        if not segments or segments[-1].first_seq <= from_seq:
+        refreshed = not segments or segments[-1].first_seq <= from_seq
+        if refreshed:
             self.refresh()  # a new session or a new segment may have appeared since
             segments = self.sessions().get(session)
         if not segments:
             return
         starts = [s.first_seq for s in segments]
-        first = max(bisect.bisect_right(starts, from_seq) - 1, 0)
+        todo = segments[max(bisect.bisect_right(starts, from_seq) - 1, 0) :]
         count = 0
-        for i in range(first, len(segments)):
-            segment = segments[i]
-            if segment.first_seq > to_seq:
+        for attempt in range(2):
+            for segment in todo:
+                if segment.first_seq > to_seq:
+                    return
+                for seq, topic, payload in self._segment_records(segment, from_seq):
+                    if seq > to_seq:
+                        return
+                    yield Record(session, seq, topic, payload)
+                    count += 1
+                    if limit is not None and count >= limit:
+                        return
+            if attempt == 0 and not refreshed:
+                # The end of the known segments: one the writer started since the last refresh
+                # may follow (the segment list is a snapshot); look once more.
+                known = segments[-1].first_seq
+                self.refresh()
+                todo = [s for s in self.sessions().get(session, []) if s.first_seq > known]
+            else:
                 return
-            for seq, topic, payload in self._segment_records(segment, from_seq):
-                if seq > to_seq:
-                    return
-                yield Record(session, seq, topic, payload)
-                count += 1
-                if limit is not None and count >= limit:
-                    return
 
     def records(self, session: str | None = None) -> Iterator[Record]:
         """Every record (of one session, or of all sessions one after the other), seq order."""

@@ -274,10 +274,10 @@ class ReplayServer:
             size += len(record.payload) + len(record.topic) + 8
             count += 1
         self.messages_served += count
-        last = first = None
+        last = None
         if next_seq is None:
             last = self.reader.last_seq(session)
-            first = self.reader.first_seq(session) if last is not None else None
+        first = self.reader.first_seq(session)
         header = {
             "status": "ok",
             "session": session,
@@ -435,6 +435,16 @@ class ReplayClient:
 
     def close(self) -> None:
         self._reset()
+
+
+def not_journaled(first: int | None, to_seq: int, endpoint: str) -> str:
+    """Why seqs up to `to_seq` are missing from a replay: journal retention removed them (they
+    lie below `first`, the lowest seq the journal still holds) or they were never journaled."""
+    if first is not None and to_seq < first:
+        return (
+            f"removed from the journal behind {endpoint} by its retention (it holds seq {first} on)"
+        )
+    return f"not in the journal behind {endpoint}"
 
 
 def missing_ranges(from_seq: int, to_seq: int, seqs: Iterable[int]) -> list[tuple[int, int]]:
@@ -832,15 +842,9 @@ class SubSource:
             why = (
                 f"the journal behind {where} does not hold this session (never journaled "
                 "there, or removed by its retention)"
-                if unknown
-                else f"not in the journal behind {where}"
-            )
-            trimmed = (
-                f"removed from the journal behind {where} by its retention "
-                f"(it holds seq {page.first} on)"
             )
             for a, b in missing_ranges(job.next_seq, end, seqs):
-                job.lost.append((a, b, trimmed if page.first and b < page.first else why))
+                job.lost.append((a, b, not_journaled(page.first, b, where) if not unknown else why))
             if page.next is not None:
                 job.next_seq = page.next
                 return

@@ -305,3 +305,21 @@ def test_the_writer_tells_when_a_segment_rolls(tmp_path: Path) -> None:
         assert len(rolls) == 1 == len(_segments(tmp_path, "s.ticks")) - 1
     finally:
         writer.close()
+
+
+def test_a_range_read_reaches_into_a_segment_started_after_the_last_refresh(
+    tmp_path: Path,
+) -> None:
+    writer = JournalWriter(tmp_path, fsync="none", segment_bytes=1024)
+    try:
+        writer.append_batch("s.ticks", 1, [(b"t", b"x" * 40)] * 30)
+        writer.append_batch("s.ticks", 31, [(b"t", b"x" * 40)] * 30)  # a second segment
+        writer.commit()
+        reader = JournalReader(tmp_path)  # knows these two segments
+        assert len(reader.sessions()["s.ticks"]) == 2
+        writer.append_batch("s.ticks", 61, [(b"t", b"x" * 40)] * 5)  # rolls: a third one
+        writer.commit()
+        assert [r.seq for r in reader.read_range("s.ticks", 1, 100)] == list(range(1, 66))
+        assert [r.seq for r in reader.read_range("s.ticks", 59, 70, limit=4)] == [59, 60, 61, 62]
+    finally:
+        writer.close()
