@@ -160,6 +160,8 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
 
         if path is not None and not journal:
             raise UsageError(f"unexpected argument {path!r}: a PATH goes with --journal [PATH]")
+        if journal and pattern != "stream:*":
+            raise UsageError("--pattern applies to streams; --journal trims the whole journal")
         if journal:
             _journal_cleanup(path, retention or [], max_entries, dry_run, as_json)
             return
