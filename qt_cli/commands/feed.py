@@ -20,7 +20,7 @@ Channels and default outputs: ticks (trades, state, daily) tcp://127.0.0.1:5555,
 
 Every message carries session (<run id>.<channel>) and seq (gap-free from 1). The feed stops at the end of a replay, after --duration or --stop-after, or on Ctrl+C / SIGTERM (exit 0 after flushing, with totals; --json prints them as JSON).
 
---journal-retention 7d keeps the journal to about a week: at start, at every segment roll and every 10 minutes the feed removes whole segments last written more than 7 days ago (never the segment a feed still writes to); a replay request for a removed range is answered as not journaled (docs/feed.md).
+--journal-retention 7d keeps the journal to about a week: at start, at every segment roll and every 10 minutes the feed removes whole segments last written more than 7 days ago (never the segment a feed still writes to); a subscriber asking for a removed range records it as a lost gap (docs/feed.md).
 
 Example: qt feed --sim --symbol WDOQ25 --rate 0 --duration 60s --out - | head
 """
