@@ -115,6 +115,12 @@ def _summary(totals: dict[str, Any]) -> str:
         f"({totals['rate']:,.0f}/s); stopped by {totals['stopped_by'].replace('_', '-')}",
         f"journal {journal['bytes'] / 1e6:,.1f} MB in {journal['dir']} (fsync {journal['fsync']})",
     ]
+    retention = journal.get("retention")
+    if retention:
+        lines[-1] += (
+            f"; retention {retention['retention']} removed {retention['segments_removed']:,} "
+            f"old segments ({retention['bytes_freed'] / 1e6:,.1f} MB)"
+        )
     if sessions:
         lines.append(f"sessions: {sessions}")
     return "\n".join(lines)

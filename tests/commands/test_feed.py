@@ -299,6 +299,15 @@ def test_journal_retention_trims_old_segments_when_the_feed_starts(
     sessions = JournalReader(journal).sessions()
     assert "oldrun.ticks" not in sessions and "recentrun.ticks" in sessions
     assert f"{totals['run_id']}.ticks" in sessions
+    again = feed(
+        cli,
+        "--sim", "--rate", "0", "--stop-after", "5", "--out", str(tmp_path / "e2.jsonl"),
+        "--journal", str(journal), "--journal-retention", "1d",
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    removed = len(recent) // 2  # recentrun's segments, 2 days old (data + index files)
+    assert f"; retention 1d removed {removed} old segments (" in again.stderr
+    assert not any(p.exists() for p in recent)
 
 
 def test_journal_retention_must_be_a_duration(cli: CliRunner, tmp_path: Path) -> None:
