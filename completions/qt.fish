@@ -21,6 +21,7 @@ complete -c qt -n '__fish_seen_subcommand_from feed' -l history-from
 complete -c qt -n '__fish_seen_subcommand_from feed' -l history-to
 complete -c qt -n '__fish_seen_subcommand_from feed' -l hwm
 complete -c qt -n '__fish_seen_subcommand_from feed' -l journal
+complete -c qt -n '__fish_seen_subcommand_from feed' -l journal-retention
 complete -c qt -n '__fish_seen_subcommand_from feed' -l json
 complete -c qt -n '__fish_seen_subcommand_from feed' -l linger
 complete -c qt -n '__fish_seen_subcommand_from feed' -l out
@@ -79,6 +80,7 @@ complete -c qt -n '__fish_seen_subcommand_from query' -s n
 complete -c qt -n '__fish_seen_subcommand_from query' -s s
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l dry-run
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l help
+complete -c qt -n '__fish_seen_subcommand_from cleanup' -l journal
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l json
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l max-entries
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l pattern

@@ -17,7 +17,11 @@ Trim old entries from the Valkey streams that match --pattern (found with SCAN, 
 
 Trimming goes in short steps (XTRIM ~ LIMIT), so a live system keeps writing. --dry-run changes nothing and shows what would go. Per stream: entries before and after, memory freed (MEMORY USAGE); --json for scripts.
 
+--journal [PATH] trims the feed's on-disk journal instead (PATH defaults to <data dir>/journal): whole segments last written longer ago than --retention go, oldest first per session, never one a running feed still writes to (docs/feed.md, "Journal retention"); --dry-run and --json as for streams.
+
 Example: qt cleanup --retention 30d --retention book=5d --retention hist=365d --dry-run
+
+Example: qt cleanup --journal --retention 7d --dry-run
 """
 
 
@@ -59,6 +63,55 @@ def _render(report: Any) -> None:
     out_console().print(table)
 
 
+def _render_journal(report: Any) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    title = "would remove (dry run)" if report.dry_run else "removed"
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column(
+        "session", no_wrap=True, min_width=max(len(s.session) for s in report.sessions)
+    )
+    for name in ("segments", "kept", "removed", "first seq kept", "disk freed"):
+        table.add_column(name, justify="right")
+    for s in report.sessions:
+        first = "-" if s.first_seq_after is None else f"{s.first_seq_after:,}"
+        table.add_row(
+            Text(s.session),
+            f"{s.segments_before:,}",
+            f"{s.segments_after:,}" + (" (in use)" if s.in_use else ""),
+            f"{s.removed:,}",
+            first,
+            _human_bytes(s.freed_bytes),
+        )
+    out_console().print(table)
+
+
+def _journal_cleanup(
+    path: str | None, retention: list[str], max_entries: int | None, dry_run: bool, as_json: bool
+) -> None:
+    from qt_cli.core import cleanup, config
+
+    report = cleanup.cleanup_journal(
+        path or config.current().journal_dir, retention, max_entries=max_entries, dry_run=dry_run
+    )
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    if report.removed or report.in_use:
+        _render_journal(report)
+    verb = "would remove" if dry_run else "removed"
+    freed = _human_bytes(report.freed_bytes)
+    say(
+        f"journal {report.directory}: {len(report.sessions)} sessions; {verb} "
+        f"{report.removed:,} segments last written before {report.cutoff} (older than "
+        f"{report.retention}), {freed} {'to free' if dry_run else 'freed'} "
+        f"in {report.seconds:.2f} s"
+        + (f"; {report.in_use} in use by a running feed kept" if report.in_use else "")
+    )
+
+
 def register(app: typer.Typer, *, name: str, summary: str) -> None:
     @app.command(name, help=HELP, short_help=summary)
     def cleanup_command(
@@ -86,9 +139,32 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Show what would go; change nothing.")
         ] = False,
+        journal: Annotated[
+            bool,
+            typer.Option(
+                "--journal",
+                help="Trim the feed's on-disk journal (at PATH, default <data dir>/journal) "
+                "instead of streams.",
+            ),
+        ] = False,
+        path: Annotated[
+            str | None,
+            typer.Argument(
+                metavar="PATH", help="With --journal: the journal directory.", show_default=False
+            ),
+        ] = None,
         as_json: AsJson = False,
     ) -> None:
         from qt_cli.core import cleanup, config, store
+        from qt_cli.core.errors import UsageError
+
+        if path is not None and not journal:
+            raise UsageError(f"unexpected argument {path!r}: a PATH goes with --journal [PATH]")
+        if journal and pattern != "stream:*":
+            raise UsageError("--pattern applies to streams; --journal trims the whole journal")
+        if journal:
+            _journal_cleanup(path, retention or [], max_entries, dry_run, as_json)
+            return
 
         policy = cleanup.parse_policy(retention or (), max_entries=max_entries)
         client = store.connect_settings(config.current(), say=say)

@@ -20,6 +20,8 @@ Channels and default outputs: ticks (trades, state, daily) tcp://127.0.0.1:5555,
 
 Every message carries session (<run id>.<channel>) and seq (gap-free from 1). The feed stops at the end of a replay, after --duration or --stop-after, or on Ctrl+C / SIGTERM (exit 0 after flushing, with totals; --json prints them as JSON).
 
+--journal-retention 7d keeps the journal to about a week: at start, at every segment roll and every 10 minutes the feed removes whole segments last written more than 7 days ago (never the segment a feed still writes to); a subscriber asking for a removed range records it as a lost gap (docs/feed.md).
+
 Example: qt feed --sim --symbol WDOQ25 --rate 0 --duration 60s --out - | head
 """
 
@@ -113,6 +115,12 @@ def _summary(totals: dict[str, Any]) -> str:
         f"({totals['rate']:,.0f}/s); stopped by {totals['stopped_by'].replace('_', '-')}",
         f"journal {journal['bytes'] / 1e6:,.1f} MB in {journal['dir']} (fsync {journal['fsync']})",
     ]
+    retention = journal.get("retention")
+    if retention:
+        lines[-1] += (
+            f"; retention {retention['retention']} removed {retention['segments_removed']:,} "
+            f"old segments ({retention['bytes_freed'] / 1e6:,.1f} MB)"
+        )
     if sessions:
         lines.append(f"sessions: {sessions}")
     return "\n".join(lines)
@@ -191,6 +199,15 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             str,
             typer.Option("--fsync", help="Journal durability: none, batch or always."),
         ] = "batch",
+        journal_retention: Annotated[
+            str | None,
+            typer.Option(
+                "--journal-retention",
+                help="Trim the journal while running: remove whole segments last written longer "
+                "ago than this (e.g. 7d), never one a feed still writes to.",
+                show_default=False,
+            ),
+        ] = None,
         hwm: Annotated[
             int,
             typer.Option(
@@ -255,6 +272,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             outputs=tuple(outputs or ()),
             journal_dir=Path(journal).expanduser() if journal else config.current().journal_dir,
             fsync=fsync,
+            journal_retention=journal_retention,
             sndhwm=hwm,
             linger_s=parse_duration_s(linger),
             credentials=_credentials() if kind == "dll" else None,

@@ -1365,14 +1365,16 @@ class Bridge:
         """Fetch a range from the replay endpoint a page at a time into the write queue (memory
         stays bounded: the queue spills), then record it in stream:gaps (recovered and lost
         parts)."""
-        from qt_cli.core.zmq_io import missing_ranges
+        from qt_cli.core.zmq_io import missing_ranges, not_journaled
 
         endpoint = client.endpoint.uri
         runs: list[list[int]] = []
         missing: list[tuple[int, int]] = []
+        first: int | None = None  # the lowest seq the journal holds (retention trims the rest)
         start = from_seq
         while start <= to_seq:
             page = client.page(session, start, to_seq)
+            first = page.first if page.first is not None else first
             seqs = [m[0] for m in page.messages if start <= m[0] <= to_seq]
             end = to_seq if page.next is None else page.next - 1
             missing += missing_ranges(start, end, seqs)
@@ -1393,7 +1395,7 @@ class Bridge:
                 a,
                 b,
                 False,
-                f"{reason}; not in the journal behind {endpoint}",
+                f"{reason}; {not_journaled(first, b, endpoint)}",
                 endpoint,
                 now,
             )

@@ -10,6 +10,8 @@
   `candles:1m=…`, `hist=365d` (the history chunks, `stream:hist:ticks:{SYM}`), `gaps=…`,
   `deadletter=…`; a bare duration is the default for every other stream.
 - When history chunks go, their entries leave the late index (`idx:late:ticks:{SYM}`) too.
+- The feed's on-disk journal (`cleanup_journal`): whole segments older than one retention go,
+  never one a feed still writes to (`journal.trim_journal`).
 - Dry run: nothing changes; the entries that would go are counted (read in pages; beyond
   `count_limit` the rest is estimated from the ids' time span and flagged `estimated`).
 """
@@ -19,13 +21,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from qt_cli.core import keys
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_MS
 from qt_cli.core.store.reader import first_id, last_id, parse_id
 from qt_cli.core.timeparse import parse_duration_ns
+
+if TYPE_CHECKING:
+    from qt_cli.core.journal import JournalTrimReport
 
 DEFAULT_PATTERN = "stream:*"
 STEP_ENTRIES = 10_000
@@ -338,3 +344,30 @@ def _days(ns: int) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def cleanup_journal(
+    directory: Path | str,
+    retention: Sequence[str],
+    *,
+    max_entries: int | None = None,
+    dry_run: bool = False,
+    now_ns: int | None = None,
+) -> JournalTrimReport:
+    """`qt cleanup --journal [DIR] --retention 7d`: remove the feed journal's old segments.
+
+    The journal has one retention (a bare duration); what may go is `journal.trim_journal`'s rule.
+    """
+    from qt_cli.core.journal import parse_retention, trim_journal
+
+    if max_entries is not None:
+        raise UsageError("--max-entries applies to streams; the journal takes --retention only")
+    if len(retention) != 1 or "=" in retention[0]:
+        raise UsageError("--journal takes one --retention DURATION (e.g. 7d), without a KIND= part")
+    retention_ns = parse_retention(retention[0], "--retention")
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"--journal {path}: no such directory (the feed's --journal DIR)")
+    return trim_journal(
+        path, retention_ns, dry_run=dry_run, now_ns=now_ns, retention_text=retention[0].strip()
+    )

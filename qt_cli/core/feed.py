@@ -29,7 +29,14 @@ from qt_cli.core.endpoints import Endpoint, parse_endpoint
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import BookUpdate, Event, TopOfBook, Trade
 from qt_cli.core.files import JsonLinesSink, OutputClosed
-from qt_cli.core.journal import FSYNC_POLICIES, JournalWriter, Sequencer
+from qt_cli.core.journal import (
+    FSYNC_POLICIES,
+    JournalTrimReport,
+    JournalWriter,
+    RetentionThread,
+    Sequencer,
+    parse_retention,
+)
 from qt_cli.core.sources.base import MarketSource
 
 CHANNELS = ("ticks", "book", "history")
@@ -131,6 +138,7 @@ class FeedOptions:
     outputs: tuple[str, ...] = ()
     journal_dir: Path | None = None
     fsync: str = "batch"
+    journal_retention: str | None = None  # e.g. 7d: trim the journal while running
     sndhwm: int = 200_000
     linger_s: float = 0.0
     credentials: tuple[str, str, str] | None = field(default=None, repr=False)
@@ -150,6 +158,8 @@ class FeedOptions:
             raise UsageError("--linger must be 0 or positive")
         if self.sndhwm < 1:
             raise UsageError("--hwm must be at least 1 message")
+        if self.journal_retention is not None:
+            parse_retention(self.journal_retention)  # a bad value fails before anything opens
 
     @property
     def tickers(self) -> tuple[str, ...]:
@@ -291,6 +301,9 @@ class Feed:
         *,
         journal_dir: Path | str | None = None,
         fsync: str = "batch",
+        journal_retention: str | None = None,
+        retention_interval_s: float = 600.0,
+        journal_segment_bytes: int = 1 << 30,
         duration_s: float | None = None,
         stop_after: int | None = None,
         sndhwm: int = 200_000,
@@ -307,6 +320,10 @@ class Feed:
         self.outputs = outputs
         self.journal_dir = Path(journal_dir or config.current().journal_dir).expanduser()
         self.fsync = fsync
+        self.journal_retention = journal_retention
+        self.retention_interval_s = retention_interval_s
+        self.journal_segment_bytes = journal_segment_bytes
+        self.retention: RetentionThread | None = None
         self.duration_s = duration_s
         self.stop_after = stop_after
         self.sndhwm = sndhwm
@@ -340,7 +357,22 @@ class Feed:
             return
         self._opened = True
         try:
-            self.journal = JournalWriter(self.journal_dir, fsync=self.fsync)
+            if self.journal_retention:
+                self.retention = RetentionThread(
+                    self.journal_dir,
+                    parse_retention(self.journal_retention),
+                    retention_text=self.journal_retention,
+                    interval_s=self.retention_interval_s,
+                    on_trim=self._trimmed,
+                )
+            self.journal = JournalWriter(
+                self.journal_dir,
+                fsync=self.fsync,
+                segment_bytes=self.journal_segment_bytes,
+                on_roll=self.retention.nudge if self.retention is not None else None,
+            )
+            if self.retention is not None:
+                self.retention.start()
             shared: dict[str, Any] = {}
             for name in CHANNELS:
                 uri = self.outputs.channels[name]
@@ -356,6 +388,13 @@ class Feed:
         except BaseException:
             self.close()
             raise
+
+    def _trimmed(self, report: JournalTrimReport) -> None:
+        if self.on_notice is not None:
+            self.on_notice(
+                f"journal retention {report.retention}: removed {report.removed:,} segments "
+                f"({report.freed_bytes / 1e6:,.1f} MB) last written before {report.cutoff}"
+            )
 
     def _open_out(self, channel: _Channel, uri: str) -> Any:
         ep = channel.endpoint
@@ -428,6 +467,7 @@ class Feed:
             self.source.close,
             *(out.close for out in self._outs),
             self.replay_server.close if self.replay_server is not None else None,
+            self.retention.close if self.retention is not None else None,
             self.journal.close if self.journal is not None else None,
         ):
             if closer is None:
@@ -561,6 +601,7 @@ class Feed:
                 "bytes": self.journal.bytes_written if self.journal is not None else 0,
                 "records": self.journal.records_written if self.journal is not None else 0,
                 "fsync": self.fsync,
+                "retention": self.retention.totals() if self.retention is not None else None,
             },
             "replay": {
                 "endpoint": self.outputs.replay or None,
@@ -593,6 +634,7 @@ def run_feed(
         outputs,
         journal_dir=options.journal_dir,
         fsync=options.fsync,
+        journal_retention=options.journal_retention,
         duration_s=options.duration_s,
         stop_after=options.stop_after,
         sndhwm=options.sndhwm,

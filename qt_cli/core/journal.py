@@ -25,11 +25,16 @@ killed process loses nothing; a power cut may lose the last seconds); `batch` al
 every `fsync_interval_ms` (default 200 ms) and at close; `always` fsyncs at the end of every batch,
 before the batch is published. In every policy the data reaches the OS before it is published, so
 the replay endpoint can always serve a seq that a subscriber has seen after a gap.
+
+Retention (`trim_journal`, `RetentionThread`): whole segments go, oldest first per session, never
+one a writer still holds open (the writer keeps a shared `flock` on every open segment), never
+one written to within the retention; see docs/feed.md, "Journal retention".
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import logging
 import operator
@@ -39,8 +44,8 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,6 +55,12 @@ import orjson
 from qt_cli.core import keys
 from qt_cli.core.errors import DataError, UnavailableError, UsageError
 from qt_cli.core.events import Event
+from qt_cli.core.timeparse import parse_duration_ns
+
+try:
+    import fcntl
+except ImportError:  # Windows: an open file cannot be deleted there, which protects it as well
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +100,24 @@ def segment_name(session: str, first_seq: int) -> str:
     return f"{session}_{first_seq:012d}"
 
 
+def _hold_open(fd: int) -> None:
+    """Mark a segment as open for writing: a shared lock that retention cannot take over."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
+def _try_lock_unused(fd: int) -> bool:
+    """An exclusive lock on a segment nobody writes to any more (False: a writer holds it)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 # --- writing ---------------------------------------------------------------------------------
 
 
@@ -100,6 +129,7 @@ class _OpenSegment:
         self.first_seq = first_seq
         data_path = path.parent / (path.name + DATA_SUFFIX)
         self.data = open(data_path, "xb", buffering=1 << 20)  # noqa: SIM115
+        _hold_open(self.data.fileno())
         self.index = open(path.parent / (path.name + INDEX_SUFFIX), "xb", buffering=64 * 1024)  # noqa: SIM115
         encoded = session.encode()
         header = MAGIC + _SESSION_LEN.pack(len(encoded)) + encoded
@@ -138,6 +168,7 @@ class JournalWriter:
         fsync_interval_ms: int = 200,
         segment_bytes: int = 1 << 30,
         index_every: int = 1024,
+        on_roll: Callable[[], None] | None = None,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise UsageError(f"--fsync {fsync!r}: choose one of {', '.join(FSYNC_POLICIES)}")
@@ -146,6 +177,9 @@ class JournalWriter:
         self.fsync_interval_s = fsync_interval_ms / 1000
         self.segment_bytes = segment_bytes
         self.index_every = index_every
+        self.on_roll = (
+            on_roll  # called after segments were closed (size or day roll): cheap, please
+        )
         self.bytes_written = 0
         self.records_written = 0
         self._segments: dict[str, _OpenSegment] = {}
@@ -165,9 +199,12 @@ class JournalWriter:
     def _roll_day(self, now: float) -> None:
         self._day = _utc_day(now)
         self._day_end = _next_day_start(now)
+        rolled = bool(self._segments)
         for segment in self._segments.values():
             segment.close(self.fsync != "none")
         self._segments.clear()
+        if rolled and self.on_roll is not None:
+            self.on_roll()
 
     def _open_segment(self, session: str, seq: int) -> _OpenSegment:
         day_dir = self.directory / self._day
@@ -186,9 +223,12 @@ class JournalWriter:
         """Buffer one record (session, seq, topic, payload)."""
         segment = self._segments.get(session)
         if segment is None or segment.size >= self.segment_bytes:
+            rolled = segment is not None
             if segment is not None:
                 segment.close(self.fsync != "none")
             segment = self._open_segment(session, seq)
+            if rolled and self.on_roll is not None:
+                self.on_roll()
         body = _BODY_HEAD.pack(seq, len(topic)) + topic + payload
         record = _REC_HEAD.pack(len(body), zlib.crc32(body)) + body
         if segment.count % self.index_every == 0:
@@ -211,9 +251,12 @@ class JournalWriter:
             return
         segment = self._segments.get(session)
         if segment is None or segment.size >= self.segment_bytes:
+            rolled = segment is not None
             if segment is not None:
                 segment.close(self.fsync != "none")
             segment = self._open_segment(session, first_seq)
+            if rolled and self.on_roll is not None:
+                self.on_roll()
         pack_body = _BODY_HEAD.pack
         pack_rec = _REC_HEAD.pack
         crc32 = zlib.crc32
@@ -544,25 +587,34 @@ class JournalReader:
     ) -> Iterator[Record]:
         """Records of `session` with from_seq <= seq <= to_seq, in seq order (at most `limit`)."""
         segments = self.sessions().get(session)
-        if not segments or segments[-1].first_seq <= from_seq:
+        refreshed = not segments or segments[-1].first_seq <= from_seq
+        if refreshed:
             self.refresh()  # a new session or a new segment may have appeared since
             segments = self.sessions().get(session)
         if not segments:
             return
         starts = [s.first_seq for s in segments]
-        first = max(bisect.bisect_right(starts, from_seq) - 1, 0)
+        todo = segments[max(bisect.bisect_right(starts, from_seq) - 1, 0) :]
         count = 0
-        for i in range(first, len(segments)):
-            segment = segments[i]
-            if segment.first_seq > to_seq:
+        for attempt in range(2):
+            for segment in todo:
+                if segment.first_seq > to_seq:
+                    return
+                for seq, topic, payload in self._segment_records(segment, from_seq):
+                    if seq > to_seq:
+                        return
+                    yield Record(session, seq, topic, payload)
+                    count += 1
+                    if limit is not None and count >= limit:
+                        return
+            if attempt == 0 and not refreshed:
+                # The end of the known segments: one the writer started since the last refresh
+                # may follow (the segment list is a snapshot); look once more.
+                known = segments[-1].first_seq
+                self.refresh()
+                todo = [s for s in self.sessions().get(session, []) if s.first_seq > known]
+            else:
                 return
-            for seq, topic, payload in self._segment_records(segment, from_seq):
-                if seq > to_seq:
-                    return
-                yield Record(session, seq, topic, payload)
-                count += 1
-                if limit is not None and count >= limit:
-                    return
 
     def records(self, session: str | None = None) -> Iterator[Record]:
         """Every record (of one session, or of all sessions one after the other), seq order."""
@@ -573,14 +625,284 @@ class JournalReader:
                 for seq, topic, payload in self._segment_records(segment, 0):
                     yield Record(name, seq, topic, payload)
 
+    def first_seq(self, session: str) -> int | None:
+        """The lowest seq the journal still holds for a session (retention removes old segments).
+
+        None when the session is unknown or all its segments are gone.
+        """
+        for attempt in range(2):
+            for segment in self.sessions().get(session, []):
+                if segment.path.exists():
+                    return segment.first_seq
+            if attempt == 0:
+                self.refresh()  # a segment removed since the last refresh: look again
+        return None
+
     def describe(self) -> dict[str, dict[str, Any]]:
         """Per session: first and last seq, segment count and bytes (for `--json` and the docs)."""
         out: dict[str, dict[str, Any]] = {}
         for session, segments in sorted(self.sessions().items()):
+            sizes = [(s, _size(s.path)) for s in segments]
+            held = [(s, size) for s, size in sizes if size is not None]
+            if not held:
+                continue  # removed by retention since the last refresh
             out[session] = {
-                "first_seq": segments[0].first_seq,
+                "first_seq": held[0][0].first_seq,
                 "last_seq": self.last_seq(session),
-                "segments": len(segments),
-                "bytes": sum(s.path.stat().st_size for s in segments if s.path.exists()),
+                "segments": len(held),
+                "bytes": sum(size for _, size in held),
             }
         return out
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+def parse_retention(text: str, option: str = "--journal-retention") -> int:
+    """`7d` -> ns (a bare number is days, as for `qt cleanup --retention`); UsageError if bad."""
+    try:
+        ns = parse_duration_ns(text.strip(), default_unit="d")
+    except UsageError:
+        raise UsageError(f"{option} {text!r}: expected a duration (7d, 12h)") from None
+    if ns <= 0:
+        raise UsageError(f"{option} {text!r}: must be longer than zero")
+    return ns
+
+
+@dataclass
+class SessionTrim:
+    """One session of the journal: its segments before and after, what went (or would go)."""
+
+    session: str
+    segments_before: int
+    segments_after: int
+    removed: int  # segments
+    first_seq_before: int
+    first_seq_after: int | None  # lowest seq still held (None: every segment went)
+    bytes_before: int
+    freed_bytes: int
+    in_use: int = 0  # segments past the cutoff kept because a writer still holds them open
+
+
+@dataclass
+class JournalTrimReport:
+    dry_run: bool
+    directory: str
+    retention: str  # as asked, e.g. 7d
+    cutoff: str  # ISO 8601 UTC: segments last written before this go
+    sessions: list[SessionTrim]
+    seconds: float
+    days_removed: list[str] = field(default_factory=list)  # empty day directories removed
+
+    @property
+    def removed(self) -> int:
+        return sum(s.removed for s in self.sessions)
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(s.freed_bytes for s in self.sessions)
+
+    @property
+    def in_use(self) -> int:
+        return sum(s.in_use for s in self.sessions)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "journal": self.directory,
+            "retention": self.retention,
+            "cutoff": self.cutoff,
+            "sessions": [asdict(s) for s in self.sessions],
+            "removed": self.removed,
+            "freed_bytes": self.freed_bytes,
+            "in_use": self.in_use,
+            "days_removed": self.days_removed,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _segment_bytes(segment: Segment) -> int:
+    return (_size(segment.path) or 0) + (_size(segment.index_path) or 0)
+
+
+def _remove_segment(segment: Segment, *, dry_run: bool) -> bool | None:
+    """Delete a segment that no writer holds open: True done, False in use, None already gone."""
+    try:
+        handle = open(segment.path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with handle:
+        if not _try_lock_unused(handle.fileno()):
+            return False
+        if dry_run:
+            return True
+        try:
+            segment.path.unlink()
+        except FileNotFoundError:
+            return None
+        except PermissionError:  # Windows: still open (a writer or a reader); next time
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            segment.index_path.unlink()
+    return True
+
+
+def trim_journal(
+    directory: Path | str,
+    retention_ns: int,
+    *,
+    dry_run: bool = False,
+    now_ns: int | None = None,
+    retention_text: str = "",
+) -> JournalTrimReport:
+    """Remove the journal segments that retention lets go (docs/feed.md, "Journal retention").
+
+    Per session, in seq order, a segment goes only when it was last written (its newest record)
+    before now - `retention_ns` and no writer holds it open; the first segment that must stay
+    stops the session's trimming, so every session keeps one unbroken range of seqs. Empty day
+    directories older than the cutoff go too. Safe while feeds write and replay endpoints read.
+    """
+    if retention_ns <= 0:
+        raise UsageError("journal retention must be longer than zero (e.g. 7d)")
+    started = time.perf_counter()
+    now = time.time_ns() if now_ns is None else now_ns
+    cutoff_ns = now - retention_ns
+    reader = JournalReader(directory)
+    reports: list[SessionTrim] = []
+    for session, segments in sorted(reader.sessions().items()):
+        present: list[tuple[Segment, os.stat_result]] = []
+        for segment in segments:
+            with contextlib.suppress(FileNotFoundError):
+                present.append((segment, segment.path.stat()))
+        if not present:
+            continue
+        sizes = [_segment_bytes(s) for s, _ in present]
+        removed = freed = in_use = 0
+        for (segment, stat), size in zip(present, sizes, strict=True):
+            if stat.st_mtime_ns >= cutoff_ns:
+                break
+            done = _remove_segment(segment, dry_run=dry_run)
+            if done is False:
+                in_use = 1
+                break
+            removed += 1
+            freed += size if done else 0
+        after = present[removed:]
+        reports.append(
+            SessionTrim(
+                session=session,
+                segments_before=len(present),
+                segments_after=len(after),
+                removed=removed,
+                first_seq_before=present[0][0].first_seq,
+                first_seq_after=after[0][0].first_seq if after else None,
+                bytes_before=sum(sizes),
+                freed_bytes=freed,
+                in_use=in_use,
+            )
+        )
+    days = [] if dry_run else _remove_empty_days(reader.directory, min(cutoff_ns, now - 86_400e9))
+    return JournalTrimReport(
+        dry_run=dry_run,
+        directory=str(reader.directory),
+        retention=retention_text or f"{retention_ns / 1e9:g}s",
+        cutoff=datetime.fromtimestamp(cutoff_ns / 1e9, tz=UTC).isoformat(timespec="seconds"),
+        sessions=reports,
+        seconds=time.perf_counter() - started,
+        days_removed=days,
+    )
+
+
+def _remove_empty_days(directory: Path, before_ns: float) -> list[str]:
+    """Empty day directories of days before `before_ns` (a writer only creates today's)."""
+    last = _utc_day(before_ns / 1e9)
+    out: list[str] = []
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.is_dir() and _DAY_RE.match(entry.name) and entry.name < last:
+                try:
+                    os.rmdir(entry.path)
+                except OSError:
+                    continue  # not empty
+                out.append(entry.name)
+    return out
+
+
+class RetentionThread:
+    """Trims a feed's journal in the background: at start, when a segment rolls, and every
+    `interval_s`. `nudge()` (the writer's `on_roll`) is cheap; `close()` joins the thread.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        retention_ns: int,
+        *,
+        retention_text: str = "",
+        interval_s: float = 600.0,
+        on_trim: Callable[[JournalTrimReport], None] | None = None,
+    ) -> None:
+        if retention_ns <= 0:
+            raise UsageError("--journal-retention must be longer than zero (e.g. 7d)")
+        self.directory = Path(directory)
+        self.retention_ns = retention_ns
+        self.retention_text = retention_text
+        self.interval_s = interval_s
+        self.on_trim = on_trim
+        self.runs = 0
+        self.segments_removed = 0
+        self.bytes_freed = 0
+        self.last_error = ""
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> RetentionThread:
+        self._thread = threading.Thread(target=self._run, name="qt-journal-retention", daemon=True)
+        self._thread.start()
+        return self
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:  # one pass at start, even when the feed stops at once
+            self._wake.clear()
+            try:
+                report = trim_journal(
+                    self.directory, self.retention_ns, retention_text=self.retention_text
+                )
+            except Exception as exc:  # a failed pass must not stop the feed; try again later
+                self.last_error = str(exc)
+                log.warning("journal retention: %s", exc)
+            else:
+                self.runs += 1
+                self.segments_removed += report.removed
+                self.bytes_freed += report.freed_bytes
+                if report.removed and self.on_trim is not None:
+                    self.on_trim(report)
+            self._wake.wait(self.interval_s)
+            if self._stop.is_set():
+                return
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            "retention": self.retention_text,
+            "runs": self.runs,
+            "segments_removed": self.segments_removed,
+            "bytes_freed": self.bytes_freed,
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

@@ -277,6 +277,7 @@ class ReplayServer:
         last = None
         if next_seq is None:
             last = self.reader.last_seq(session)
+        first = self.reader.first_seq(session)
         header = {
             "status": "ok",
             "session": session,
@@ -285,6 +286,7 @@ class ReplayServer:
             "count": count,
             "next": next_seq,
             "last": last if next_seq is None else None,
+            "first": first,
         }
         return [orjson.dumps(header), *frames]
 
@@ -323,6 +325,7 @@ class ReplayPage:
     messages: list[tuple[int, bytes, bytes]]
     next: int | None
     last: int | None  # highest seq the journal holds for the session; None: unknown session
+    first: int | None = None  # lowest seq it still holds (journal retention removes older ones)
 
 
 class ReplayClient:
@@ -404,7 +407,13 @@ class ReplayClient:
             (unpack(rest[i])[0], rest[i + 1], rest[i + 2]) for i in range(0, len(rest) - 2, 3)
         ]
         return ReplayPage(
-            session, from_seq, to_seq, messages, header.get("next"), header.get("last")
+            session,
+            from_seq,
+            to_seq,
+            messages,
+            header.get("next"),
+            header.get("last"),
+            header.get("first"),
         )
 
     def fetch(
@@ -426,6 +435,16 @@ class ReplayClient:
 
     def close(self) -> None:
         self._reset()
+
+
+def not_journaled(first: int | None, to_seq: int, endpoint: str) -> str:
+    """Why seqs up to `to_seq` are missing from a replay: journal retention removed them (they
+    lie below `first`, the lowest seq the journal still holds) or they were never journaled."""
+    if first is not None and to_seq < first:
+        return (
+            f"removed from the journal behind {endpoint} by its retention (it holds seq {first} on)"
+        )
+    return f"not in the journal behind {endpoint}"
 
 
 def missing_ranges(from_seq: int, to_seq: int, seqs: Iterable[int]) -> list[tuple[int, int]]:
@@ -821,12 +840,11 @@ class SubSource:
             where = self.replay.endpoint.uri if self.replay is not None else "?"
             unknown = page.last is None and page.next is None and not seqs
             why = (
-                f"the journal behind {where} does not hold this session"
-                if unknown
-                else f"not in the journal behind {where}"
+                f"the journal behind {where} does not hold this session (never journaled "
+                "there, or removed by its retention)"
             )
             for a, b in missing_ranges(job.next_seq, end, seqs):
-                job.lost.append((a, b, why))
+                job.lost.append((a, b, not_journaled(page.first, b, where) if not unknown else why))
             if page.next is not None:
                 job.next_seq = page.next
                 return

@@ -83,3 +83,75 @@ def test_errors(cli: CliRunner, vk) -> None:
     assert result.stderr.strip().startswith(
         "Error: --retention 'quotes=5d': unknown kind 'quotes'; choose from ticks, book"
     )
+
+
+# --- the feed's journal ------------------------------------------------------------------------
+
+
+def old_journal(journal, session: str, days: float) -> list:
+    """A journal session of several segments, all last written `days` ago; its data files."""
+    import os
+
+    from qt_cli.core.journal import JournalWriter
+
+    writer = JournalWriter(journal, fsync="none", segment_bytes=1024)
+    for seq in range(1, 101, 10):
+        writer.append_batch(session, seq, [(b"tick_X", b"x" * 40)] * 10)
+        writer.commit()
+    writer.close()
+    when = time.time() - days * 86_400
+    for path in journal.glob(f"*/{session}_*"):
+        os.utime(path, (when, when))
+    return sorted(journal.glob(f"*/{session}_*.qtj"))
+
+
+def test_journal_dry_run_then_real_with_json(cli: CliRunner, tmp_path) -> None:
+    journal = tmp_path / "journal"
+    old = old_journal(journal, "old.ticks", 10)
+    recent = old_journal(journal, "recent.ticks", 2)
+    args = ["cleanup", "--journal", str(journal), "--retention", "7d", "--json"]
+    dry = cli.invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    report = json.loads(dry.stdout)
+    assert report["dry_run"] is True and report["retention"] == "7d"
+    assert {s["session"]: s["removed"] for s in report["sessions"]} == {
+        "old.ticks": len(old),
+        "recent.ticks": 0,
+    }
+    assert all(p.exists() for p in old)
+    real = cli.invoke(app, args)
+    assert real.exit_code == 0, real.output
+    report = json.loads(real.stdout)
+    assert report["removed"] == len(old) and report["freed_bytes"] > 0
+    assert not any(p.exists() for p in old) and all(p.exists() for p in recent)
+    sessions = {s["session"]: s for s in report["sessions"]}
+    assert sessions["recent.ticks"]["first_seq_after"] == 1
+    assert sessions["old.ticks"]["first_seq_after"] is None
+
+
+def test_journal_table_summary_and_the_default_directory(cli: CliRunner, isolated_settings) -> None:
+    journal = isolated_settings / "journal"  # <data dir>/journal, as `qt feed` writes it
+    old = old_journal(journal, "old.ticks", 10)
+    result = cli.invoke(app, ["cleanup", "--journal", "--retention", "7d", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "would remove (dry run)" in result.stdout and "old.ticks" in result.stdout
+    assert result.stderr.startswith(
+        f"journal {journal}: 1 sessions; would remove {len(old)} segments last written before "
+    )
+    assert "(older than 7d)" in result.stderr
+
+
+def test_journal_errors(cli: CliRunner, tmp_path) -> None:
+    cases = [
+        (["--journal", str(tmp_path / "none"), "--retention", "7d"], "no such directory"),
+        (["--journal", str(tmp_path), "--retention", "ticks=7d"], "without a KIND= part"),
+        (["--journal", str(tmp_path)], "--journal takes one --retention DURATION"),
+        (["--journal", str(tmp_path), "--retention", "7d", "--max-entries", "3"], "streams"),
+        (["--journal", str(tmp_path), "--retention", "0d"], "must be longer than zero"),
+        ([str(tmp_path), "--retention", "7d"], "a PATH goes with --journal [PATH]"),
+        (["--journal", "--retention", "7d", "--pattern", "x*"], "--pattern applies to streams"),
+    ]
+    for args, message in cases:
+        result = cli.invoke(app, ["cleanup", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.startswith("Error: ") and message in result.stderr, args

@@ -13,7 +13,7 @@ from qt_cli.app import app
 from qt_cli.core.errors import UsageError
 from qt_cli.core.journal import JournalReader
 from tests.core.test_replay import nelogica_csv, nelogica_row
-from tests.helpers import tcp_endpoint
+from tests.helpers import eventually, tcp_endpoint
 
 
 def feed(cli: CliRunner, *args: str, input: str | None = None):  # noqa: ANN201
@@ -254,3 +254,101 @@ def test_feed_stop_from_another_thread_flushes_and_totals(tmp_path: Path) -> Non
         JournalReader(tmp_path / "j").last_seq(totals["channels"]["book"]["session"])
         == (totals["channels"]["book"]["last_seq"])
     )
+
+
+# --- journal retention ---------------------------------------------------------------------------
+
+
+def _old_journal(journal: Path, session: str = "oldrun.ticks", days: float = 10) -> list[Path]:
+    """A finished run's journal, several segments, all last written `days` ago."""
+    import os
+    import time
+
+    from qt_cli.core.journal import JournalWriter
+
+    writer = JournalWriter(journal, fsync="none", segment_bytes=1024)
+    for seq in range(1, 101, 10):
+        writer.append_batch(session, seq, [(b"tick_X", b"x" * 40)] * 10)
+        writer.commit()
+    writer.close()
+    files = sorted(journal.glob(f"*/{session}_*"))
+    when = time.time() - days * 86_400
+    for path in files:
+        os.utime(path, (when, when))
+    return files
+
+
+def test_journal_retention_trims_old_segments_when_the_feed_starts(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal"
+    old = _old_journal(journal)
+    recent = _old_journal(journal, "recentrun.ticks", days=2)
+    assert len(old) >= 4
+    result = feed(
+        cli,
+        "--sim", "--rate", "0", "--stop-after", "50", "--out", str(tmp_path / "e.jsonl"),
+        "--journal", str(journal), "--journal-retention", "7d", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    totals = json.loads(result.stdout)
+    assert totals["journal"]["retention"]["retention"] == "7d"
+    assert totals["journal"]["retention"]["segments_removed"] == len(old) // 2  # data + index
+    assert not [p for p in old if p.exists()]
+    assert all(p.exists() for p in recent)
+    sessions = JournalReader(journal).sessions()
+    assert "oldrun.ticks" not in sessions and "recentrun.ticks" in sessions
+    assert f"{totals['run_id']}.ticks" in sessions
+    again = feed(
+        cli,
+        "--sim", "--rate", "0", "--stop-after", "5", "--out", str(tmp_path / "e2.jsonl"),
+        "--journal", str(journal), "--journal-retention", "1d",
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    removed = len(recent) // 2  # recentrun's segments, 2 days old (data + index files)
+    assert f"; retention 1d removed {removed} old segments (" in again.stderr
+    assert not any(p.exists() for p in recent)
+
+
+def test_journal_retention_must_be_a_duration(cli: CliRunner, tmp_path: Path) -> None:
+    result = feed(cli, "--sim", "--journal", str(tmp_path), "--journal-retention", "forever")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(
+        "Error: --journal-retention 'forever': expected a duration (7d, 12h)"
+    )
+
+
+def test_a_running_feed_trims_when_a_segment_rolls(tmp_path: Path) -> None:
+    import threading
+
+    from qt_cli.core.feed import Feed, parse_outputs
+    from qt_cli.core.sources.sim import SimConfig, SimulatedMarket
+
+    journal = tmp_path / "j"
+    notices: list[str] = []
+    feed_ = Feed(
+        SimulatedMarket(SimConfig(seed=3, rate=2000)),
+        parse_outputs([str(tmp_path / "live.jsonl")]),
+        journal_dir=journal,
+        source_name="sim",
+        journal_retention="7d",
+        retention_interval_s=3600,  # only a roll wakes it up during this test
+        journal_segment_bytes=16 * 1024,
+        on_notice=notices.append,
+    )
+    feed_.open()
+    runner = threading.Thread(target=feed_.run, daemon=True)
+    runner.start()
+    try:
+        eventually(lambda: feed_.retention is not None and feed_.retention.runs >= 1)
+        old = _old_journal(journal)  # appears after the pass at start
+        eventually(lambda: not any(p.exists() for p in old), message="trimmed at a roll")
+    finally:
+        feed_.stop()
+        runner.join(20)
+        feed_.close()
+    assert any("journal retention 7d: removed" in n for n in notices)
+    sessions = JournalReader(journal).sessions()
+    own = [len(v) for k, v in sessions.items() if k.startswith(f"{feed_.run_id}.")]
+    assert max(own) >= 2  # it rolled, and kept its own (recent) segments
+    assert "oldrun.ticks" not in sessions

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +33,7 @@ from qt_cli.core.candles import candles_from_ticks
 from qt_cli.core.chunks import decode_tick_columns, trades_of
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_S, BookUpdate, Trade, decode_fields
-from qt_cli.core.journal import JournalWriter
+from qt_cli.core.journal import JournalWriter, trim_journal
 from qt_cli.core.store.managed import ManagedValkey
 from qt_cli.core.store.writer import LIBRARY_VERSION, is_out_of_order
 from qt_cli.core.zmq_io import PubSink, ReplayServer
@@ -392,6 +394,50 @@ def test_a_restarted_bridge_asks_for_what_it_missed(
     assert stats.duplicates == 0 and stats.gaps_lost == 0
     assert any("recovered seq 501..1000 of testrun.ticks" in m for m in messages)
     assert_derived_match(vk, "WDOQ25")
+
+
+def test_a_range_journal_retention_removed_is_recorded_as_an_unrecoverable_gap(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path, messages: list[str]
+) -> None:
+    journal = JournalWriter(tmp_path / "journal", fsync="none", segment_bytes=16 * 1024)
+    pub_uri, replay_uri = tcp_endpoint(), tcp_endpoint()
+    pub = PubSink(pub_uri, channel="ticks", session="testrun.ticks", journal=journal)
+    replay = ReplayServer(tmp_path / "journal", replay_uri).start()
+    feed = Feed(pub, journal, replay, pub_uri, replay_uri)
+    warnings: list[str] = []
+    try:
+        config = config_for(valkey_url, tmp_path, pub_uri, replay=replay_uri)
+        trades = make_trades(1500, symbols=("WDOQ25",))
+        running = Running(Bridge(config))
+        sent = send_until_stored(vk, feed, trades)
+        feed.send(trades[sent:500])
+        key = keys.stream_key("ticks", "WDOQ25")
+        eventually(lambda: vk.xlen(key) == 500, message="first 500 stored")
+        running.finish()
+        for i in range(500, 1000, 20):  # nobody listens: only the journal has them
+            feed.send(trades[i : i + 20])
+        old = time.time() - 10 * 86_400
+        for path in (tmp_path / "journal").glob("*/*"):
+            os.utime(path, (old, old))
+        report = trim_journal(tmp_path / "journal", 7 * 86_400 * NS_PER_S)
+        kept = report.sessions[0].first_seq_after
+        assert kept is not None and 501 < kept <= 1000  # the open segment stays
+        running = Running(Bridge(config, say=messages.append, warn=warnings.append))
+        eventually(lambda: vk.xlen(key) == 1000 - (kept - 501), message="the rest caught up")
+        feed.send(trades[1000:])
+        eventually(lambda: vk.xlen(key) == 1500 - (kept - 501), message="live again")
+        stats = running.finish()
+    finally:
+        replay.close()
+        pub.close()
+        journal.close()
+    assert stats.gaps_lost == 1 and stats.messages_lost == kept - 501
+    lost = [f for _, f in vk.xrange(keys.stream_key("gaps")) if f[b"recovered"] == b"0"]
+    assert [(int(g[b"from_seq"]), int(g[b"to_seq"])) for g in lost] == [(501, kept - 1)]
+    assert b"by its retention" in lost[0][b"reason"]
+    assert any(f"LOST seq 501..{kept - 1} of testrun.ticks" in w for w in warnings)
+    seqs = [s for _, s in session_seqs(vk, ("WDOQ25",))]
+    assert seqs == [*range(1, 501), *range(kept, 1501)]
 
 
 # --- Valkey outages ---------------------------------------------------------------------------

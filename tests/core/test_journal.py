@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import orjson
@@ -15,6 +16,8 @@ from qt_cli.core.journal import (
     JournalReader,
     JournalWriter,
     Sequencer,
+    parse_retention,
+    trim_journal,
     wire_dict,
 )
 
@@ -199,3 +202,124 @@ def test_not_a_journal_directory_reads_as_empty(tmp_path: Path) -> None:
     assert JournalReader(tmp_path / "missing").sessions() == {}
     assert JournalReader(tmp_path).sessions() == {}
     assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+DAY_S = 86_400
+
+
+def _age(path: Path, days: float) -> None:
+    """Make a segment (data and index) look last written `days` ago."""
+    when = time.time() - days * DAY_S
+    for file in (path, path.with_suffix(".qtx")):
+        os.utime(file, (when, when))
+
+
+def _segments(directory: Path, session: str) -> list[Path]:
+    return sorted(p for p in directory.glob(f"*/{session}_*{DATA_SUFFIX}"))
+
+
+def test_retention_removes_whole_old_segments_and_keeps_the_rest(tmp_path: Path) -> None:
+    _write(tmp_path, "old.ticks", 300, fsync="none", segment_bytes=2048).close()
+    segments = _segments(tmp_path, "old.ticks")
+    assert len(segments) >= 4
+    for path in segments[:-1]:
+        _age(path, 10)  # the newest segment was written just now: within the retention
+    dry = trim_journal(tmp_path, 7 * DAY_S * NS_PER_S, dry_run=True, retention_text="7d")
+    assert _segments(tmp_path, "old.ticks") == segments  # a dry run removes nothing
+    (session,) = dry.sessions
+    assert (session.removed, session.segments_after) == (len(segments) - 1, 1)
+    report = trim_journal(tmp_path, 7 * DAY_S * NS_PER_S, retention_text="7d")
+    assert report.as_dict()["removed"] == len(segments) - 1 == dry.removed
+    assert report.freed_bytes == dry.freed_bytes > 0
+    assert _segments(tmp_path, "old.ticks") == segments[-1:]
+    assert not list(tmp_path.glob(f"*/{segments[0].stem}.qtx"))  # the index goes with its data
+    reader = JournalReader(tmp_path)
+    first_kept = report.sessions[0].first_seq_after
+    assert reader.first_seq("old.ticks") == first_kept > 1
+    assert [r.seq for r in reader.records("old.ticks")] == list(range(first_kept, 301))
+    assert reader.describe()["old.ticks"]["first_seq"] == first_kept
+
+
+def test_retention_never_removes_a_segment_a_writer_holds_open(tmp_path: Path) -> None:
+    writer = _write(tmp_path, "live.ticks", 300, fsync="none", segment_bytes=2048)
+    try:
+        segments = _segments(tmp_path, "live.ticks")
+        for path in segments:
+            _age(path, 30)  # even the open one: a session quiet for longer than the retention
+        report = trim_journal(tmp_path, 7 * DAY_S * NS_PER_S)
+        assert _segments(tmp_path, "live.ticks") == segments[-1:]
+        assert report.sessions[0].in_use == 1 and report.in_use == 1
+        writer.append("live.ticks", 301, b"t", b"{}")  # the writer goes on undisturbed
+        writer.commit()
+        assert JournalReader(tmp_path).last_seq("live.ticks") == 301
+    finally:
+        writer.close()
+    report = trim_journal(tmp_path, 7 * DAY_S * NS_PER_S)  # closed now, but written just now
+    assert report.removed == 0 and _segments(tmp_path, "live.ticks") == segments[-1:]
+
+
+def test_retention_keeps_each_session_one_unbroken_range(tmp_path: Path) -> None:
+    _write(tmp_path, "s.ticks", 300, fsync="none", segment_bytes=2048).close()
+    segments = _segments(tmp_path, "s.ticks")
+    _age(segments[0], 10)
+    _age(segments[2], 10)  # older than the cutoff, but a newer segment comes before it
+    report = trim_journal(tmp_path, 7 * DAY_S * NS_PER_S)
+    assert report.removed == 1
+    assert _segments(tmp_path, "s.ticks") == segments[1:]
+    seqs = [r.seq for r in JournalReader(tmp_path).records("s.ticks")]
+    assert seqs == list(range(seqs[0], 301))
+
+
+def test_retention_removes_empty_old_day_directories(tmp_path: Path) -> None:
+    _write(tmp_path, "s.ticks", 10, fsync="none").close()
+    (tmp_path / "2020-01-01").mkdir()
+    report = trim_journal(tmp_path, 7 * DAY_S * NS_PER_S)
+    assert report.days_removed == ["2020-01-01"]
+    assert not (tmp_path / "2020-01-01").exists() and _segments(tmp_path, "s.ticks")
+
+
+def test_retention_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="longer than zero"):
+        trim_journal(tmp_path, 0)
+    with pytest.raises(UsageError, match="--journal-retention 'soon': expected a duration"):
+        parse_retention("soon")
+    assert parse_retention("7") == parse_retention("7d") == 7 * DAY_S * NS_PER_S
+
+
+def test_the_writer_tells_when_a_segment_rolls(tmp_path: Path) -> None:
+    rolls: list[int] = []
+    writer = JournalWriter(
+        tmp_path, fsync="none", segment_bytes=512, on_roll=lambda: rolls.append(1)
+    )
+    try:
+        writer.append_batch("s.ticks", 1, [(b"t", b"x" * 100)] * 3)
+        writer.commit()
+        assert rolls == []
+        writer.append_batch("s.ticks", 4, [(b"t", b"x" * 100)] * 10)  # the segment is now full
+        writer.commit()
+        assert rolls == []
+        writer.append("s.ticks", 14, b"t", b"x")  # starts the next segment
+        writer.commit()
+        assert len(rolls) == 1 == len(_segments(tmp_path, "s.ticks")) - 1
+    finally:
+        writer.close()
+
+
+def test_a_range_read_reaches_into_a_segment_started_after_the_last_refresh(
+    tmp_path: Path,
+) -> None:
+    writer = JournalWriter(tmp_path, fsync="none", segment_bytes=1024)
+    try:
+        writer.append_batch("s.ticks", 1, [(b"t", b"x" * 40)] * 30)
+        writer.append_batch("s.ticks", 31, [(b"t", b"x" * 40)] * 30)  # a second segment
+        writer.commit()
+        reader = JournalReader(tmp_path)  # knows these two segments
+        assert len(reader.sessions()["s.ticks"]) == 2
+        writer.append_batch("s.ticks", 61, [(b"t", b"x" * 40)] * 5)  # rolls: a third one
+        writer.commit()
+        assert [r.seq for r in reader.read_range("s.ticks", 1, 100)] == list(range(1, 66))
+        assert [r.seq for r in reader.read_range("s.ticks", 59, 70, limit=4)] == [59, 60, 61, 62]
+    finally:
+        writer.close()

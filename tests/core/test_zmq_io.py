@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ import zmq
 
 from qt_cli.core.errors import UnavailableError
 from qt_cli.core.events import NS_PER_S, BookUpdate, Event, State, Trade
-from qt_cli.core.journal import JournalReader, JournalWriter
+from qt_cli.core.journal import JournalReader, JournalWriter, trim_journal
 from qt_cli.core.zmq_io import (
     PROTOCOL,
     PubSink,
@@ -424,3 +426,55 @@ def test_check_tail_recovers_what_no_later_seq_reveals(rig: Rig, ctx: zmq.Contex
         assert source.check_tail() == 0
     finally:
         source.close()
+
+
+def test_a_range_removed_by_journal_retention_is_a_lost_gap_that_says_so(
+    tmp_path: Path, ctx: zmq.Context[Any]
+) -> None:
+    journal_dir = tmp_path / "journal"
+    journal = JournalWriter(journal_dir, fsync="none", segment_bytes=4096)
+    pub_uri, replay_uri = tcp_endpoint(), tcp_endpoint()
+    pub = PubSink(pub_uri, channel="ticks", session="run1.ticks", journal=journal, context=ctx)
+    server = ReplayServer(journal_dir, replay_uri, context=ctx).start()
+    client = ReplayClient(replay_uri, timeout_s=2.0)
+    source: SubSource | None = None
+    try:
+        for start in range(0, 200, 10):  # nobody listens yet: only the journal has them
+            pub.send(trades(10, start=start))  # in batches, so that segments roll
+        assert client.page("run1.ticks", 1, 10).first == 1  # the server has read the journal
+        old = time.time() - 10 * 86_400
+        for path in journal_dir.glob("*/*"):
+            os.utime(path, (old, old))
+        report = trim_journal(journal_dir, 7 * 86_400 * NS_PER_S)
+        kept = report.sessions[0].first_seq_after
+        assert report.removed >= 2 and kept is not None and kept > 1  # the open segment stays
+        page = client.page("run1.ticks", 1, 10)
+        assert page.messages == [] and page.first == kept and page.last == 200
+        assert client.fetch("run1.ticks", 1, kept) == (
+            client.fetch("run1.ticks", kept, kept)[0],
+            [(1, kept - 1)],
+        )
+        source = SubSource(pub_uri, replay=replay_uri)  # a late joiner: catches up from seq 1
+        got: list[Event] = []
+
+        def caught_up() -> bool:
+            assert source is not None
+            pub.send([State("*", T0, source="probe", text="hello")])
+            got.extend(source.read(0.05))
+            return source.last_seqs().get("run1.ticks", 0) > 200 and not source.recovering
+
+        eventually(caught_up, message="never caught up")
+        gaps = source.take_gaps()
+        lost = [g for g in gaps if not g.recovered]
+        assert [(g.from_seq, g.to_seq) for g in lost] == [(1, kept - 1)], gaps
+        assert "removed from the journal behind" in lost[0].reason
+        assert f"by its retention (it holds seq {kept} on)" in lost[0].reason
+        assert [e.seq for e in got if e.seq <= 200] == list(range(kept, 201))
+        assert source.stats.messages_lost == kept - 1
+    finally:
+        if source is not None:
+            source.close()
+        client.close()
+        server.close()
+        pub.close()
+        journal.close()
