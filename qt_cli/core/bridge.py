@@ -678,6 +678,11 @@ def tick_row(data: dict[str, Any]) -> Row | None:
     trade_type = g("trade_type", 0)
     session = g("session", "")
     seq = g("seq", 0)
+    if "origin" in data:  # a replayed record: stored under its own identity (docs/feed.md)
+        session = g("origin")
+        seq = g("origin_seq")
+        if not (type(session) is str and session and type(seq) is int and seq > 0):
+            return None  # the generic decoder names the bad field
     is_edit = g("is_edit", False)
     if type(price) is not float:
         if type(price) is not int:
