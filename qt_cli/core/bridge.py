@@ -842,6 +842,8 @@ class _Deriver:
         self._pending_candles: list[tuple[Candle, str]] = []
         self._partial_dirty: set[str] = set()
         self._last_partials = 0.0
+        self._newest_ns = 0  # event time of the newest tick applied (any symbol)
+        self._ended = False  # finishing at the end of the input (not a stop)
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
@@ -873,9 +875,13 @@ class _Deriver:
             self._reset = True
             self._cond.notify()
 
-    def finish(self) -> None:
-        """Apply what is queued, write the forming candles and pending chunks, and stop."""
+    def finish(self, *, ended: bool = False) -> None:
+        """Apply what is queued, close the candles that are complete (`_close_complete`; every
+        forming one when `ended`: the input ended), write the rest as forming, seal the chunk
+        still open, and stop."""
         with self._cond:
+            if not self._done:
+                self._ended = ended
             self._done = True
             self._cond.notify()
         if self._thread is not None:
@@ -965,6 +971,8 @@ class _Deriver:
             self._flush()
             if self._partial_dirty:
                 self._write_partials(sorted(self._partial_dirty))
+            self._close_complete()
+            self._flush()
             for symbol, state in self.states.items():
                 sealed = state.chunker.seal() if state.chunker is not None else None
                 if sealed is not None:
@@ -974,6 +982,19 @@ class _Deriver:
                 raise
             log.info("derived data not finished (%s); the next start rebuilds it", exc)
         self.stats.candle_skipped = self._skipped()
+
+    def _close_complete(self) -> None:
+        """Close the forming candles nothing more can come for: at the end of the input all of
+        them; on a stop, those whose period ended by the newest tick's event time (any symbol).
+        A later trade of a closed period is late (docs/bridge.md, "Candles")."""
+        for state in self.states.values():
+            for builder in state.builders:
+                end = builder.forming_end_ns
+                if end is None or not (self._ended or end <= self._newest_ns):
+                    continue
+                closed = builder.close_forming()
+                if closed is not None:
+                    self._pending_candles.append(closed)
 
     def _skipped(self) -> int:
         return sum(b.late + b.edits + b.history for st in self.states.values() for b in st.builders)
@@ -1009,6 +1030,9 @@ class _Deriver:
             else [False] * len(entries)
         )
         cols = entry_columns(entries, flags)
+        newest = int(cols.arrays["ts_event"].max())
+        if newest > self._newest_ns:
+            self._newest_ns = newest
         if state.builders:
             pending = self._pending_candles
             for builder in state.builders:
@@ -1534,7 +1558,8 @@ class Bridge:
                 if self._due_stats():
                     self._guarded(self._publish_stats)
             self._guarded(self._flush_watermark)
-            self.deriver.finish()
+            # Not stopped: every input ended (files, stdin), so no forming candle can grow.
+            self.deriver.finish(ended=not self._stop.is_set())
             self._guarded(self._publish_stats)
         except BaseException as exc:
             self._writer_error = exc
