@@ -146,7 +146,7 @@ def watermark_key(name: str) -> str:
 
 def partial_key(timeframe: str, symbol: str) -> str:
     """The stream holding snapshots of the candle still forming (closed=0), newest last."""
-    return keys.stream_key(f"{keys.candle_kind(timeframe)}:partial", symbol)
+    return keys.partial_candle_key(keys.candle_kind(timeframe), symbol)
 
 
 # --- the queue between receivers and the writer ------------------------------------------------
