@@ -1732,6 +1732,10 @@ class Bridge:
         marks: dict[str, int] = {}
         for per_stream in stream_marks.values():
             _raise_marks(marks, per_stream)
+        for session in [s for s in marks if ":" in s]:
+            # A replayed record's identity (`nelogica:…`, `file:…`; docs/feed.md), not a
+            # publisher session: no journal to catch up from, no feed run to report.
+            del marks[session]
         return _Batch(
             items,
             list(batches.values()),

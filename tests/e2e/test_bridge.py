@@ -290,7 +290,14 @@ def test_loading_a_nelogica_file_twice_and_an_overlapping_one_stores_each_trade_
     assert len(stored) == 450
     assert [t.trade_id for t in stored] == [10 * (i + 1) for i in range(450)]  # type: ignore[attr-defined]
     assert all(b"late" not in fields for _, fields in vk.xrange(key))
-    # the candles agree with the ticks: every closed minute holds its 60 trades, once
+    # the candles agree with the ticks: each minute's trades once, and the last minute
+    # (09:07:00 - 09:07:29) is closed too, at the end of the input
     closed = [decode_fields(fields) for _, fields in vk.xrange(candle_key)]
-    assert [c.trades for c in closed] == [60] * len(closed)  # type: ignore[attr-defined]
-    assert len(closed) >= 7  # 09:00 … 09:06 are closed by later trades
+    assert [c.trades for c in closed] == [60] * 7 + [30]  # type: ignore[attr-defined]
+    assert all(c.closed for c in closed)  # type: ignore[attr-defined]
+    ticks = [(i.decode(), decode_fields(f)) for i, f in vk.xrange(key)]
+    assert closed == candles_from_ticks(ticks, final=True)
+    # the stored identity is the trade's own; it names no feed run and no journal session
+    assert {t.session for _, t in ticks} == {"nelogica:WDOQ25:2025-08-08"}
+    assert not [k for k in vk.scan_iter(match=keys.stats_key("feed", "*")) if b"nelogica" in k]
+    assert not [s for s in vk.hkeys(keys.hwm_key("bridge:default")) if b"nelogica" in s]
