@@ -377,3 +377,34 @@ def test_decoding_a_wire_message_gives_the_origin_identity() -> None:
     assert (event.session, event.seq) == ("nelogica:WDOQ25:2025-08-08", 90)  # type: ignore[attr-defined]
     with pytest.raises(DecodeError, match="origin_seq"):
         decode_dict({**wire, "origin": "x", "origin_seq": 0})
+
+
+def test_a_trade_seen_again_keeps_its_identity(tmp_path: Path) -> None:
+    # two exports pasted into one file: 20 and 30 come again (the same trades), 25 is new
+    rows = [nelogica_row(i, n) for i, n in enumerate((10, 20, 30, 20, 30, 25, 40))]
+    source = open_replay(nelogica_csv(tmp_path / "twice.csv", rows), speed=0)
+    got = drain(source)
+    day = "nelogica:WDOQ25:2025-08-08"
+    digest = got[5].session
+    assert digest.startswith("file:")
+    assert [(e.session, e.seq) for e in got] == [
+        (day, 10), (day, 20), (day, 30), (day, 20), (day, 30), (digest, 6), (day, 40)
+    ]  # fmt: skip
+    assert source.out_of_identity_order == 1
+
+
+def test_a_journal_holding_a_record_twice_keeps_its_identity(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path / "j")
+    trade = Trade("WDOQ25", 10 * NS_PER_S, price=5000.0, ts_init=10 * NS_PER_S)
+    for run in ("a", "b"):  # the same two records published by two replay runs
+        Sequencer(f"{run}.ticks", writer, keep_identity=True).encode(
+            [replace(trade, session="nelogica:WDOQ25:d", seq=s) for s in (5, 6)]
+        )
+    writer.close()
+    source = JournalSource(tmp_path / "j", speed=0)
+    got = drain(source)
+    assert (
+        sorted((e.session, e.seq) for e in got)
+        == [("nelogica:WDOQ25:d", 5)] * 2 + [("nelogica:WDOQ25:d", 6)] * 2
+    )
+    assert source.out_of_identity_order == 0

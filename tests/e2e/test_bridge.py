@@ -248,11 +248,13 @@ def test_garbage_payloads_land_in_the_dead_letter_stream(
     assert totals["deadletters"] == len(letters) and totals["written"] == 0
 
 
-def load_replay(qt: QtProcesses, path: Path, url: str, journal: Path) -> dict[str, Any]:
+def load_replay(
+    qt: QtProcesses, path: Path, url: str, journal: Path, source: str = "--replay"
+) -> dict[str, Any]:
     """`qt feed --replay FILE --speed 0 --out - | qt bridge --in -`, real processes; the
     bridge's totals."""
     feed = qt.start(
-        "feed", "--replay", str(path), "--speed", "0", "--out", "-", "--journal", str(journal)
+        "feed", source, str(path), "--speed", "0", "--out", "-", "--journal", str(journal)
     )
     assert feed.stdout is not None
     bridge = qt.start("bridge", "--in", "-", "--out", url, "--json", stdin=feed.stdout)
@@ -301,3 +303,8 @@ def test_loading_a_nelogica_file_twice_and_an_overlapping_one_stores_each_trade_
     assert {t.session for _, t in ticks} == {"nelogica:WDOQ25:2025-08-08"}
     assert not [k for k in vk.scan_iter(match=keys.stats_key("feed", "*")) if b"nelogica" in k]
     assert not [s for s in vk.hkeys(keys.hwm_key("bridge:default")) if b"nelogica" in s]
+    # republishing the journal of those three runs (850 messages) twice stores nothing new
+    for _ in range(2):
+        totals = load_replay(qt, journal, valkey_url, tmp_path / "j2", "--replay-journal")
+        assert (totals["written"], totals["duplicates"]) == (0, 850)
+    assert vk.xlen(key) == 450

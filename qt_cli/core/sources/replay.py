@@ -36,19 +36,22 @@ beside its own transport session (`origin`/`origin_seq`, see journal.Sequencer):
 - recorded events without one: `file:<type>:<SYM>:<B3 date>`, seq = microsecond of the B3 day
   × 1000 + the record's rank among those of the same microsecond.
 - a record whose seq is not above the last one of its identity session handed out by this run
-  (the file goes back in trade numbers or time): `file:<content hash>`, seq = its rank among
-  the records this source hands out. A mark would otherwise skip it as a duplicate; this way
+  and was never handed out (the file goes back in trade numbers or time): `file:<content
+  hash>`, seq = its rank among the records this source hands out. (One handed out before is
+  the same record again, e.g. a journal holding two loads of a file: it keeps its identity.) A mark would otherwise skip it as a duplicate; this way
   it is stored, and loading the same file again still stores nothing new (an overlapping file
   with other content stores such records again). Counted in `stats` and noted.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import heapq
 import logging
 import time
 import unicodedata
+from array import array
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from itertools import repeat
@@ -201,6 +204,9 @@ class _Paced:
         self._last_ts = 0
         self._notices: list[str] = []
         self._last_identity: dict[str, int] = {}  # identity session -> last seq handed out
+        # identity session -> every seq handed out under it (increasing: sorted), to tell a
+        # record seen again (same identity: the marks skip it) from one out of order
+        self._handed: dict[str, Any] = {}
         self._same_us: dict[str, tuple[int, int]] = {}  # derived session -> (µs of day, rank)
         self._day: tuple[int, int, str] = (0, 0, "")  # [start, end) ns of a B3 day, its date
         self._ordinal = 0  # records handed out: the seq of the fallback identity
@@ -322,10 +328,15 @@ class _Paced:
                 rank = before[1] + 1 if before is not None and before[0] == micro else 0
                 same_us[session] = (micro, rank)
                 seq = micro * 1000 + min(rank, 999)
-            if seq <= last.get(session, 0):
+            if seq > last.get(session, 0):
+                last[session] = seq
+                handed = self._handed.get(session)
+                if handed is None:
+                    handed = self._handed[session] = array("q")
+                handed.append(seq)
+            elif not _holds(self._handed.get(session), seq):
                 session, seq = self._fallback_session(), ordinal
                 self.out_of_identity_order += 1
-            last[session] = seq
             if session != getattr(event, "session", "") or seq != getattr(event, "seq", 0):
                 stamped = copy.copy(event)
                 object.__setattr__(stamped, "session", session)
@@ -342,6 +353,14 @@ class _Paced:
                 "loading it again stores nothing new, but a different file holding them "
                 "stores them again"
             )
+
+
+def _holds(handed: Any, seq: int) -> bool:
+    """Whether a sorted array of seqs holds `seq`."""
+    if not handed:
+        return False
+    i = bisect.bisect_left(handed, seq)
+    return i < len(handed) and handed[i] == seq
 
 
 def _local_midnight_ns(year: int, month: int, day: int) -> int:
@@ -742,8 +761,18 @@ class NelogicaCsvSource(_Paced):
             rows = np.flatnonzero(codes == j)
             values = trade_number[rows]
             before = np.maximum.accumulate(np.r_[np.int64(last.get(name, 0)), values])
-            back[rows[values <= before[:-1]]] = True
+            behind = values <= before[:-1]
             last[name] = int(before[-1])
+            chunks = self._handed.setdefault(name, [])
+            chunks.append(values[~behind])  # new highs: increasing, above every earlier chunk
+            if behind.any():
+                # a trade number handed out before is the same trade again (the marks skip
+                # it); one never handed out is out of order and needs the fallback identity
+                handed = np.concatenate(chunks)
+                chunks[:] = [handed]
+                at = np.minimum(np.searchsorted(handed, values[behind]), len(handed) - 1)
+                seen = handed[at] == values[behind]
+                back[rows[np.flatnonzero(behind)[~seen]]] = True
         ordinal = self._ordinal + np.arange(1, n + 1, dtype=np.int64)
         self._ordinal += n
         if back.any():
