@@ -408,3 +408,16 @@ def test_a_journal_holding_a_record_twice_keeps_its_identity(tmp_path: Path) -> 
         == [("nelogica:WDOQ25:d", 5)] * 2 + [("nelogica:WDOQ25:d", 6)] * 2
     )
     assert source.out_of_identity_order == 0
+
+
+def test_stamped_copies_for_event_sinks_carry_the_identity(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path / "j")
+    sequencer = Sequencer("run3.ticks", writer, keep_identity=True)
+    replayed = Trade("WDOQ25", 10 * NS_PER_S, price=5000.0, session="nelogica:WDOQ25:x", seq=70)
+    live = Trade("WDOQ25", 11 * NS_PER_S, price=5000.5)
+    stamped = sequencer.stamp([replayed, live])
+    # files and Valkey (`--out valkey://`) store the identity; the journal keeps both
+    assert [(e.session, e.seq) for e in stamped] == [("nelogica:WDOQ25:x", 70), ("run3.ticks", 2)]
+    writer.close()
+    got = drain(JournalSource(tmp_path / "j", speed=0))
+    assert [(e.session, e.seq) for e in got] == [("nelogica:WDOQ25:x", 70), ("run3.ticks", 2)]
