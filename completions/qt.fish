@@ -70,6 +70,7 @@ complete -c qt -n '__fish_seen_subcommand_from query' -l json
 complete -c qt -n '__fish_seen_subcommand_from query' -l kind
 complete -c qt -n '__fish_seen_subcommand_from query' -l limit
 complete -c qt -n '__fish_seen_subcommand_from query' -l output
+complete -c qt -n '__fish_seen_subcommand_from query' -l partial
 complete -c qt -n '__fish_seen_subcommand_from query' -l symbol
 complete -c qt -n '__fish_seen_subcommand_from query' -l to
 complete -c qt -n '__fish_seen_subcommand_from query' -l tz

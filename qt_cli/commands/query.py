@@ -21,7 +21,10 @@ Times (--from, --to, --as-of): ISO 8601 (2025-08-08T09:00, 2025-08-08 09:00:00.2
 
 Output: a table on a terminal (first --limit rows and a summary); otherwise, or with --format, csv, jsonl, json or parquet on stdout or --output FILE (format from the file's suffix), streamed page by page. Tick rows are the wire fields of trades, so `qt feed --replay` reads them back. An empty range prints nothing and says so on stderr (exit 0).
 
+Candles: closed candles; --partial adds each symbol's candle still forming (closed false).
+
 Example: qt query --symbol WDOQ25 --from 2025-08-08T09:00 --to 2025-08-08T10:00 --format csv > ticks.csv
+Example: qt query --kind candles:1m --symbol WDOQ25 --from 09:00 --partial
 """
 
 SUFFIX_FORMATS = {
@@ -176,6 +179,14 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             int,
             typer.Option("--limit", "-n", min=1, help="Rows a table shows (files get every row)."),
         ] = 50,
+        partial: Annotated[
+            bool,
+            typer.Option(
+                "--partial",
+                help="Candles: add each symbol's candle still forming, with closed false "
+                "(e.g. qt query -k candles:1m --partial).",
+            ),
+        ] = False,
         as_json: AsJson = False,
     ) -> None:
         from qt_cli.core import config, query, store
@@ -189,6 +200,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             end=end,
             as_of=as_of,
             tz=tz or settings.timezone,
+            partial=partial,
         )
         client = store.connect_settings(settings, say=say)
         bar = _Bar(is_terminal(sys.stderr), f"{request.kind}")

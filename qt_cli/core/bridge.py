@@ -146,7 +146,7 @@ def watermark_key(name: str) -> str:
 
 def partial_key(timeframe: str, symbol: str) -> str:
     """The stream holding snapshots of the candle still forming (closed=0), newest last."""
-    return keys.stream_key(f"{keys.candle_kind(timeframe)}:partial", symbol)
+    return keys.partial_candle_key(keys.candle_kind(timeframe), symbol)
 
 
 # --- the queue between receivers and the writer ------------------------------------------------
@@ -678,6 +678,11 @@ def tick_row(data: dict[str, Any]) -> Row | None:
     trade_type = g("trade_type", 0)
     session = g("session", "")
     seq = g("seq", 0)
+    if "origin" in data:  # a replayed record: stored under its own identity (docs/feed.md)
+        session = g("origin")
+        seq = g("origin_seq")
+        if not (type(session) is str and session and type(seq) is int and seq > 0):
+            return None  # the generic decoder names the bad field
     is_edit = g("is_edit", False)
     if type(price) is not float:
         if type(price) is not int:
@@ -837,6 +842,8 @@ class _Deriver:
         self._pending_candles: list[tuple[Candle, str]] = []
         self._partial_dirty: set[str] = set()
         self._last_partials = 0.0
+        self._newest_ns = 0  # event time of the newest tick applied (any symbol)
+        self._ended = False  # finishing at the end of the input (not a stop)
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
@@ -868,9 +875,13 @@ class _Deriver:
             self._reset = True
             self._cond.notify()
 
-    def finish(self) -> None:
-        """Apply what is queued, write the forming candles and pending chunks, and stop."""
+    def finish(self, *, ended: bool = False) -> None:
+        """Apply what is queued, close the candles that are complete (`_close_complete`; every
+        forming one when `ended`: the input ended), write the rest as forming, seal the chunk
+        still open, and stop."""
         with self._cond:
+            if not self._done:
+                self._ended = ended
             self._done = True
             self._cond.notify()
         if self._thread is not None:
@@ -960,6 +971,8 @@ class _Deriver:
             self._flush()
             if self._partial_dirty:
                 self._write_partials(sorted(self._partial_dirty))
+            self._close_complete()
+            self._flush()
             for symbol, state in self.states.items():
                 sealed = state.chunker.seal() if state.chunker is not None else None
                 if sealed is not None:
@@ -969,6 +982,19 @@ class _Deriver:
                 raise
             log.info("derived data not finished (%s); the next start rebuilds it", exc)
         self.stats.candle_skipped = self._skipped()
+
+    def _close_complete(self) -> None:
+        """Close the forming candles nothing more can come for: at the end of the input all of
+        them; on a stop, those whose period ended by the newest tick's event time (any symbol).
+        A later trade of a closed period is late (docs/bridge.md, "Candles")."""
+        for state in self.states.values():
+            for builder in state.builders:
+                end = builder.forming_end_ns
+                if end is None or not (self._ended or end <= self._newest_ns):
+                    continue
+                closed = builder.close_forming()
+                if closed is not None:
+                    self._pending_candles.append(closed)
 
     def _skipped(self) -> int:
         return sum(b.late + b.edits + b.history for st in self.states.values() for b in st.builders)
@@ -1004,6 +1030,9 @@ class _Deriver:
             else [False] * len(entries)
         )
         cols = entry_columns(entries, flags)
+        newest = int(cols.arrays["ts_event"].max())
+        if newest > self._newest_ns:
+            self._newest_ns = newest
         if state.builders:
             pending = self._pending_candles
             for builder in state.builders:
@@ -1531,7 +1560,8 @@ class Bridge:
                 if self._due_stats():
                     self._guarded(self._publish_stats)
             self._guarded(self._flush_watermark)
-            self.deriver.finish()
+            # Not stopped: every input ended (files, stdin), so no forming candle can grow.
+            self.deriver.finish(ended=not self._stop.is_set())
             self._guarded(self._publish_stats)
         except BaseException as exc:
             self._writer_error = exc
@@ -1704,6 +1734,10 @@ class Bridge:
         marks: dict[str, int] = {}
         for per_stream in stream_marks.values():
             _raise_marks(marks, per_stream)
+        for session in [s for s in marks if ":" in s]:
+            # A replayed record's identity (`nelogica:…`, `file:…`; docs/feed.md), not a
+            # publisher session: no journal to catch up from, no feed run to report.
+            del marks[session]
         return _Batch(
             items,
             list(batches.values()),

@@ -12,7 +12,9 @@ Rules (docs/bridge.md, "Candles"):
 - A candle closes when the first trade of a later period arrives (event time). It is then
   written to `stream:candles:<tf>:{SYM}` with `closed=1`. The candle still forming is written
   now and then (and on shutdown) to `stream:candles:<tf>:partial:{SYM}` with `closed=0`, which
-  is what `qt monitor` shows; a shutdown never closes a candle early.
+  is what `qt monitor` shows. The bridge also closes candles when it finishes (`close_forming`):
+  at the end of its input every forming candle, on a clean stop those whose period ended by
+  the newest tick's event time (docs/bridge.md, "Candles").
 - `ts_init` of a candle is the `ts_init` of the last trade it includes, `session` is
   `candles.<tf>` and `seq` the period number (open / timeframe), so each candle is stored once.
 - Each stored candle carries `src`, the stream id of the last tick it includes; the forming
@@ -333,6 +335,26 @@ class CandleBuilder:
                 out.append((closed, self.closed_src))
         return out
 
+    @property
+    def forming_end_ns(self) -> int | None:
+        """End (exclusive) of the forming candle's period; None when none is forming."""
+        return self._forming.open_ns + self.tf_ns if self._forming is not None else None
+
+    def close_forming(self) -> tuple[Candle, str] | None:
+        """Close the forming candle now, with the id of its last tick; None when none forms.
+
+        For when no more of its period can come (the input ended, or event time is past it);
+        a later trade of that period then counts as late, as after any close.
+        """
+        forming = self._forming
+        if forming is None:
+            return None
+        candle = self._candle(forming, closed_flag=True)
+        self._closed_open_ns = forming.open_ns
+        self.closed_src = forming.src
+        self._forming = None
+        return candle, forming.src
+
     def partial(self) -> Candle | None:
         """The candle still forming (closed=False), or None before the first trade."""
         if self._forming is None:
@@ -410,11 +432,16 @@ def candles_from_ticks(
     timeframes: Sequence[str] = DEFAULT_TIMEFRAMES,
     *,
     include_partial: bool = False,
+    final: bool = False,
+    complete_by_ns: int | None = None,
 ) -> list[Candle]:
     """Candles of stored ticks given in stream order (Trades, or (entry id, Trade) pairs).
 
     Returns the closed candles in the order the bridge writes them (and, with
-    `include_partial`, each builder's forming candle at the end, closed=False).
+    `include_partial`, each builder's forming candle at the end, closed=False). As the bridge
+    does when it finishes: `final` (its input ended) closes every forming candle at the end,
+    `complete_by_ns` (a clean stop: the newest tick's event time) those whose period ended by
+    then.
     """
     aggregator = CandleAggregator(timeframes)
     out: list[Candle] = []
@@ -424,6 +451,13 @@ def candles_from_ticks(
         else:
             src, trade = "", item
         out.extend(c.candle for c in aggregator.add(trade, src))
+    if final or complete_by_ns is not None:
+        for builders in aggregator.builders.values():
+            for builder in builders:
+                end = builder.forming_end_ns
+                if end is not None and (final or end <= (complete_by_ns or 0)):
+                    closed = builder.close_forming()
+                    out.append(closed[0])  # type: ignore[index]
     if include_partial:
         for builders in aggregator.builders.values():
             for builder in builders:

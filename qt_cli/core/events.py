@@ -631,7 +631,18 @@ def decode_dict(data: Any) -> Event:
     cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise DecodeError(f"field 'type': unknown event type {kind!r}", field="type")
-    return cls.from_dict(data)
+    event = cls.from_dict(data)
+    origin = data.get("origin")
+    if origin:  # a replayed record: stored under its own identity (docs/feed.md)
+        if isinstance(origin, bytes):
+            origin = origin.decode()
+        session = _to_str("origin", origin)
+        seq = _to_int("origin_seq", data.get("origin_seq"))
+        if seq <= 0:
+            raise DecodeError(f"field 'origin_seq': must be positive ({seq})", field="origin_seq")
+        object.__setattr__(event, "session", session)  # a fresh instance: nobody else holds it
+        object.__setattr__(event, "seq", seq)
+    return event
 
 
 def decode(payload: bytes | str) -> Event:

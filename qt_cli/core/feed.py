@@ -217,7 +217,9 @@ class _Channel:
         self.name = name
         self.uri = uri
         self.endpoint: Endpoint = parse_endpoint(uri)
-        self.sequencer = Sequencer(session, journal)
+        # A replayed record arrives with its storage identity as session/seq (see
+        # sources/replay.py); live sources leave both empty.
+        self.sequencer = Sequencer(session, journal, keep_identity=True)
         self.published = 0
         self.sink: Any = None
 

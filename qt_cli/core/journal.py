@@ -363,11 +363,20 @@ class Sequencer:
     `encode(events)` returns `(topic, payload)` pairs ready to send, after the whole batch is in
     the journal (committed). `stamp(events)` does the same but returns copies of the events with
     `session`/`seq` set, for sinks that take events (files, Valkey). Seq starts at 1, gap-free.
+
+    With `keep_identity`, an event that arrives with a session of its own (a replayed record:
+    see `sources/replay.py`) keeps it as its storage identity: the wire message carries it as
+    `origin`/`origin_seq` beside the transport `session`/`seq` (which stay gap-free for gap
+    detection and the journal), and `stamp` hands sinks copies whose `session`/`seq` are that
+    identity, so what they store is deduplicated on it.
     """
 
-    def __init__(self, session: str, journal: JournalWriter | None = None) -> None:
+    def __init__(
+        self, session: str, journal: JournalWriter | None = None, *, keep_identity: bool = False
+    ) -> None:
         self.session = session
         self.journal = journal
+        self.keep_identity = keep_identity
         self.seq = 0
         self._topics: dict[tuple[str, str], bytes] = {}
 
@@ -391,9 +400,13 @@ class Sequencer:
         option = orjson.OPT_SERIALIZE_NUMPY
         out: list[tuple[bytes, bytes]] = []
         push = out.append
+        keep = self.keep_identity
         for event in events:
             wire = wire_dict(event)
             seq += 1
+            if keep and wire.get("session"):
+                wire["origin"] = wire["session"]
+                wire["origin_seq"] = wire["seq"]
             wire["session"] = session
             wire["seq"] = seq
             kind = "history" if wire.get("history") else wire["type"]
@@ -410,17 +423,22 @@ class Sequencer:
         seq = self.seq
         append = self.journal.append if self.journal is not None else None
         out: list[Event] = []
+        keep = self.keep_identity
         for event in events:
             seq += 1
+            origin = getattr(event, "session", "") if keep else ""
             stamped = copy.copy(event)
             object.__setattr__(stamped, "session", session)
             object.__setattr__(stamped, "seq", seq)
             if append is not None:
                 wire = stamped.to_dict()
+                if origin:
+                    wire["origin"] = origin
+                    wire["origin_seq"] = event.seq  # type: ignore[attr-defined]
                 kind = "history" if wire.get("history") else wire["type"]
                 payload = orjson.dumps(wire, option=orjson.OPT_SERIALIZE_NUMPY)
                 append(session, seq, self.topic_of(kind, event.symbol), payload)
-            out.append(stamped)
+            out.append(event if origin else stamped)
         self.seq = seq
         if self.journal is not None:
             self.journal.commit()

@@ -46,6 +46,12 @@ def stream_key(kind: str, symbol: str | None = None) -> str:
     return f"stream:{kind}:{{{symbol}}}"
 
 
+def partial_candle_key(kind: str, symbol: str) -> str:
+    """`partial_candle_key("candles:1m", "WDOQ25")` -> `stream:candles:1m:partial:{WDOQ25}`:
+    snapshots of the candle still forming (closed=0), newest last."""
+    return stream_key(f"{kind}:partial", symbol)
+
+
 def parse_stream_key(key: str) -> tuple[str, str] | None:
     """(kind, symbol) of a per-symbol stream key, or None for anything else."""
     match = _KEY_RE.match(key)

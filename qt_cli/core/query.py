@@ -16,6 +16,7 @@ window reaches back past the stream's first entry.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
@@ -133,6 +134,7 @@ class Request:
     to_ns: int
     as_of_ns: int | None
     tz: tzinfo
+    partial: bool = False  # candles: add each symbol's candle still forming (closed false)
 
     @property
     def tz_name(self) -> str:
@@ -171,14 +173,22 @@ def make_request(
     as_of: TimeInput = None,
     tz: str | tzinfo | None = None,
     now_ns: int | None = None,
+    partial: bool = False,
 ) -> Request:
     """Validate and resolve a query. Times: ns ints, aware datetimes, or text for parse_time.
 
-    Default range: from the start of today (in `tz`) to now.
+    Default range: from the start of today (in `tz`) to now. `partial` (candles only) adds
+    each symbol's candle still forming.
     """
     zone = tz if isinstance(tz, tzinfo) else get_tz(tz)
     now = time.time_ns() if now_ns is None else now_ns
     name = check_kind(kind)
+    if partial and _base_kind(name) != "candles":
+        raise UsageError(
+            f"--partial adds the candle still forming: use it with --kind candles:<tf>, not {name}"
+        )
+    if partial and as_of is not None:
+        raise UsageError("--partial reads a range: leave out --as-of")
     for symbol in symbols:
         if not keys.valid_symbol(symbol):
             raise UsageError(f"symbol {symbol!r} is not a ticker (letters, digits, '.', '_', '-')")
@@ -201,7 +211,7 @@ def make_request(
             f"--from ({format_ns(from_ns, zone)}) is after --to ({format_ns(to_ns, zone)}): "
             "swap them or widen the range"
         )
-    return Request(name, tuple(symbols), from_ns, to_ns, None, zone)
+    return Request(name, tuple(symbols), from_ns, to_ns, None, zone, partial)
 
 
 def _stream_keys(kind: str, symbol: str) -> list[str]:
@@ -540,7 +550,31 @@ def pages(
         _symbol_pages(client, request.kind, s, request.from_ns, request.to_ns, stats.read)
         for s in symbols
     ]
+    if request.partial:
+        sources = [
+            itertools.chain(pages_, _forming_candle(client, request, s))
+            for pages_, s in zip(sources, symbols, strict=True)
+        ]
     yield from _merge_pages(sources, time_field(request.kind))
+
+
+def _forming_candle(
+    client: Any, request: Request, symbol: str
+) -> Iterator[tuple[pd.DataFrame, int]]:
+    """The symbol's candle still forming (the newest snapshot of its partial stream, closed
+    false) when it opens in the range and after the last closed candle (a snapshot of a period
+    that closed since is stale)."""
+    kind = request.kind
+    newest = client.xrevrange(keys.partial_candle_key(kind, symbol), count=1)
+    if not newest:
+        return
+    frame = entries_frame(kind, newest)
+    opened = int(frame["ts_event"].iloc[0])
+    closed = client.xrevrange(keys.stream_key(kind, symbol), count=1)
+    if closed and opened <= int(closed[0][1].get(b"ts_event", b"0")):
+        return
+    if request.from_ns <= opened <= request.to_ns:
+        yield frame, request.to_ns
 
 
 # --- the DataFrame API -----------------------------------------------------------------------
@@ -556,16 +590,20 @@ def query(
     tz: str | tzinfo | None = None,
     client: Any = None,
     stats: Stats | None = None,
+    partial: bool = False,
 ) -> pd.DataFrame:
     """A kind's stored rows as a DataFrame indexed by event time (tz-aware), in event-time order.
 
     `query("ticks", symbols="WDOQ25", start="2025-08-08T09:00", end="2025-08-08T10:00")`.
     Times are text (see timeparse), ns ints or aware datetimes; `client` defaults to the
-    configured Valkey.
+    configured Valkey. `partial` (candles) adds each symbol's candle still forming (`closed`
+    false).
     """
     if isinstance(symbols, str):
         symbols = [symbols]
-    request = make_request(kind, symbols=symbols, start=start, end=end, as_of=as_of, tz=tz)
+    request = make_request(
+        kind, symbols=symbols, start=start, end=end, as_of=as_of, tz=tz, partial=partial
+    )
     if client is None:
         from qt_cli.core import config, store
 

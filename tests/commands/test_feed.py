@@ -156,12 +156,16 @@ def test_replay_journal_republishes_with_new_sessions(cli: CliRunner, tmp_path: 
     a = [orjson.loads(x) for x in (tmp_path / "a.jsonl").read_bytes().splitlines()]
     b = [orjson.loads(x) for x in (tmp_path / "b.jsonl").read_bytes().splitlines()]
     assert json.loads(again.stdout)["events"] == 120 and len(b) == 120
-    strip = ("session", "seq")
+    strip = ("session", "seq", "origin", "origin_seq")
 
     def key(row: dict[str, object]) -> str:
         return orjson.dumps({k: v for k, v in row.items() if k not in strip}).decode()
 
     assert sorted(map(key, a)) == sorted(map(key, b))
+    # new transport sessions; each message keeps the identity it was first published with
+    assert sorted((r["origin"], r["origin_seq"]) for r in b) == sorted(
+        (r["session"], r["seq"]) for r in a
+    )
     assert {r["session"].split(".")[0] for r in a}.isdisjoint(
         {r["session"].split(".")[0] for r in b}
     )

@@ -193,3 +193,61 @@ def test_a_closed_pipe_stops_quietly(qt, vk) -> None:
     stderr = proc.stderr.read().decode()
     assert "Traceback" not in stderr
     assert "Error" not in stderr
+
+
+def bridge_file(valkey_url: str, tmp_path: Path, trades, **overrides) -> None:
+    """Run the real bridge over a JSON lines file of `trades` (to its end, or `stop_after`)."""
+    from dataclasses import replace
+
+    from qt_cli.core.bridge import Bridge, BridgeConfig
+    from tests.core.test_bridge import jsonl
+
+    path = jsonl(tmp_path / "in.jsonl", trades)
+    config = BridgeConfig(
+        inputs=(str(path),), output=valkey_url, spill_dir=tmp_path / "spill", stats_interval_s=0.2
+    )
+    bridge = Bridge(replace(config, **overrides))
+    bridge.run()
+    bridge.close()
+
+
+def candle_rows(cli: CliRunner, *extra: str) -> list[tuple[str, int, bool]]:
+    result = cli.invoke(app, ["query", "-s", SYMBOL, "-k", "candles:1m", *RANGE, *extra])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    return [(r["time"][11:19], r["trades"], r["closed"]) for r in rows]
+
+
+def test_the_last_minute_of_a_bridged_file_is_a_candle(
+    cli: CliRunner, vk, valkey_url: str, tmp_path: Path
+) -> None:
+    from tests.core.test_bridge import make_trades as trades_every
+
+    bridge_file(valkey_url, tmp_path, trades_every(150, symbols=(SYMBOL,), step_ms=1000))
+    # 09:00:00 … 09:02:29: the input ended, so 09:02 is closed with its 30 trades
+    assert candle_rows(cli) == [
+        ("09:00:00", 60, True),
+        ("09:01:00", 60, True),
+        ("09:02:00", 30, True),
+    ]
+    assert candle_rows(cli, "--partial") == candle_rows(cli)  # nothing is still forming
+
+
+def test_partial_adds_the_candle_still_forming(
+    cli: CliRunner, vk, valkey_url: str, tmp_path: Path
+) -> None:
+    from tests.core.test_bridge import make_trades as trades_every
+
+    trades = trades_every(150, symbols=(SYMBOL,), step_ms=1000)
+    bridge_file(valkey_url, tmp_path, trades, stop_after=140)  # stopped at 09:02:19
+    assert candle_rows(cli) == [("09:00:00", 60, True), ("09:01:00", 60, True)]
+    assert candle_rows(cli, "--partial") == [
+        ("09:00:00", 60, True),
+        ("09:01:00", 60, True),
+        ("09:02:00", 20, False),  # still forming: marked closed false
+    ]
+    result = cli.invoke(app, ["query", "-s", SYMBOL, *RANGE, "--partial"])
+    assert result.exit_code == 2
+    assert (
+        "--partial adds the candle still forming: use it with --kind candles:<tf>" in result.stderr
+    )

@@ -80,10 +80,26 @@ def session_seqs(vk: valkey.Valkey, symbols) -> list[tuple[str, int]]:
     return sorted(pairs)
 
 
-def assert_derived_match(vk: valkey.Valkey, symbol: str, timeframes=("1m",)) -> None:
-    """Live candles equal recomputed ones; the chunks hold exactly the stored ticks."""
+def newest_tick_ns(vk: valkey.Valkey) -> int:
+    """Event time of the newest stored tick of any symbol (what a stopping bridge closes by)."""
+    newest = 0
+    for raw in vk.scan_iter(match=keys.stream_key("ticks", "*"), _type="stream"):
+        for _, fields in vk.xrange(raw):
+            newest = max(newest, int(fields[b"ts_event"]))
+    return newest
+
+
+def assert_derived_match(
+    vk: valkey.Valkey, symbol: str, timeframes=("1m",), *, ended: bool = True
+) -> None:
+    """Live candles equal recomputed ones; the chunks hold exactly the stored ticks.
+
+    `ended`: the bridge finished at the end of its input (every forming candle closed), else
+    it was stopped (candles complete by the newest tick's event time closed)."""
     ticks = stored_ticks(vk, symbol)
-    recomputed = [c for c in candles_from_ticks(ticks, timeframes) if c.closed]
+    recomputed = candles_from_ticks(
+        ticks, timeframes, final=ended, complete_by_ns=None if ended else newest_tick_ns(vk)
+    )
     for tf in timeframes:
         assert stored_candles(vk, symbol, tf) == [c for c in recomputed if c.timeframe == tf]
     chunks = vk.xrange(keys.history_key("ticks", symbol))
@@ -210,14 +226,57 @@ def test_a_restarted_bridge_continues_candles_and_chunks_exactly(
     vk: valkey.Valkey, valkey_url: str, tmp_path: Path
 ) -> None:
     trades = make_trades(6000, symbols=("WDOQ25",), step_ms=53)
-    first_half = jsonl(tmp_path / "a.jsonl", trades[:2500], session="s.ticks")
     whole = jsonl(tmp_path / "b.jsonl", trades, session="s.ticks")
-    for path in (first_half, whole):
-        bridge = Bridge(config_for(valkey_url, tmp_path, str(path)))
+    # stopped mid-minute (not the end of its input): the forming candle stays open and the
+    # second run continues it
+    for stop_after in (2500, None):
+        bridge = Bridge(config_for(valkey_url, tmp_path, str(whole), stop_after=stop_after))
         bridge.run()
         bridge.close()
     assert vk.xlen(keys.stream_key("ticks", "WDOQ25")) == 6000
     assert_derived_match(vk, "WDOQ25")
+
+
+def test_the_end_of_the_input_closes_every_forming_candle(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path
+) -> None:
+    trades = make_trades(150, symbols=("WDOQ25",), step_ms=1000)  # 09:00:00 … 09:02:29 UTC
+    bridge = Bridge(config_for(valkey_url, tmp_path, str(jsonl(tmp_path / "a.jsonl", trades))))
+    stats = bridge.run()
+    bridge.close()
+    assert stats.stopped_by == "end of input"
+    candles = stored_candles(vk, "WDOQ25")
+    # the last minute is a closed candle too: nothing more of it can come from this input
+    assert [(c.ts_event - T0, c.trades, c.closed) for c in candles] == [  # type: ignore[attr-defined]
+        (0, 60, True),
+        (60 * NS_PER_S, 60, True),
+        (120 * NS_PER_S, 30, True),
+    ]
+    assert stats.candles == 3
+    assert_derived_match(vk, "WDOQ25")
+    # its last forming snapshot stays in the partial stream; a restart resumes after the close
+    partial = vk.xrevrange(partial_key("1m", "WDOQ25"), count=1)
+    assert partial[0][1][b"trades"] == b"30" and partial[0][1][b"closed"] == b"0"
+
+
+def test_a_stop_closes_the_candles_complete_by_event_time(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path
+) -> None:
+    trades = [
+        Trade("WDOQ25", T0 + 10 * NS_PER_S, price=5000.0, quantity=1),
+        Trade("WDOQ25", T0 + 50 * NS_PER_S, price=5001.0, quantity=1),
+        Trade("WINV25", T0 + 90 * NS_PER_S, price=130_000.0, quantity=1),
+    ]
+    path = jsonl(tmp_path / "a.jsonl", trades)
+    bridge = Bridge(config_for(valkey_url, tmp_path, str(path), stop_after=3))
+    stats = bridge.run()
+    bridge.close()
+    assert stats.stopped_by == "stop-after"
+    # WINV25 traded at 09:01:30, so WDOQ25's 09:00 candle is complete; WINV25's is still open
+    assert [(c.ts_event - T0, c.trades) for c in stored_candles(vk, "WDOQ25")] == [(0, 2)]  # type: ignore[attr-defined]
+    assert stored_candles(vk, "WINV25") == []
+    partial = vk.xrevrange(partial_key("1m", "WINV25"), count=1)
+    assert partial[0][1][b"closed"] == b"0"
 
 
 def test_undecodable_lines_go_to_the_dead_letter_stream(
@@ -288,7 +347,7 @@ def test_zeromq_events_are_stored_and_a_dropped_range_is_recovered_from_replay(
     assert recovered and recovered[0][b"to_seq"] == b"1200" and recovered[0][b"recovered"] == b"1"
     assert any("recovered seq 801..1200" in m for m in messages)
     for symbol in ("WDOQ25", "WINV25"):
-        assert_derived_match(vk, symbol)
+        assert_derived_match(vk, symbol, ended=False)
 
 
 def test_an_unrecoverable_gap_is_recorded_and_reported_loudly(
@@ -393,7 +452,7 @@ def test_a_restarted_bridge_asks_for_what_it_missed(
     assert session_seqs(vk, ("WDOQ25", "WINV25")) == [("testrun.ticks", s) for s in range(1, 1501)]
     assert stats.duplicates == 0 and stats.gaps_lost == 0
     assert any("recovered seq 501..1000 of testrun.ticks" in m for m in messages)
-    assert_derived_match(vk, "WDOQ25")
+    assert_derived_match(vk, "WDOQ25", ended=False)
 
 
 def test_a_range_journal_retention_removed_is_recorded_as_an_unrecoverable_gap(
@@ -481,7 +540,7 @@ def test_a_valkey_outage_is_buffered_spilled_and_drained_in_order(
             ("testrun.ticks", s) for s in range(1, 3001)
         ]
         for symbol in ("WDOQ25", "WINV25"):
-            assert_derived_match(client, symbol)
+            assert_derived_match(client, symbol, ended=False)
         assert not config.spill_path.exists()
     finally:
         client.close()

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
-from qt_cli.core.errors import DataError, UsageError
-from qt_cli.core.events import EXCHANGE_TZ, NS_PER_S, BookUpdate, Event, State, Trade
+from qt_cli.core.errors import DataError, DecodeError, UsageError
+from qt_cli.core.events import (
+    EXCHANGE_TZ,
+    NS_PER_S,
+    BookUpdate,
+    Event,
+    State,
+    Trade,
+    decode_dict,
+)
 from qt_cli.core.files import write_events
 from qt_cli.core.journal import JournalWriter, Sequencer
 from qt_cli.core.sources.replay import (
@@ -54,6 +64,11 @@ def drain(source: object, timeout_s: float = 0.1) -> list[Event]:
         out += src.read(timeout_s)  # type: ignore[attr-defined]
     src.close()  # type: ignore[attr-defined]
     return out
+
+
+def without_identity(events: list[Event]) -> list[Event]:
+    """The events with the storage identity a replay gives them (session/seq) cleared."""
+    return [replace(e, session="", seq=0) for e in events]  # type: ignore[type-var]
 
 
 def local_ns(*args: int) -> int:
@@ -224,7 +239,15 @@ def test_recorded_files_replay_their_events(tmp_path: Path, name: str) -> None:
     write_events(tmp_path / name, events)
     source = open_replay(tmp_path / name, speed=0, symbols=("WDOQ25",))
     assert isinstance(source, RecordedFileSource)
-    assert drain(source) == events[:3]  # WINV25 filtered out; the state for "*" passes
+    got = drain(source)
+    assert without_identity(got) == events[:3]  # WINV25 filtered out; the state for "*" passes
+    # no session in the file: identity from type, symbol, B3 date and the µs of that day
+    # (10 s after the epoch is 21:00:10 of 1969-12-31 in B3 time)
+    assert [(e.session, e.seq) for e in got] == [
+        ("file:tick:WDOQ25:1969-12-31", 75_610 * 10**9),
+        ("file:book:WDOQ25:1969-12-31", 75_611 * 10**9),
+        ("file:state:*:1969-12-31", 75_612 * 10**9),
+    ]
     done, total = source.progress
     assert done == total > 0
 
@@ -234,12 +257,12 @@ def test_speed_paces_by_event_time(tmp_path: Path) -> None:
     write_events(tmp_path / "slow.jsonl", events)
     source = open_replay(tmp_path / "slow.jsonl", speed=1.0)
     source.open()
-    assert source.read(0.05) == events[:1]
+    assert without_identity(source.read(0.05)) == events[:1]
     assert source.read(0.05) == []  # the next one is due 3 s later
     source.close()
     fast = open_replay(tmp_path / "slow.jsonl", speed=100.0)  # 3 s of events in 30 ms
     started = time.monotonic()
-    assert drain(fast, timeout_s=0.5) == events
+    assert without_identity(drain(fast, timeout_s=0.5)) == events
     assert time.monotonic() - started < 2.0
 
 
@@ -253,7 +276,7 @@ def test_long_pauses_are_shortened(tmp_path: Path) -> None:
     got: list[Event] = []
     eventually(lambda: got.extend(source.read(0.05)) or len(got) == 2, timeout=5)
     source.close()
-    assert got == events
+    assert without_identity(got) == events
 
 
 def test_negative_speed_is_a_usage_error(tmp_path: Path) -> None:
@@ -279,3 +302,122 @@ def test_journal_source_replays_every_session(tmp_path: Path) -> None:
     assert [(e.session, e.seq) for e in got] == [("r.ticks", 1), ("r.book", 1), ("r.ticks", 2)]
     with pytest.raises(UsageError, match="no journal segments"):
         JournalSource(tmp_path)
+
+
+# --- identities: a replayed record is stored under the same identity whatever file holds it ---
+
+
+def test_nelogica_rows_are_identified_by_symbol_day_and_trade_number(tmp_path: Path) -> None:
+    rows = [nelogica_row(i, 10 * (i + 1)) for i in range(4)]
+    rows += [nelogica_row(0, 7, ticker="WINV25"), nelogica_row(1, 3, date="20250811")]
+    first = drain(open_replay(nelogica_csv(tmp_path / "a.csv", rows), speed=0))
+    assert [(e.session, e.seq) for e in first] == [
+        ("nelogica:WDOQ25:2025-08-08", 10),
+        ("nelogica:WDOQ25:2025-08-08", 20),
+        ("nelogica:WDOQ25:2025-08-08", 30),
+        ("nelogica:WDOQ25:2025-08-08", 40),
+        ("nelogica:WINV25:2025-08-08", 7),
+        ("nelogica:WDOQ25:2025-08-11", 3),
+    ]
+    # another file holding some of the same trades gives them the same identities
+    overlap = drain(open_replay(nelogica_csv(tmp_path / "b.csv", rows[2:4]), speed=0))
+    assert [(e.session, e.seq) for e in overlap] == [(e.session, e.seq) for e in first[2:4]]
+
+
+def test_a_trade_number_going_back_gets_the_files_own_identity(tmp_path: Path) -> None:
+    rows = [nelogica_row(0, 10), nelogica_row(1, 30), nelogica_row(2, 20), nelogica_row(3, 40)]
+    path = nelogica_csv(tmp_path / "back.csv", rows)
+    source = open_replay(path, speed=0)
+    got = drain(source)
+    digest = got[2].session.removeprefix("file:")
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    # trade 20 comes after 30: a mark would skip it, so it is numbered by its place in the file
+    assert [(e.session, e.seq) for e in got] == [
+        ("nelogica:WDOQ25:2025-08-08", 10),
+        ("nelogica:WDOQ25:2025-08-08", 30),
+        (f"file:{digest}", 3),
+        ("nelogica:WDOQ25:2025-08-08", 40),
+    ]
+    assert any("1 records go back in their day's order" in n for n in source.take_notices())
+    again = drain(open_replay(path, speed=0))  # the same file: the same identities
+    assert [(e.session, e.seq) for e in again] == [(e.session, e.seq) for e in got]
+
+
+def test_recorded_events_keep_their_session_and_seq(tmp_path: Path) -> None:
+    events = [
+        Trade("WDOQ25", (10 + i) * NS_PER_S, price=5000.0, session="r.ticks", seq=i + 1)
+        for i in range(3)
+    ]
+    write_events(tmp_path / "e.jsonl", events)
+    assert drain(open_replay(tmp_path / "e.jsonl", speed=0)) == events
+
+
+def test_a_journal_keeps_the_identity_of_what_it_published(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path / "j")
+    sequencer = Sequencer("run2.ticks", writer, keep_identity=True)
+    replayed = Trade("WDOQ25", 10 * NS_PER_S, price=5000.0, session="nelogica:WDOQ25:x", seq=70)
+    live = Trade("WDOQ25", 11 * NS_PER_S, price=5000.5)
+    (_, payload), _ = sequencer.encode([replayed, live])
+    wire = orjson.loads(payload)
+    assert (wire["origin"], wire["origin_seq"], wire["session"]) == (
+        "nelogica:WDOQ25:x",
+        70,
+        "run2.ticks",
+    )
+    writer.close()
+    got = drain(JournalSource(tmp_path / "j", speed=0))
+    # the replayed record keeps its origin; the live one is identified by how it was published
+    assert [(e.session, e.seq) for e in got] == [("nelogica:WDOQ25:x", 70), ("run2.ticks", 2)]
+
+
+def test_decoding_a_wire_message_gives_the_origin_identity() -> None:
+    wire = Trade("WDOQ25", NS_PER_S, price=1.0, session="run.ticks", seq=5).to_dict()
+    assert decode_dict(wire).session == "run.ticks"
+    event = decode_dict({**wire, "origin": "nelogica:WDOQ25:2025-08-08", "origin_seq": 90})
+    assert (event.session, event.seq) == ("nelogica:WDOQ25:2025-08-08", 90)  # type: ignore[attr-defined]
+    with pytest.raises(DecodeError, match="origin_seq"):
+        decode_dict({**wire, "origin": "x", "origin_seq": 0})
+
+
+def test_a_trade_seen_again_keeps_its_identity(tmp_path: Path) -> None:
+    # two exports pasted into one file: 20 and 30 come again (the same trades), 25 is new
+    rows = [nelogica_row(i, n) for i, n in enumerate((10, 20, 30, 20, 30, 25, 40))]
+    source = open_replay(nelogica_csv(tmp_path / "twice.csv", rows), speed=0)
+    got = drain(source)
+    day = "nelogica:WDOQ25:2025-08-08"
+    digest = got[5].session
+    assert digest.startswith("file:")
+    assert [(e.session, e.seq) for e in got] == [
+        (day, 10), (day, 20), (day, 30), (day, 20), (day, 30), (digest, 6), (day, 40)
+    ]  # fmt: skip
+    assert source.out_of_identity_order == 1
+
+
+def test_a_journal_holding_a_record_twice_keeps_its_identity(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path / "j")
+    trade = Trade("WDOQ25", 10 * NS_PER_S, price=5000.0, ts_init=10 * NS_PER_S)
+    for run in ("a", "b"):  # the same two records published by two replay runs
+        Sequencer(f"{run}.ticks", writer, keep_identity=True).encode(
+            [replace(trade, session="nelogica:WDOQ25:d", seq=s) for s in (5, 6)]
+        )
+    writer.close()
+    source = JournalSource(tmp_path / "j", speed=0)
+    got = drain(source)
+    assert (
+        sorted((e.session, e.seq) for e in got)
+        == [("nelogica:WDOQ25:d", 5)] * 2 + [("nelogica:WDOQ25:d", 6)] * 2
+    )
+    assert source.out_of_identity_order == 0
+
+
+def test_stamped_copies_for_event_sinks_carry_the_identity(tmp_path: Path) -> None:
+    writer = JournalWriter(tmp_path / "j")
+    sequencer = Sequencer("run3.ticks", writer, keep_identity=True)
+    replayed = Trade("WDOQ25", 10 * NS_PER_S, price=5000.0, session="nelogica:WDOQ25:x", seq=70)
+    live = Trade("WDOQ25", 11 * NS_PER_S, price=5000.5)
+    stamped = sequencer.stamp([replayed, live])
+    # files and Valkey (`--out valkey://`) store the identity; the journal keeps both
+    assert [(e.session, e.seq) for e in stamped] == [("nelogica:WDOQ25:x", 70), ("run3.ticks", 2)]
+    writer.close()
+    got = drain(JournalSource(tmp_path / "j", speed=0))
+    assert [(e.session, e.seq) for e in got] == [("nelogica:WDOQ25:x", 70), ("run3.ticks", 2)]

@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import valkey
@@ -245,3 +246,65 @@ def test_garbage_payloads_land_in_the_dead_letter_stream(
     assert any(f[b"raw"] == b'["a", "list"]' for f in letters)
     assert any(f[b"field"] == b"ts_event" for f in letters)
     assert totals["deadletters"] == len(letters) and totals["written"] == 0
+
+
+def load_replay(
+    qt: QtProcesses, path: Path, url: str, journal: Path, source: str = "--replay"
+) -> dict[str, Any]:
+    """`qt feed --replay FILE --speed 0 --out - | qt bridge --in -`, real processes; the
+    bridge's totals."""
+    feed = qt.start(
+        "feed", source, str(path), "--speed", "0", "--out", "-", "--journal", str(journal)
+    )
+    assert feed.stdout is not None
+    bridge = qt.start("bridge", "--in", "-", "--out", url, "--json", stdin=feed.stdout)
+    feed.stdout.close()  # the bridge reads it now
+    out, err = bridge.communicate(timeout=120)
+    feed_err = feed.communicate(timeout=60)[1]
+    assert feed.returncode == 0, feed_err.decode(errors="replace")
+    assert bridge.returncode == 0, err.decode(errors="replace")
+    return json.loads(out)
+
+
+def test_loading_a_nelogica_file_twice_and_an_overlapping_one_stores_each_trade_once(
+    qt: QtProcesses, vk: valkey.Valkey, valkey_url: str, tmp_path: Path
+) -> None:
+    from tests.core.test_replay import nelogica_csv, nelogica_row
+
+    # one trade a second from 09:00:00; trade numbers step by 10 as B3's do
+    rows = [nelogica_row(i, 10 * (i + 1), price=5000.0 + i % 7) for i in range(450)]
+    first = nelogica_csv(tmp_path / "WDOQ25_a.csv", rows[:300])  # 09:00:00 - 09:04:59
+    overlapping = nelogica_csv(tmp_path / "WDOQ25_b.csv", rows[200:])  # 09:03:20 - 09:07:29
+    journal = tmp_path / "journal"
+    key = keys.stream_key("ticks", "WDOQ25")
+    candle_key = keys.stream_key("candles:1m", "WDOQ25")
+
+    totals = load_replay(qt, first, valkey_url, journal)
+    assert (totals["written"], totals["duplicates"]) == (300, 0)
+    assert vk.xlen(key) == 300
+    totals = load_replay(qt, first, valkey_url, journal)  # the same file again: nothing new
+    assert (totals["written"], totals["duplicates"]) == (0, 300)
+    assert vk.xlen(key) == 300
+    totals = load_replay(qt, overlapping, valkey_url, journal)  # 100 known, 150 new
+    assert (totals["written"], totals["duplicates"]) == (150, 100)
+
+    stored = [decode_fields(fields) for _, fields in vk.xrange(key)]
+    assert len(stored) == 450
+    assert [t.trade_id for t in stored] == [10 * (i + 1) for i in range(450)]  # type: ignore[attr-defined]
+    assert all(b"late" not in fields for _, fields in vk.xrange(key))
+    # the candles agree with the ticks: each minute's trades once, and the last minute
+    # (09:07:00 - 09:07:29) is closed too, at the end of the input
+    closed = [decode_fields(fields) for _, fields in vk.xrange(candle_key)]
+    assert [c.trades for c in closed] == [60] * 7 + [30]  # type: ignore[attr-defined]
+    assert all(c.closed for c in closed)  # type: ignore[attr-defined]
+    ticks = [(i.decode(), decode_fields(f)) for i, f in vk.xrange(key)]
+    assert closed == candles_from_ticks(ticks, final=True)
+    # the stored identity is the trade's own; it names no feed run and no journal session
+    assert {t.session for _, t in ticks} == {"nelogica:WDOQ25:2025-08-08"}
+    assert not [k for k in vk.scan_iter(match=keys.stats_key("feed", "*")) if b"nelogica" in k]
+    assert not [s for s in vk.hkeys(keys.hwm_key("bridge:default")) if b"nelogica" in s]
+    # republishing the journal of those three runs (850 messages) twice stores nothing new
+    for _ in range(2):
+        totals = load_replay(qt, journal, valkey_url, tmp_path / "j2", "--replay-journal")
+        assert (totals["written"], totals["duplicates"]) == (0, 850)
+    assert vk.xlen(key) == 450

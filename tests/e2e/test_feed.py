@@ -193,9 +193,15 @@ def test_replay_journal_republishes_a_journal(qt: QtProcesses, tmp_path: Path) -
     assert totals["events"] == 400 and totals["source"] == "replay-journal"
 
     def body(row: dict[str, Any]) -> bytes:
-        return orjson.dumps({k: v for k, v in row.items() if k not in ("session", "seq")})
+        transport = ("session", "seq", "origin", "origin_seq")
+        return orjson.dumps({k: v for k, v in row.items() if k not in transport})
 
     assert sorted(map(body, original)) == sorted(map(body, replayed))
+    # each message keeps its identity (what it was published as) beside the new run's numbering
+    assert sorted((r["origin"], r["origin_seq"]) for r in replayed) == sorted(
+        (r["session"], r["seq"]) for r in original
+    )
+    assert {r["session"].split(".")[0] for r in replayed} == {totals["run_id"]}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -24,14 +24,34 @@ is shortened to `max_pause_s`.
 
 Bad input (a malformed line, a non-numeric or non-positive price, a bad date or time): the line
 number goes into a notice and `stats`, the rest replays; `strict=True` raises DataError instead.
+
+Identity: every replayed record leaves the source with a deterministic storage identity in its
+`session`/`seq`, the same whichever file (or journal) it comes from, so loading it again stores
+nothing new (the bridge's per-session high-water marks skip it). The feed keeps the identity
+beside its own transport session (`origin`/`origin_seq`, see journal.Sequencer):
+
+- Nelogica rows: `nelogica:<SYM>:<YYYY-MM-DD>` (the export's B3 date), seq = `trade_number`.
+- recorded events with a session and seq: those (the identity they were stored or published
+  under); a journal's records: their `origin` identity if they have one, else session/seq.
+- recorded events without one: `file:<type>:<SYM>:<B3 date>`, seq = microsecond of the B3 day
+  × 1000 + the record's rank among those of the same microsecond.
+- a record whose seq is not above the last one of its identity session handed out by this run
+  and was never handed out (the file goes back in trade numbers or time): `file:<content
+  hash>`, seq = its rank among the records this source hands out. (One handed out before is
+  the same record again, e.g. a journal holding two loads of a file: it keeps its identity.) A mark would otherwise skip it as a duplicate; this way
+  it is stored, and loading the same file again still stores nothing new (an overlapping file
+  with other content stores such records again). Counted in `stats` and noted.
 """
 
 from __future__ import annotations
 
+import bisect
+import copy
 import heapq
 import logging
 import time
 import unicodedata
+from array import array
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from itertools import repeat
@@ -183,6 +203,15 @@ class _Paced:
         self._anchor_ts = 0
         self._last_ts = 0
         self._notices: list[str] = []
+        self._last_identity: dict[str, int] = {}  # identity session -> last seq handed out
+        # identity session -> every seq handed out under it (increasing: sorted), to tell a
+        # record seen again (same identity: the marks skip it) from one out of order
+        self._handed: dict[str, Any] = {}
+        self._same_us: dict[str, tuple[int, int]] = {}  # derived session -> (µs of day, rank)
+        self._day: tuple[int, int, str] = (0, 0, "")  # [start, end) ns of a B3 day, its date
+        self._ordinal = 0  # records handed out: the seq of the fallback identity
+        self._fallback = ""  # the fallback session, `file:<content hash>` (made when needed)
+        self.out_of_identity_order = 0
 
     # subclasses
     def _batches(self) -> Iterator[list[Event]]:
@@ -259,6 +288,86 @@ class _Paced:
     def close(self) -> None:
         self._gen = None
 
+    # -- identities --
+
+    def _content_hash(self) -> str:
+        """A digest of what is replayed (the fallback identity's session names it)."""
+        raise NotImplementedError
+
+    def _fallback_session(self) -> str:
+        if not self._fallback:
+            self._fallback = f"file:{self._content_hash()}"
+        return self._fallback
+
+    def _b3_day(self, ts: int) -> tuple[int, str]:
+        """(start ns, YYYY-MM-DD) of the B3 day holding `ts` (cached: files hold few days)."""
+        start, end, date = self._day
+        if not start <= ts < end:
+            day = datetime.fromtimestamp(ts // NS_PER_S, tz=EXCHANGE_TZ).date()
+            start = _local_midnight_ns(day.year, day.month, day.day)
+            after = datetime.fromtimestamp(start // NS_PER_S + 36 * 3600, tz=EXCHANGE_TZ).date()
+            end = _local_midnight_ns(after.year, after.month, after.day)
+            date = day.isoformat()
+            self._day = (start, end, date)
+        return start, date
+
+    def _identify(self, events: list[Event]) -> list[Event]:
+        """Give each event its storage identity (module docstring), in place."""
+        last = self._last_identity
+        same_us = self._same_us
+        ordinal = self._ordinal
+        for i, event in enumerate(events):
+            ordinal += 1
+            session: str = getattr(event, "session", "")
+            seq: int = getattr(event, "seq", 0)
+            if not session or seq <= 0:
+                start, date = self._b3_day(event.ts_event)
+                session = f"file:{event.TYPE}:{event.symbol}:{date}"
+                micro = (event.ts_event - start) // 1000
+                before = same_us.get(session)
+                rank = before[1] + 1 if before is not None and before[0] == micro else 0
+                same_us[session] = (micro, rank)
+                seq = micro * 1000 + min(rank, 999)
+            if seq > last.get(session, 0):
+                last[session] = seq
+                handed = self._handed.get(session)
+                if handed is None:
+                    handed = self._handed[session] = array("q")
+                handed.append(seq)
+            elif not _holds(self._handed.get(session), seq):
+                session, seq = self._fallback_session(), ordinal
+                self.out_of_identity_order += 1
+            if session != getattr(event, "session", "") or seq != getattr(event, "seq", 0):
+                stamped = copy.copy(event)
+                object.__setattr__(stamped, "session", session)
+                object.__setattr__(stamped, "seq", seq)
+                events[i] = stamped
+        self._ordinal = ordinal
+        return events
+
+    def _note_identity_order(self) -> None:
+        if self.out_of_identity_order:
+            self._note(
+                f"{self.out_of_identity_order} records go back in their day's order (trade "
+                f"number, seq or time); they are identified by this file ({self._fallback}): "
+                "loading it again stores nothing new, but a different file holding them "
+                "stores them again"
+            )
+
+
+def _holds(handed: Any, seq: int) -> bool:
+    """Whether a sorted array of seqs holds `seq`."""
+    if not handed:
+        return False
+    i = bisect.bisect_left(handed, seq)
+    return i < len(handed) and handed[i] == seq
+
+
+def _local_midnight_ns(year: int, month: int, day: int) -> int:
+    """UTC ns of the start of a B3 date (offset taken at noon: DST moved at midnight)."""
+    noon = datetime(year, month, day, 12, tzinfo=EXCHANGE_TZ)
+    return (int(noon.timestamp()) - 12 * 3600) * NS_PER_S
+
 
 def _wanted(symbols: Sequence[str]) -> frozenset[str]:
     return frozenset(symbols)
@@ -314,7 +423,11 @@ class RecordedFileSource(_Paced):
             if self.symbols:
                 batch = [e for e in batch if e.symbol in self.symbols or e.symbol == "*"]
             if batch:
-                yield batch
+                yield self._identify(batch)
+        self._note_identity_order()
+
+    def _content_hash(self) -> str:
+        return _file_digest([self.path])
 
     def close(self) -> None:
         super().close()
@@ -400,12 +513,9 @@ class NelogicaCsvSource(_Paced):
         base = self._day_base.get(yyyymmdd)
         if base is None:
             try:
-                noon = datetime(
-                    yyyymmdd // 10000, yyyymmdd // 100 % 100, yyyymmdd % 100, 12, tzinfo=EXCHANGE_TZ
-                )
+                base = _local_midnight_ns(yyyymmdd // 10000, yyyymmdd // 100 % 100, yyyymmdd % 100)
             except ValueError:
                 return None
-            base = (int(noon.timestamp()) - 12 * 3600) * NS_PER_S
             self._day_base[yyyymmdd] = base
         return base
 
@@ -468,6 +578,7 @@ class NelogicaCsvSource(_Paced):
                 f"{self.out_of_order} rows go back in time from the row before them "
                 "(replayed in file order)"
             )
+        self._note_identity_order()
 
     def _line_numbers(self, rows: Any) -> Any:
         """Physical line numbers of parsed rows (by their global index), skipping bad lines."""
@@ -562,6 +673,7 @@ class NelogicaCsvSource(_Paced):
             "qty": qty[keep],
             "vol": vol[keep],
             "trade_number": trade_number[keep],
+            "day": date[keep],
             "buyer": _strings(pc.utf8_trim_whitespace(col["buy_agent"]))[keep],
             "seller": _strings(pc.utf8_trim_whitespace(col["sell_agent"]))[keep],
             "trade_type": trade_types[keep],
@@ -596,6 +708,7 @@ class NelogicaCsvSource(_Paced):
             mapped[j] = code
         trade_type = mapped[tt_codes]
         aggressor = np.where(trade_type == 2, "buy", np.where(trade_type == 3, "sell", "none"))
+        sessions, seqs = self._identities(cols)
         times = ts.tolist()
         n_rows = len(times)
         # positional Trade fields: symbol, ts_event, price, quantity, volume, trade_id, buyer,
@@ -618,10 +731,58 @@ class NelogicaCsvSource(_Paced):
                 cols["seller"].tolist(),
                 repeat(False, n_rows),
                 times,
+                sessions.tolist(),
+                seqs.tolist(),
             )
         )
         self.stats.produced += len(events)
         return events
+
+    def _identities(self, cols: dict[str, Any]) -> tuple[Any, Any]:
+        """Sessions `nelogica:<SYM>:<date>` and seqs (trade numbers) of the rows, with the
+        fallback identity for a trade number not above the last of its session (module doc)."""
+        import numpy as np
+
+        trade_number = cols["trade_number"]
+        n = len(trade_number)
+        sym_codes, symbols = _factorize(cols["symbol"])
+        day_codes, days = _factorize(cols["day"])
+        codes, pairs = _factorize(sym_codes.astype(np.int64) * len(days) + day_codes)
+        names = []
+        for pair in pairs.tolist():
+            day = int(days[pair % len(days)])
+            date = f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"
+            names.append(f"nelogica:{symbols[pair // len(days)]}:{date}")
+        sessions = np.asarray(names, dtype=object)[codes]
+        seqs = trade_number.astype(np.int64, copy=True)
+        back = np.zeros(n, dtype=bool)
+        last = self._last_identity
+        for j, name in enumerate(names):
+            rows = np.flatnonzero(codes == j)
+            values = trade_number[rows]
+            before = np.maximum.accumulate(np.r_[np.int64(last.get(name, 0)), values])
+            behind = values <= before[:-1]
+            last[name] = int(before[-1])
+            chunks = self._handed.setdefault(name, [])
+            chunks.append(values[~behind])  # new highs: increasing, above every earlier chunk
+            if behind.any():
+                # a trade number handed out before is the same trade again (the marks skip
+                # it); one never handed out is out of order and needs the fallback identity
+                handed = np.concatenate(chunks)
+                chunks[:] = [handed]
+                at = np.minimum(np.searchsorted(handed, values[behind]), len(handed) - 1)
+                seen = handed[at] == values[behind]
+                back[rows[np.flatnonzero(behind)[~seen]]] = True
+        ordinal = self._ordinal + np.arange(1, n + 1, dtype=np.int64)
+        self._ordinal += n
+        if back.any():
+            sessions[back] = self._fallback_session()
+            seqs[back] = ordinal[back]
+            self.out_of_identity_order += int(np.count_nonzero(back))
+        return sessions, seqs
+
+    def _content_hash(self) -> str:
+        return _file_digest([self.path])
 
     def close(self) -> None:
         super().close()
@@ -712,8 +873,10 @@ def _split_last_second(cols: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 class JournalSource(_Paced):
     """Replays every message of a journal directory (`qt feed --replay-journal DIR`).
 
-    Sessions are merged by receive time (`ts_init`), then seq. The new run re-stamps session/seq;
-    the events keep their fields. A payload that no longer decodes is counted and noted.
+    Sessions are merged by receive time (`ts_init`), then seq. The new run re-stamps the
+    transport session/seq; each event keeps its identity (its `origin` if it has one, else the
+    session/seq it was published with), so republishing a journal stores nothing new. A payload
+    that no longer decodes is counted and noted.
     """
 
     def __init__(
@@ -771,11 +934,27 @@ class JournalSource(_Paced):
             batch.append(event)
             if len(batch) >= self.batch:
                 self.stats.produced += len(batch)
-                yield batch
+                yield self._identify(batch)
                 batch = []
         if batch:
             self.stats.produced += len(batch)
-            yield batch
+            yield self._identify(batch)
+        self._note_identity_order()
+
+    def _content_hash(self) -> str:
+        return _file_digest(sorted(self.directory.rglob("*.qtj")))
+
+
+def _file_digest(paths: Sequence[Path]) -> str:
+    """16 hex digits of a BLAKE2b digest of the files' contents, in the order given."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=8)
+    for path in paths:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --- opening -----------------------------------------------------------------------------------
