@@ -161,8 +161,10 @@ class SimConfig:
     `rate`: None = realistic (simulated session time advances with wall time), 0 = as fast as
     possible, N = N events per wall-clock second. `duration_s` is simulated session seconds
     (night and weekend gaps do not count) when `rate` is 0 and wall seconds otherwise.
-    `start_ns`: first simulated instant (None = today 09:00 São Paulo, Friday's on a weekend);
-    outside session hours it moves to the next session open. `max_events` stops after that many events.
+    `start_ns`: first simulated instant; outside session hours it moves to the next session open.
+    None: a paced run (`rate` not 0) starts now, so `ts_event` is the wall clock (outside session
+    hours a session opens now); a run at rate 0 at today's 09:00 São Paulo (Friday's on a
+    weekend). `max_events` stops after that many events.
     `activity` multiplies every order rate; `regime_scale` multiplies regime durations.
     """
 
@@ -215,15 +217,38 @@ def default_start_ns() -> int:
     return _open_ns(day)
 
 
+def _day_of(ts_ns: int) -> date:
+    return datetime.fromtimestamp(ts_ns // NS_PER_S, EXCHANGE_TZ).date()
+
+
+def in_session(ts_ns: int) -> bool:
+    """Whether `ts_ns` falls in a session (09:00–18:00 São Paulo, Monday to Friday)."""
+    day = _day_of(ts_ns)
+    return day.weekday() < 5 and 0 <= ts_ns - _open_ns(day) < SESSION_S * NS_PER_S
+
+
 class SessionClock:
     """Maps session seconds elapsed since the start to venue time, skipping nights and weekends.
 
-    Sessions are 09:00–18:00 America/Sao_Paulo, Monday to Friday (no holiday calendar).
+    Sessions are 09:00–18:00 America/Sao_Paulo, Monday to Friday (no holiday calendar). A start
+    outside them moves to the next open; with `open_now` a session of the usual length opens at
+    the start itself instead (a paced run started in the evening or at a weekend), and the
+    following ones keep the calendar.
     """
 
-    def __init__(self, start_ns: int) -> None:
-        seconds, rem = divmod(start_ns, NS_PER_S)
-        day = datetime.fromtimestamp(seconds, EXCHANGE_TZ).date()
+    def __init__(self, start_ns: int, *, open_now: bool = False) -> None:
+        if open_now and not in_session(start_ns):
+            self.offset_s = 0.0
+            self._days = [start_ns]
+            close_ns = start_ns + SESSION_S * NS_PER_S
+            day = _day_of(close_ns)
+            if day.weekday() >= 5 or _open_ns(day) < close_ns:
+                day = _next_business_day(day)
+            self._days.append(_open_ns(day))
+            self._last_day = day
+            self.start_ns = start_ns
+            return
+        day = _day_of(start_ns)
         offset_ns = start_ns - _open_ns(day)
         if day.weekday() >= 5 or offset_ns >= SESSION_S * NS_PER_S:
             day, offset_ns = _next_business_day(day), 0
@@ -781,12 +806,18 @@ class SimulatedMarket:
     def open(self) -> None:
         if self._opened:
             return
-        start = self.config.start_ns if self.config.start_ns is not None else default_start_ns()
-        self.clock = SessionClock(start)
+        self.clock = self._session_clock()
         self._gens = [sim.run(self.clock, self.timeline) for sim in self._sims]
         self._heads = [next(gen) for gen in self._gens]  # type: ignore[misc]
         self._opened = True
         self._mono0 = time.monotonic()
+
+    def _session_clock(self) -> SessionClock:
+        if self.config.start_ns is not None:
+            return SessionClock(self.config.start_ns)
+        if self.config.rate != 0:  # paced: venue time is the wall clock
+            return SessionClock(time.time_ns(), open_now=True)
+        return SessionClock(default_start_ns())
 
     @property
     def finished(self) -> bool:
@@ -874,10 +905,7 @@ class SimulatedMarket:
 
     def describe(self) -> str:
         """One line for the user: what is simulated, from when, with which seed and pace."""
-        start = self.clock.start_ns if self.clock else None
-        if start is None:
-            start = self.config.start_ns if self.config.start_ns is not None else default_start_ns()
-            start = SessionClock(start).start_ns
+        start = (self.clock or self._session_clock()).start_ns
         when = datetime.fromtimestamp(start // NS_PER_S, EXCHANGE_TZ).strftime("%Y-%m-%d %H:%M:%S")
         rate = self.config.rate
         pace = (
