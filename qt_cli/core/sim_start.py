@@ -3,9 +3,10 @@
 - `--start T`: there (São Paulo time unless T names an offset; outside session hours the next
   open). A date is its 09:00 open, so `--start 2025-07-01 --duration 270h --rate 0` is 30 sessions.
 - paced (no `--rate 0`): now, so `ts_event` is the wall clock (the simulator's default).
-- `--rate 0`: just after the latest event the Valkey streams of these symbols hold (the Valkey
-  the settings name, or the one on localhost:6379 or the managed one if running; none is
-  started for this), else today's 09:00 (the simulator's default).
+- `--rate 0`: at the first session open after the latest event the Valkey streams of these
+  symbols hold (the Valkey the settings name, or the one on localhost:6379 or the managed one if
+  running; none is started for this), else today's 09:00 (the simulator's default). A new run
+  is a new day: its price level comes from its own seed, so it never jumps mid-session.
 
 A paced run whose symbols already hold events later than now is warned about: its events would
 be stored as late entries.
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from qt_cli.core import config, keys
 from qt_cli.core.errors import QtError
 from qt_cli.core.events import EXCHANGE_TZ, NS_PER_MS
+from qt_cli.core.sources.sim import next_open_ns
 from qt_cli.core.timeparse import format_ns, parse_time
 
 # The streams a feed's events land in, per symbol (candles and features derive from them).
@@ -51,11 +53,12 @@ def plan_start(
             "--start to choose)"
         )
         return None
+    start_ns = next_open_ns(stored_ms * NS_PER_MS)
     say(
         f"{where} holds {names} up to {format_ns(stored_ms * NS_PER_MS)}: the simulation "
-        "continues after it (--start to choose)"
+        f"continues at the next session's open, {format_ns(start_ns)} (--start to choose)"
     )
-    return (stored_ms + 1) * NS_PER_MS
+    return start_ns
 
 
 def _stored_until_ms(symbols: Sequence[str]) -> tuple[int | None, str]:

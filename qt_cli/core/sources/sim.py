@@ -227,6 +227,14 @@ def in_session(ts_ns: int) -> bool:
     return day.weekday() < 5 and 0 <= ts_ns - _open_ns(day) < SESSION_S * NS_PER_S
 
 
+def next_open_ns(ts_ns: int) -> int:
+    """The first session open (09:00 São Paulo, Monday to Friday) after `ts_ns`."""
+    day = _day_of(ts_ns)
+    if day.weekday() >= 5 or _open_ns(day) <= ts_ns:
+        day = _next_business_day(day)
+    return _open_ns(day)
+
+
 class SessionClock:
     """Maps session seconds elapsed since the start to venue time, skipping nights and weekends.
 
