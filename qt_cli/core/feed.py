@@ -174,8 +174,10 @@ def build_source(
             rate=options.rate,
             duration_s=options.duration_s,
         )
-        start_ns = plan_start(options.start, rate=options.rate, symbols=sim_config.symbols, say=say)
-        sim = SimulatedMarket(dataclasses.replace(sim_config, start_ns=start_ns))
+        start = plan_start(options.start, rate=options.rate, symbols=sim_config.symbols, say=say)
+        sim = SimulatedMarket(
+            dataclasses.replace(sim_config, start_ns=start.start_ns, levels=start.levels)
+        )
         say(sim.describe())
         return sim
     if options.source == "replay":

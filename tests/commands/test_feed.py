@@ -291,6 +291,10 @@ def test_a_fast_run_continues_after_what_valkey_holds(cli: CliRunner, tmp_path: 
     vk.xadd(keys.stream_key("ticks", "WDOQ25"), {"price": "5000"}, id=f"{midday_ms}-0")
     rows, talk = sim_rows(cli, tmp_path, "--rate", "0", "--stop-after", "50")
     assert rows[0]["ts_event"] == parse_time("2025-08-05T09:00")
+    # from the last stored price (5,000: below where WDO levels are drawn, 5,060-5,540)
+    first_trade = next(row for row in rows if row["type"] == "tick")
+    assert 4_975 <= first_trade["price"] <= 5_025, first_trade
+    assert "starting from the last stored price of WDOQ25 5,000.00" in talk
     assert (
         f"Valkey at {vk_url(vk)} holds WDOQ25 up to 2025-08-04T12:34:56.789-03:00: the "
         "simulation continues at the next session's open, 2025-08-05T09:00:00.000-03:00 "

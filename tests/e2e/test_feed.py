@@ -228,8 +228,12 @@ def test_two_sim_runs_into_valkey_never_overlap(
     """The same `qt feed --sim` twice, each through `qt bridge` into one Valkey: the second run
     starts after the first, so nothing is stored late and candles see every trade."""
     ticks = keys.stream_key("ticks", "WDOQ25")
+    last: tuple[bytes, float] | None = None
     for run in range(2):
-        fed = qt.run("feed", "--sim", *pace, "--out", "-", "--journal", f"j{run}", timeout=120)
+        fed = qt.run(
+            "feed", "--sim", *pace, "--seed", str(7 + run), "--out", "-", "--journal", f"j{run}",
+            timeout=120,
+        )  # fmt: skip
         assert fed.returncode == 0, fed.output
         bridged = qt.run(
             "bridge", "--in", "-", "--out", valkey_url, "--json", input=fed.stdout.encode()
@@ -238,5 +242,10 @@ def test_two_sim_runs_into_valkey_never_overlap(
         totals = json.loads(bridged.stdout)
         assert totals["written"] == totals["received"] > 0, totals
         assert totals["late"] == 0, (run, totals["late"], fed.stderr)
+        if last is not None:  # the second run picks up at the first one's last price
+            first = vk.xrange(ticks, f"({last[0].decode()}", "+", count=1)[0][1]
+            assert abs(float(first[b"price"]) / last[1] - 1) < 0.002, (first, last, fed.stderr)
+        top_id, top = vk.xrevrange(ticks, "+", "-", count=1)[0]
+        last = (top_id, float(top[b"price"]))
     entries = vk.xrange(ticks, "-", "+")
     assert not [fields for _, fields in entries if fields.get(b"late") == b"1"]

@@ -166,6 +166,8 @@ class SimConfig:
     hours a session opens now); a run at rate 0 at today's 09:00 São Paulo (Friday's on a
     weekend). `max_events` stops after that many events.
     `activity` multiplies every order rate; `regime_scale` multiplies regime durations.
+    `levels` gives a symbol the price it starts at (a run continuing stored data starts at its
+    last trade) instead of the level drawn from the seed.
     """
 
     symbols: tuple[str, ...] = ("WDOQ25",)
@@ -177,6 +179,7 @@ class SimConfig:
     activity: float = 1.0
     regime_scale: float = 1.0
     batch_max: int = 2048
+    levels: tuple[tuple[str, float], ...] = ()  # (symbol, price) to start at instead of the draw
 
     def __post_init__(self) -> None:
         symbols = tuple(s.strip().upper() for s in self.symbols)
@@ -191,6 +194,8 @@ class SimConfig:
             raise UsageError(f"--duration must be positive, got {self.duration_s} s")
         if self.max_events is not None and self.max_events < 1:
             raise UsageError(f"--stop-after must be at least 1, got {self.max_events}")
+        if not all(price > 0 and math.isfinite(price) for _, price in self.levels):
+            raise UsageError(f"price levels must be positive, got {list(self.levels)}")
         if not (self.activity > 0 and self.regime_scale > 0 and self.batch_max >= 1):
             raise UsageError("activity and regime_scale must be positive, batch_max at least 1")
 
@@ -359,7 +364,7 @@ class _SymbolSim:
     `edit` carries the level's new absolute quantity and count, `delete` the level it removes.
     """
 
-    def __init__(self, symbol: str, seed: int, activity: float) -> None:
+    def __init__(self, symbol: str, seed: int, activity: float, level: float | None = None) -> None:
         self.symbol = symbol
         self.profile = profile_for(symbol)
         self.rng = np.random.default_rng([seed, zlib.crc32(symbol.encode())])
@@ -367,6 +372,8 @@ class _SymbolSim:
         lo = math.ceil((self.profile.low * 0.9 + self.profile.high * 0.1) / tick)
         hi = math.floor((self.profile.low * 0.1 + self.profile.high * 0.9) / tick)
         self.anchor = int(self.rng.integers(lo, hi + 1))  # price level, ticks
+        if level is not None:  # drawn all the same, so the random stream does not change
+            self.anchor = max(1, round(level / tick))
         self.activity = activity * self.profile.activity
         self.bids: list[list[int]] = []
         self.asks: list[list[int]] = []
@@ -800,7 +807,11 @@ class SimulatedMarket:
         self.seed = self.config.seed if self.config.seed is not None else secrets.randbits(32)
         self.stats = SourceStats()
         self._receive = clock or ReceiveClock()
-        self._sims = [_SymbolSim(s, self.seed, self.config.activity) for s in self.config.symbols]
+        levels = dict(self.config.levels)
+        self._sims = [
+            _SymbolSim(s, self.seed, self.config.activity, levels.get(s))
+            for s in self.config.symbols
+        ]
         self._gens: list[Generator[float | list[Event], int, None]] = []
         self._heads: list[float] = []
         self._opened = False

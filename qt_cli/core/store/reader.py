@@ -105,6 +105,23 @@ def stored_until_ms(client: Any, stream_keys: Sequence[str]) -> int | None:
     return latest
 
 
+def last_prices(client: Any, symbols: Sequence[str]) -> dict[str, float]:
+    """The price of each symbol's newest stored trade (symbols without one are left out)."""
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.xrevrange(keys.stream_key("ticks", symbol), "+", "-", count=1)
+    prices = {}
+    for symbol, entries in zip(symbols, pipe.execute(), strict=True):
+        if entries and b"price" in entries[0][1]:
+            try:
+                price = float(entries[0][1][b"price"])
+            except ValueError:
+                continue
+            if price > 0 and price == price and price != float("inf"):
+                prices[symbol] = price
+    return prices
+
+
 def symbols_of(client: Any, kind: str) -> list[str]:
     """Symbols with a per-event stream or a history stream of `kind` (SCAN, never KEYS)."""
     found: set[str] = set()
