@@ -20,7 +20,7 @@ Channels and default outputs: ticks (trades, state, daily) tcp://127.0.0.1:5555,
 
 Every message carries session (<run id>.<channel>) and seq (gap-free from 1). The feed stops at the end of a replay, after --duration or --stop-after, or on Ctrl+C / SIGTERM (exit 0 after flushing, with totals; --json prints them as JSON).
 
---sim runs never overlap in event time: a paced run is stamped now; --rate 0 starts at the first session open after what Valkey already holds of its symbols; --start picks the first venue time.
+--sim runs never overlap in event time: a real-time run (no --rate) is stamped now; --rate 0 or N continues after what Valkey already holds of its symbols, at their last price; --start picks the first venue time.
 
 Example: qt feed --sim --symbol WDOQ25 --rate 0 --duration 60s --out - | head
 
@@ -178,8 +178,8 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             typer.Option(
                 "--start",
                 help="--sim: first venue time, as --from of qt query reads it (2025-07-01 = "
-                "its 09:00 open; São Paulo time). Default: now when paced; with --rate 0 the "
-                "next open after what Valkey holds of the symbols, else today's open.",
+                "its 09:00 open; São Paulo time). Default: now in real time; with --rate just "
+                "after what Valkey holds of the symbols, else today's open.",
                 show_default=False,
             ),
         ] = None,

@@ -2,13 +2,15 @@
 
 - `--start T`: there (São Paulo time unless T names an offset; outside session hours the next
   open). A date is its 09:00 open, so `--start 2025-07-01 --duration 270h --rate 0` is 30 sessions.
-- paced (no `--rate 0`): now, so `ts_event` is the wall clock (the simulator's default).
-- `--rate 0`: the first session open after the latest event the Valkey streams of these symbols
-  hold, else today's 09:00 (the simulator's default).
+- realistic pacing (no `--rate`): now, so `ts_event` is the wall clock (the simulator's default).
+- `--rate 0` or `--rate N`: just after the latest event the Valkey streams of these symbols hold
+  (the next session's open when that is outside session hours), else today's 09:00 (the
+  simulator's default). Such a run's venue time does not follow the wall clock, so starting it
+  now would only make the next run overlap it.
 
 The Valkey is the one the settings name, or the one on localhost:6379, or the managed one if it
 runs; none is started for this. A symbol with stored trades starts at its last trade's price, so
-consecutive runs join up instead of jumping to another seed's price level. A paced run whose
+consecutive runs join up instead of jumping to another seed's price level. A realistic run whose
 symbols already hold events later than now is warned about: they would be stored late.
 """
 
@@ -21,7 +23,6 @@ from dataclasses import dataclass
 from qt_cli.core import config, keys
 from qt_cli.core.errors import QtError
 from qt_cli.core.events import EXCHANGE_TZ, NS_PER_MS
-from qt_cli.core.sources.sim import next_open_ns
 from qt_cli.core.timeparse import format_ns, parse_time
 
 # The streams a feed's events land in, per symbol (candles and features derive from them).
@@ -61,7 +62,7 @@ def plan_start(
             "starting from the last stored price of "
             + ", ".join(f"{s} {p:,.2f}" for s, p in levels)
         )
-    if rate != 0:  # paced: now
+    if rate is None:  # realistic pacing: venue time is the wall clock
         if stored.until_ms is not None and stored.until_ms * NS_PER_MS > time.time_ns():
             say(
                 f"Warning: {stored.where} already holds {names} up to "
@@ -76,13 +77,11 @@ def plan_start(
             "weekend; --start to choose)"
         )
         return SimStart(None, levels)
-    start_ns = next_open_ns(stored.until_ms * NS_PER_MS)
     say(
         f"{stored.where} holds {names} up to {format_ns(stored.until_ms * NS_PER_MS)}: the "
-        f"simulation continues at the next session's open, {format_ns(start_ns)} "
-        "(--start to choose)"
+        "simulation continues after it (--start to choose)"
     )
-    return SimStart(start_ns, levels)
+    return SimStart((stored.until_ms + 1) * NS_PER_MS, levels)
 
 
 def _stored(symbols: Sequence[str]) -> _Stored:

@@ -285,28 +285,30 @@ def test_start_picks_the_first_venue_time(cli: CliRunner, tmp_path: Path) -> Non
 
 
 def test_a_fast_run_continues_after_what_valkey_holds(cli: CliRunner, tmp_path: Path, vk) -> None:
-    """`qt feed --sim --rate 0` twice the same day: the second run starts at the next open."""
+    """`qt feed --sim --rate 0` twice the same day: the second run starts after the first."""
     midday_ms = parse_time("2025-08-04T12:34:56.789") // 1_000_000
     vk.xadd(keys.stream_key("state", "WDOQ25"), {"text": "opened"}, id=f"{midday_ms - 9}-0")
     vk.xadd(keys.stream_key("ticks", "WDOQ25"), {"price": "5000"}, id=f"{midday_ms}-0")
     rows, talk = sim_rows(cli, tmp_path, "--rate", "0", "--stop-after", "50")
-    assert rows[0]["ts_event"] == parse_time("2025-08-05T09:00")
+    assert rows[0]["ts_event"] == midday_ms * 1_000_000 + 1_000_000
     # from the last stored price (5,000: below where WDO levels are drawn, 5,060-5,540)
     first_trade = next(row for row in rows if row["type"] == "tick")
     assert 4_975 <= first_trade["price"] <= 5_025, first_trade
     assert "starting from the last stored price of WDOQ25 5,000.00" in talk
     assert (
         f"Valkey at {vk_url(vk)} holds WDOQ25 up to 2025-08-04T12:34:56.789-03:00: the "
-        "simulation continues at the next session's open, 2025-08-05T09:00:00.000-03:00 "
-        "(--start to choose)"
+        "simulation continues after it (--start to choose)"
     ) in talk
+    # so does a run at N events/s (its venue time does not follow the wall clock either)
+    rows, _ = sim_rows(cli, tmp_path, "--rate", "100000", "--stop-after", "50")
+    assert rows[0]["ts_event"] == midday_ms * 1_000_000 + 1_000_000
     # a trimmed (empty) stream still counts: its last id stays
     friday_close_ms = parse_time("2025-08-08T18:00") // 1_000_000
     book = keys.stream_key("book", "WDOQ25")
     vk.xadd(book, {"price": "5000"}, id=f"{friday_close_ms}-0")
     vk.xtrim(book, maxlen=0)
     rows, _ = sim_rows(cli, tmp_path, "--rate", "0", "--stop-after", "50")
-    assert rows[0]["ts_event"] == parse_time("2025-08-11T09:00")  # Monday
+    assert rows[0]["ts_event"] == parse_time("2025-08-11T09:00")  # after Friday's close: Monday
     # another symbol has nothing stored: today's open, and the user is told
     rows, talk = sim_rows(cli, tmp_path, "--rate", "0", "--stop-after", "50", "--symbol", "WINV25")
     assert (

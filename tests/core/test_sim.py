@@ -387,8 +387,8 @@ def test_default_start_is_today_9h_or_last_friday_on_a_weekend() -> None:
     assert 0 <= (today - opened.date()).days <= (0 if today.weekday() < 5 else 2)
 
 
-def test_a_paced_run_without_a_start_is_stamped_with_the_wall_clock() -> None:
-    """Two paced runs the same day never overlap: each is stamped now, lags are milliseconds."""
+def test_a_real_time_run_without_a_start_is_stamped_with_the_wall_clock() -> None:
+    """Two real-time runs the same day never overlap: each is stamped now, lags are ms."""
     before = time.time_ns()
     sim = SimulatedMarket(SimConfig(seed=3, duration_s=1.5))
     sim.open()
@@ -401,6 +401,10 @@ def test_a_paced_run_without_a_start_is_stamped_with_the_wall_clock() -> None:
     lags_ms = [(e.ts_init - e.ts_event) / 1e6 for e in events]
     assert 0 <= min(lags_ms) and max(lags_ms) < 250, (min(lags_ms), max(lags_ms))
     assert "real time" in sim.describe()
+    fast = SimulatedMarket(SimConfig(seed=3, rate=1000, max_events=1))
+    fast.open()  # not real time: venue time does not follow the wall clock; today's open
+    assert datetime.fromtimestamp(fast.start_ns / NS_PER_S, EXCHANGE_TZ).hour == 9
+    fast.close()
 
 
 def test_session_clock_opening_now_outside_session_hours() -> None:

@@ -220,7 +220,7 @@ def test_a_signal_stops_the_feed_with_totals(
 
 
 @pytest.mark.parametrize(
-    "pace", [("--rate", "0", "--duration", "1m"), ("--duration", "2s")], ids=["fast", "paced"]
+    "pace", [("--rate", "0", "--duration", "1m"), ("--duration", "2s")], ids=["fast", "real-time"]
 )
 def test_two_sim_runs_into_valkey_never_overlap(
     qt: QtProcesses, valkey_url: str, vk, pace: tuple[str, ...]

@@ -162,9 +162,8 @@ class SimConfig:
     possible, N = N events per wall-clock second. `duration_s` is simulated session seconds
     (night and weekend gaps do not count) when `rate` is 0 and wall seconds otherwise.
     `start_ns`: first simulated instant; outside session hours it moves to the next session open.
-    None: a paced run (`rate` not 0) starts now, so `ts_event` is the wall clock (outside session
-    hours a session opens now); a run at rate 0 at today's 09:00 São Paulo (Friday's on a
-    weekend). `max_events` stops after that many events.
+    None: with realistic pacing (`rate` None) now, so `ts_event` is the wall clock (outside session
+    hours a session opens now); at `rate` 0 or N today's 09:00 São Paulo (Friday's on a weekend). `max_events` stops after that many events.
     `activity` multiplies every order rate; `regime_scale` multiplies regime durations.
     `levels` gives a symbol the price it starts at (a run continuing stored data starts at its
     last trade) instead of the level drawn from the seed.
@@ -230,14 +229,6 @@ def in_session(ts_ns: int) -> bool:
     """Whether `ts_ns` falls in a session (09:00–18:00 São Paulo, Monday to Friday)."""
     day = _day_of(ts_ns)
     return day.weekday() < 5 and 0 <= ts_ns - _open_ns(day) < SESSION_S * NS_PER_S
-
-
-def next_open_ns(ts_ns: int) -> int:
-    """The first session open (09:00 São Paulo, Monday to Friday) after `ts_ns`."""
-    day = _day_of(ts_ns)
-    if day.weekday() >= 5 or _open_ns(day) <= ts_ns:
-        day = _next_business_day(day)
-    return _open_ns(day)
 
 
 class SessionClock:
@@ -834,7 +825,7 @@ class SimulatedMarket:
     def _session_clock(self) -> SessionClock:
         if self.config.start_ns is not None:
             return SessionClock(self.config.start_ns)
-        if self.config.rate != 0:  # paced: venue time is the wall clock
+        if self.config.rate is None:  # realistic pacing: venue time is the wall clock
             return SessionClock(time.time_ns(), open_now=True)
         return SessionClock(default_start_ns())
 
