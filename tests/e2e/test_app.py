@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers import QtProcesses
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.mark.parametrize(
     "args",
