@@ -31,6 +31,7 @@ complete -c qt -n '__fish_seen_subcommand_from feed' -l replay-journal
 complete -c qt -n '__fish_seen_subcommand_from feed' -l seed
 complete -c qt -n '__fish_seen_subcommand_from feed' -l sim
 complete -c qt -n '__fish_seen_subcommand_from feed' -l speed
+complete -c qt -n '__fish_seen_subcommand_from feed' -l start
 complete -c qt -n '__fish_seen_subcommand_from feed' -l stop-after
 complete -c qt -n '__fish_seen_subcommand_from feed' -l strict
 complete -c qt -n '__fish_seen_subcommand_from feed' -l symbol

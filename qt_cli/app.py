@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from typing import Annotated, Any
@@ -39,8 +40,8 @@ class QtGroup(TyperGroup):
         except KeyboardInterrupt:
             _report("interrupted")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-        except (typer.Exit, typer.Abort):
-            raise
+        except (typer.Exit, typer.Abort, BrokenPipeError):
+            raise  # a closed stdout is no error: main() ends quietly
         except Exception as exc:
             if getattr(exc, "exit_code", None) is not None and type(exc).__module__.startswith(
                 ("click", "typer")
@@ -121,9 +122,47 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    When the reader of stdout goes away (`qt … | head`), whatever was writing (help, a table,
+    JSON, data), qt stops quietly with exit 0, as `--out -` and `qt query` always did.
+    """
+    stdout_before = _stdout_identity()
     try:
         app(prog_name="qt")
     except QtError as exc:  # raised while resolving settings, before a command runs
         _report(str(exc))
         sys.exit(int(exc.exit_code))
+    except BrokenPipeError:
+        _end_on_closed_stdout()
+    except SystemExit as exc:
+        # Click and rich turn a closed stdout into exit 1 themselves: click wraps sys.stdout in
+        # a PacifyFlushWrapper, rich points fd 1 at /dev/null. Either mark means "reader gone".
+        if exc.code not in (0, None) and (
+            type(sys.stdout).__name__ == "PacifyFlushWrapper" or _stdout_identity() != stdout_before
+        ):
+            _end_on_closed_stdout()
+        try:
+            sys.stdout.flush()  # what is still buffered, before the interpreter's last flush
+        except BrokenPipeError:
+            _end_on_closed_stdout()
+        raise
+
+
+def _stdout_identity() -> tuple[int, int] | None:
+    try:
+        info = os.fstat(1)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _end_on_closed_stdout() -> None:
+    """Exit 0 without a word; fd 1 goes to /dev/null so no later flush fails again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except OSError:
+        pass
+    sys.exit(int(ExitCode.OK))

@@ -35,32 +35,37 @@ def _human_bytes(n: int) -> str:
 
 
 def _render(report: Any) -> None:
-    from rich import box
-    from rich.table import Table
     from rich.text import Text
 
-    title = "would trim (dry run)" if report.dry_run else "trimmed"
-    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("stream", no_wrap=True, min_width=max(len(s.key) for s in report.streams))
-    for name, justify in (
-        ("policy", "left"),
-        ("before", "right"),
-        ("after", "right"),
-        ("removed", "right"),
-        ("memory freed", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    from qt_cli.core.tables import Column, fit_table
+
+    # On a narrow terminal `after` (before - removed) goes first, then the policy.
+    columns = [
+        Column("stream", 0, "left"),
+        Column("policy", 3, "left"),
+        Column("before", 2),
+        Column("after", 4),
+        Column("removed", 1),
+        Column("freed", 1),
+    ]
+    rows = []
     for s in report.streams:
         approx = "~" if s.estimated else ""
-        table.add_row(
-            Text(s.key),
-            Text(s.policy),
-            f"{s.entries_before:,}",
-            f"{approx}{s.entries_after:,}",
-            f"{approx}{s.removed:,}",
-            f"{'~' if report.dry_run else ''}{_human_bytes(s.freed_bytes)}",
+        rows.append(
+            [
+                Text(s.key),
+                Text(s.policy),
+                f"{s.entries_before:,}",
+                f"{approx}{s.entries_after:,}",
+                f"{approx}{s.removed:,}",
+                f"{'~' if report.dry_run else ''}{_human_bytes(s.freed_bytes)}",
+            ]
         )
-    out_console().print(table)
+    title = "would trim (dry run)" if report.dry_run else "trimmed"
+    console = out_console()
+    console.print(
+        fit_table(columns, rows, console.width, title=title, header_style="bold"),
+    )
 
 
 def _render_journal(report: Any) -> None:

@@ -21,8 +21,11 @@ Channels and default outputs: ticks (trades, state, daily) tcp://127.0.0.1:5555,
 Every message carries session (<run id>.<channel>) and seq (gap-free from 1). The feed stops at the end of a replay, after --duration or --stop-after, or on Ctrl+C / SIGTERM (exit 0 after flushing, with totals; --json prints them as JSON).
 
 --journal-retention 7d keeps the journal to about a week: at start, at every segment roll and every 10 minutes the feed removes whole segments last written more than 7 days ago (never the segment a feed still writes to); a subscriber asking for a removed range records it as a lost gap (docs/feed.md).
+--sim runs never overlap in event time: a real-time run (no --rate) is stamped now; --rate 0 or N continues after what Valkey already holds of its symbols, at their last price; --start picks the first venue time.
 
 Example: qt feed --sim --symbol WDOQ25 --rate 0 --duration 60s --out - | head
+
+Example: qt feed --sim --start 2025-07-01 --duration 270h --rate 0   (30 sessions)
 """
 
 
@@ -177,6 +180,16 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 "--seed", help="--sim: random seed (same seed, same market).", show_default=False
             ),
         ] = None,
+        start: Annotated[
+            str | None,
+            typer.Option(
+                "--start",
+                help="--sim: first venue time, as --from of qt query reads it (2025-07-01 = "
+                "its 09:00 open; São Paulo time). Default: now in real time; with --rate just "
+                "after what Valkey holds of the symbols, else today's open.",
+                show_default=False,
+            ),
+        ] = None,
         speed: Annotated[
             float,
             typer.Option("--speed", help="Replays: 1 = real time, 0 = as fast as possible."),
@@ -253,8 +266,8 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         kind, path = chosen[0]
         if kind != "dll" and (history_from or history_to):
             raise UsageError("--history-from/--history-to apply to --dll only")
-        if kind != "sim" and (rate is not None or seed is not None):
-            raise UsageError("--rate and --seed apply to --sim only")
+        if kind != "sim" and (rate is not None or seed is not None or start is not None):
+            raise UsageError("--rate, --seed and --start apply to --sim only")
         if kind == "dll" and not Path(path).exists():
             raise UsageError(f"--dll {path}: no such file")
         options = FeedOptions(
@@ -265,6 +278,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             history_to=history_to,
             rate=rate,
             seed=seed,
+            start=start,
             speed=speed,
             strict=strict,
             duration_s=parse_duration_s(duration) if duration else None,

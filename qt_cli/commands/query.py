@@ -90,22 +90,23 @@ class _Bar:
 
 
 def _render_table(result: Any) -> None:
-    from rich import box
-    from rich.table import Table
     from rich.text import Text
 
-    from qt_cli.core.query import table_rows
+    from qt_cli.core.query import table_priorities, table_rows
+    from qt_cli.core.tables import Column, fit_table
 
     header, body = table_rows(result)
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for i, name in enumerate(header):
-        numeric = i > 0 and all(_looks_numeric(row[i]) for row in body)
-        table.add_column(
-            Text(name), justify="right" if numeric else "left", no_wrap=i == 0, overflow="fold"
+    columns = [
+        Column(
+            Text(name),
+            priority,
+            "right" if i > 0 and all(_looks_numeric(row[i]) for row in body) else "left",
         )
-    for row in body:
-        table.add_row(*(Text(cell) for cell in row))  # no markup or :emoji: in data
-    out_console().print(table)
+        for i, (name, priority) in enumerate(zip(header, table_priorities(result), strict=True))
+    ]
+    rows = [[Text(cell) for cell in row] for row in body]  # no markup or :emoji: in data
+    console = out_console()
+    console.print(fit_table(columns, rows, console.width, header_style="bold"))
 
 
 def _looks_numeric(text: str) -> bool:

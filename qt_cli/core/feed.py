@@ -16,6 +16,7 @@ A ReplayServer (its own thread) serves journaled ranges while the feed runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -131,6 +132,7 @@ class FeedOptions:
     history_to: str | None = None
     rate: float | None = None
     seed: int | None = None
+    start: str | None = None  # --sim: first venue time (see core/sim_start.py)
     speed: float = 1.0
     strict: bool = False
     duration_s: float | None = None
@@ -167,18 +169,27 @@ class FeedOptions:
         return tuple(dict.fromkeys(s.partition(":")[0].strip().upper() for s in self.symbols))
 
 
-def build_source(options: FeedOptions) -> MarketSource:
-    """The one market source of a run (not opened yet)."""
+def build_source(
+    options: FeedOptions, *, on_notice: Callable[[str], None] | None = None
+) -> MarketSource:
+    """The one market source of a run (not opened yet); `on_notice` hears where a sim starts."""
     if options.source == "sim":
+        from qt_cli.core.sim_start import plan_start
         from qt_cli.core.sources.sim import SimConfig, SimulatedMarket
 
+        say = on_notice or (lambda _text: None)
         sim_config = SimConfig(
             symbols=options.tickers or ("WDOQ25",),
             seed=options.seed,
             rate=options.rate,
             duration_s=options.duration_s,
         )
-        return SimulatedMarket(sim_config)
+        start = plan_start(options.start, rate=options.rate, symbols=sim_config.symbols, say=say)
+        sim = SimulatedMarket(
+            dataclasses.replace(sim_config, start_ns=start.start_ns, levels=start.levels)
+        )
+        say(sim.describe())
+        return sim
     if options.source == "replay":
         from qt_cli.core.sources.replay import open_replay
 
@@ -630,7 +641,7 @@ def run_feed(
 ) -> dict[str, Any]:
     """Build the source and the feed, run it to the end (or SIGINT/SIGTERM), close; totals."""
     outputs = parse_outputs(options.outputs)
-    source = build_source(options)
+    source = build_source(options, on_notice=on_notice)
     feed = Feed(
         source,
         outputs,

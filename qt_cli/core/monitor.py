@@ -33,10 +33,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, NamedTuple
 
-from rich import box
-from rich.console import Console, Group, RenderableType
-from rich.measure import Measurement
-from rich.table import Table
+from rich.console import Group, RenderableType
 from rich.text import Text
 
 from qt_cli.core import keys
@@ -52,6 +49,7 @@ from qt_cli.core.events import (
     TopOfBook,
     decode_fields,
 )
+from qt_cli.core.tables import Column, fit_table
 
 NS_PER_MIN = 60 * NS_PER_S
 DEFAULT_WINDOW_NS = 5 * NS_PER_MIN
@@ -985,13 +983,6 @@ def _maybe_int(value: Any) -> int | None:
 # --- rendering ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Column:
-    header: str
-    priority: int  # lower is kept longer on a narrow terminal
-    justify: Any = "right"  # rich's JustifyMethod
-
-
 def fmt_age(seconds: float) -> str:
     """0.25 -> 250ms, 3.2 -> 3.2s, 312 -> 5m12s, 7500 -> 2h05m; NaN -> —."""
     if seconds is None or not math.isfinite(seconds):
@@ -1026,39 +1017,6 @@ def fmt_price(value: float) -> str:
     return "—" if not math.isfinite(value) else f"{value:,.2f}"
 
 
-def _fit(columns: list[_Column], rows: list[list[Text]], width: int, **table_args: Any) -> Table:
-    """The widest table that fits `width`: drop the least important columns first, never wrap."""
-    keep = list(range(len(columns)))
-    measure_console = Console(width=10_000, color_system=None, file=_NullFile())
-    while True:
-        table = Table(
-            box=box.SIMPLE_HEAD, pad_edge=False, expand=False, show_edge=False, **table_args
-        )
-        for i in keep:
-            column = columns[i]
-            table.add_column(
-                column.header, justify=column.justify, no_wrap=True, overflow="ellipsis"
-            )
-        for row in rows:
-            table.add_row(*(row[i] for i in keep))
-        unbounded = measure_console.options.update_width(10_000)
-        needed = Measurement.get(measure_console, unbounded, table).maximum
-        if needed <= width or len(keep) <= 2:
-            return table
-        worst = max(keep, key=lambda i: (columns[i].priority, i))
-        if columns[worst].priority == 0:
-            return table
-        keep.remove(worst)
-
-
-class _NullFile:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
 def _lag_text(lag_ms: float, stale_ns: int) -> Text:
     if not math.isfinite(lag_ms):
         return Text("—", style="dim")
@@ -1077,25 +1035,25 @@ STATE_STYLE = {
 }
 
 
-def _symbol_rows(snapshot: Snapshot) -> tuple[list[_Column], list[list[Text]]]:
+def _symbol_rows(snapshot: Snapshot) -> tuple[list[Column], list[list[Text]]]:
     minutes = snapshot.window_ns / NS_PER_MIN
     span = f"{minutes:g}m" if minutes >= 1 else fmt_age(snapshot.window_ns / NS_PER_S)
     columns = [
-        _Column("Symbol", 0, "left"),
-        _Column("Last", 0),
-        _Column("Chg %", 1),
-        _Column(f"Vol {span}", 2),
-        _Column(f"Trades {span}", 2),
-        _Column("Lag", 1),
-        _Column("State", 0, "left"),
-        _Column("Spread", 3),
-        _Column("Signal", 3, "left"),
-        _Column(f"Price {span}", 4, "left"),
-        _Column("Features", 5),
-        _Column("Bid / Ask", 5),
-        _Column("Feat lag", 6),
-        _Column("Pred lag", 6),
-        _Column(f"Qty {span}", 7),
+        Column("Symbol", 0, "left"),
+        Column("Last", 0),
+        Column("Chg %", 1),
+        Column(f"Vol {span}", 2),
+        Column(f"Trades {span}", 2),
+        Column("Lag", 1),
+        Column("State", 0, "left"),
+        Column("Spread", 3),
+        Column("Signal", 3, "left"),
+        Column(f"Price {span}", 4, "left"),
+        Column("Features", 5),
+        Column("Bid / Ask", 5),
+        Column("Feat lag", 6),
+        Column("Pred lag", 6),
+        Column(f"Qty {span}", 7),
     ]
     rows = []
     for view in snapshot.symbols:
@@ -1142,20 +1100,20 @@ def _symbol_rows(snapshot: Snapshot) -> tuple[list[_Column], list[list[Text]]]:
     return columns, rows
 
 
-def _stage_rows(snapshot: Snapshot) -> tuple[list[_Column], list[list[Text]]]:
+def _stage_rows(snapshot: Snapshot) -> tuple[list[Column], list[list[Text]]]:
     columns = [
-        _Column("Stage", 0, "left"),
-        _Column("Status", 0, "left"),
-        _Column("Seen", 1),
-        _Column("Rate/s", 1),
-        _Column("Received", 2),
-        _Column("Written", 2),
-        _Column("Pending", 2),
-        _Column("Dead", 3),
-        _Column("Gaps rec.", 3),
-        _Column("Gaps lost", 3),
-        _Column("Name", 4, "left"),
-        _Column("Lag", 5),
+        Column("Stage", 0, "left"),
+        Column("Status", 0, "left"),
+        Column("Seen", 1),
+        Column("Rate/s", 1),
+        Column("Received", 2),
+        Column("Written", 2),
+        Column("Pending", 2),
+        Column("Dead", 3),
+        Column("Gaps rec.", 3),
+        Column("Gaps lost", 3),
+        Column("Name", 4, "left"),
+        Column("Lag", 5),
     ]
     rows = []
     for view in snapshot.stages:
@@ -1188,13 +1146,13 @@ def _stage_rows(snapshot: Snapshot) -> tuple[list[_Column], list[list[Text]]]:
     return columns, rows
 
 
-def _group_rows(snapshot: Snapshot) -> tuple[list[_Column], list[list[Text]]]:
+def _group_rows(snapshot: Snapshot) -> tuple[list[Column], list[list[Text]]]:
     columns = [
-        _Column("Stream", 0, "left"),
-        _Column("Group", 0, "left"),
-        _Column("Pending", 0),
-        _Column("Lag", 1),
-        _Column("Consumers", 2),
+        Column("Stream", 0, "left"),
+        Column("Group", 0, "left"),
+        Column("Pending", 0),
+        Column("Lag", 1),
+        Column("Consumers", 2),
     ]
     rows = [
         [
@@ -1284,17 +1242,17 @@ def render(
     parts.append(Text(""))
     if snapshot.symbols:
         columns, rows = _symbol_rows(snapshot)
-        parts.append(_fit(columns, rows, width, title="Symbols", title_justify="left"))
+        parts.append(fit_table(columns, rows, width, title="Symbols", title_justify="left"))
     elif snapshot.reachable:
         parts.append(Text("no symbols: no stream:ticks:* streams yet", style="dim"))
     if snapshot.stages:
         parts.append(Text(""))
         columns, rows = _stage_rows(snapshot)
-        parts.append(_fit(columns, rows, width, title="Pipeline", title_justify="left"))
+        parts.append(fit_table(columns, rows, width, title="Pipeline", title_justify="left"))
     if snapshot.groups:
         parts.append(Text(""))
         columns, rows = _group_rows(snapshot)
-        parts.append(_fit(columns, rows, width, title="Consumer groups", title_justify="left"))
+        parts.append(fit_table(columns, rows, width, title="Consumer groups", title_justify="left"))
     return Group(*parts)
 
 

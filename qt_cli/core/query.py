@@ -1037,23 +1037,67 @@ TICK_TABLE_COLUMNS = (
     "late",
 )
 
-TABLE_LABELS = {"quantity": "qty", "aggressor": "side", "trade_id": "trade"}
+TABLE_LABELS = {
+    "quantity": "qty",
+    "aggressor": "side",
+    "trade_id": "trade",
+    "position": "pos",
+    "bid_price": "bid",
+    "ask_price": "ask",
+    "bid_qty": "bid qty",
+    "ask_qty": "ask qty",
+    "buy_volume": "buy vol",
+    "sell_volume": "sell vol",
+}
+# On a narrow terminal a table keeps these columns longest, in this order (time always stays);
+# the others go first, the rightmost first. Kinds not listed keep their columns left to right.
+TABLE_KEEP = {
+    "ticks": ("symbol", "price", "quantity", "aggressor", "trade_id", "buyer", "seller"),
+    "book": ("symbol", "side", "action", "price", "quantity", "bid_price", "ask_price")
+    + ("bid_qty", "ask_qty", "position", "count"),
+    "candles": ("symbol", "open", "high", "low", "close", "volume", "quantity", "trades"),
+    "daily": ("symbol", "open", "high", "low", "close", "volume", "quantity", "trades"),
+    "state": ("symbol", "text", "source", "code"),
+}
 
 
-def table_rows(result: Result) -> tuple[list[str], list[list[str]]]:
-    """Header and cell texts of the preview: local time first (the zone in the header), then
-    the columns that say something (a symbol column only for several symbols, flags only when
-    one is set)."""
+def _table_names(result: Result) -> list[str]:
     frame = result.preview
     if frame is None or frame.empty:
-        return [], []
+        return []
     if result.request.kind == "ticks":
         names = list(TICK_TABLE_COLUMNS)
     else:
         names = [c for c in frame.columns if c not in TABLE_HIDDEN]
     if "symbol" in names and len(result.symbols) <= 1:
         names.remove("symbol")
-    names = [c for c in names if not (frame[c].dtype == bool and not frame[c].any())]
+    return [
+        c
+        for c in names
+        if not (frame[c].dtype == bool and not frame[c].any()) and not frame[c].isna().all()
+    ]
+
+
+def table_priorities(result: Result) -> list[int]:
+    """How long each column of `table_rows` stays on a narrow terminal: 0 (the time) always,
+    then lower numbers longer (`TABLE_KEEP`)."""
+    names = _table_names(result)
+    if not names:
+        return []
+    keep = TABLE_KEEP.get(_base_kind(result.request.kind))
+    if keep is None:
+        return [0, *range(1, len(names) + 1)]
+    return [0, *(keep.index(n) + 1 if n in keep else len(keep) + 1 for n in names)]
+
+
+def table_rows(result: Result) -> tuple[list[str], list[list[str]]]:
+    """Header and cell texts of the preview: local time first (the zone in the header), then
+    the columns that say something (a symbol column only for several symbols, flags only when
+    one is set, no column that is blank in every row)."""
+    frame = result.preview
+    names = _table_names(result)
+    if frame is None or not names:
+        return [], []
     header = [f"time ({result.request.tz_name})", *(TABLE_LABELS.get(n, n) for n in names)]
     times = [t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}" for t in frame.index]
     columns = [[_cell(v) for v in _plain(frame[c])] for c in names]
@@ -1062,12 +1106,13 @@ def table_rows(result: Result) -> tuple[list[str], list[list[str]]]:
 
 
 def _cell(value: Any) -> str:
-    if value is None:
+    """A table cell: missing values (None, NA, NaN) blank, as in CSV."""
+    if value is None or value is pd.NA:
         return ""
     if isinstance(value, bool | np.bool_):
         return "yes" if value else ""
     if isinstance(value, float):
-        return "NaN" if math.isnan(value) else repr(value).removesuffix(".0")
+        return "" if math.isnan(value) else repr(value).removesuffix(".0")
     if isinstance(value, dict | list):
         text = orjson.dumps(value).decode()
         return text if len(text) <= 40 else text[:39] + "…"

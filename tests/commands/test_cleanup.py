@@ -155,3 +155,28 @@ def test_journal_errors(cli: CliRunner, tmp_path) -> None:
         result = cli.invoke(app, ["cleanup", *args])
         assert result.exit_code == 2, (args, result.output)
         assert result.stderr.startswith("Error: ") and message in result.stderr, args
+
+
+def test_the_table_at_80_columns_has_one_line_per_stream(cli: CliRunner, vk) -> None:
+    """The longest keys the bridge writes, six-digit counts, MiB freed: still one line each."""
+    now_ms = time.time_ns() // 1_000_000
+    streams = [
+        BOOK,
+        keys.stream_key(keys.candle_kind("1m") + ":partial", "WDOQ25"),
+        keys.history_key("ticks", "WDOQ25"),
+        keys.stream_key("predictions", "WDOQ25"),
+    ]
+    payload = "x" * 150
+    for key in streams:
+        pipe = vk.pipeline(transaction=False)
+        for i in range(100_001 if key == BOOK else 2_000):
+            pipe.xadd(key, {"price": "5153.5", "v": payload}, id=f"{now_ms - 40 * DAY_MS + i}-*")
+        pipe.execute()
+    result = cli.invoke(app, ["cleanup", "--retention", "30d", "--dry-run"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert max(len(line) for line in lines) <= 80, result.stdout
+    # title, header, rule, then exactly one line per stream, whose key is shown whole
+    assert len(lines) == 3 + len(streams), result.stdout
+    assert sorted(line.split()[0] for line in lines[3:]) == sorted(streams), result.stdout
+    assert "100,001" in result.stdout and "MiB" in result.stdout

@@ -10,8 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from qt_cli.app import app
+from qt_cli.core import keys
 from qt_cli.core.errors import UsageError
 from qt_cli.core.journal import JournalReader
+from qt_cli.core.timeparse import parse_time
 from tests.core.test_replay import nelogica_csv, nelogica_row
 from tests.helpers import eventually, tcp_endpoint
 
@@ -46,7 +48,10 @@ def zmq_outs() -> list[str]:
         (["--dll", "missing.so"], "--dll missing.so: no such file"),
         (["--sim", "--speed", "-2"], "--speed -2: 0 (as fast as possible) or positive"),
         (["--sim", "--history-from", "2025-08-08"], "--history-from/--history-to apply to --dll"),
-        (["--replay-journal", ".", "--rate", "0"], "--rate and --seed apply to --sim only"),
+        (
+            ["--replay-journal", ".", "--rate", "0"],
+            "--rate, --seed and --start apply to --sim only",
+        ),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(
@@ -356,3 +361,71 @@ def test_a_running_feed_trims_when_a_segment_rolls(tmp_path: Path) -> None:
     own = [len(v) for k, v in sessions.items() if k.startswith(f"{feed_.run_id}.")]
     assert max(own) >= 2  # it rolled, and kept its own (recent) segments
     assert "oldrun.ticks" not in sessions
+
+
+def sim_rows(cli: CliRunner, tmp_path: Path, *args: str) -> tuple[list[dict], str]:
+    out = tmp_path / "sim.jsonl"
+    result = feed(
+        cli, "--sim", "--seed", "7", "--out", str(out), "--journal", str(tmp_path / "j"), *args
+    )
+    assert result.exit_code == 0, result.output
+    return [orjson.loads(line) for line in out.read_bytes().splitlines()], result.stderr
+
+
+def test_start_picks_the_first_venue_time(cli: CliRunner, tmp_path: Path) -> None:
+    rows, talk = sim_rows(
+        cli, tmp_path, "--rate", "0", "--stop-after", "50", "--start", "2025-07-01T10:00"
+    )
+    assert rows[0]["ts_event"] == parse_time("2025-07-01T10:00")
+    assert (
+        "simulated WDOQ25 from 2025-07-01 10:00:00 São Paulo, seed 7, as fast as possible" in talk
+    )
+    rows, _ = sim_rows(cli, tmp_path, "--rate", "0", "--stop-after", "50", "--start", "2025-07-05")
+    assert rows[0]["ts_event"] == parse_time("2025-07-07T09:00")  # a Saturday: Monday's open
+    result = feed(cli, "--sim", "--start", "soon")
+    assert result.exit_code == 2 and "time 'soon' is not a time I can read" in result.stderr
+
+
+def test_a_fast_run_continues_after_what_valkey_holds(cli: CliRunner, tmp_path: Path, vk) -> None:
+    """`qt feed --sim --rate 0` twice the same day: the second run starts after the first."""
+    midday_ms = parse_time("2025-08-04T12:34:56.789") // 1_000_000
+    vk.xadd(keys.stream_key("state", "WDOQ25"), {"text": "opened"}, id=f"{midday_ms - 9}-0")
+    vk.xadd(keys.stream_key("ticks", "WDOQ25"), {"price": "5000"}, id=f"{midday_ms}-0")
+    rows, talk = sim_rows(cli, tmp_path, "--rate", "0", "--stop-after", "50")
+    assert rows[0]["ts_event"] == midday_ms * 1_000_000 + 1_000_000
+    # from the last stored price (5,000: below where WDO levels are drawn, 5,060-5,540)
+    first_trade = next(row for row in rows if row["type"] == "tick")
+    assert 4_975 <= first_trade["price"] <= 5_025, first_trade
+    assert "starting from the last stored price of WDOQ25 5,000.00" in talk
+    assert (
+        f"Valkey at {vk_url(vk)} holds WDOQ25 up to 2025-08-04T12:34:56.789-03:00: the "
+        "simulation continues after it (--start to choose)"
+    ) in talk
+    # so does a run at N events/s (its venue time does not follow the wall clock either)
+    rows, _ = sim_rows(cli, tmp_path, "--rate", "100000", "--stop-after", "50")
+    assert rows[0]["ts_event"] == midday_ms * 1_000_000 + 1_000_000
+    # a trimmed (empty) stream still counts: its last id stays
+    friday_close_ms = parse_time("2025-08-08T18:00") // 1_000_000
+    book = keys.stream_key("book", "WDOQ25")
+    vk.xadd(book, {"price": "5000"}, id=f"{friday_close_ms}-0")
+    vk.xtrim(book, maxlen=0)
+    rows, _ = sim_rows(cli, tmp_path, "--rate", "0", "--stop-after", "50")
+    assert rows[0]["ts_event"] == parse_time("2025-08-11T09:00")  # after Friday's close: Monday
+    # another symbol has nothing stored: today's open, and the user is told
+    rows, talk = sim_rows(cli, tmp_path, "--rate", "0", "--stop-after", "50", "--symbol", "WINV25")
+    assert (
+        f"Valkey at {vk_url(vk)} holds nothing of WINV25: the simulation starts at today's" in talk
+    )
+
+
+def test_a_fast_run_without_valkey_says_where_it_starts(cli: CliRunner, tmp_path: Path) -> None:
+    _, talk = sim_rows(cli, tmp_path, "--rate", "0", "--stop-after", "5")
+    assert (
+        "no Valkey configured or running to continue after: the simulation starts at today's "
+        "session open"
+    ) in talk
+
+
+def vk_url(vk) -> str:
+    kwargs = vk.connection_pool.connection_kwargs
+    return f"valkey://{kwargs['host']}:{kwargs['port']}/0"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from qt_cli.app import app
@@ -251,3 +252,83 @@ def test_partial_adds_the_candle_still_forming(
     assert (
         "--partial adds the candle still forming: use it with --kind candles:<tf>" in result.stderr
     )
+
+
+def seed_a_simulated_market(vk) -> None:
+    """Two symbols of the simulator (trades, book, top of book, daily, state) and real-sized
+    candles, as the bridge stores them."""
+    from qt_cli.core.events import Candle, Daily
+    from qt_cli.core.sources.sim import SimConfig, SimulatedMarket
+    from tests.core.test_query import T0, seed_events
+
+    sim = SimulatedMarket(
+        SimConfig(
+            symbols=(SYMBOL, "WINV25"), seed=7, rate=0, start_ns=T0, duration_s=240, activity=0.2
+        )
+    )
+    events = []
+    while not sim.finished:
+        events += sim.read(timeout_s=1.0)
+    sim.close()
+    events += [
+        Candle(
+            symbol=symbol,
+            ts_event=T0 + i * 60 * 10**9,
+            open=5153.0,
+            high=5154.0,
+            low=5151.0,
+            close=5153.5,
+            volume=210_588_200.0,
+            quantity=4087,
+            trades=1614,
+            buy_volume=101_099_595.0,
+            sell_volume=104_645_035.0,
+            vwap=5152.6351847320775,
+            closed=True,
+        )
+        for i in range(3)
+        for symbol in (SYMBOL, "WINV25")
+    ]
+    events += [  # a day's totals late in a busy session
+        Daily(
+            symbol=symbol,
+            ts_event=T0 + 30 * 10**9,
+            open=5153.0,
+            high=5154.0,
+            low=5146.5,
+            close=5152.0,
+            volume=1_930_597_840.0,
+            adjust=5152.5,
+            buy_volume=940_360_530.0,
+            sell_volume=959_642_765.0,
+            quantity=37484,
+            trades=14484,
+            buy_quantity=18257,
+            sell_quantity=18633,
+            buy_trades=7167,
+            sell_trades=7278,
+        )
+        for symbol in (SYMBOL, "WINV25")
+    ]
+    seed_events(vk, events)
+
+
+@pytest.mark.parametrize("kind", ["ticks", "book", "candles:1m", "daily", "state"])
+def test_a_table_at_80_columns_has_one_line_per_row(cli: CliRunner, vk, kind: str) -> None:
+    seed_a_simulated_market(vk)
+    limit = 4
+    result = cli.invoke(
+        app,
+        ["query", "-k", kind, "-s", SYMBOL, "-s", "WINV25", *RANGE, "-f", "table"]
+        + ["--limit", str(limit)],
+        env={"COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert max(len(line) for line in lines) <= 80, result.stdout
+    # header, rule, then exactly one line per row: no cell wrapped onto a second line
+    assert len(lines) == 2 + limit, result.stdout
+    assert all(line.lstrip().startswith("2025-08-08 09:") for line in lines[2:]), result.stdout
+    assert lines[0].split()[:2] == ["time", "(America/Sao_Paulo)"]
+    if kind in ("ticks", "book"):  # several symbols: which one a row is stays visible
+        assert "symbol" in lines[0].split()

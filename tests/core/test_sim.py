@@ -385,3 +385,54 @@ def test_default_start_is_today_9h_or_last_friday_on_a_weekend() -> None:
     today = datetime.now(EXCHANGE_TZ).date()
     assert (opened.hour, opened.minute, opened.weekday() < 5) == (9, 0, True)
     assert 0 <= (today - opened.date()).days <= (0 if today.weekday() < 5 else 2)
+
+
+def test_a_real_time_run_without_a_start_is_stamped_with_the_wall_clock() -> None:
+    """Two real-time runs the same day never overlap: each is stamped now, lags are ms."""
+    before = time.time_ns()
+    sim = SimulatedMarket(SimConfig(seed=3, duration_s=1.5))
+    sim.open()
+    assert before <= sim.start_ns <= time.time_ns()
+    events: list[Event] = []
+    while not sim.finished:
+        events += sim.read(0.5)
+    sim.close()
+    assert len(events) > 10
+    lags_ms = [(e.ts_init - e.ts_event) / 1e6 for e in events]
+    assert 0 <= min(lags_ms) and max(lags_ms) < 250, (min(lags_ms), max(lags_ms))
+    assert "real time" in sim.describe()
+    fast = SimulatedMarket(SimConfig(seed=3, rate=1000, max_events=1))
+    fast.open()  # not real time: venue time does not follow the wall clock; today's open
+    assert datetime.fromtimestamp(fast.start_ns / NS_PER_S, EXCHANGE_TZ).hour == 9
+    fast.close()
+
+
+def test_session_clock_opening_now_outside_session_hours() -> None:
+    sunday_20h = at(2025, 8, 10, 20)
+    clock = SessionClock(sunday_20h, open_now=True)
+    assert clock.start_ns == sunday_20h and clock.ns_at(3600) == sunday_20h + 3600 * NS_PER_S
+    assert clock.ns_at(9 * 3600) == at(2025, 8, 11, 9)  # closes Monday 05:00, Monday opens 9:00
+    friday_20h = SessionClock(at(2025, 8, 8, 20), open_now=True)
+    assert friday_20h.day_open_ns(1) == at(2025, 8, 11, 9)
+    assert friday_20h.day_open_ns(2) == at(2025, 8, 12, 9)
+    thursday_7h = SessionClock(at(2025, 8, 7, 7), open_now=True)  # closes 16:00: Friday next
+    assert thursday_7h.day_open_ns(1) == at(2025, 8, 8, 9)
+    in_hours = SessionClock(at(2025, 8, 4, 10, 15), open_now=True)  # inside a session: as always
+    assert in_hours.start_ns == at(2025, 8, 4, 10, 15) and in_hours.day_open_ns(0) == at(
+        2025, 8, 4, 9
+    )
+
+
+def test_a_date_as_start_gives_whole_sessions_over_many_days() -> None:
+    """`--start 2025-07-01 --duration 270h --rate 0`: 30 sessions from Tuesday 1 July 09:00 to
+    Monday 11 August 18:00, weekends skipped."""
+    from qt_cli.core.timeparse import parse_time
+
+    clock = SessionClock(parse_time("2025-07-01"))
+    assert clock.start_ns == at(2025, 7, 1, 9)
+    opens = [clock.day_open_ns(k) for k in range(30)]
+    days = [datetime.fromtimestamp(t / NS_PER_S, EXCHANGE_TZ) for t in opens]
+    assert all(d.weekday() < 5 and (d.hour, d.minute) == (9, 0) for d in days)
+    assert len({d.date() for d in days}) == 30
+    assert days[-1].date().isoformat() == "2025-08-11"
+    assert clock.ns_at(270 * 3600 - 1) == at(2025, 8, 11, 18) - NS_PER_S

@@ -223,3 +223,35 @@ def test_a_signal_stops_the_feed_with_totals(
     assert "Traceback" not in finished.stderr
     journal = tmp_path / "journal"
     assert any(journal.rglob("*.qtj"))
+
+
+@pytest.mark.parametrize(
+    "pace", [("--rate", "0", "--duration", "1m"), ("--duration", "2s")], ids=["fast", "real-time"]
+)
+def test_two_sim_runs_into_valkey_never_overlap(
+    qt: QtProcesses, valkey_url: str, vk, pace: tuple[str, ...]
+) -> None:
+    """The same `qt feed --sim` twice, each through `qt bridge` into one Valkey: the second run
+    starts after the first, so nothing is stored late and candles see every trade."""
+    ticks = keys.stream_key("ticks", "WDOQ25")
+    last: tuple[bytes, float] | None = None
+    for run in range(2):
+        fed = qt.run(
+            "feed", "--sim", *pace, "--seed", str(7 + run), "--out", "-", "--journal", f"j{run}",
+            timeout=120,
+        )  # fmt: skip
+        assert fed.returncode == 0, fed.output
+        bridged = qt.run(
+            "bridge", "--in", "-", "--out", valkey_url, "--json", input=fed.stdout.encode()
+        )
+        assert bridged.returncode == 0, bridged.output
+        totals = json.loads(bridged.stdout)
+        assert totals["written"] == totals["received"] > 0, totals
+        assert totals["late"] == 0, (run, totals["late"], fed.stderr)
+        if last is not None:  # the second run picks up at the first one's last price
+            first = vk.xrange(ticks, f"({last[0].decode()}", "+", count=1)[0][1]
+            assert abs(float(first[b"price"]) / last[1] - 1) < 0.002, (first, last, fed.stderr)
+        top_id, top = vk.xrevrange(ticks, "+", "-", count=1)[0]
+        last = (top_id, float(top[b"price"]))
+    entries = vk.xrange(ticks, "-", "+")
+    assert not [fields for _, fields in entries if fields.get(b"late") == b"1"]

@@ -161,9 +161,12 @@ class SimConfig:
     `rate`: None = realistic (simulated session time advances with wall time), 0 = as fast as
     possible, N = N events per wall-clock second. `duration_s` is simulated session seconds
     (night and weekend gaps do not count) when `rate` is 0 and wall seconds otherwise.
-    `start_ns`: first simulated instant (None = today 09:00 São Paulo, Friday's on a weekend);
-    outside session hours it moves to the next session open. `max_events` stops after that many events.
+    `start_ns`: first simulated instant; outside session hours it moves to the next session open.
+    None: with realistic pacing (`rate` None) now, so `ts_event` is the wall clock (outside session
+    hours a session opens now); at `rate` 0 or N today's 09:00 São Paulo (Friday's on a weekend). `max_events` stops after that many events.
     `activity` multiplies every order rate; `regime_scale` multiplies regime durations.
+    `levels` gives a symbol the price it starts at (a run continuing stored data starts at its
+    last trade) instead of the level drawn from the seed.
     """
 
     symbols: tuple[str, ...] = ("WDOQ25",)
@@ -175,6 +178,7 @@ class SimConfig:
     activity: float = 1.0
     regime_scale: float = 1.0
     batch_max: int = 2048
+    levels: tuple[tuple[str, float], ...] = ()  # (symbol, price) to start at instead of the draw
 
     def __post_init__(self) -> None:
         symbols = tuple(s.strip().upper() for s in self.symbols)
@@ -189,6 +193,8 @@ class SimConfig:
             raise UsageError(f"--duration must be positive, got {self.duration_s} s")
         if self.max_events is not None and self.max_events < 1:
             raise UsageError(f"--stop-after must be at least 1, got {self.max_events}")
+        if not all(price > 0 and math.isfinite(price) for _, price in self.levels):
+            raise UsageError(f"price levels must be positive, got {list(self.levels)}")
         if not (self.activity > 0 and self.regime_scale > 0 and self.batch_max >= 1):
             raise UsageError("activity and regime_scale must be positive, batch_max at least 1")
 
@@ -215,15 +221,38 @@ def default_start_ns() -> int:
     return _open_ns(day)
 
 
+def _day_of(ts_ns: int) -> date:
+    return datetime.fromtimestamp(ts_ns // NS_PER_S, EXCHANGE_TZ).date()
+
+
+def in_session(ts_ns: int) -> bool:
+    """Whether `ts_ns` falls in a session (09:00–18:00 São Paulo, Monday to Friday)."""
+    day = _day_of(ts_ns)
+    return day.weekday() < 5 and 0 <= ts_ns - _open_ns(day) < SESSION_S * NS_PER_S
+
+
 class SessionClock:
     """Maps session seconds elapsed since the start to venue time, skipping nights and weekends.
 
-    Sessions are 09:00–18:00 America/Sao_Paulo, Monday to Friday (no holiday calendar).
+    Sessions are 09:00–18:00 America/Sao_Paulo, Monday to Friday (no holiday calendar). A start
+    outside them moves to the next open; with `open_now` a session of the usual length opens at
+    the start itself instead (a paced run started in the evening or at a weekend), and the
+    following ones keep the calendar.
     """
 
-    def __init__(self, start_ns: int) -> None:
-        seconds, rem = divmod(start_ns, NS_PER_S)
-        day = datetime.fromtimestamp(seconds, EXCHANGE_TZ).date()
+    def __init__(self, start_ns: int, *, open_now: bool = False) -> None:
+        if open_now and not in_session(start_ns):
+            self.offset_s = 0.0
+            self._days = [start_ns]
+            close_ns = start_ns + SESSION_S * NS_PER_S
+            day = _day_of(close_ns)
+            if day.weekday() >= 5 or _open_ns(day) < close_ns:
+                day = _next_business_day(day)
+            self._days.append(_open_ns(day))
+            self._last_day = day
+            self.start_ns = start_ns
+            return
+        day = _day_of(start_ns)
         offset_ns = start_ns - _open_ns(day)
         if day.weekday() >= 5 or offset_ns >= SESSION_S * NS_PER_S:
             day, offset_ns = _next_business_day(day), 0
@@ -326,7 +355,7 @@ class _SymbolSim:
     `edit` carries the level's new absolute quantity and count, `delete` the level it removes.
     """
 
-    def __init__(self, symbol: str, seed: int, activity: float) -> None:
+    def __init__(self, symbol: str, seed: int, activity: float, level: float | None = None) -> None:
         self.symbol = symbol
         self.profile = profile_for(symbol)
         self.rng = np.random.default_rng([seed, zlib.crc32(symbol.encode())])
@@ -334,6 +363,8 @@ class _SymbolSim:
         lo = math.ceil((self.profile.low * 0.9 + self.profile.high * 0.1) / tick)
         hi = math.floor((self.profile.low * 0.1 + self.profile.high * 0.9) / tick)
         self.anchor = int(self.rng.integers(lo, hi + 1))  # price level, ticks
+        if level is not None:  # drawn all the same, so the random stream does not change
+            self.anchor = max(1, round(level / tick))
         self.activity = activity * self.profile.activity
         self.bids: list[list[int]] = []
         self.asks: list[list[int]] = []
@@ -767,7 +798,11 @@ class SimulatedMarket:
         self.seed = self.config.seed if self.config.seed is not None else secrets.randbits(32)
         self.stats = SourceStats()
         self._receive = clock or ReceiveClock()
-        self._sims = [_SymbolSim(s, self.seed, self.config.activity) for s in self.config.symbols]
+        levels = dict(self.config.levels)
+        self._sims = [
+            _SymbolSim(s, self.seed, self.config.activity, levels.get(s))
+            for s in self.config.symbols
+        ]
         self._gens: list[Generator[float | list[Event], int, None]] = []
         self._heads: list[float] = []
         self._opened = False
@@ -781,12 +816,18 @@ class SimulatedMarket:
     def open(self) -> None:
         if self._opened:
             return
-        start = self.config.start_ns if self.config.start_ns is not None else default_start_ns()
-        self.clock = SessionClock(start)
+        self.clock = self._session_clock()
         self._gens = [sim.run(self.clock, self.timeline) for sim in self._sims]
         self._heads = [next(gen) for gen in self._gens]  # type: ignore[misc]
         self._opened = True
         self._mono0 = time.monotonic()
+
+    def _session_clock(self) -> SessionClock:
+        if self.config.start_ns is not None:
+            return SessionClock(self.config.start_ns)
+        if self.config.rate is None:  # realistic pacing: venue time is the wall clock
+            return SessionClock(time.time_ns(), open_now=True)
+        return SessionClock(default_start_ns())
 
     @property
     def finished(self) -> bool:
@@ -874,10 +915,7 @@ class SimulatedMarket:
 
     def describe(self) -> str:
         """One line for the user: what is simulated, from when, with which seed and pace."""
-        start = self.clock.start_ns if self.clock else None
-        if start is None:
-            start = self.config.start_ns if self.config.start_ns is not None else default_start_ns()
-            start = SessionClock(start).start_ns
+        start = (self.clock or self._session_clock()).start_ns
         when = datetime.fromtimestamp(start // NS_PER_S, EXCHANGE_TZ).strftime("%Y-%m-%d %H:%M:%S")
         rate = self.config.rate
         pace = (

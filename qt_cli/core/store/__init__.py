@@ -120,6 +120,19 @@ def resolve_url(settings: Settings, *, say: Callable[[str], None] | None = None)
     return status.url
 
 
+def find_url(settings: Settings) -> str | None:
+    """The Valkey URL `resolve_url` would give, without starting anything: None when none is
+    configured, nothing answers on localhost:6379 and the managed server is not running."""
+    if settings.valkey_url:
+        return settings.valkey_url
+    if answers(DEFAULT_URL):
+        return DEFAULT_URL
+    from qt_cli.core.store.managed import ManagedValkey
+
+    status = ManagedValkey(settings.valkey_dir).status()
+    return status.url if status.running else None
+
+
 def connect_settings(
     settings: Settings, *, say: Callable[[str], None] | None = None, timeout_s: float | None = None
 ) -> Client:
@@ -137,6 +150,7 @@ __all__ = [
     "client_for",
     "connect",
     "connect_settings",
+    "find_url",
     "mask_url",
     "resolve_url",
 ]

@@ -91,6 +91,37 @@ def last_id(client: Any, key: str) -> tuple[int, int] | None:
     return parse_id(entries[0][0]) if entries else None
 
 
+def stored_until_ms(client: Any, stream_keys: Sequence[str]) -> int | None:
+    """The latest event time (ms) the streams have taken: the largest last generated id, which
+    an emptied or trimmed stream keeps (writers clamp anything older to it). None: no stream."""
+    pipe = client.pipeline(transaction=False)
+    for key in stream_keys:
+        pipe.xinfo_stream(key)
+    latest = None
+    for info in pipe.execute(raise_on_error=False):
+        if isinstance(info, dict) and info.get("last-generated-id"):
+            ms = parse_id(info["last-generated-id"])[0]
+            latest = ms if latest is None else max(latest, ms)
+    return latest
+
+
+def last_prices(client: Any, symbols: Sequence[str]) -> dict[str, float]:
+    """The price of each symbol's newest stored trade (symbols without one are left out)."""
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.xrevrange(keys.stream_key("ticks", symbol), "+", "-", count=1)
+    prices = {}
+    for symbol, entries in zip(symbols, pipe.execute(), strict=True):
+        if entries and b"price" in entries[0][1]:
+            try:
+                price = float(entries[0][1][b"price"])
+            except ValueError:
+                continue
+            if price > 0 and price == price and price != float("inf"):
+                prices[symbol] = price
+    return prices
+
+
 def symbols_of(client: Any, kind: str) -> list[str]:
     """Symbols with a per-event stream or a history stream of `kind` (SCAN, never KEYS)."""
     found: set[str] = set()
