@@ -21,6 +21,7 @@ Channels and default outputs: ticks (trades, state, daily) tcp://127.0.0.1:5555,
 Every message carries session (<run id>.<channel>) and seq (gap-free from 1). The feed stops at the end of a replay, after --duration or --stop-after, or on Ctrl+C / SIGTERM (exit 0 after flushing, with totals; --json prints them as JSON).
 
 --journal-retention 7d keeps the journal to about a week: at start, at every segment roll and every 10 minutes the feed removes whole segments last written more than 7 days ago (never the segment a feed still writes to); a subscriber asking for a removed range records it as a lost gap (docs/feed.md).
+
 --sim runs never overlap in event time: a real-time run (no --rate) is stamped now; --rate 0 or N continues after what Valkey already holds of its symbols, at their last price; --start picks the first venue time.
 
 Example: qt feed --sim --symbol WDOQ25 --rate 0 --duration 60s --out - | head
