@@ -345,6 +345,7 @@ class SpillQueue:
         self.dropped_total = 0  # events dropped because the spill file could not take them
         self.dropped_unnumbered = 0  # of those, events without (session, seq): not refillable
         self.recovered_from_disk = 0
+        self.persisted_refill: Refill | None = None  # what `persist` recorded as seq ranges
         if path.exists() and path.stat().st_size > 0:
             self.spilled_unread = self._count_lines()
             self.recovered_from_disk = self.spilled_unread
@@ -567,11 +568,14 @@ class SpillQueue:
                     for session, (first, last) in dropped.items():
                         _add_range(self._dropping, session, first, last)
             kept = self.spilled_unread
+            self.persisted_refill = None
             if self._dropping:
                 marker = Refill(self._dropping, self._drop_reason)
                 self._dropping = None
                 self._spill([marker])
-                if self._dropping is not None:
+                if self._dropping is None:
+                    self.persisted_refill = marker
+                else:
                     self._warn(
                         f"bridge: LOST from {self.path} (disk full): {marker.describe()}; a "
                         "restarted bridge fetches only what follows its watermark again"
@@ -1818,9 +1822,17 @@ class Bridge:
                     self.queue.push_front(items)
                     kept = self.queue.persist()
                     self.stats.spilled = self.queue.spilled_total
+                    dropped = self.queue.persisted_refill
+                    also = (
+                        f" (and the seq ranges it could not take, {dropped.describe()}, to fetch "
+                        "again from the replay endpoint)"
+                        if dropped is not None
+                        else ""
+                    )
                     self.warn(
                         f"bridge: stopping while Valkey is unreachable: {kept:,} events kept in "
-                        f"{self.queue.path}; the next 'qt bridge --name {self.config.name}' writes them"
+                        f"{self.queue.path}{also}; the next 'qt bridge --name {self.config.name}' "
+                        "writes them"
                     )
                     return False, None
                 self._stop.wait(backoff)
@@ -1880,13 +1892,17 @@ class Bridge:
                 "checking that it still holds what it acknowledged"
             )
         streams = list(self._confirmed)
+        # The server's watermark is written after the entries it covers: what it names is held
+        # (a stream whose marks are gone entirely need not be fetched again from seq 1).
+        stored = self._load_watermark()
         lost: dict[str, list[int]] = {}
         for key, held in zip(streams, self.writer.high_waters(streams), strict=True):
             mine = self._confirmed[key]
             for session, seq in mine.items():
                 have = held.get(session, 0)
                 if have < seq:
-                    _add_range(lost, session, have + 1, seq)
+                    low = max(have, stored.get(session, 0))
+                    _add_range(lost, session, (low if low < seq else have) + 1, seq)
                     mine[session] = have  # the refill raises it again
         if not lost:
             return None
