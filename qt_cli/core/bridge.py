@@ -13,6 +13,12 @@ function skips what is at or below it. The bridge also keeps a watermark per inp
 (`hwm:bridge:<name>`, written after each batch) so a restarted bridge asks the replay endpoint
 for exactly what it missed.
 
+After any reconnect the bridge reconciles with the server (`Bridge._reconcile`): a server that
+came back with less than it acknowledged (its append-only file's tail lost) gets the lost ranges
+again from the replay endpoint, through a `Refill` marker written in its place of the queue's
+order. A spill file that cannot be written (full disk) makes the queue drop into recorded seq
+ranges, refilled the same way, instead of stopping the bridge.
+
 Derived data is a pure function of the stored ticks in stream order: on start, and after any
 Valkey failure, the bridge rebuilds candle and chunk state from what is stored (the last chunk's
 `src`, the stored forming candle, the ticks after them), so a kill or an outage never makes
