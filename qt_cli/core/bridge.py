@@ -363,15 +363,19 @@ class SpillQueue:
         cut off, so what is appended now starts on a line of its own."""
         count = 0
         good = 0
-        with self.path.open("r+b") as handle:
+        with self.path.open("rb") as handle:
             for line in handle:
                 if not line.endswith(b"\n"):
                     break
                 good += len(line)
                 if line.strip():
                     count += 1
-            if handle.seek(0, os.SEEK_END) != good:
-                handle.truncate(good)
+            size = handle.seek(0, os.SEEK_END)
+        if size != good:
+            try:
+                os.truncate(self.path, good)
+            except OSError as exc:
+                log.warning("cannot cut the torn last line of %s: %s", self.path, exc)
         return count
 
     def __len__(self) -> int:
@@ -471,6 +475,8 @@ class SpillQueue:
         """The Refill of what was dropped (the writer reached the place of the drop)."""
         ranges, self._dropping = self._dropping or {}, None
         self._full_said = False
+        if self.spilled_unread == 0:
+            self._truncate()  # nothing in it (the failed writes were cut): start afresh
         if self.dropped_unnumbered:
             self._warn(
                 f"bridge: LOST {self.dropped_unnumbered:,} events without session/seq that the "
@@ -1870,13 +1876,20 @@ class Bridge:
         self._last_server_check = now
         if self._server_run_id() == self._run_id:
             return
+        if self._conn is not None:
+            self._conn.disconnect()  # it was cut by the restart: reconnect on the next send
+        self.writer.ensure_library()
         refill = self._reconcile()
         self.deriver.reset()
         if refill is not None:
             self.queue.push_front([refill])
 
     def _server_run_id(self) -> str:
-        return _text(self.client.info("server").get("run_id", ""))
+        """The server's `run_id` (new at each start); '' where INFO is not allowed."""
+        try:
+            return _text(self.client.info("server").get("run_id", ""))
+        except valkey.ResponseError:
+            return ""
 
     def _reconcile(self) -> Refill | None:
         """After a reconnect: does the server still hold what it acknowledged?
@@ -1913,10 +1926,8 @@ class Bridge:
         if not lost:
             return None
         for session in lost:
-            self._watermark_due.pop(session, None)  # it would claim what is gone
-        # The server's copy of the watermark went back too: sessions it lost nothing of get
-        # theirs again now; the refilled ones move with the refill's batches.
-        self._due_watermark({s: w for s, w in self._watermark.items() if s not in lost})
+            # Not sent yet, it would claim what is gone; the refill's batches move it again.
+            self._watermark_due.pop(session, None)
         reason = "Valkey lost seqs it had acknowledged" + (" (it restarted)" if restarted else "")
         refill = Refill(lost, reason)
         size = sum(last - first + 1 for first, last in lost.values())

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import valkey
 
+from qt_cli.core import bridge as bridge_module
 from qt_cli.core import keys
-from qt_cli.core.bridge import Bridge
+from qt_cli.core.bridge import Bridge, GapRecord, Refill, SpillQueue, trade_row
 from qt_cli.core.store.managed import ManagedValkey
 from tests.core import test_bridge as base
 from tests.core.test_bridge import (
@@ -210,3 +211,66 @@ def test_a_restart_with_a_full_spill_file_works(
         assert not config.spill_path.exists()
     finally:
         client.close()
+
+
+# --- the spill queue's part ---------------------------------------------------------------------
+
+
+def numbered_rows(n: int) -> list:
+    key = keys.stream_key("ticks", "WDOQ25")
+    trades = make_trades(n, symbols=("WDOQ25",))
+    return [trade_row(replace(t, session="s1.ticks", seq=i), key) for i, t in enumerate(trades, 1)]
+
+
+def test_a_spill_file_that_cannot_be_written_drops_into_seq_ranges(tmp_path: Path) -> None:
+    path = tmp_path / "q.spill"
+    path.symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    warnings: list[str] = []
+    queue = SpillQueue(path, max_memory=2, warn=warnings.append)
+    rows = numbered_rows(10)
+    gap = GapRecord("s1.ticks", 1, 1, True, "test", "x", 1)
+    queue.put(rows[:2])  # memory
+    queue.put(rows[2:6])  # the spill file fails: dropped from here on
+    queue.put([gap])  # a gap record is kept
+    queue.put(rows[6:])
+    assert len(warnings) == 1 and str(path) in warnings[0] and "No space left" in warnings[0]
+    assert queue.dropping and queue.dropped_total == 8 and len(queue) == 4
+    assert queue.take(10, wait_s=0) == [*rows[:2], gap]
+    (refill,) = queue.take(10, wait_s=0)  # the writer reached the drop: its ranges
+    assert isinstance(refill, Refill) and refill.ranges == {"s1.ticks": [3, 10]}
+    assert "could not take" in refill.reason and not queue.dropping
+    queue.put(rows[:1])  # accepted again
+    assert queue.take(10, wait_s=0) == rows[:1]
+    queue.close()
+
+
+def test_a_refill_marker_is_taken_alone_and_kept_in_its_place_by_persist(
+    tmp_path: Path,
+) -> None:
+    rows = numbered_rows(4)
+    marker = Refill({"s1.ticks": [5, 9]}, "test")
+    queue = SpillQueue(tmp_path / "q.spill", max_memory=10)
+    queue.push_front([*rows[:2], marker, *rows[2:]])
+    assert queue.take(10, wait_s=0) == rows[:2]
+    assert queue.take(10, wait_s=0) == [marker]
+    assert queue.take(10, wait_s=0) == rows[2:]
+    queue.push_front([*rows[:2], marker, *rows[2:]])
+    assert queue.persist() == 5
+    again = SpillQueue(tmp_path / "q.spill", max_memory=10)
+    assert again.take(10, wait_s=0) == rows[:2]
+    assert again.take(10, wait_s=0) == [marker]
+    assert again.take(10, wait_s=0) == rows[2:]
+
+
+def test_a_torn_last_line_of_a_spill_file_is_cut_on_start(tmp_path: Path) -> None:
+    path = tmp_path / "q.spill"
+    rows = numbered_rows(3)
+    lines = [bridge_module._item_to_line(r) for r in rows]
+    path.write_bytes(lines[0] + b"\n" + lines[1] + b"\n" + lines[2][:20])  # a write cut short
+    queue = SpillQueue(path, max_memory=1)
+    assert queue.recovered_from_disk == 2
+    assert path.read_bytes().endswith(b"\n")
+    queue.put(rows[2:])  # behind the two, on a line of its own
+    out = queue.take(10, wait_s=0) + queue.take(10, wait_s=0)
+    assert out == rows
+    queue.close()
