@@ -228,6 +228,10 @@ def _summary(t: dict[str, Any]) -> str:
         lines.append(
             f"  Valkey outages {t['outages']} ({t['outage_s']:.1f}s), spilled {t['spilled']:,}, "
             f"still buffered {t['buffered']:,}"
-            + (f", {dropped:,} the spill file could not take (fetched again)" if dropped else "")
+            + (
+                f", {dropped:,} the spill file could not take (kept as seq ranges to fetch again)"
+                if dropped
+                else ""
+            )
         )
     return "\n".join(lines)
