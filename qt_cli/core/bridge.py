@@ -1903,11 +1903,11 @@ class Bridge:
         server `run_id` (a restart) is said. At start the server's own marks are the reference
         (the watermark is written after the entries it covers, so it is lost with them).
         """
-        previous, self._run_id = self._run_id, self._server_run_id()
-        restarted = bool(previous) and self._run_id != previous
+        previous, run_id = self._run_id, self._server_run_id()
+        restarted = bool(previous) and run_id != previous
         if restarted:
             self.say(
-                f"bridge: Valkey restarted (run_id {previous[:8]}… is now {self._run_id[:8]}…); "
+                f"bridge: Valkey restarted (run_id {previous[:8]}… is now {run_id[:8]}…); "
                 "checking that it still holds what it acknowledged"
             )
         streams = list(self._confirmed)
@@ -1923,6 +1923,7 @@ class Bridge:
                     low = max(have, stored.get(session, 0))
                     _add_range(lost, session, (low if low < seq else have) + 1, seq)
                     mine[session] = have  # the refill raises it again
+        self._run_id = run_id  # checked: a failure before here checks again
         if not lost:
             return None
         for session in lost:
@@ -2182,6 +2183,11 @@ class Bridge:
 
     def _flush_watermark(self) -> None:
         """Store the confirmed marks now (idle or done: no send to carry them)."""
+        if self._watermark_due and self._server_run_id() != self._run_id:
+            # A server that restarted since the last batch may have lost some of what these
+            # marks cover: reconcile first (it drops the marks of what is gone).
+            self._last_server_check = 0.0
+            self._check_server()
         if self._watermark_due:
             marks, self._watermark_due = self._watermark_due, {}
             try:
