@@ -157,3 +157,53 @@ server.register_function('qt_chunk', refuse)
 server.register_function{function_name = 'qt_version', callback = function() return '3' end,
   flags = {'no-writes'}}
 """
+
+
+# --- faults: a Valkey that loses its last writes, a full disk -------------------------------
+
+
+def kill_valkey(server: Any) -> None:
+    """SIGKILL a `ManagedValkey` (no AOF flush, no goodbye) and wait until it is gone."""
+    pid = server._pid()
+    assert pid > 0, "the server is not running"
+    os.kill(pid, signal.SIGKILL)
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        except (OSError, IndexError):
+            return True
+
+    eventually(gone, message="valkey-server killed")
+
+
+def last_incr_aof(server: Any) -> Path:
+    """The newest incremental file of a `ManagedValkey`'s multi-part append-only file (Valkey 7+
+    keeps base + incr files and a manifest in its appenddir). Cutting its tail is what an
+    operating-system crash may leave under `appendfsync everysec`; the server loads what is left
+    (`aof-load-truncated yes`, the default)."""
+    files = sorted(server.data_dir.rglob("*.incr.aof"), key=lambda p: int(p.name.split(".")[-3]))
+    assert files, f"no incremental AOF under {server.data_dir}"
+    return files[-1]
+
+
+def mount_small_tmpfs(path: Path, size: str = "2m") -> Callable[[], None]:
+    """Mount a tmpfs of `size` on `path` (needs root); returns the unmount."""
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"cannot mount a {size} tmpfs (root needed): {result.stderr.strip()}")
+
+    def unmount() -> None:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+    return unmount

@@ -223,9 +223,15 @@ def _summary(t: dict[str, Any]) -> str:
         f"({t['messages_recovered']:,} messages), {t['gaps_lost']} lost "
         f"({t['messages_lost']:,} messages)",
     ]
-    if t["outages"] or t["spilled"] or t["buffered"]:
+    if t["outages"] or t["spilled"] or t["buffered"] or t["spill_dropped"]:
+        dropped = t["spill_dropped"]
         lines.append(
             f"  Valkey outages {t['outages']} ({t['outage_s']:.1f}s), spilled {t['spilled']:,}, "
             f"still buffered {t['buffered']:,}"
+            + (
+                f", {dropped:,} the spill file could not take (kept as seq ranges to fetch again)"
+                if dropped
+                else ""
+            )
         )
     return "\n".join(lines)

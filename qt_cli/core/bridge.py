@@ -13,6 +13,12 @@ function skips what is at or below it. The bridge also keeps a watermark per inp
 (`hwm:bridge:<name>`, written after each batch) so a restarted bridge asks the replay endpoint
 for exactly what it missed.
 
+After any reconnect the bridge reconciles with the server (`Bridge._reconcile`): a server that
+came back with less than it acknowledged (its append-only file's tail lost) gets the lost ranges
+again from the replay endpoint, through a `Refill` marker written in its place of the queue's
+order. A spill file that cannot be written (full disk) makes the queue drop into recorded seq
+ranges, refilled the same way, instead of stopping the bridge.
+
 Derived data is a pure function of the stored ticks in stream order: on start, and after any
 Valkey failure, the bridge rebuilds candle and chunk state from what is stored (the last chunk's
 `src`, the stored forming candle, the ticks after them), so a kill or an outage never makes
@@ -33,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import repeat
+from itertools import islice, repeat
 from pathlib import Path
 from typing import Any
 
@@ -198,12 +204,54 @@ class GapRecord:
         }
 
 
+@dataclass
+class Refill:
+    """A marker in the write queue: seq ranges to fetch again from the feed's replay endpoint and
+    write at this point of the order, before anything queued behind it.
+
+    Made when Valkey comes back with less than it acknowledged (`Bridge._reconcile`) and when the
+    spill file could not take what arrived (`SpillQueue`: the disk is full). The writer fetches a
+    page at a time and puts it back in front of the queue, followed by this marker with the rest
+    (so memory stays bounded and a stop while Valkey is down keeps the marker in the spill file);
+    when a session's range is done, its recovered and lost parts go to `stream:gaps`. It must be
+    written before anything later of the same session: the marks skip what is at or below them.
+    """
+
+    ranges: dict[str, list[int]]  # session -> [next seq to fetch, last seq]
+    reason: str
+    recovered: dict[str, list[list[int]]] = field(default_factory=dict)  # session -> runs [a, b]
+    lost: dict[str, list[list[Any]]] = field(default_factory=dict)  # session -> [a, b, why]
+
+    def describe(self) -> str:
+        return ", ".join(f"{s} {a}..{b}" for s, (a, b) in sorted(self.ranges.items()))
+
+
+def _add_range(ranges: dict[str, list[int]], session: str, first: int, last: int) -> None:
+    """Widen `ranges[session]` to cover first..last."""
+    span = ranges.get(session)
+    if span is None:
+        ranges[session] = [first, last]
+    else:
+        span[0] = min(span[0], first)
+        span[1] = max(span[1], last)
+
+
+def _session_seq(item: Item) -> tuple[str, int]:
+    """(session, seq) of an event or Row; ('', 0) for anything else."""
+    if type(item) is tuple:
+        entry = item[2]  # type: ignore[misc]
+        return entry[E_SESSION], entry[E_SEQ]
+    if isinstance(item, Event):
+        return getattr(item, "session", "") or "", getattr(item, "seq", 0) or 0
+    return "", 0
+
+
 # A trade as the bridge carries it from the receiver to the writer and the deriver: a plain
 # tuple (stream key, schema, entry) with the entry's values in the order the stream stores them
 # (`writer.trade_entry`). No Trade object per tick: decoding builds this straight from the wire
 # dict (`tick_row`), the writer appends the entry, candles and chunks read its fields.
 Row = tuple[str, tuple[str, ...], tuple[Any, ...]]
-Item = Event | DeadLetter | GapRecord | Row
+Item = Event | DeadLetter | GapRecord | Refill | Row
 
 
 @dataclass
@@ -247,6 +295,8 @@ def _item_to_line(item: Item) -> bytes:
     if isinstance(item, DeadLetter):
         data = {**item.__dict__, "raw": item.raw.decode("latin-1")}
         return orjson.dumps({"d": data})
+    if isinstance(item, Refill):
+        return orjson.dumps({"r": item.__dict__})
     return orjson.dumps({"g": item.__dict__})
 
 
@@ -258,7 +308,12 @@ def _item_from_line(line: bytes) -> Item:
     if "d" in data:
         d = data["d"]
         return DeadLetter(**{**d, "raw": d["raw"].encode("latin-1")})
+    if "r" in data:
+        return Refill(**data["r"])
     return GapRecord(**data["g"])
+
+
+SPILL_WRITE_LINES = 4_096  # lines per write to the spill file (a failed write drops these on)
 
 
 class SpillQueue:
@@ -267,39 +322,87 @@ class SpillQueue:
     Once spilling starts, every new item goes to the file until the file is drained, so order is
     kept: memory holds the oldest items, the file the newer ones. A spill file left by an earlier
     run is drained first (its events are written once: the high-water marks skip any repeat).
+
+    When the file cannot be written (its disk is full, …) nothing raises: the queue says once
+    which path failed, cuts what the failed write left, and from then on drops the events that
+    arrive, recording per session the seq range it dropped (gap records and dead letters are still
+    kept, in memory). When the writer has taken everything queued before the drop, `take` hands it
+    a `Refill` of those ranges (fetched again from the replay endpoint, written in that place of
+    the order) and the queue accepts again. `Refill` markers put back with `push_front` are
+    always taken alone.
     """
 
-    def __init__(self, path: Path, *, max_memory: int = DEFAULT_BUFFER_EVENTS) -> None:
+    def __init__(
+        self, path: Path, *, max_memory: int = DEFAULT_BUFFER_EVENTS, warn: Say | None = None
+    ) -> None:
         self.path = path
         self.max_memory = max(1, max_memory)
+        self._warn = warn or _log_say
         self._mem: deque[Item] = deque()
         self._cond = threading.Condition()
         self._file: Any = None
         self._read_offset = 0
+        self._markers = 0  # Refill markers in memory
+        self._dropping: dict[str, list[int]] | None = None  # session -> [first, last] dropped
+        self._drop_reason = ""
+        self._full_said = False
         self.spilled_unread = 0
         self.spilled_total = 0
+        self.dropped_total = 0  # events dropped because the spill file could not take them
+        self.dropped_unnumbered = 0  # of those, events without (session, seq): not refillable
         self.recovered_from_disk = 0
+        self.persisted_refill: Refill | None = None  # what `persist` recorded as seq ranges
         if path.exists() and path.stat().st_size > 0:
-            with path.open("rb") as handle:
-                self.spilled_unread = sum(1 for line in handle if line.strip())
+            self.spilled_unread = self._count_lines()
             self.recovered_from_disk = self.spilled_unread
             if self.spilled_unread == 0:
                 path.unlink()
 
+    def _count_lines(self) -> int:
+        """Lines of a spill file left by an earlier run; a torn last line (a write cut short) is
+        cut off, so what is appended now starts on a line of its own."""
+        count = 0
+        good = 0
+        with self.path.open("rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break
+                good += len(line)
+                if line.strip():
+                    count += 1
+            size = handle.seek(0, os.SEEK_END)
+        if size != good:
+            try:
+                os.truncate(self.path, good)
+            except OSError as exc:
+                log.warning("cannot cut the torn last line of %s: %s", self.path, exc)
+        return count
+
     def __len__(self) -> int:
         with self._cond:
-            return len(self._mem) + self.spilled_unread
+            return len(self._mem) + self.spilled_unread + (self._dropping is not None)
 
     @property
     def spilling(self) -> bool:
         return self.spilled_unread > 0
 
+    @property
+    def dropping(self) -> bool:
+        """True while arriving events are dropped (the spill file could not take them)."""
+        return self._dropping is not None
+
     def put(self, items: Sequence[Item]) -> None:
         if not items:
             return
         with self._cond:
-            if self.spilled_unread == 0 and len(self._mem) + len(items) <= self.max_memory:
+            if (
+                self.spilled_unread == 0
+                and self._dropping is None
+                and len(self._mem) + len(items) <= self.max_memory
+            ):
                 self._mem.extend(items)
+            elif self._dropping is not None:
+                self._drop(items)
             else:
                 room = 0 if self.spilled_unread else max(0, self.max_memory - len(self._mem))
                 self._mem.extend(items[:room])
@@ -307,20 +410,85 @@ class SpillQueue:
             self._cond.notify_all()
 
     def _spill(self, items: Sequence[Item]) -> None:
+        """Append items to the spill file; what it cannot take (disk full) is dropped."""
         if not items:
             return
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("ab")
-        self._file.write(b"\n".join(_item_to_line(i) for i in items) + b"\n")
-        self._file.flush()
-        self.spilled_unread += len(items)
-        self.spilled_total += len(items)
+        try:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("ab", buffering=0)
+        except OSError as exc:
+            self._start_dropping(exc)
+            self._drop(items)
+            return
+        for start in range(0, len(items), SPILL_WRITE_LINES):
+            part = items[start : start + SPILL_WRITE_LINES]
+            data = memoryview(b"\n".join(_item_to_line(i) for i in part) + b"\n")
+            fd = self._file.fileno()
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[self._file.write(data) :]
+            except OSError as exc:
+                try:
+                    os.ftruncate(fd, size)  # no torn line: the next write starts a line
+                except OSError:
+                    log.debug("cutting %s back to %d bytes failed", self.path, size)
+                self._start_dropping(exc)
+                self._drop(items[start:])
+                return
+            self.spilled_unread += len(part)
+            self.spilled_total += len(part)
+
+    def _start_dropping(self, exc: OSError) -> None:
+        if self._dropping is None:
+            self._dropping = {}
+        why = exc.strerror or str(exc)
+        self._drop_reason = f"dropped: the spill file {self.path} could not take them ({why})"
+        if not self._full_said:
+            self._full_said = True
+            self._warn(
+                f"bridge: cannot write the spill file {self.path}: {exc}; dropping what arrives "
+                "until the writer catches up (the dropped seq ranges are recorded and fetched "
+                "again from the replay endpoint once Valkey is back)"
+            )
+
+    def _drop(self, items: Sequence[Item]) -> None:
+        """Record items the spill file cannot take: (session, seq) ranges, to fetch again."""
+        ranges = self._dropping
+        assert ranges is not None
+        for item in items:
+            session, seq = _session_seq(item)
+            if session and seq:
+                _add_range(ranges, session, seq, seq)
+                self.dropped_total += 1
+            elif isinstance(item, Refill):
+                for marked, (first, last) in item.ranges.items():
+                    _add_range(ranges, marked, first, last)
+            elif isinstance(item, GapRecord | DeadLetter):
+                self._mem.append(item)  # small and rare; their order does not matter
+            else:
+                self.dropped_total += 1
+                self.dropped_unnumbered += 1
+
+    def _end_dropping(self) -> list[Item]:
+        """The Refill of what was dropped (the writer reached the place of the drop)."""
+        ranges, self._dropping = self._dropping or {}, None
+        self._full_said = False
+        if self.spilled_unread == 0:
+            self._truncate()  # nothing in it (the failed writes were cut): start afresh
+        if self.dropped_unnumbered:
+            self._warn(
+                f"bridge: LOST {self.dropped_unnumbered:,} events without session/seq that the "
+                f"spill file {self.path} could not take (they cannot be fetched again)"
+            )
+            self.dropped_unnumbered = 0
+        return [Refill(ranges, self._drop_reason)] if ranges else []
 
     def take(self, max_items: int, *, wait_s: float, linger_s: float = 0.0) -> list[Item]:
         """Up to `max_items`, waiting up to `wait_s` for the first and `linger_s` for more."""
         with self._cond:
-            if not self._mem and not self.spilled_unread:
+            if not self._mem and not self.spilled_unread and self._dropping is None:
                 self._cond.wait(wait_s)
             if linger_s > 0 and 0 < len(self._mem) < max_items and not self.spilled_unread:
                 deadline = time.monotonic() + linger_s
@@ -329,16 +497,25 @@ class SpillQueue:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-            if self._mem:
-                n = min(max_items, len(self._mem))
-                return [self._mem.popleft() for _ in range(n)]
+            mem = self._mem
+            if mem:
+                n = min(max_items, len(mem))
+                if self._markers:  # a Refill goes alone: what is behind it waits for it
+                    if type(mem[0]) is Refill:
+                        self._markers -= 1
+                        return [mem.popleft()]
+                    for i, item in enumerate(islice(mem, n)):
+                        if type(item) is Refill:
+                            n = i
+                            break
+                return [mem.popleft() for _ in range(n)]
             if self.spilled_unread:
                 return self._read_spill(max_items)
+            if self._dropping is not None:
+                return self._end_dropping()
             return []
 
     def _read_spill(self, max_items: int) -> list[Item]:
-        if self._file is not None:
-            self._file.flush()
         out: list[Item] = []
         with self.path.open("rb") as handle:
             handle.seek(self._read_offset)
@@ -347,14 +524,20 @@ class SpillQueue:
                 if not line:
                     self.spilled_unread = 0  # the file ended early (a torn last line)
                     break
-                self._read_offset += len(line)
                 if not line.strip():
+                    self._read_offset += len(line)
                     continue
-                self.spilled_unread -= 1
                 try:
-                    out.append(_item_from_line(line))
+                    item = _item_from_line(line)
                 except (orjson.JSONDecodeError, DecodeError, KeyError, TypeError) as exc:
-                    out.append(DeadLetter(f"unreadable spill line: {exc}", line, str(self.path)))
+                    item = DeadLetter(f"unreadable spill line: {exc}", line, str(self.path))
+                if type(item) is Refill and out:
+                    break  # a marker goes alone: the next take
+                self._read_offset += len(line)
+                self.spilled_unread -= 1
+                out.append(item)
+                if type(item) is Refill:
+                    break
         if self.spilled_unread == 0:
             self._truncate()
         return out
@@ -367,25 +550,59 @@ class SpillQueue:
         self._read_offset = 0
 
     def push_front(self, items: Sequence[Item]) -> None:
-        """Put items back at the head (a batch the writer could not store)."""
+        """Put items back at the head (a batch the writer could not store, a Refill's page)."""
         with self._cond:
             self._mem.extendleft(reversed(items))
+            self._markers += sum(1 for i in items if type(i) is Refill)
             self._cond.notify_all()
 
     def persist(self) -> int:
-        """Move everything to the spill file, oldest first (on shutdown while Valkey is down)."""
+        """Move everything to the spill file, oldest first (on shutdown while Valkey is down).
+
+        What the file cannot take (disk full) is dropped from the newest end and recorded as a
+        Refill line at the end of the file when that still fits (else its ranges are said
+        loudly); a restarted bridge also fetches everything after its watermark. Returns how
+        many items the file holds."""
         with self._cond:
             unread: list[Item] = []
-            if self.spilled_unread:
-                unread = self._read_spill(self.spilled_unread)
+            while self.spilled_unread:
+                unread += self._read_spill(self.spilled_unread)
             everything = [*self._mem, *unread]
             self._mem.clear()
+            self._markers = 0
             self._truncate()
+            dropped, self._dropping = self._dropping, None  # dropped earlier: the newest of all
             self._spill(everything)
+            if dropped is not None:
+                if self._dropping is None:
+                    self._dropping = dropped
+                else:
+                    for session, (first, last) in dropped.items():
+                        _add_range(self._dropping, session, first, last)
+            kept = self.spilled_unread
+            self.persisted_refill = None
+            if self._dropping:
+                marker = Refill(self._dropping, self._drop_reason)
+                self._dropping = None
+                self._spill([marker])
+                if self._dropping is None:
+                    self.persisted_refill = marker
+                else:
+                    self._warn(
+                        f"bridge: LOST from {self.path} (disk full): {marker.describe()}; a "
+                        "restarted bridge fetches only what follows its watermark again"
+                    )
+            self._dropping = None
+            if self._mem:
+                self._warn(
+                    f"bridge: LOST {len(self._mem):,} gap records and dead letters the spill "
+                    f"file {self.path} could not take"
+                )
+                self._mem.clear()
             if self._file is not None:
                 self._file.close()
                 self._file = None
-            return len(everything)
+            return kept
 
     def close(self) -> None:
         with self._cond:
@@ -1204,7 +1421,7 @@ class Bridge:
         )
         self.writer = StreamWriter(self.client, maxlen=config.maxlen)
         self.writer.ensure_library()
-        self.queue = SpillQueue(config.spill_path, max_memory=config.buffer_events)
+        self.queue = SpillQueue(config.spill_path, max_memory=config.buffer_events, warn=self.warn)
         if self.queue.recovered_from_disk:
             self.say(
                 f"bridge: {self.queue.recovered_from_disk:,} events left in {config.spill_path} "
@@ -1224,6 +1441,12 @@ class Bridge:
         self._watermark_key = watermark_key(config.name)
         self._watermark: dict[str, int] = {}
         self._watermark_due: dict[str, int] = {}  # confirmed marks not sent to Valkey yet
+        # stream key -> session -> highest seq the server confirmed it holds (written or skipped
+        # as a duplicate): compared with its marks after a reconnect (`_reconcile`).
+        self._confirmed: dict[str, dict[str, int]] = {}
+        self._run_id = self._server_run_id()
+        self._last_server_check = 0.0
+        self._replay_client: Any = None  # the writer thread's, for Refills
         self._feeds: dict[str, _FeedRun] = {}
         self._rate_base = 0
         self._rate_mono = time.monotonic()
@@ -1433,6 +1656,12 @@ class Bridge:
         self.queue.put(gaps)
 
     def _queue_messages(self, messages: list[tuple[int, bytes, bytes]], endpoint: str) -> None:
+        self.queue.put(self._decode_messages(messages, endpoint))
+
+    def _decode_messages(
+        self, messages: list[tuple[int, bytes, bytes]], endpoint: str
+    ) -> list[Item]:
+        """Replayed messages as queue items (events, Rows, dead letters), counted as received."""
         items: list[Item] = []
         now = now_ns()
         filtered = 0
@@ -1461,7 +1690,7 @@ class Bridge:
         with self._count_lock:
             self.stats.received += sum(1 for i in items if not isinstance(i, DeadLetter))
             self.stats.filtered += filtered
-        self.queue.put(items)
+        return items
 
     def _receive(self, inp: _Input) -> None:
         source = inp.source
@@ -1549,8 +1778,12 @@ class Bridge:
                     ):
                         break
                     items = self.queue.take(config.batch_size, wait_s=0.1, linger_s=linger_s)
+                    if items and type(items[0]) is Refill:
+                        self._refill_step(items[0])
+                        continue
                     ahead = self._prepare(items) if items else None
                     if ahead is None and self._outage_since is None:
+                        self._guarded(self._check_server)  # idle: no failed send shows a restart
                         self._guarded(self._flush_watermark)  # idle: no send carries it
                 if ahead is not None:
                     batch, ahead = ahead, None
@@ -1572,6 +1805,9 @@ class Bridge:
                     self._conn.disconnect()  # its replies are not read: don't pool them
                 self.queue.push_front(ahead.items)
             self._release_connection()
+            if self._replay_client is not None:
+                self._replay_client.close()
+                self._replay_client = None
             self.deriver.finish()
             if self.deriver.error is not None and self._writer_error is None:
                 self._writer_error = self.deriver.error
@@ -1600,7 +1836,12 @@ class Bridge:
             try:
                 if self._outage_since is not None:
                     self.client.ping()
-                    self._recovered_from_outage()
+                    refill = self._recovered_from_outage()
+                    if refill is not None:
+                        # What the server lost goes first: the marks would skip it behind
+                        # anything later of its sessions.
+                        self.queue.push_front([refill, *items])
+                        return True, None
                     return True, self._write_batch(batch, look_ahead=False)
                 return True, self._write_batch(batch, look_ahead=True)
             except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
@@ -1625,26 +1866,173 @@ class Bridge:
                     self.queue.push_front(items)
                     kept = self.queue.persist()
                     self.stats.spilled = self.queue.spilled_total
+                    dropped = self.queue.persisted_refill
+                    also = (
+                        f" (and the seq ranges it could not take, {dropped.describe()}, to fetch "
+                        "again from the replay endpoint)"
+                        if dropped is not None
+                        else ""
+                    )
                     self.warn(
                         f"bridge: stopping while Valkey is unreachable: {kept:,} events kept in "
-                        f"{self.queue.path}; the next 'qt bridge --name {self.config.name}' writes them"
+                        f"{self.queue.path}{also}; the next 'qt bridge --name {self.config.name}' "
+                        "writes them"
                     )
                     return False, None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
-    def _recovered_from_outage(self) -> None:
+    def _recovered_from_outage(self) -> Refill | None:
+        """Valkey answers again: reload the library, reconcile, rebuild derived data. Returns
+        the Refill of what the server lost (to write before anything else), if anything."""
         assert self._outage_since is not None
         down_s = time.monotonic() - self._outage_since
         self.stats.outage_s += down_s
         self._outage_since = None
         self.writer.ensure_library()
+        refill = self._reconcile()
         # What we wrote just before the failure may or may not be stored: rebuild derived state
         # from what the server holds (the retried batch's repeats are skipped by the marks).
         self.deriver.reset()
         self.say(
             f"bridge: Valkey is back after {down_s:.1f}s; writing {len(self.queue):,} buffered events"
         )
+        return refill
+
+    def _check_server(self) -> None:
+        """While idle (about once a second): a server that restarted meanwhile made no send
+        fail, so compare its `run_id` and reconcile when it changed."""
+        now = time.monotonic()
+        if now - self._last_server_check < self.config.stats_interval_s:
+            return
+        self._last_server_check = now
+        if self._server_run_id() == self._run_id:
+            return
+        if self._conn is not None:
+            self._conn.disconnect()  # it was cut by the restart: reconnect on the next send
+        self.writer.ensure_library()
+        refill = self._reconcile()
+        self.deriver.reset()
+        if refill is not None:
+            self.queue.push_front([refill])
+
+    def _server_run_id(self) -> str:
+        """The server's `run_id` (new at each start); '' where INFO is not allowed."""
+        try:
+            return _text(self.client.info("server").get("run_id", ""))
+        except valkey.ResponseError:
+            return ""
+
+    def _reconcile(self) -> Refill | None:
+        """After a reconnect: does the server still hold what it acknowledged?
+
+        A server can come back with less (killed with the last second of its append-only file
+        not on disk, which `appendfsync everysec` allows; a failover to a replica that lagged).
+        Each stream's marks (`hwm:<stream>`, stored with the entries in one atomic call) are
+        read back and compared with what this bridge saw confirmed; for every session, what a
+        stream lost (its mark on the server, confirmed by the server before] becomes a Refill:
+        fetched again from the replay endpoint and written before anything later. A changed
+        server `run_id` (a restart) is said. At start the server's own marks are the reference
+        (the watermark is written after the entries it covers, so it is lost with them).
+        """
+        previous, run_id = self._run_id, self._server_run_id()
+        restarted = bool(previous) and run_id != previous
+        if restarted:
+            self.say(
+                f"bridge: Valkey restarted (run_id {previous[:8]}… is now {run_id[:8]}…); "
+                "checking that it still holds what it acknowledged"
+            )
+        streams = list(self._confirmed)
+        # The server's watermark is written after the entries it covers: what it names is held
+        # (a stream whose marks are gone entirely need not be fetched again from seq 1).
+        stored = self._load_watermark()
+        lost: dict[str, list[int]] = {}
+        for key, held in zip(streams, self.writer.high_waters(streams), strict=True):
+            mine = self._confirmed[key]
+            for session, seq in mine.items():
+                have = held.get(session, 0)
+                if have < seq:
+                    low = max(have, stored.get(session, 0))
+                    _add_range(lost, session, (low if low < seq else have) + 1, seq)
+                    mine[session] = have  # the refill raises it again
+        self._run_id = run_id  # checked: a failure before here checks again
+        if not lost:
+            return None
+        for session in lost:
+            # Not sent yet, it would claim what is gone; the refill's batches move it again.
+            self._watermark_due.pop(session, None)
+        reason = "Valkey lost seqs it had acknowledged" + (" (it restarted)" if restarted else "")
+        refill = Refill(lost, reason)
+        size = sum(last - first + 1 for first, last in lost.values())
+        where = (
+            f"fetching them again from {self.config.replay}"
+            if self.config.replay
+            else "no replay endpoint (--replay none): recorded as lost in stream:gaps"
+        )
+        self.warn(
+            f"bridge: Valkey no longer holds what it acknowledged: seq {refill.describe()} "
+            f"(up to {size:,} messages); {where}"
+        )
+        return refill
+
+    def _refill_step(self, refill: Refill) -> None:
+        """Fetch one page of a Refill's first range and put it in front of the queue, followed
+        by the Refill with the rest (so it is written in its place of the order, a page at a
+        time); a session's range done, its recovered and lost parts go with it to stream:gaps."""
+        from qt_cli.core.errors import UnavailableError
+        from qt_cli.core.zmq_io import ReplayClient, missing_ranges
+
+        session = min(refill.ranges)
+        first, last = refill.ranges[session]
+        replay = self.config.replay
+        items: list[Item] = []
+        page = None
+        if not replay:
+            refill.lost.setdefault(session, []).append([first, last, "no replay endpoint"])
+        else:
+            if self._replay_client is None:
+                self._replay_client = ReplayClient(replay, timeout_s=self.config.replay_timeout_s)
+            try:
+                page = self._replay_client.page(session, first, last)
+            except UnavailableError as exc:
+                refill.lost.setdefault(session, []).append([first, last, str(exc)])
+        done = True
+        if page is not None:
+            messages = [m for m in page.messages if first <= m[0] <= last]
+            seqs = [m[0] for m in messages]
+            end = last if page.next is None else page.next - 1
+            runs = refill.recovered.setdefault(session, [])
+            for seq in seqs:
+                if runs and seq == runs[-1][1] + 1:
+                    runs[-1][1] = seq
+                else:
+                    runs.append([seq, seq])
+            why = (
+                f"the journal behind {replay} does not hold this session"
+                if page.last is None and page.next is None and not seqs
+                else f"not in the journal behind {replay}"
+            )
+            for a, b in missing_ranges(first, end, seqs):
+                refill.lost.setdefault(session, []).append([a, b, why])
+            items = self._decode_messages(messages, replay)
+            if page.next is not None and first < page.next <= last:
+                refill.ranges[session][0] = page.next
+                done = False
+        if done:
+            del refill.ranges[session]
+            now = now_ns()
+            endpoint = replay or "none"
+            items += [
+                GapRecord(session, a, b, True, f"{refill.reason}; fetched again", endpoint, now)
+                for a, b in refill.recovered.pop(session, [])
+            ]
+            items += [
+                GapRecord(session, a, b, False, f"{refill.reason}; lost: {why}", endpoint, now)
+                for a, b, why in refill.lost.pop(session, [])
+            ]
+        if refill.ranges:
+            items.append(refill)
+        self.queue.push_front(items)
 
     # -- one batch --
     #
@@ -1775,6 +2163,9 @@ class Bridge:
                 self._send(conn, batch)
             if look_ahead:
                 items = self.queue.take(self.config.batch_size, wait_s=0)
+                if items and type(items[0]) is Refill:
+                    self.queue.push_front(items)  # the write loop handles it in its turn
+                    items = []
                 if items:
                     try:
                         ahead = self._prepare(items, after=batch)
@@ -1828,6 +2219,11 @@ class Bridge:
 
     def _flush_watermark(self) -> None:
         """Store the confirmed marks now (idle or done: no send to carry them)."""
+        if self._watermark_due and self._server_run_id() != self._run_id:
+            # A server that restarted since the last batch may have lost some of what these
+            # marks cover: reconcile first (it drops the marks of what is gone).
+            self._last_server_check = 0.0
+            self._check_server()
         if self._watermark_due:
             marks, self._watermark_due = self._watermark_due, {}
             try:
@@ -1841,8 +2237,17 @@ class Bridge:
         placed = batch.placed
         self.stats.batches += 1
         now = now_ns()
+        confirmed = self._confirmed
+        stream_marks = batch.stream_marks
         for result in results:
             events = placed[result.key]
+            marks = stream_marks.get(result.key)
+            if marks:
+                held = confirmed.get(result.key)
+                if held is None:
+                    confirmed[result.key] = dict(marks)
+                else:
+                    _raise_marks(held, marks)
             self.stats.written += result.written
             self.stats.duplicates += result.duplicates
             self.stats.late += result.late
@@ -2071,6 +2476,7 @@ class Bridge:
             "candle_skipped": s.candle_skipped,
             "chunks": s.chunks,
             "spilled": s.spilled,
+            "spill_dropped": self.queue.dropped_total,
             "buffered": len(self.queue),
             "outages": s.outages,
             "outage_s": round(s.outage_s, 3),

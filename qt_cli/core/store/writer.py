@@ -568,8 +568,19 @@ class StreamWriter:
 
     def high_water(self, key: str) -> dict[str, int]:
         """session -> highest seq stored in a stream."""
-        raw = self.client.hgetall(keys.hwm_key(key))
-        return {_text(k): int(v) for k, v in raw.items() if _text(k) != "src"}
+        return self.high_waters([key])[0]
+
+    def high_waters(self, stream_keys: Sequence[str]) -> list[dict[str, int]]:
+        """`high_water` of each stream, in one round trip."""
+        if not stream_keys:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key in stream_keys:
+            pipe.hgetall(keys.hwm_key(key))
+        return [
+            {_text(k): int(v) for k, v in raw.items() if _text(k) != "src"}
+            for raw in pipe.execute()
+        ]
 
 
 class StreamSink:
