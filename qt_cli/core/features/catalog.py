@@ -257,11 +257,11 @@ _QT: tuple[tuple[str, str, tuple[str, ...], str, str], ...] = (
         "atr_14x10",
         "volatility",
         ("trades",),
-        "15 bars of 10 trades",
+        "14 bars of 10 trades",
         "Wilder ATR of 10-trade bars: TR = max(H-L, |H-C_prev|, |L-C_prev|), seeded with the "
         "mean of the first 14 TR, then (13 atr + TR) / 14",
     ),
-    ("atr_relative", "volatility", ("trades",), "15 bars of 10 trades", "atr_14x10 / p"),
+    ("atr_relative", "volatility", ("trades",), "14 bars of 10 trades", "atr_14x10 / p"),
     # volume and VWAP (6)
     ("volume_mean_20", "volume", ("trades",), _trades(20), "mean of the last 20 quantities"),
     (
