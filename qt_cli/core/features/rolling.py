@@ -1,9 +1,10 @@
 """Incremental window primitives: each update is O(1) (amortised), never a pass over the window.
 
 Floating sums drift when values are added and removed for hours, so `Rolling` keeps its sums
-relative to a shift (a recent value) and recomputes them exactly (`math.fsum`) each time its ring
-wraps; the recompute point is staggered per window so the O(n) pass rarely coincides with other
-windows' passes. Integer series use `Prefix`, a ring of cumulative sums, which is exact.
+relative to a shift (the window's mean at the last recompute) and recomputes them exactly
+(`math.fsum`) each time its ring wraps, and sooner when rounding could show (the sum of squares
+fell far below its peak, or the variance is a small difference of large sums); the wrap point is
+staggered per window so the O(n) pass rarely coincides with other windows' passes. Integer series use `Prefix`, a ring of cumulative sums, which is exact.
 """
 
 from __future__ import annotations
@@ -34,7 +35,19 @@ class Rolling:
     mean and exactly 0 as variance (as pandas does), whatever rounding the sums carry.
     """
 
-    __slots__ = ("n", "buf", "i", "count", "shift", "s", "ss", "same", "last", "recompute_at")
+    __slots__ = (
+        "n",
+        "buf",
+        "i",
+        "count",
+        "shift",
+        "s",
+        "ss",
+        "peak",
+        "same",
+        "last",
+        "recompute_at",
+    )
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -44,6 +57,7 @@ class Rolling:
         self.shift = 0.0
         self.s = 0.0
         self.ss = 0.0
+        self.peak = 0.0
         self.same = 0
         self.last = NAN
         self.recompute_at = next(_stagger) % n
@@ -61,7 +75,9 @@ class Rolling:
         buf[i] = x
         d = x - shift
         self.s += d
-        self.ss += d * d
+        ss = self.ss = self.ss + d * d
+        if ss > self.peak:
+            self.peak = ss
         self.same = self.same + 1 if x == self.last else 1
         self.last = x
         i += 1
@@ -72,15 +88,15 @@ class Rolling:
             self.exact()
 
     def exact(self) -> None:
-        """Rebase the shift on the last value and recompute the sums from the window."""
-        k = self.last
+        """Rebase the shift on the window's mean and recompute the sums from the window."""
         values = self.buf if self.count == self.n else self.buf[: self.count]
-        if k != k or math.isinf(k):
+        k = math.fsum(values) / len(values) if values else 0.0
+        if not math.isfinite(k):
             k = 0.0
         self.shift = k
         diffs = [v - k for v in values]
         self.s = math.fsum(diffs)
-        self.ss = math.fsum([d * d for d in diffs])
+        self.ss = self.peak = math.fsum([d * d for d in diffs])
 
     @property
     def full(self) -> bool:
@@ -100,6 +116,10 @@ class Rolling:
         c = self.count
         if self.same >= c:
             return 0.0
+        # Recompute when rounding could show: the sums fell far below their peak (a large
+        # value left the window) or the centred sum is a small difference of large ones.
+        if self.ss < self.peak * 1e-7 or self.ss - self.s * self.s / c < self.ss * 1e-7:
+            self.exact()
         s = self.s
         v = (self.ss - s * s / c) / (c - ddof)
         return v if v > 0.0 else 0.0
