@@ -39,6 +39,20 @@ LN2 = math.log(2.0)
 GK_C = 2.0 * LN2 - 1.0
 BAR_TRADES = 10
 
+# feature names by window, built once (no string formatting per update)
+_RET = {i: f"returns_{i}" for i in range(201)}
+_LOGRET = {i: f"log_returns_{i}" for i in range(201)}
+_VOL = {i: f"volatility_{i}" for i in range(201)}
+_VOLR = {i: f"volatility_ratio_{i}" for i in range(201)}
+_VZ = {i: f"volume_zscore_{i}" for i in range(201)}
+_VR = {i: f"volume_ratio_{i}" for i in range(201)}
+_OFI = {i: f"order_flow_imbalance_{i}" for i in range(201)}
+_TB = {i: f"top_buyer_{i}_active" for i in range(201)}
+_TS = {i: f"top_seller_{i}_active" for i in range(201)}
+_RV = {i: f"realized_vol_{i}" for i in range(201)}
+_VWAP = {i: f"vwap_dev_{i}" for i in range(201)}
+_TI = {i: f"trade_imbalance_{i}" for i in range(201)}
+
 NO_RANKING = "no agent ranking (pass top_buyers and top_sellers)"
 NO_BOOK = "no book"
 CROSSED_BOOK = "crossed book"
@@ -141,12 +155,15 @@ class SeedBlock:
                 rets[k] = r = f32(f32(p / lags.ago(k)) - 1.0)
             else:
                 r = NAN
-            v[f"returns_{k}"] = r
-        for k in (1, 5, 20):
-            if t > k:
-                v[f"log_returns_{k}"] = float(np.log(np.float32(p / lags.ago(k))))
-            else:
-                v[f"log_returns_{k}"] = NAN
+            v[_RET[k]] = r
+        if t > 20:  # numpy's float32 log, as the training code's np.log of a float32 column
+            logs = np.log(
+                np.array([p / lags.ago(1), p / lags.ago(5), p / lags.ago(20)], dtype=np.float32)
+            ).tolist()
+            v["log_returns_1"], v["log_returns_5"], v["log_returns_20"] = logs
+        else:
+            for k in (1, 5, 20):
+                v[_LOGRET[k]] = float(np.log(np.float32(p / lags.ago(k)))) if t > k else NAN
 
         vols: dict[int, float] = {}
         if t > 1:
@@ -166,18 +183,18 @@ class SeedBlock:
                             ratio = 1.0 if vol == 0.0 else 0.0  # 0/0 -> fillna(1); x/0 -> inf -> 0
                     else:
                         ratio = NAN
-                    v[f"volatility_{n}"] = vol
-                    v[f"volatility_ratio_{n}"] = ratio
+                    v[_VOL[n]] = vol
+                    v[_VOLR[n]] = ratio
                 else:
-                    v[f"volatility_{n}"] = NAN
-                    v[f"volatility_ratio_{n}"] = NAN
+                    v[_VOL[n]] = NAN
+                    v[_VOLR[n]] = NAN
             self.r1sq.push(f32(r1 * r1))
             self.rvol.push(r1 * trade.volume)
             self.fvol.push(trade.volume)
         else:
             for n in self.VOL:
-                v[f"volatility_{n}"] = NAN
-                v[f"volatility_ratio_{n}"] = NAN
+                v[_VOL[n]] = NAN
+                v[_VOLR[n]] = NAN
         v["volatility_gk"] = math.sqrt(self.r1sq.mean()) if self.r1sq.full else NAN
 
         v["momentum_5_20"] = _ratio_f32(rets, 5, 20)
@@ -190,11 +207,11 @@ class SeedBlock:
             roll.push(float(q))
             if roll.full:
                 mean = roll.mean()
-                v[f"volume_zscore_{n}"] = (q - mean) / max(roll.std(1), 0.001)
-                v[f"volume_ratio_{n}"] = q / max(mean, 1.0)
+                v[_VZ[n]] = (q - mean) / max(roll.std(1), 0.001)
+                v[_VR[n]] = q / max(mean, 1.0)
             else:
-                v[f"volume_zscore_{n}"] = NAN
-                v[f"volume_ratio_{n}"] = NAN
+                v[_VZ[n]] = NAN
+                v[_VR[n]] = NAN
         if self.rvol.full:
             den = self.fvol.sum()
             v["volume_weighted_return"] = self.rvol.sum() / den if den != 0.0 else 0.0
@@ -226,9 +243,9 @@ class SeedBlock:
             if t >= n:
                 b = self.buys.sum(n)
                 s = self.sells.sum(n)
-                v[f"order_flow_imbalance_{n}"] = (b - s) / max(b + s, 1)
+                v[_OFI[n]] = (b - s) / max(b + s, 1)
             else:
-                v[f"order_flow_imbalance_{n}"] = NAN
+                v[_OFI[n]] = NAN
         signed = q * (is_b - is_s)
         v["signed_volume"] = signed
         self.signed.push(signed)
@@ -237,8 +254,8 @@ class SeedBlock:
         buyer, seller = trade.buyer, trade.seller
         if self.top_buyers is None or self.top_sellers is None:
             for i in range(5):
-                v[f"top_buyer_{i}_active"] = NAN
-                v[f"top_seller_{i}_active"] = NAN
+                v[_TB[i]] = NAN
+                v[_TS[i]] = NAN
             v["top_buyers_count"] = NAN
             v["top_sellers_count"] = NAN
         else:
@@ -246,8 +263,8 @@ class SeedBlock:
             for i in range(5):
                 hb = 1 if buyer == self.top_buyers[i] else 0
                 hs = 1 if seller == self.top_sellers[i] else 0
-                v[f"top_buyer_{i}_active"] = hb
-                v[f"top_seller_{i}_active"] = hs
+                v[_TB[i]] = hb
+                v[_TS[i]] = hs
                 nb += hb
                 ns += hs
             v["top_buyers_count"] = nb
@@ -411,7 +428,7 @@ class TradeBlock:
         rv = {}
         for n, roll in self.lr2.items():
             rv[n] = math.sqrt(roll.mean()) if roll.full else NAN
-            v[f"realized_vol_{n}"] = rv[n]
+            v[_RV[n]] = rv[n]
         v["vol_ratio_10_50"] = _vol_ratio(rv[10], rv[50])
         v["vol_ratio_20_100"] = _vol_ratio(rv[20], rv[100])
 
@@ -465,7 +482,7 @@ class TradeBlock:
         self.qsum.push(q)
         for n, roll in self.pq.items():
             roll.push(pq)
-            v[f"vwap_dev_{n}"] = p / (roll.sum() / self.qsum.sum(n)) - 1.0 if roll.full else NAN
+            v[_VWAP[n]] = p / (roll.sum() / self.qsum.sum(n)) - 1.0 if roll.full else NAN
 
         day = clock[3]
         if day != self.session_day:
@@ -513,9 +530,9 @@ class TradeBlock:
             if t >= n:
                 b = self.bq.sum(n)
                 s_ = self.sq.sum(n)
-                v[f"trade_imbalance_{n}"] = (b - s_) / (b + s_) if b + s_ else 0.0
+                v[_TI[n]] = (b - s_) / (b + s_) if b + s_ else 0.0
             else:
-                v[f"trade_imbalance_{n}"] = NAN
+                v[_TI[n]] = NAN
         v["signed_volume_100"] = self.bq.sum(100) - self.sq.sum(100) if t >= 100 else NAN
         self.sess_delta += q if side == "buy" else -q if side == "sell" else 0
         v["cumulative_delta_session"] = self.sess_delta
