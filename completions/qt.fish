@@ -107,7 +107,7 @@ complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from stop' -l json
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l help
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l json
-complete -c qt -n '__fish_seen_subcommand_from features' -a catalog -d 'Print the feature catalog - every features name, group, inputs, window and definition, the'
+complete -c qt -n '__fish_seen_subcommand_from features' -a catalog -d 'Print the feature catalog and its feature sets.'
 complete -c qt -n '__fish_seen_subcommand_from features' -l help
 complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l help
 complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l json

@@ -11,13 +11,11 @@ from qt_cli.options import AsJson
 from qt_cli.output import emit_json, is_terminal, out_console
 
 CATALOG_HELP = """\
-Print the feature catalog: every feature's name, group, inputs, window and definition, the
-catalog version (a hash of the definitions and the engine version) and the feature sets
-(qt, the default; seed65, the users' trained models; basic11, the seed production system).
+Print the feature catalog and its feature sets.
 
-A table on a terminal, tab-separated lines otherwise; --json for scripts (a `sets` object maps
-each set name to its ordered names); --markdown is docs/FEATURES.md. --set NAME lists only that
-set, in its order.
+Every feature's name, group, inputs, window and definition; the catalog version (a hash of the definitions and the engine version); the sets: qt (the default), seed65 (the users' trained models, in their column order) and basic11 (the seed production system's 11).
+
+A table on a terminal, tab-separated lines otherwise; --json for scripts (a `sets` object maps each set name to its ordered names); --markdown prints docs/FEATURES.md. --set NAME lists only that set, in its order.
 
 Example: qt features catalog --set seed65 --json
 """

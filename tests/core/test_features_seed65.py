@@ -168,3 +168,8 @@ def test_without_agent_ranking_top_features_are_nan_with_a_reason() -> None:
 def test_ranking_must_have_five_agents() -> None:
     with pytest.raises(UsageError, match="top_buyers: expected the 5 most frequent agent ids"):
         FeatureEngine("seed65", top_buyers=[1, 2], top_sellers=TOP_SELLERS)
+
+
+def test_ranking_needs_both_sides() -> None:
+    with pytest.raises(UsageError, match="give both top_buyers and top_sellers"):
+        FeatureEngine("seed65", top_buyers=TOP_BUYERS)

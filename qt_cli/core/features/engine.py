@@ -739,6 +739,8 @@ class FeatureEngine:
     ) -> None:
         self.set_name = set_name
         self.names = feature_set(set_name)
+        if (top_buyers is None) != (top_sellers is None):
+            raise UsageError("give both top_buyers and top_sellers (the training file's rankings)")
         for label, ranking in (("top_buyers", top_buyers), ("top_sellers", top_sellers)):
             if ranking is not None and len(ranking) != 5:
                 raise UsageError(
