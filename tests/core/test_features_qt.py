@@ -323,7 +323,10 @@ def test_qt_book_features_against_a_replayed_book() -> None:
     assert len(vectors) == len(trades)
     got = vectors_frame(vectors)
     want = book_reference(events)
+    assert set(QT_TRADE_NAMES) | set(want.columns) == set(SETS["qt"])  # every qt feature tested
     assert_close(got, want, list(want.columns))
+    kinds = Counter(ev.action for ev in events if isinstance(ev, BookUpdate))
+    assert set(kinds) == {"full", "add", "edit", "delete", "delete_from"}, kinds
     assert engine.counters["bad_book_position"] == 0
     assert vectors[-1].warm and vectors[-1].lineage["book"]["session"] == "b"
     assert vectors[-1].lineage["trade"] == {"session": "s1", "seq": 500, "trade_id": 500}
