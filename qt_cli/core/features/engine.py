@@ -53,6 +53,9 @@ _RV = {i: f"realized_vol_{i}" for i in range(201)}
 _VWAP = {i: f"vwap_dev_{i}" for i in range(201)}
 _TI = {i: f"trade_imbalance_{i}" for i in range(201)}
 
+_ONE32 = np.float32(1.0)
+_LOG_AT = [0, 2, 4]  # returns lags 1, 5 and 20 among SeedBlock.RETURN_LAGS
+
 NO_RANKING = "no agent ranking (pass top_buyers and top_sellers)"
 NO_BOOK = "no book"
 CROSSED_BOOK = "crossed book"
@@ -149,19 +152,25 @@ class SeedBlock:
         q = trade.quantity
         lags = self.p
         lags.push(p)
-        rets: dict[int, float] = {}
-        for k in self.RETURN_LAGS:
-            if t > k:
-                rets[k] = r = f32(f32(p / lags.ago(k)) - 1.0)
-            else:
-                r = NAN
-            v[_RET[k]] = r
-        if t > 20:  # numpy's float32 log, as the training code's np.log of a float32 column
-            logs = np.log(
-                np.array([p / lags.ago(1), p / lags.ago(5), p / lags.ago(20)], dtype=np.float32)
-            ).tolist()
+        rets: dict[int, float]
+        if t > 100:
+            # float32 ratios (a double quotient rounded once is the float32 quotient), float32
+            # "- 1" and numpy's float32 log, as pandas/numpy did on the float32 column
+            ago = lags.ago
+            ratios = np.array([p / ago(k) for k in self.RETURN_LAGS], dtype=np.float32)
+            rets = dict(zip(self.RETURN_LAGS, (ratios - _ONE32).tolist(), strict=True))
+            for k, r in rets.items():
+                v[_RET[k]] = r
+            logs = np.log(ratios[_LOG_AT]).tolist()
             v["log_returns_1"], v["log_returns_5"], v["log_returns_20"] = logs
         else:
+            rets = {}
+            for k in self.RETURN_LAGS:
+                if t > k:
+                    rets[k] = r = f32(f32(p / lags.ago(k)) - 1.0)
+                else:
+                    r = NAN
+                v[_RET[k]] = r
             for k in (1, 5, 20):
                 v[_LOGRET[k]] = float(np.log(np.float32(p / lags.ago(k)))) if t > k else NAN
 
