@@ -73,7 +73,7 @@ wrote 0 there; qt leaves NaN and does not score the vector). Reproduced quirks:
 Known difference: pandas' rolling variance accumulates its own rounding (about 1e-10 relative);
 qt's is exact to ~1e-15. On features derived from a rolling standard deviation
 (`volatility_*`, `sharpe_*`, `volume_zscore_*`, `bb_position`) a value can therefore differ from
-the training code's by one float32 step in rare rows (2 of 80,000 in the test series); every
+the training code's by one float32 step in rare rows (about 1 value in 10,000 in the test series); every
 other feature is bit-identical.
 
 ## Sets
