@@ -38,8 +38,9 @@ bench: venv valkey  ## benchmarks, written to BENCHMARKS.md
 completions: venv  ## regenerate completions/ (a test fails when they are stale)
 	$(BIN)/python -m qt_cli.completions completions
 
-docs: venv completions  ## regenerate docs/cli.md and completions/ (tests fail when they are stale)
+docs: venv completions  ## regenerate docs/cli.md, docs/FEATURES.md and completions/ (tests fail when they are stale)
 	$(BIN)/python -m qt_cli.clidoc docs/cli.md
+	$(BIN)/python -m qt_cli.core.features.doc docs/FEATURES.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -7,13 +7,14 @@ _qt_completion() {
         word="${COMP_WORDS[i]}"
         [[ "$word" == -* ]] && continue
         case "$path" in
-            "") case "$word" in config|feed|bridge|query|cleanup|monitor|valkey) path="$word" ;; esac ;;
+            "") case "$word" in config|feed|bridge|query|cleanup|monitor|valkey|features) path="$word" ;; esac ;;
             "valkey") case "$word" in start|stop|status) path="valkey $word" ;; esac ;;
+            "features") case "$word" in catalog) path="features $word" ;; esac ;;
         esac
     done
     local words=""
     case "$path" in
-        "") words="config feed bridge query cleanup monitor valkey --help --log-level --valkey --version" ;;
+        "") words="config feed bridge query cleanup monitor valkey features --help --log-level --valkey --version" ;;
         "config") words="--help --json" ;;
         "feed") words="--dll --duration --fsync --help --history-from --history-to --hwm --journal --journal-retention --json --linger --out --rate --replay --replay-journal --seed --sim --speed --start --stop-after --strict --symbol -o -s" ;;
         "bridge") words="--batch-ms --batch-size --buffer --candles --catch-up --chunks --duration --help --hwm --in --json --maxlen --name --no-candles --no-catch-up --no-chunks --out --replay --replay-timeout --stop-after --symbol --timeframe -i -o -s -t" ;;
@@ -24,6 +25,8 @@ _qt_completion() {
         "valkey start") words="--help --json" ;;
         "valkey stop") words="--help --json" ;;
         "valkey status") words="--help --json" ;;
+        "features") words="catalog --help" ;;
+        "features catalog") words="--help --json --markdown --set" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
 }

@@ -7,6 +7,7 @@ complete -c qt -n '__fish_use_subcommand' -a query -d 'Time travel - stored tick
 complete -c qt -n '__fish_use_subcommand' -a cleanup -d 'Trim old stream entries by age or count, per kind, safely.'
 complete -c qt -n '__fish_use_subcommand' -a monitor -d 'Live dashboard of the pipeline - prices, volume, lags, stages, Valkey health.'
 complete -c qt -n '__fish_use_subcommand' -a valkey -d 'Start, stop and inspect the managed local Valkey server.'
+complete -c qt -n '__fish_use_subcommand' -a features -d 'Feature catalog and sets (qt, seed65, basic11); later the live stage.'
 complete -c qt -n '__fish_use_subcommand' -l help
 complete -c qt -n '__fish_use_subcommand' -l log-level
 complete -c qt -n '__fish_use_subcommand' -l valkey
@@ -108,3 +109,9 @@ complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from stop' -l json
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l help
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l json
+complete -c qt -n '__fish_seen_subcommand_from features' -a catalog -d 'Print the feature catalog and its feature sets.'
+complete -c qt -n '__fish_seen_subcommand_from features' -l help
+complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l help
+complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l json
+complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l markdown
+complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l set

@@ -11,6 +11,11 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("feed", "feed", "Capture DLL, replay or simulated market data; journal and publish it."),
     ("bridge", "bridge", "Store ZeroMQ events in Valkey streams exactly once, with candles."),
     ("query", "query", "Time travel: stored ticks, book, candles, features… by range or instant."),
+    (
+        "features",
+        "features",
+        "Feature catalog and sets (qt, seed65, basic11); later the live stage.",
+    ),
     ("cleanup", "cleanup", "Trim old stream entries by age or count, per kind, safely."),
     (
         "monitor",

@@ -1,0 +1,1 @@
+"""Features: the declarative catalog, the named feature sets and the incremental engine."""
