@@ -126,6 +126,7 @@ class FeedOptions:
     seed: int | None = None
     speed: float = 1.0
     strict: bool = False
+    time_unit: str | None = None  # --replay: unit of the file's ts_* columns (s, ms, us, ns)
     duration_s: float | None = None
     stop_after: int | None = None
     outputs: tuple[str, ...] = ()
@@ -150,6 +151,15 @@ class FeedOptions:
             raise UsageError("--linger must be 0 or positive")
         if self.sndhwm < 1:
             raise UsageError("--hwm must be at least 1 message")
+        if self.time_unit is not None and self.source != "replay":
+            raise UsageError("--time-unit applies to --replay FILE only")
+        from qt_cli.core.files import time_unit_factor
+
+        time_unit_factor(self.time_unit)  # an unknown unit is a usage error before anything opens
+        from qt_cli.core.sources.profitdll import parse_symbol
+
+        for item in self.symbols:
+            parse_symbol(item)  # the one rule for tickers (keys.valid_symbol), for every source
 
     @property
     def tickers(self) -> tuple[str, ...]:
@@ -173,7 +183,11 @@ def build_source(options: FeedOptions) -> MarketSource:
         from qt_cli.core.sources.replay import open_replay
 
         return open_replay(
-            options.path, speed=options.speed, symbols=options.tickers, strict=options.strict
+            options.path,
+            speed=options.speed,
+            symbols=options.tickers,
+            strict=options.strict,
+            time_unit=options.time_unit,
         )
     if options.source == "replay-journal":
         from qt_cli.core.sources.replay import JournalSource
@@ -625,4 +639,8 @@ def run_feed(
             if installing:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
+    if options.source == "replay" and totals["stopped_by"] == "end":
+        from qt_cli.core.sources.replay import check_read
+
+        check_read(source, options.path)
     return totals

@@ -25,6 +25,7 @@ from qt_cli.core.sources.replay import (
 from tests.helpers import eventually
 
 HEADER = ",".join(NELOGICA_COLUMNS)
+T0 = 1_754_654_400 * NS_PER_S  # 2025-08-08 12:00 UTC: files hold plausible times
 
 
 def nelogica_csv(path: Path, rows: list[str], header: str = HEADER) -> Path:
@@ -198,7 +199,7 @@ def test_trade_type_names() -> None:
 
 
 def test_detect_format(tmp_path: Path) -> None:
-    events = [Trade("WDOQ25", 10 * NS_PER_S, price=1.0)]
+    events = [Trade("WDOQ25", T0 + 10 * NS_PER_S, price=1.0)]
     for name in ("a.jsonl", "a.csv", "a.parquet"):
         write_events(tmp_path / name, events)
     assert detect_format(tmp_path / "a.jsonl") == "jsonl"
@@ -216,10 +217,12 @@ def test_detect_format(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["events.jsonl", "events.csv", "events.parquet"])
 def test_recorded_files_replay_their_events(tmp_path: Path, name: str) -> None:
     events: list[Event] = [
-        Trade("WDOQ25", 10 * NS_PER_S, price=5000.0, quantity=1),
-        BookUpdate("WDOQ25", 11 * NS_PER_S, side="bid", action="add", price=4999.5, quantity=2),
-        State("*", 12 * NS_PER_S, text="connected"),
-        Trade("WINV25", 13 * NS_PER_S, price=130_000.0, quantity=1),
+        Trade("WDOQ25", T0 + 10 * NS_PER_S, price=5000.0, quantity=1),
+        BookUpdate(
+            "WDOQ25", T0 + 11 * NS_PER_S, side="bid", action="add", price=4999.5, quantity=2
+        ),
+        State("*", T0 + 12 * NS_PER_S, text="connected"),
+        Trade("WINV25", T0 + 13 * NS_PER_S, price=130_000.0, quantity=1),
     ]
     write_events(tmp_path / name, events)
     source = open_replay(tmp_path / name, speed=0, symbols=("WDOQ25",))
@@ -230,7 +233,7 @@ def test_recorded_files_replay_their_events(tmp_path: Path, name: str) -> None:
 
 
 def test_speed_paces_by_event_time(tmp_path: Path) -> None:
-    events = [Trade("WDOQ25", (10 + 3 * i) * NS_PER_S, price=5000.0) for i in range(2)]
+    events = [Trade("WDOQ25", T0 + (10 + 3 * i) * NS_PER_S, price=5000.0) for i in range(2)]
     write_events(tmp_path / "slow.jsonl", events)
     source = open_replay(tmp_path / "slow.jsonl", speed=1.0)
     source.open()
@@ -244,7 +247,7 @@ def test_speed_paces_by_event_time(tmp_path: Path) -> None:
 
 
 def test_long_pauses_are_shortened(tmp_path: Path) -> None:
-    events = [Trade("WDOQ25", t * NS_PER_S, price=5000.0) for t in (100, 100 + 15 * 3600)]
+    events = [Trade("WDOQ25", T0 + t * NS_PER_S, price=5000.0) for t in (100, 100 + 15 * 3600)]
     write_events(tmp_path / "night.jsonl", events)
     source = RecordedFileSource(
         tmp_path / "night.jsonl", format="jsonl", speed=1.0, max_pause_s=0.1
@@ -257,7 +260,7 @@ def test_long_pauses_are_shortened(tmp_path: Path) -> None:
 
 
 def test_negative_speed_is_a_usage_error(tmp_path: Path) -> None:
-    write_events(tmp_path / "e.jsonl", [Trade("WDOQ25", NS_PER_S, price=1.0)])
+    write_events(tmp_path / "e.jsonl", [Trade("WDOQ25", T0 + NS_PER_S, price=1.0)])
     with pytest.raises(UsageError, match="--speed"):
         open_replay(tmp_path / "e.jsonl", speed=-1)
 
