@@ -18,6 +18,7 @@ from qt_cli.core.sources.replay import (
     JournalSource,
     NelogicaCsvSource,
     RecordedFileSource,
+    check_read,
     detect_format,
     open_replay,
     trade_type_code,
@@ -153,6 +154,75 @@ def test_a_header_without_a_required_column_is_a_clear_error(tmp_path: Path) -> 
         open_replay(path)
 
 
+@pytest.mark.parametrize("missing", ["price", "ticker", "date"])
+def test_a_nelogica_export_missing_a_column_names_it(tmp_path: Path, missing: str) -> None:
+    columns = [c for c in NELOGICA_COLUMNS if c != missing]
+    row = dict(zip(NELOGICA_COLUMNS, nelogica_row(0, 1).split(","), strict=True))
+    path = nelogica_csv(
+        tmp_path / "short.csv", [",".join(row[c] for c in columns)], header=",".join(columns)
+    )
+    assert detect_format(path) == "nelogica"
+    with pytest.raises(
+        DataError, match=rf"short.csv: line 1: the header lacks column\(s\) {missing} "
+    ):
+        open_replay(path)
+
+
+def test_tickers_the_stream_keys_refuse_are_bad_lines(tmp_path: Path) -> None:
+    rows = [
+        nelogica_row(0, 1),
+        nelogica_row(1, 2, ticker="a:b{c}"),  # line 3
+        nelogica_row(2, 3, ticker="WDO Q25"),  # line 4
+        nelogica_row(3, 4, ticker="WDO-Q_25.X"),
+    ]
+    path = nelogica_csv(tmp_path / "tickers.csv", rows)
+    source = NelogicaCsvSource(path)
+    trades = drain(source)
+    assert [t.symbol for t in trades] == ["WDOQ25", "WDO-Q_25.X"]
+    assert source.stats.problems == [
+        f"{path}:3: ticker 'a:b{{c}}' is not a ticker (letters, digits, '.', '_', '-')",
+        f"{path}:4: ticker 'WDO Q25' is not a ticker (letters, digits, '.', '_', '-')",
+    ]
+    assert [r.reason for r in source.take_rejects()] == source.stats.problems
+
+
+def test_dates_before_2000_are_bad_lines(tmp_path: Path) -> None:
+    rows = [nelogica_row(0, 1, date="19991231"), nelogica_row(0, 2)]
+    path = nelogica_csv(tmp_path / "old.csv", rows)
+    source = NelogicaCsvSource(path)
+    assert [t.trade_id for t in drain(source)] == [2]  # type: ignore[attr-defined]
+    assert source.stats.problems == [f"{path}:2: date '19991231' is before 2000 or after tomorrow"]
+
+
+def test_nothing_valid_is_a_data_error_once_read(tmp_path: Path) -> None:
+    tob = tmp_path / "tob.csv"
+    tob.write_text(
+        "type,symbol,bid_price,bid_qty\n" + "tob,WDOQ25,5000.5,3\n" * 50, encoding="utf-8"
+    )
+    source = open_replay(tob)
+    assert drain(source) == []
+    with pytest.raises(DataError) as info:
+        check_read(source, tob)
+    assert str(info.value) == (
+        f"nothing valid in {tob}: all 50 records were skipped "
+        f"(first: {tob}:2: field 'ts_event' is missing)"
+    )
+    header_only = nelogica_csv(tmp_path / "none.csv", [])
+    source = open_replay(header_only)
+    drain(source)
+    with pytest.raises(DataError, match="nothing to replay in .*none.csv: it holds no records"):
+        check_read(source, header_only)
+    filtered = open_replay(nelogica_csv(tmp_path / "one.csv", [nelogica_row(0, 1)]), symbols=["X"])
+    assert drain(filtered) == []
+    check_read(filtered, "one.csv")  # valid rows, all filtered out: not an error
+
+
+def test_time_unit_is_refused_for_a_nelogica_export(tmp_path: Path) -> None:
+    path = nelogica_csv(tmp_path / "n.csv", [nelogica_row(0, 1)])
+    with pytest.raises(UsageError, match="--time-unit applies to files with a ts_event column"):
+        open_replay(path, time_unit="ms")
+
+
 def test_seconds_split_across_blocks_keep_one_spacing(tmp_path: Path) -> None:
     rows = [nelogica_row(i // 10, i) for i in range(2_000)]  # 10 trades per second
     path = nelogica_csv(tmp_path / "many.csv", rows)
@@ -208,6 +278,9 @@ def test_detect_format(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("foo,bar\n1,2\n")
     with pytest.raises(UsageError, match="not a recognised file"):
         detect_format(tmp_path / "x.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(UsageError, match=r"^--in \S+empty.csv is empty \(expected JSON lines"):
+        detect_format(tmp_path / "empty.csv", option="--in")
     with pytest.raises(UsageError, match="no such file"):
         detect_format(tmp_path / "missing.csv")
     with pytest.raises(UsageError, match="use --replay-journal"):
