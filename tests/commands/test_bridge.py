@@ -182,11 +182,12 @@ def test_a_nelogica_export_is_read_as_the_feed_reads_it(
 def test_a_file_gets_the_verdict_the_feed_gives_it(
     cli: CliRunner, vk: valkey.Valkey, valkey_url: str, tmp_path: Path
 ) -> None:
-    empty = tmp_path / "empty.csv"
-    empty.write_text("")
-    result = cli.invoke(app, ["bridge", "--in", str(empty), "--out", valkey_url])
-    assert result.exit_code == 2, result.output
-    assert f"Error: --in {empty} is empty (expected JSON lines" in result.stderr
+    for name in ("empty.csv", "empty.jsonl"):
+        empty = tmp_path / name
+        empty.write_text("")
+        result = cli.invoke(app, ["bridge", "--in", str(empty), "--out", valkey_url])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.endswith(f"Error: --in {empty} is empty (nothing to replay)\n")
     tob = tmp_path / "tob.csv"
     tob.write_text("type,symbol,bid_price,bid_qty\n" + "tob,WDOQ25,5000.5,3\n" * 50)
     result = cli.invoke(app, ["bridge", "--in", str(tob), "--out", valkey_url])

@@ -274,11 +274,12 @@ def test_a_replay_with_nothing_valid_exits_4_in_one_line(cli: CliRunner, tmp_pat
         f"Error: nothing valid in {tob}: all 50 records were skipped "
         f"(first: {tob}:2: field 'ts_event' is missing)"
     )
-    empty = tmp_path / "empty.csv"
-    empty.write_text("")
-    result = feed(cli, "--replay", str(empty), "--journal", str(tmp_path / "j"))
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"Error: --replay {empty} is empty (expected JSON lines")
+    for name in ("empty.csv", "empty.jsonl"):
+        empty = tmp_path / name
+        empty.write_text("")
+        result = feed(cli, "--replay", str(empty), "--journal", str(tmp_path / "j"))
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"Error: --replay {empty} is empty (nothing to replay)\n"
 
 
 def test_times_in_microseconds_are_refused_with_a_hint_or_converted(

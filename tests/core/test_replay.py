@@ -279,8 +279,10 @@ def test_detect_format(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a recognised file"):
         detect_format(tmp_path / "x.csv")
     (tmp_path / "empty.csv").write_text("")
-    with pytest.raises(UsageError, match=r"^--in \S+empty.csv is empty \(expected JSON lines"):
-        detect_format(tmp_path / "empty.csv", option="--in")
+    for name in ("empty.csv", "empty.jsonl", "empty.parquet"):
+        (tmp_path / name).write_text("")
+        with pytest.raises(UsageError, match=rf"^--in \S+{name} is empty \(nothing to replay\)"):
+            detect_format(tmp_path / name, option="--in")
     with pytest.raises(UsageError, match="no such file"):
         detect_format(tmp_path / "missing.csv")
     with pytest.raises(UsageError, match="use --replay-journal"):

@@ -143,6 +143,8 @@ def detect_format(path: Path | str, *, option: str = "--replay") -> str:
             "use --replay-journal" if option == "--replay" else "qt feed --replay-journal reads it"
         )
         raise UsageError(f"{option} {path} is a directory (a journal? {hint})")
+    if path.stat().st_size == 0:
+        raise UsageError(f"{option} {path} is empty (nothing to replay)")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return "parquet"
