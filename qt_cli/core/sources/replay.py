@@ -556,9 +556,11 @@ class NelogicaCsvSource(_Paced):
             np.asarray(pc.equal(pc.binary_length(ticker), 0).to_numpy(zero_copy_only=False)),
             lambda i: "ticker is empty",
         )
-        symbols = _strings(ticker)
-        ticker_codes, tickers = _factorize(symbols)
-        usable = np.fromiter((keys.valid_symbol(str(t)) for t in tickers), bool, len(tickers))
+        encoded = pc.dictionary_encode(ticker)  # one check per distinct ticker
+        tickers = encoded.dictionary.to_pylist()
+        ticker_codes = encoded.indices.to_numpy(zero_copy_only=False)
+        symbols = np.asarray(tickers, dtype=object)[ticker_codes]
+        usable = np.fromiter((keys.valid_symbol(t) for t in tickers), bool, len(tickers))
         flag(
             ~usable[ticker_codes],
             lambda i: f"ticker {symbols[i]!r} is not a ticker (letters, digits, '.', '_', '-')",
