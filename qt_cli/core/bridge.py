@@ -423,6 +423,13 @@ class BridgeConfig:
     password: str | None = None
     time_unit: str | None = None  # files and stdin: unit of their ts_* columns (s, ms, us, ns)
 
+    def __post_init__(self) -> None:
+        for symbol in self.symbols:
+            if not keys.valid_symbol(symbol):  # the one rule: a filter that could never match
+                raise UsageError(
+                    f"symbol {symbol!r}: use letters, digits, '.', '_' or '-' (e.g. WDOQ25)"
+                )
+
     @property
     def spill_path(self) -> Path:
         return self.spill_dir / f"{self.name}.spill"

@@ -127,6 +127,9 @@ def test_bad_options_are_usage_errors(cli: CliRunner, valkey_url: str) -> None:
     result = cli.invoke(app, ["bridge", "--in", "nope.txt", "--out", valkey_url])
     assert result.exit_code == 2
     assert "not a known file type" in result.stderr
+    result = cli.invoke(app, ["bridge", "--in", "-", "--out", valkey_url, "-s", "a:b{c}"])
+    assert result.exit_code == 2, result.output
+    assert "Error: symbol 'a:b{c}': use letters, digits, '.', '_' or '-'" in result.stderr
 
 
 def test_unreachable_valkey_exits_3_with_a_hint(cli: CliRunner) -> None:
