@@ -36,6 +36,7 @@ complete -c qt -n '__fish_seen_subcommand_from feed' -l start
 complete -c qt -n '__fish_seen_subcommand_from feed' -l stop-after
 complete -c qt -n '__fish_seen_subcommand_from feed' -l strict
 complete -c qt -n '__fish_seen_subcommand_from feed' -l symbol
+complete -c qt -n '__fish_seen_subcommand_from feed' -l time-unit
 complete -c qt -n '__fish_seen_subcommand_from feed' -s o
 complete -c qt -n '__fish_seen_subcommand_from feed' -s s
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l batch-ms
@@ -59,6 +60,7 @@ complete -c qt -n '__fish_seen_subcommand_from bridge' -l replay
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l replay-timeout
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l stop-after
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l symbol
+complete -c qt -n '__fish_seen_subcommand_from bridge' -l time-unit
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l timeframe
 complete -c qt -n '__fish_seen_subcommand_from bridge' -s i
 complete -c qt -n '__fish_seen_subcommand_from bridge' -s o

@@ -45,3 +45,13 @@ Outputs = Annotated[
         show_default=False,
     ),
 ]
+TimeUnit = Annotated[
+    str | None,
+    typer.Option(
+        "--time-unit",
+        help="Files: the unit of their ts_event/ts_init columns (s, ms, us, ns), converted to ns. "
+        "Without it, times before 2000 or over a day ahead are rejected with the unit they look "
+        "like.",
+        show_default=False,
+    ),
+]

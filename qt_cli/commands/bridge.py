@@ -8,13 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Inputs, Outputs, StopAfter, Symbols
+from qt_cli.options import AsJson, Duration, Inputs, Outputs, StopAfter, Symbols, TimeUnit
 from qt_cli.output import emit_json, is_terminal, say, warn
 
 HELP = """\
 Store what the feed publishes in Valkey streams, each event exactly once.
 
 Subscribes to the --in endpoints (default: the ticks and book endpoints of the settings), writes every event to stream:<kind>:{SYMBOL} with ids from event time, recovers gaps from the feed's replay endpoint, builds OHLCV candles (--timeframe) and columnar history chunks, and keeps receiving while Valkey is down (buffered in memory, then spilled to disk). Counters go to qt:stats:bridge:<name> for qt monitor and are printed on exit. See docs/bridge.md.
+
+Files are read as qt feed --replay reads them (recorded events or a Nelogica tick export); times before 2000 or over a day ahead are dead-lettered unless --time-unit gives the file's unit, and a file with nothing valid in it exits 4.
 
 Example: qt bridge --in tcp://127.0.0.1:5555 --in tcp://127.0.0.1:5556 --timeframe 1m,5m
 """
@@ -115,12 +117,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 min=1,
             ),
         ] = 200_000,
+        time_unit: TimeUnit = None,
         duration: Duration = None,
         stop_after: StopAfter = None,
         as_json: AsJson = False,
     ) -> None:
         from qt_cli.core import config, store
-        from qt_cli.core.bridge import BridgeConfig, run_bridge
+        from qt_cli.core.bridge import BridgeConfig, check_time_unit, run_bridge
         from qt_cli.core.candles import parse_timeframes
         from qt_cli.core.endpoints import parse_endpoints
         from qt_cli.core.errors import UsageError
@@ -132,6 +135,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         if len(outs) > 1:
             raise UsageError("give one --out valkey://… (the bridge writes to one Valkey)")
         parse_endpoints([*ins, *outs])  # bad input is reported before any server is started
+        check_time_unit(time_unit, ins)
         output = outs[0] if outs else store.resolve_url(settings, say=say)
         replay_endpoint: str | None = replay if replay is not None else settings.replay_endpoint
         if replay_endpoint and replay_endpoint.strip().lower() in ("none", "off", ""):
@@ -156,6 +160,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             duration_s=parse_duration_s(duration) if duration else None,
             stop_after=stop_after,
             password=settings.valkey_password or None,
+            time_unit=time_unit,
         )
         runner = run_bridge(bridge_config, say=say, warn=warn)
 

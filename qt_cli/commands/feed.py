@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Outputs, StopAfter, Symbols
+from qt_cli.options import AsJson, Duration, Outputs, StopAfter, Symbols, TimeUnit
 from qt_cli.output import emit_json, err_console, is_terminal, say, warn
 
 HELP = """\
@@ -18,7 +18,7 @@ Sources: --dll PATH (Nelogica ProfitDLL; credentials from PROFIT_ACTIVATION_KEY,
 
 Channels and default outputs: ticks (trades, state, daily) tcp://127.0.0.1:5555, book (book updates, top of book) 5556, history (history trades) 5557; the replay endpoint 5559 serves any journaled range. --out KIND=URI moves one (KIND: ticks, book, history, replay; replay=none turns it off); --out - sends everything as JSON lines to stdout; --out file.jsonl|.csv|.parquet records to a file.
 
-Every message carries session (<run id>.<channel>) and seq (gap-free from 1). The feed stops at the end of a replay, after --duration or --stop-after, or on Ctrl+C / SIGTERM (exit 0 after flushing, with totals; --json prints them as JSON).
+Every message carries session (<run id>.<channel>) and seq (gap-free from 1). The feed stops at the end of a replay, after --duration or --stop-after, or on Ctrl+C / SIGTERM (exit 0 after flushing, with totals; --json prints them as JSON). A replay that read nothing valid (every record bad, or none) exits 4. Replayed times before 2000 or over a day ahead are bad records; a file with times in another unit needs --time-unit (qt feed --replay ticks_us.csv --time-unit us).
 
 --journal-retention 7d keeps the journal to about a week: at start, at every segment roll and every 10 minutes the feed removes whole segments last written more than 7 days ago (never the segment a feed still writes to); a subscriber asking for a removed range records it as a lost gap (docs/feed.md).
 
@@ -198,6 +198,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         strict: Annotated[
             bool, typer.Option("--strict", help="Replays: stop at the first bad line (exit 4).")
         ] = False,
+        time_unit: TimeUnit = None,
         duration: Duration = None,
         stop_after: StopAfter = None,
         outputs: Outputs = None,
@@ -282,6 +283,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             start=start,
             speed=speed,
             strict=strict,
+            time_unit=time_unit,
             duration_s=parse_duration_s(duration) if duration else None,
             stop_after=stop_after,
             outputs=tuple(outputs or ()),

@@ -638,6 +638,14 @@ class BridgeConfig:
     stop_after: int | None = None
     stats_interval_s: float = 1.0
     password: str | None = field(default=None, repr=False)
+    time_unit: str | None = None  # files and stdin: unit of their ts_* columns (s, ms, us, ns)
+
+    def __post_init__(self) -> None:
+        for symbol in self.symbols:
+            if not keys.valid_symbol(symbol):  # the one rule: a filter that could never match
+                raise UsageError(
+                    f"symbol {symbol!r}: use letters, digits, '.', '_' or '-' (e.g. WDOQ25)"
+                )
 
     @property
     def spill_path(self) -> Path:
@@ -1000,7 +1008,7 @@ def _open_input(config: BridgeConfig, endpoint: Endpoint, known: dict[str, int])
         )
     from qt_cli.core.endpoints import open_source
 
-    return open_source(endpoint)
+    return open_source(endpoint, time_unit=config.time_unit)
 
 
 class _TailCheck:
@@ -1754,6 +1762,10 @@ class Bridge:
                 if items:
                     self.queue.put(items)
                 if source.finished:
+                    if inp.endpoint.kind == "file" and not self._stop.is_set():
+                        from qt_cli.core.sources.replay import check_read
+
+                        check_read(source, inp.endpoint.path)  # nothing valid: not a success
                     break
         except BaseException as exc:  # a receiver failing must stop the bridge, loudly
             inp.error = exc
@@ -2550,6 +2562,17 @@ def _round(value: float) -> float | None:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0].rstrip(".")
+
+
+def check_time_unit(time_unit: str | None, inputs: Sequence[str]) -> None:
+    """UsageError for an unknown `--time-unit`, or one given without a file or stdin input."""
+    if time_unit is None:
+        return
+    from qt_cli.core.files import time_unit_factor
+
+    time_unit_factor(time_unit)
+    if not any(parse_endpoint(uri).kind in ("file", "stdio") for uri in inputs):
+        raise UsageError("--time-unit applies to file and stdin inputs (--in FILE, --in -)")
 
 
 def run_bridge(config: BridgeConfig, *, say: Say = _log_say, warn: Say | None = None) -> Bridge:

@@ -229,8 +229,14 @@ def open_sink(endpoint: Endpoint | str) -> Sink:
     return files.open_file_sink(Path(ep.path), ep.format)
 
 
-def open_source(endpoint: Endpoint | str, *, symbols: Sequence[str] = ()) -> Source:
-    """Open an input: ZeroMQ SUB (connect), Valkey streams, stdin JSON lines, or a file."""
+def open_source(
+    endpoint: Endpoint | str, *, symbols: Sequence[str] = (), time_unit: str | None = None
+) -> Source:
+    """Open an input: ZeroMQ SUB (connect), Valkey streams, stdin JSON lines, or a file.
+
+    A file is read as `qt feed --replay` reads it (its format from its content, a Nelogica tick
+    export included), at full speed; `time_unit` is the unit of its (or stdin's) ts_* fields.
+    """
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     if ep.kind == "zmq":
         from qt_cli.core import zmq_io
@@ -241,8 +247,10 @@ def open_source(endpoint: Endpoint | str, *, symbols: Sequence[str] = ()) -> Sou
         from qt_cli.core.store.reader import StreamSource
 
         return StreamSource(store.connect(ep), symbols=symbols)
-    from qt_cli.core import files
-
     if ep.kind == "stdio":
-        return files.JsonLinesSource(None)
-    return files.open_file_source(Path(ep.path), ep.format)
+        from qt_cli.core import files
+
+        return files.JsonLinesSource(None, time_unit=time_unit)
+    from qt_cli.core.sources.replay import open_replay
+
+    return open_replay(ep.path, speed=0.0, time_unit=time_unit, option="--in")

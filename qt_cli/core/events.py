@@ -23,6 +23,7 @@ from typing import Any, ClassVar, get_type_hints
 
 import orjson
 
+from qt_cli.core import keys
 from qt_cli.core.errors import DecodeError
 
 NS_PER_MS = 1_000_000
@@ -245,6 +246,11 @@ class Event:
     def _validate(self) -> None:
         if not self.symbol:
             raise DecodeError("field 'symbol' is empty", field="symbol")
+        if self.symbol != "*" and not keys.valid_symbol(self.symbol):
+            raise DecodeError(
+                f"field 'symbol': {self.symbol!r} is not a ticker (letters, digits, '.', '_', '-')",
+                field="symbol",
+            )
         if self.ts_event <= 0:
             raise DecodeError(f"field 'ts_event': not a time ({self.ts_event})", field="ts_event")
 

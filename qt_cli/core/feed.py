@@ -135,6 +135,7 @@ class FeedOptions:
     start: str | None = None  # --sim: first venue time (see core/sim_start.py)
     speed: float = 1.0
     strict: bool = False
+    time_unit: str | None = None  # --replay: unit of the file's ts_* columns (s, ms, us, ns)
     duration_s: float | None = None
     stop_after: int | None = None
     outputs: tuple[str, ...] = ()
@@ -162,6 +163,15 @@ class FeedOptions:
             raise UsageError("--hwm must be at least 1 message")
         if self.journal_retention is not None:
             parse_retention(self.journal_retention)  # a bad value fails before anything opens
+        if self.time_unit is not None and self.source != "replay":
+            raise UsageError("--time-unit applies to --replay FILE only")
+        from qt_cli.core.files import time_unit_factor
+
+        time_unit_factor(self.time_unit)  # an unknown unit is a usage error before anything opens
+        from qt_cli.core.sources.profitdll import parse_symbol
+
+        for item in self.symbols:
+            parse_symbol(item)  # the one rule for tickers (keys.valid_symbol), for every source
 
     @property
     def tickers(self) -> tuple[str, ...]:
@@ -194,7 +204,11 @@ def build_source(
         from qt_cli.core.sources.replay import open_replay
 
         return open_replay(
-            options.path, speed=options.speed, symbols=options.tickers, strict=options.strict
+            options.path,
+            speed=options.speed,
+            symbols=options.tickers,
+            strict=options.strict,
+            time_unit=options.time_unit,
         )
     if options.source == "replay-journal":
         from qt_cli.core.sources.replay import JournalSource
@@ -680,4 +694,8 @@ def run_feed(
             if installing:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
+    if options.source == "replay" and totals["stopped_by"] == "end":
+        from qt_cli.core.sources.replay import check_read
+
+        check_read(source, options.path)
     return totals

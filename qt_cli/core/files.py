@@ -13,7 +13,11 @@ types in its first batch. An event of another type with fields outside that set 
 
 Sources read in blocks and decode each row; a row that does not decode is counted (`stats`), kept
 as a `Reject` (`take_rejects()`) with its line number in the reason, and skipped; `strict=True`
-makes it a DataError instead.
+makes it a DataError instead. A row whose `ts_event` lies outside the plausible window (2000-01-01
+to a day ahead of the wall clock) is such a row too: the reason names the unit it looks like
+("ts_event 1723112400000000 looks like microseconds; use --time-unit us"). `time_unit` (s, ms, us,
+ns) says the unit of the file's `ts_*` and `recv_ns` columns; they are converted to nanoseconds.
+A row without `ts_init` (and `recv_ns`) gets the time of receipt, like any other input.
 """
 
 from __future__ import annotations
@@ -32,7 +36,17 @@ from typing import Any, BinaryIO
 import orjson
 
 from qt_cli.core.errors import DataError, DecodeError, QtError, UsageError
-from qt_cli.core.events import EVENT_TYPES, Event, Trade, decode_dict, now_ns
+from qt_cli.core.events import (
+    EVENT_TYPES,
+    NS_PER_MS,
+    NS_PER_S,
+    Event,
+    ReceiveClock,
+    Trade,
+    decode_dict,
+    now_ns,
+    utc_datetime,
+)
 from qt_cli.core.sources.base import SourceStats
 
 MAX_RAW_BYTES = 64 * 1024
@@ -40,6 +54,62 @@ FORMATS = ("jsonl", "csv", "parquet")
 MARKET_TYPES = ("tick", "book", "tob", "daily", "state")
 _READ_CHUNK = 1 << 20
 _PARQUET_ROWS = 65_536
+
+# --- plausible times ---------------------------------------------------------------------------
+
+TIME_UNITS = {"s": NS_PER_S, "ms": NS_PER_MS, "us": 1_000, "ns": 1}  # unit -> ns per unit
+_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+EARLIEST_NS = 946_684_800 * NS_PER_S  # 2000-01-01T00:00:00Z: nothing we replay is older
+AHEAD_NS = 86_400 * NS_PER_S  # nor more than a day ahead of the wall clock
+_TIME_FIELDS = ("ts_event", "ts_init", "recv_ns", "ts_features")  # converted by time_unit
+
+
+def time_unit_factor(unit: str | None) -> int:
+    """ns per unit of `--time-unit` (None: nanoseconds); UsageError for an unknown unit."""
+    if unit is None:
+        return 1
+    factor = TIME_UNITS.get(unit.strip().lower())
+    if factor is None:
+        raise UsageError(f"--time-unit {unit!r}: choose one of {', '.join(TIME_UNITS)}")
+    return factor
+
+
+def plausible_ns(ts_ns: int, now: int) -> bool:
+    """True for a time from 2000-01-01 to a day ahead of `now` (ns)."""
+    return EARLIEST_NS <= ts_ns <= now + AHEAD_NS
+
+
+def implausible_time(name: str, value: Any, ts_ns: int, now: int) -> str:
+    """Why `value` (field `name` as written; `ts_ns` once read) is not a plausible time, and the
+    unit it looks like when one fits (the units' windows do not overlap)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = ts_ns
+    if name == "ts_event":  # timestamp_ms is milliseconds by name: --time-unit does not apply
+        for guess, factor in TIME_UNITS.items():
+            if plausible_ns(number * factor, now):
+                return f"{name} {value} looks like {_UNIT_NAMES[guess]}; use --time-unit {guess}"
+    when = utc_datetime(ts_ns).strftime("%Y-%m-%d") if -(2**62) < ts_ns < 2**62 else "?"
+    hint = "; if it is in another unit, give --time-unit s|ms|us|ns" if name == "ts_event" else ""
+    return f"{name} {value} is not a plausible time ({when}: before 2000 or a day ahead){hint}"
+
+
+def _scale(value: Any, factor: int) -> Any:
+    """A time value in another unit as ns (left as is when it is not a number: decode says so)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value * factor
+    try:
+        return int(value) * factor
+    except (TypeError, ValueError):
+        pass
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return round(number * factor) if math.isfinite(number) else value
 
 
 @dataclass(frozen=True)
@@ -182,11 +252,14 @@ class JsonLinesSink:
 
 
 class _RowSource:
-    """Shared bookkeeping of the file sources: stats, rejects, strictness."""
+    """Shared bookkeeping of the file sources: stats, rejects, strictness, time checks."""
 
-    def __init__(self, name: str, *, strict: bool) -> None:
+    def __init__(self, name: str, *, strict: bool, time_unit: str | None = None) -> None:
         self.name = name
         self.strict = strict
+        self.time_unit = time_unit
+        self._factor = time_unit_factor(time_unit)
+        self._clock = ReceiveClock()
         self.stats = SourceStats()
         self._rejects: list[Reject] = []
         self._done = False
@@ -217,10 +290,24 @@ class _RowSource:
                 yield batch
 
     def _decode(self, data: Any, where: str, raw: bytes) -> Event | None:
+        received = self._clock()
+        written = data.get("ts_event", data.get("timestamp_ms")) if isinstance(data, dict) else None
+        if isinstance(data, dict):
+            if self._factor != 1:
+                for name in _TIME_FIELDS:
+                    if name in data:
+                        data[name] = _scale(data[name], self._factor)
+            if "ts_init" not in data and "recv_ns" not in data:
+                data["ts_init"] = received
         try:
             event = decode_dict(data)
         except DecodeError as exc:
             self._bad(where, str(exc), exc.field, raw)
+            return None
+        if not plausible_ns(event.ts_event, received):
+            name = "ts_event" if "ts_event" in data else "timestamp_ms"
+            reason = implausible_time(name, written, event.ts_event, received)
+            self._bad(where, reason, name, raw)
             return None
         self.stats.produced += 1
         return event
@@ -229,9 +316,12 @@ class _RowSource:
 class JsonLinesSource(_RowSource):
     """Events from JSON lines: a file, or stdin when path is None (read with a timeout)."""
 
-    def __init__(self, path: Path | str | None, *, strict: bool = False) -> None:
+    def __init__(
+        self, path: Path | str | None, *, strict: bool = False, time_unit: str | None = None
+    ) -> None:
         self.path = Path(path) if path is not None else None
-        super().__init__(str(self.path) if self.path is not None else "-", strict=strict)
+        name = str(self.path) if self.path is not None else "-"
+        super().__init__(name, strict=strict, time_unit=time_unit)
         if self.path is None:
             self._fd = sys.stdin.fileno()
             self._own = False
@@ -374,9 +464,16 @@ class CsvSink(_TableSink):
 class CsvSource(_RowSource):
     """Events from a CSV of wire fields (header line required; empty cells are absent fields)."""
 
-    def __init__(self, path: Path | str, *, strict: bool = False, batch_rows: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        strict: bool = False,
+        batch_rows: int = 10_000,
+        time_unit: str | None = None,
+    ) -> None:
         self.path = Path(path)
-        super().__init__(str(self.path), strict=strict)
+        super().__init__(str(self.path), strict=strict, time_unit=time_unit)
         try:
             self._file = open(self.path, newline="", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
@@ -508,11 +605,18 @@ class ParquetSink(_TableSink):
 class ParquetSource(_RowSource):
     """Events from a Parquet file of wire fields, read in record batches."""
 
-    def __init__(self, path: Path | str, *, strict: bool = False, batch_rows: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        strict: bool = False,
+        batch_rows: int = 10_000,
+        time_unit: str | None = None,
+    ) -> None:
         import pyarrow.parquet as pq
 
         self.path = Path(path)
-        super().__init__(str(self.path), strict=strict)
+        super().__init__(str(self.path), strict=strict, time_unit=time_unit)
         try:
             self._file = pq.ParquetFile(self.path)
         except FileNotFoundError:
@@ -570,7 +674,7 @@ def open_file_sink(
 
 
 def open_file_source(
-    path: Path | str, format: str, *, strict: bool = False
+    path: Path | str, format: str, *, strict: bool = False, time_unit: str | None = None
 ) -> JsonLinesSource | CsvSource | ParquetSource:
     """A source that replays events recorded in `path` (jsonl, csv, parquet)."""
     fmt = _check_format(format)
@@ -578,10 +682,10 @@ def open_file_source(
     if not path.exists():
         raise UsageError(f"cannot read {path}: no such file")
     if fmt == "jsonl":
-        return JsonLinesSource(path, strict=strict)
+        return JsonLinesSource(path, strict=strict, time_unit=time_unit)
     if fmt == "csv":
-        return CsvSource(path, strict=strict)
-    return ParquetSource(path, strict=strict)
+        return CsvSource(path, strict=strict, time_unit=time_unit)
+    return ParquetSource(path, strict=strict, time_unit=time_unit)
 
 
 def read_events(path: Path | str, format: str | None = None, *, strict: bool = True) -> list[Event]:
@@ -613,6 +717,7 @@ def write_events(path: Path | str, events: Sequence[Event], format: str | None =
 
 __all__ = [
     "FORMATS",
+    "TIME_UNITS",
     "MAX_RAW_BYTES",
     "CsvSink",
     "CsvSource",
@@ -625,7 +730,9 @@ __all__ = [
     "columns_for",
     "open_file_sink",
     "open_file_source",
+    "plausible_ns",
     "read_events",
+    "time_unit_factor",
     "type_columns",
     "write_events",
 ]

@@ -409,7 +409,39 @@ def _symbol_pages(
     for entry_page in reader.iter_entries(
         client, key, from_ns, to_ns, time_field=time_field(kind), stats=stats
     ):
-        yield entries_frame(kind, entry_page.entries), entry_page.watermark_ns
+        entries = _own_entries(kind, key, entry_page.entries, stats)
+        yield entries_frame(kind, entries), entry_page.watermark_ns
+
+
+def _own_entries(
+    kind: str, key: str, entries: Sequence[reader.Entry], stats: reader.ReadStats
+) -> Sequence[reader.Entry]:
+    """The entries of a per-event kind that are its events (an integer time; a `type`, when
+    there is one, of the kind's); another program's entry (the seed guide's `init true` marker,
+    say) is left out and described in `stats.problems`, as the ticks read does."""
+    types = _type_fields(kind)
+    if not types:
+        return entries  # gaps and dead letters: every entry is one
+    wanted = {None, *(name.encode() for name in types)}
+    field_name = time_field(kind).encode()
+
+    def mine(fields: dict[bytes, bytes]) -> bool:
+        return fields.get(b"type") in wanted and _is_int(fields.get(field_name))
+
+    own = [e for e in entries if mine(e[1])]
+    if len(own) < len(entries):
+        for entry_id, fields in entries:
+            if mine(fields):
+                continue
+            names = ", ".join(sorted(f.decode(errors="replace") for f in fields)[:8])
+            stats.problems.append(
+                f"{key} {entry_id.decode()}: not a {kind} entry (fields: {names})"
+            )
+    return own
+
+
+def _is_int(value: bytes | None) -> bool:
+    return bool(value) and value.lstrip(b"-").isdigit()  # type: ignore[union-attr]
 
 
 def _merge_pages(

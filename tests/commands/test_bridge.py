@@ -127,6 +127,9 @@ def test_bad_options_are_usage_errors(cli: CliRunner, valkey_url: str) -> None:
     result = cli.invoke(app, ["bridge", "--in", "nope.txt", "--out", valkey_url])
     assert result.exit_code == 2
     assert "not a known file type" in result.stderr
+    result = cli.invoke(app, ["bridge", "--in", "-", "--out", valkey_url, "-s", "a:b{c}"])
+    assert result.exit_code == 2, result.output
+    assert "Error: symbol 'a:b{c}': use letters, digits, '.', '_' or '-'" in result.stderr
 
 
 def test_unreachable_valkey_exits_3_with_a_hint(cli: CliRunner) -> None:
@@ -158,3 +161,67 @@ def test_a_bad_input_is_reported_before_any_server_starts(
     assert result.stderr.startswith("Error: endpoint 'bogus://x': unknown scheme 'bogus'")
     assert "starting the managed server" not in result.stderr
     assert not (isolated_settings / "valkey").exists()
+
+
+def test_a_nelogica_export_is_read_as_the_feed_reads_it(
+    cli: CliRunner, vk: valkey.Valkey, valkey_url: str, tmp_path: Path
+) -> None:
+    from tests.core.test_replay import nelogica_csv, nelogica_row
+
+    rows = [nelogica_row(i, i + 1) for i in range(5)]
+    rows.insert(2, nelogica_row(1, 99, ticker="a:b{c}"))  # line 4
+    path = nelogica_csv(tmp_path / "wdo.csv", rows)
+    result = cli.invoke(app, ["bridge", "--in", str(path), "--out", valkey_url, "--json"])
+    assert result.exit_code == 0, result.output
+    totals = json.loads(result.stdout)
+    assert (totals["written"], totals["deadletters"]) == (5, 1)
+    stored = vk.xrange(keys.stream_key("ticks", "WDOQ25"))
+    assert [int(f[b"trade_id"]) for _, f in stored] == [1, 2, 3, 4, 5]
+    assert stored[0][1][b"buyer_name"] == b"XP"
+    ((_, letter),) = vk.xrange(keys.stream_key("deadletter"))
+    assert letter[b"reason"] == f"{path}:4: ticker 'a:b{{c}}' is not a ticker (letters, digits, '.', '_', '-')".encode()  # fmt: skip
+
+
+def test_a_file_gets_the_verdict_the_feed_gives_it(
+    cli: CliRunner, vk: valkey.Valkey, valkey_url: str, tmp_path: Path
+) -> None:
+    for name in ("empty.csv", "empty.jsonl"):
+        empty = tmp_path / name
+        empty.write_text("")
+        result = cli.invoke(app, ["bridge", "--in", str(empty), "--out", valkey_url])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.endswith(f"Error: --in {empty} is empty (nothing to replay)\n")
+    tob = tmp_path / "tob.csv"
+    tob.write_text("type,symbol,bid_price,bid_qty\n" + "tob,WDOQ25,5000.5,3\n" * 50)
+    result = cli.invoke(app, ["bridge", "--in", str(tob), "--out", valkey_url])
+    assert result.exit_code == 4, result.output
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: nothing valid in {tob}: all 50 records were skipped "
+        f"(first: {tob}:2: field 'ts_event' is missing)"
+    )
+    assert vk.xlen(keys.stream_key("deadletter")) == 50  # what was bad is still kept
+
+
+def test_time_unit_for_files_and_stdin(
+    cli: CliRunner, vk: valkey.Valkey, valkey_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "ms.csv"
+    path.write_text(
+        "type,symbol,ts_event,price,quantity\n"
+        + "".join(f"tick,WDOQ25,{T0 // 10**6 + i},5000.5,1\n" for i in range(3))
+    )
+    result = cli.invoke(app, ["bridge", "--in", str(path), "--out", valkey_url])
+    assert result.exit_code == 4, result.output
+    assert f"ts_event {T0 // 10**6} looks like milliseconds; use --time-unit ms" in result.stderr
+    result = cli.invoke(
+        app, ["bridge", "--in", str(path), "--out", valkey_url, "--time-unit", "ms", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    stored = vk.xrange(keys.stream_key("ticks", "WDOQ25"))
+    assert [int(f[b"ts_event"]) for _, f in stored] == [T0 + i * 10**6 for i in range(3)]
+    assert all(int(f[b"ts_init"]) > T0 for _, f in stored)  # received now, not 0
+    result = cli.invoke(
+        app, ["bridge", "--in", "tcp://127.0.0.1:5555", "--out", valkey_url, "--time-unit", "s"]
+    )
+    assert result.exit_code == 2
+    assert "--time-unit applies to file and stdin inputs" in result.stderr

@@ -52,6 +52,14 @@ def zmq_outs() -> list[str]:
             ["--replay-journal", ".", "--rate", "0"],
             "--rate, --seed and --start apply to --sim only",
         ),
+        (["--sim", "--symbol", "WDO Q25"], "symbol 'WDO Q25': use letters, digits, '.', '_' or"),
+        (  # --stop-after: were the symbol taken, the run would end rather than hang
+            ["--sim", "--symbol", "a:b{c}", "--stop-after", "1", "--out", "-"],
+            "symbol 'a:b{c}': the exchange is one letter",
+        ),
+        (["--sim", "--symbol", "a{c}", "--stop-after", "1"], "symbol 'A{C}': use letters, digits"),
+        (["--sim", "--time-unit", "us"], "--time-unit applies to --replay FILE only"),
+        (["--replay", "x.csv", "--time-unit", "h"], "--time-unit 'h': choose one of s, ms, us, ns"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(
@@ -429,3 +437,53 @@ def test_a_fast_run_without_valkey_says_where_it_starts(cli: CliRunner, tmp_path
 def vk_url(vk) -> str:
     kwargs = vk.connection_pool.connection_kwargs
     return f"valkey://{kwargs['host']}:{kwargs['port']}/0"
+
+
+def test_a_replay_with_nothing_valid_exits_4_in_one_line(cli: CliRunner, tmp_path: Path) -> None:
+    tob = tmp_path / "tob.csv"  # top of book without ts_event: 50 of 50 bad
+    tob.write_text("type,symbol,bid_price,bid_qty\n" + "tob,WDOQ25,5000.5,3\n" * 50)
+    result = feed(cli, "--replay", str(tob), "--speed", "0", "--out", str(tmp_path / "o.jsonl"),
+                  "--journal", str(tmp_path / "j"))  # fmt: skip
+    assert result.exit_code == 4, result.output
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: nothing valid in {tob}: all 50 records were skipped "
+        f"(first: {tob}:2: field 'ts_event' is missing)"
+    )
+    for name in ("empty.csv", "empty.jsonl"):
+        empty = tmp_path / name
+        empty.write_text("")
+        result = feed(cli, "--replay", str(empty), "--journal", str(tmp_path / "j"))
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"Error: --replay {empty} is empty (nothing to replay)\n"
+
+
+def test_times_in_microseconds_are_refused_with_a_hint_or_converted(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    stamp_us = 1_723_112_400_000_000  # 2024-08-08 10:20 UTC in microseconds
+    path = tmp_path / "us.csv"
+    path.write_text(f"type,symbol,ts_event,price,quantity\ntick,WDOQ25,{stamp_us},5000.5,1\n")
+    args = ["--replay", str(path), "--speed", "0", "--journal", str(tmp_path / "j")]
+    result = feed(cli, *args, "--out", str(tmp_path / "a.jsonl"))
+    assert result.exit_code == 4, result.output
+    assert f"{path}:2: ts_event {stamp_us} looks like microseconds; use --time-unit us" in (
+        result.stderr
+    )
+    result = feed(cli, *args, "--time-unit", "us", "--out", "-")
+    assert result.exit_code == 0, result.output
+    (row,) = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert row["ts_event"] == stamp_us * 1000
+    assert row["timestamp"] == "2024-08-08T07:20:00.000-03:00"
+    assert row["ts_init"] > row["ts_event"]  # the time of receipt, not 0
+
+
+def test_a_nelogica_ticker_the_keys_refuse_is_a_bad_line(cli: CliRunner, tmp_path: Path) -> None:
+    path = nelogica_csv(
+        tmp_path / "t.csv", [nelogica_row(0, 1), nelogica_row(1, 2, ticker="a:b{c}")]
+    )
+    result = feed(
+        cli, "--replay", str(path), "--speed", "0", "--out", "-", "--journal", str(tmp_path / "j")
+    )
+    assert result.exit_code == 0, result.output
+    assert [orjson.loads(line)["symbol"] for line in result.stdout.splitlines()] == ["WDOQ25"]
+    assert f"{path}:3: ticker 'a:b{{c}}' is not a ticker" in result.stderr

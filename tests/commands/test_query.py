@@ -332,3 +332,32 @@ def test_a_table_at_80_columns_has_one_line_per_row(cli: CliRunner, vk, kind: st
     assert lines[0].split()[:2] == ["time", "(America/Sao_Paulo)"]
     if kind in ("ticks", "book"):  # several symbols: which one a row is stays visible
         assert "symbol" in lines[0].split()
+
+
+def test_entries_another_program_wrote_are_skipped_and_counted(cli: CliRunner, vk) -> None:
+    from qt_cli.core import keys
+    from qt_cli.core.events import Candle, FeatureVector
+    from tests.core.test_query import T0, seed_events
+
+    # The seed guide's marker, as `XADD stream:candles:1m:{WDOQ25} * init true` writes it.
+    for kind in ("candles:1m", "features"):
+        vk.xadd(keys.stream_key(kind, SYMBOL), {"init": "true"}, id=f"{T0 // 10**6 - 1000}-0")
+    candles = [Candle(symbol=SYMBOL, ts_event=T0 + i * 60 * 10**9, close=2.0 + i) for i in range(2)]
+    seed_events(vk, [*candles, FeatureVector(symbol=SYMBOL, ts_event=T0, features={"a": 1.5})])
+    wide = ["--from", "2025-08-08T08:50", "--to", "2025-08-08T09:05"]  # the marker is inside
+    for fmt in ("csv", "jsonl", "parquet", "table"):
+        result = cli.invoke(app, ["query", "-s", SYMBOL, "-k", "candles:1m", *wide, "-f", fmt])
+        assert result.exit_code == 0, result.output
+        assert "2 rows: candles:1m of WDOQ25" in result.stderr, fmt
+        assert "skipped: stream:candles:1m:{WDOQ25} " in result.stderr
+        assert "not a candles:1m entry (fields: init)" in result.stderr
+    result = cli.invoke(app, ["query", "-s", SYMBOL, "-k", "candles:1m", *wide, "-f", "csv"])
+    assert pd.read_csv(io.StringIO(result.stdout))["close"].tolist() == [2.0, 3.0]
+    result = cli.invoke(app, ["query", "-k", "features", *wide, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [row["features"] for row in json.loads(result.stdout)] == [{"a": 1.5}]
+    result = cli.invoke(
+        app, ["query", "-k", "features", "--as-of", "2025-08-08T08:59:59.5", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []

@@ -575,10 +575,12 @@ def test_stopping_during_an_outage_keeps_the_buffer_for_the_next_run(
         assert any("kept in" in w for w in warnings)
         assert config.spill_path.exists()
         own_valkey.start()
-        later = Bridge(replace(config, inputs=(str(jsonl(tmp_path / "none.jsonl", [])),)))
+        # An input that adds nothing new (a trade already stored); an empty file is refused.
+        again = jsonl(tmp_path / "again.jsonl", trades[:1], session="testrun.ticks")
+        later = Bridge(replace(config, inputs=(str(again),)))
         later_stats = later.run()
         later.close()
-        assert later_stats.written == 1000
+        assert (later_stats.written, later_stats.duplicates) == (1000, 1)
         assert session_seqs(client, ("WDOQ25", "WINV25")) == [
             ("testrun.ticks", s) for s in range(1, 1201)
         ]

@@ -326,6 +326,12 @@ def test_aggressor_mapping() -> None:
             "features",
             "invalid JSON",
         ),
+        (  # keys.valid_symbol is the one rule: no stream key or topic could hold it
+            b'{"type": "tick", "symbol": "a:b{c}", "ts_event": 1, "price": 1}',
+            "symbol",
+            r"'a:b\{c\}' is not a ticker",
+        ),
+        (b'{"type": "state", "symbol": "WDO Q25", "ts_event": 1}', "symbol", "is not a ticker"),
     ],
 )
 def test_decode_rejects_malformed_input_naming_the_field(
@@ -334,6 +340,11 @@ def test_decode_rejects_malformed_input_naming_the_field(
     with pytest.raises(DecodeError, match=message) as info:
         decode(payload)
     assert info.value.field == field
+
+
+def test_the_whole_connection_symbol_decodes() -> None:
+    assert decode(b'{"type": "state", "symbol": "*", "ts_event": 1}').symbol == "*"
+    assert decode(b'{"type": "tick", "symbol": "WDO-Q_25.X", "ts_event": 1, "price": 1}')
 
 
 def test_events_are_immutable() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,67 @@ def test_parquet_columns_are_typed(tmp_path: Path) -> None:
     assert str(schema.field("quantity").type) == "int64"
     assert str(schema.field("is_edit").type) == "bool"
     assert str(schema.field("levels").type) == "string"
+
+
+def test_times_in_another_unit_are_rejected_with_the_unit_they_look_like(tmp_path: Path) -> None:
+    seconds = T0 // NS_PER_S
+    path = tmp_path / "ticks.csv"
+    path.write_text(
+        "type,symbol,ts_event,price,quantity\n"
+        f"tick,WDOQ25,{seconds * 1_000_000},5000.5,1\n"  # line 2: microseconds
+        f"tick,WDOQ25,{seconds * 1000},5000.5,1\n"  # line 3: milliseconds
+        f"tick,WDOQ25,{seconds},5000.5,1\n"  # line 4: seconds
+        "tick,WDOQ25,86400000000000,5000.5,1\n"  # line 5: 1970-01-02 in ns, nothing fits
+        f"tick,WDOQ25,{time.time_ns() + 2 * 86_400 * NS_PER_S},5000.5,1\n"  # line 6: 2 days ahead
+        f"tick,WDOQ25,{T0},5000.5,1\n"  # line 7: nanoseconds, fine
+    )
+    source = open_file_source(path, "csv")
+    got = [e for batch in source.batches() for e in batch]
+    source.close()
+    assert [e.ts_event for e in got] == [T0]
+    assert source.stats.problems[:3] == [
+        f"{path}:2: ts_event {seconds * 1_000_000} looks like microseconds; use --time-unit us",
+        f"{path}:3: ts_event {seconds * 1000} looks like milliseconds; use --time-unit ms",
+        f"{path}:4: ts_event {seconds} looks like seconds; use --time-unit s",
+    ]
+    assert source.stats.problems[3].startswith(
+        f"{path}:5: ts_event 86400000000000 is not a plausible time (1970-01-02: before 2000"
+    )
+    assert "is not a plausible time" in source.stats.problems[4]
+    assert source.take_rejects()[0].field == "ts_event"
+    with pytest.raises(DataError, match=r":2: ts_event \d+ looks like microseconds.*--strict"):
+        read_events(path, strict=True)
+
+
+@pytest.mark.parametrize(("unit", "factor"), [("s", NS_PER_S), ("ms", 10**6), ("us", 1000)])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_time_unit_converts_the_time_columns(
+    tmp_path: Path, suffix: str, unit: str, factor: int
+) -> None:
+    trade = Trade("WDOQ25", T0, price=5000.5, quantity=1, ts_init=T0 + 5 * factor)
+    scaled = Trade("WDOQ25", T0 // factor, price=5000.5, quantity=1, ts_init=T0 // factor + 5)
+    path = tmp_path / f"ticks{suffix}"
+    write_events(path, [scaled])
+    assert read_events(path, strict=False) == []  # without the unit: rejected
+    source = open_file_source(path, suffix[1:], time_unit=unit)
+    (got,) = [e for batch in source.batches() for e in batch]
+    source.close()
+    assert (got.ts_event, got.ts_init) == (trade.ts_event, trade.ts_init)  # type: ignore[attr-defined]
+    with pytest.raises(UsageError, match="--time-unit 'h': choose one of s, ms, us, ns"):
+        open_file_source(path, suffix[1:], time_unit="h")
+
+
+def test_rows_without_ts_init_get_the_time_of_receipt(tmp_path: Path) -> None:
+    path = tmp_path / "ticks.csv"
+    path.write_text(f"type,symbol,ts_event,price,quantity\ntick,WDOQ25,{T0},5000.5,1\n")
+    jsonl = tmp_path / "ticks.jsonl"
+    jsonl.write_text(f'{{"type": "tob", "symbol": "WDOQ25", "ts_event": {T0}}}\n')
+    before = time.time_ns()
+    (trade,) = read_events(path)
+    (tob,) = read_events(jsonl)
+    after = time.time_ns()
+    assert before <= trade.ts_init <= after  # type: ignore[attr-defined]
+    assert before <= tob.ts_init <= after  # type: ignore[attr-defined]
+    kept = tmp_path / "kept.csv"
+    write_events(kept, [Trade("WDOQ25", T0, price=1.0, ts_init=T0 + 5)])
+    assert [e.ts_init for e in read_events(kept)] == [T0 + 5]  # type: ignore[attr-defined]

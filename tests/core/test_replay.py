@@ -28,6 +28,7 @@ from qt_cli.core.sources.replay import (
     JournalSource,
     NelogicaCsvSource,
     RecordedFileSource,
+    check_read,
     detect_format,
     open_replay,
     trade_type_code,
@@ -35,6 +36,7 @@ from qt_cli.core.sources.replay import (
 from tests.helpers import eventually
 
 HEADER = ",".join(NELOGICA_COLUMNS)
+T0 = 1_754_654_400 * NS_PER_S  # 2025-08-08 12:00 UTC: files hold plausible times
 
 
 def nelogica_csv(path: Path, rows: list[str], header: str = HEADER) -> Path:
@@ -167,6 +169,75 @@ def test_a_header_without_a_required_column_is_a_clear_error(tmp_path: Path) -> 
         open_replay(path)
 
 
+@pytest.mark.parametrize("missing", ["price", "ticker", "date"])
+def test_a_nelogica_export_missing_a_column_names_it(tmp_path: Path, missing: str) -> None:
+    columns = [c for c in NELOGICA_COLUMNS if c != missing]
+    row = dict(zip(NELOGICA_COLUMNS, nelogica_row(0, 1).split(","), strict=True))
+    path = nelogica_csv(
+        tmp_path / "short.csv", [",".join(row[c] for c in columns)], header=",".join(columns)
+    )
+    assert detect_format(path) == "nelogica"
+    with pytest.raises(
+        DataError, match=rf"short.csv: line 1: the header lacks column\(s\) {missing} "
+    ):
+        open_replay(path)
+
+
+def test_tickers_the_stream_keys_refuse_are_bad_lines(tmp_path: Path) -> None:
+    rows = [
+        nelogica_row(0, 1),
+        nelogica_row(1, 2, ticker="a:b{c}"),  # line 3
+        nelogica_row(2, 3, ticker="WDO Q25"),  # line 4
+        nelogica_row(3, 4, ticker="WDO-Q_25.X"),
+    ]
+    path = nelogica_csv(tmp_path / "tickers.csv", rows)
+    source = NelogicaCsvSource(path)
+    trades = drain(source)
+    assert [t.symbol for t in trades] == ["WDOQ25", "WDO-Q_25.X"]
+    assert source.stats.problems == [
+        f"{path}:3: ticker 'a:b{{c}}' is not a ticker (letters, digits, '.', '_', '-')",
+        f"{path}:4: ticker 'WDO Q25' is not a ticker (letters, digits, '.', '_', '-')",
+    ]
+    assert [r.reason for r in source.take_rejects()] == source.stats.problems
+
+
+def test_dates_before_2000_are_bad_lines(tmp_path: Path) -> None:
+    rows = [nelogica_row(0, 1, date="19991231"), nelogica_row(0, 2)]
+    path = nelogica_csv(tmp_path / "old.csv", rows)
+    source = NelogicaCsvSource(path)
+    assert [t.trade_id for t in drain(source)] == [2]  # type: ignore[attr-defined]
+    assert source.stats.problems == [f"{path}:2: date '19991231' is before 2000 or after tomorrow"]
+
+
+def test_nothing_valid_is_a_data_error_once_read(tmp_path: Path) -> None:
+    tob = tmp_path / "tob.csv"
+    tob.write_text(
+        "type,symbol,bid_price,bid_qty\n" + "tob,WDOQ25,5000.5,3\n" * 50, encoding="utf-8"
+    )
+    source = open_replay(tob)
+    assert drain(source) == []
+    with pytest.raises(DataError) as info:
+        check_read(source, tob)
+    assert str(info.value) == (
+        f"nothing valid in {tob}: all 50 records were skipped "
+        f"(first: {tob}:2: field 'ts_event' is missing)"
+    )
+    header_only = nelogica_csv(tmp_path / "none.csv", [])
+    source = open_replay(header_only)
+    drain(source)
+    with pytest.raises(DataError, match="nothing to replay in .*none.csv: it holds no records"):
+        check_read(source, header_only)
+    filtered = open_replay(nelogica_csv(tmp_path / "one.csv", [nelogica_row(0, 1)]), symbols=["X"])
+    assert drain(filtered) == []
+    check_read(filtered, "one.csv")  # valid rows, all filtered out: not an error
+
+
+def test_time_unit_is_refused_for_a_nelogica_export(tmp_path: Path) -> None:
+    path = nelogica_csv(tmp_path / "n.csv", [nelogica_row(0, 1)])
+    with pytest.raises(UsageError, match="--time-unit applies to files with a ts_event column"):
+        open_replay(path, time_unit="ms")
+
+
 def test_seconds_split_across_blocks_keep_one_spacing(tmp_path: Path) -> None:
     rows = [nelogica_row(i // 10, i) for i in range(2_000)]  # 10 trades per second
     path = nelogica_csv(tmp_path / "many.csv", rows)
@@ -213,7 +284,7 @@ def test_trade_type_names() -> None:
 
 
 def test_detect_format(tmp_path: Path) -> None:
-    events = [Trade("WDOQ25", 10 * NS_PER_S, price=1.0)]
+    events = [Trade("WDOQ25", T0 + 10 * NS_PER_S, price=1.0)]
     for name in ("a.jsonl", "a.csv", "a.parquet"):
         write_events(tmp_path / name, events)
     assert detect_format(tmp_path / "a.jsonl") == "jsonl"
@@ -222,6 +293,11 @@ def test_detect_format(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("foo,bar\n1,2\n")
     with pytest.raises(UsageError, match="not a recognised file"):
         detect_format(tmp_path / "x.csv")
+    (tmp_path / "empty.csv").write_text("")
+    for name in ("empty.csv", "empty.jsonl", "empty.parquet"):
+        (tmp_path / name).write_text("")
+        with pytest.raises(UsageError, match=rf"^--in \S+{name} is empty \(nothing to replay\)"):
+            detect_format(tmp_path / name, option="--in")
     with pytest.raises(UsageError, match="no such file"):
         detect_format(tmp_path / "missing.csv")
     with pytest.raises(UsageError, match="use --replay-journal"):
@@ -231,10 +307,12 @@ def test_detect_format(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["events.jsonl", "events.csv", "events.parquet"])
 def test_recorded_files_replay_their_events(tmp_path: Path, name: str) -> None:
     events: list[Event] = [
-        Trade("WDOQ25", 10 * NS_PER_S, price=5000.0, quantity=1),
-        BookUpdate("WDOQ25", 11 * NS_PER_S, side="bid", action="add", price=4999.5, quantity=2),
-        State("*", 12 * NS_PER_S, text="connected"),
-        Trade("WINV25", 13 * NS_PER_S, price=130_000.0, quantity=1),
+        Trade("WDOQ25", T0 + 10 * NS_PER_S, price=5000.0, quantity=1),
+        BookUpdate(
+            "WDOQ25", T0 + 11 * NS_PER_S, side="bid", action="add", price=4999.5, quantity=2
+        ),
+        State("*", T0 + 12 * NS_PER_S, text="connected"),
+        Trade("WINV25", T0 + 13 * NS_PER_S, price=130_000.0, quantity=1),
     ]
     write_events(tmp_path / name, events)
     source = open_replay(tmp_path / name, speed=0, symbols=("WDOQ25",))
@@ -253,7 +331,7 @@ def test_recorded_files_replay_their_events(tmp_path: Path, name: str) -> None:
 
 
 def test_speed_paces_by_event_time(tmp_path: Path) -> None:
-    events = [Trade("WDOQ25", (10 + 3 * i) * NS_PER_S, price=5000.0) for i in range(2)]
+    events = [Trade("WDOQ25", T0 + (10 + 3 * i) * NS_PER_S, price=5000.0) for i in range(2)]
     write_events(tmp_path / "slow.jsonl", events)
     source = open_replay(tmp_path / "slow.jsonl", speed=1.0)
     source.open()
@@ -267,7 +345,7 @@ def test_speed_paces_by_event_time(tmp_path: Path) -> None:
 
 
 def test_long_pauses_are_shortened(tmp_path: Path) -> None:
-    events = [Trade("WDOQ25", t * NS_PER_S, price=5000.0) for t in (100, 100 + 15 * 3600)]
+    events = [Trade("WDOQ25", T0 + t * NS_PER_S, price=5000.0) for t in (100, 100 + 15 * 3600)]
     write_events(tmp_path / "night.jsonl", events)
     source = RecordedFileSource(
         tmp_path / "night.jsonl", format="jsonl", speed=1.0, max_pause_s=0.1
@@ -280,7 +358,7 @@ def test_long_pauses_are_shortened(tmp_path: Path) -> None:
 
 
 def test_negative_speed_is_a_usage_error(tmp_path: Path) -> None:
-    write_events(tmp_path / "e.jsonl", [Trade("WDOQ25", NS_PER_S, price=1.0)])
+    write_events(tmp_path / "e.jsonl", [Trade("WDOQ25", T0 + NS_PER_S, price=1.0)])
     with pytest.raises(UsageError, match="--speed"):
         open_replay(tmp_path / "e.jsonl", speed=-1)
 

@@ -22,8 +22,12 @@ Pacing: `speed` 0 replays as fast as possible; `speed` s > 0 keeps event time at
 (1 = real time), except that a pause longer than `max_pause_s` of wall time (nights, weekends)
 is shortened to `max_pause_s`.
 
-Bad input (a malformed line, a non-numeric or non-positive price, a bad date or time): the line
-number goes into a notice and `stats`, the rest replays; `strict=True` raises DataError instead.
+Bad input (a malformed line, a non-numeric or non-positive price, a bad date or time, a ticker
+that `keys.valid_symbol` refuses, a `ts_event` outside 2000-01-01 .. a day ahead — see
+files.py and `time_unit`): the line number goes into a notice and `stats`, the rest replays;
+`strict=True` raises DataError instead. A file in which nothing is valid (every record bad, or no
+records at all) is a DataError once read (`check_read`), so a replay of it does not end as a
+success.
 
 Identity: every replayed record leaves the source with a deterministic storage identity in its
 `session`/`seq`, the same whichever file (or journal) it comes from, so loading it again stores
@@ -60,8 +64,10 @@ from typing import Any
 
 import orjson
 
+from qt_cli.core import keys
 from qt_cli.core.errors import DataError, DecodeError, UsageError
-from qt_cli.core.events import EXCHANGE_TZ, NS_PER_S, Event, Trade, decode_dict
+from qt_cli.core.events import EXCHANGE_TZ, NS_PER_S, Event, Trade, decode_dict, now_ns
+from qt_cli.core.files import EARLIEST_NS, Reject
 from qt_cli.core.sources.base import SourceStats
 
 log = logging.getLogger(__name__)
@@ -144,13 +150,21 @@ def _first_line(path: Path) -> tuple[str, str]:
     return line.decode(encoding, errors="replace").lstrip("\ufeff"), encoding
 
 
-def detect_format(path: Path | str) -> str:
-    """`nelogica`, `jsonl`, `csv` or `parquet` for a replay file; UsageError when unknown."""
+def detect_format(path: Path | str, *, option: str = "--replay") -> str:
+    """`nelogica`, `jsonl`, `csv` or `parquet` for a replay file; UsageError when unknown.
+
+    `option` names the file in messages (`--replay` for the feed, `--in` for the bridge).
+    """
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"--replay {path}: no such file")
+        raise UsageError(f"{option} {path}: no such file")
     if path.is_dir():
-        raise UsageError(f"--replay {path} is a directory (a journal? use --replay-journal)")
+        hint = (
+            "use --replay-journal" if option == "--replay" else "qt feed --replay-journal reads it"
+        )
+        raise UsageError(f"{option} {path} is a directory (a journal? {hint})")
+    if path.stat().st_size == 0:
+        raise UsageError(f"{option} {path} is empty (nothing to replay)")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return "parquet"
@@ -162,14 +176,15 @@ def detect_format(path: Path | str) -> str:
     if line.lstrip().startswith("{"):
         return "jsonl"
     names = _header_names(line)
-    if {"ticker", "date", "time", "price"} <= set(names):
-        return "nelogica"
     if "type" in names:
         return "csv"
+    if len(set(names) & set(NELOGICA_COLUMNS)) >= 3:  # a Nelogica export, maybe lacking columns
+        return "nelogica"
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
+    what = "is empty" if not line.strip() else "is not a recognised file"
     raise UsageError(
-        f"--replay {path}: not a recognised file (expected JSON lines, CSV or Parquet of events "
+        f"{option} {path} {what} (expected JSON lines, CSV or Parquet of events "
         "with a 'type' column, or a Nelogica tick export with a ticker,date,time,… header)"
     )
 
@@ -388,6 +403,7 @@ class RecordedFileSource(_Paced):
         symbols: Sequence[str] = (),
         strict: bool = False,
         max_pause_s: float = 10.0,
+        time_unit: str | None = None,
     ) -> None:
         super().__init__(speed=speed, max_pause_s=max_pause_s)
         from qt_cli.core.files import open_file_source
@@ -395,9 +411,14 @@ class RecordedFileSource(_Paced):
         self.path = Path(path)
         self.format = format
         self.symbols = _wanted(symbols)
-        self._reader = open_file_source(self.path, format, strict=strict)
+        self._reader = open_file_source(self.path, format, strict=strict, time_unit=time_unit)
         self.stats = self._reader.stats
         self.total_bytes = self.path.stat().st_size
+
+    @property
+    def valid(self) -> int:
+        """Records read that became events (before the symbol filter)."""
+        return self.stats.produced
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -466,6 +487,8 @@ class NelogicaCsvSource(_Paced):
             )
         self.total_bytes = self.path.stat().st_size
         self.rows = 0  # data rows read (good and bad)
+        self.valid = 0  # rows that became trades, or would have but for the symbol filter
+        self._rejects: list[Reject] = []
         self.out_of_order = 0
         self.unknown_types: dict[str, int] = {}
         self._file: Any = None
@@ -484,12 +507,18 @@ class NelogicaCsvSource(_Paced):
         """Collect a bad line; `_report_bad` reports the block's bad lines in line order."""
         self._problems.append((line, reason))
 
+    def take_rejects(self) -> list[Reject]:
+        """Bad lines as Rejects, for the bridge's dead-letter stream."""
+        out, self._rejects = self._rejects, []
+        return out
+
     def _report_bad(self) -> None:
         problems, self._problems = sorted(self._problems), []
         for line, reason in problems:
             message = f"{self.path}:{line}: {reason}"
             if self.strict:
                 raise DataError(f"{message} (--strict stops at the first bad line)")
+            self._rejects.append(Reject(b"", "", message, None, str(self.path), now_ns()))
             if self.stats.rejected < MAX_NOTICES:
                 self._note(message)
             elif self.stats.rejected == MAX_NOTICES:
@@ -638,6 +667,15 @@ class NelogicaCsvSource(_Paced):
             np.asarray(pc.equal(pc.binary_length(ticker), 0).to_numpy(zero_copy_only=False)),
             lambda i: "ticker is empty",
         )
+        encoded = pc.dictionary_encode(ticker)  # one check per distinct ticker
+        tickers = encoded.dictionary.to_pylist()
+        ticker_codes = encoded.indices.to_numpy(zero_copy_only=False)
+        symbols = np.asarray(tickers, dtype=object)[ticker_codes]
+        usable = np.fromiter((keys.valid_symbol(t) for t in tickers), bool, len(tickers))
+        flag(
+            ~usable[ticker_codes],
+            lambda i: f"ticker {symbols[i]!r} is not a ticker (letters, digits, '.', '_', '-')",
+        )
         flag(~(price > 0), lambda i: f"price {col['price'][i].as_py()!r} must be positive")
         flag(qty < 0, lambda i: f"qty {col['qty'][i].as_py()!r} is negative")
         hh, mm, ss = clock // 10000, clock // 100 % 100, clock % 100
@@ -653,6 +691,10 @@ class NelogicaCsvSource(_Paced):
             bases[k] = -1 if base is None else base
         base = bases[codes]
         flag(base < 0, lambda i: f"date {col['date'][i].as_py()!r} is not YYYYMMDD")
+        flag(
+            (base < EARLIEST_NS) | (base > now_ns() + NS_PER_S * 86_400),
+            lambda i: f"date {col['date'][i].as_py()!r} is before 2000 or after tomorrow",
+        )
 
         if bad.any():
             rows = np.flatnonzero(bad & ~empty_row)
@@ -661,8 +703,8 @@ class NelogicaCsvSource(_Paced):
                 for i, line in zip(rows.tolist(), lines.tolist(), strict=True):
                     self._bad(int(line), reasons.get(i, "bad value"))
         keep = ~bad
+        self.valid += int(np.count_nonzero(keep))
         seconds = base + (hh * 3600 + mm * 60 + ss) * NS_PER_S
-        symbols = _strings(ticker)
         if self.symbols:
             keep &= np.isin(symbols, list(self.symbols))
         trade_types = _strings(pc.utf8_trim_whitespace(col["trade_type"]))
@@ -966,12 +1008,36 @@ def open_replay(
     speed: float = 0.0,
     symbols: Sequence[str] = (),
     strict: bool = False,
+    time_unit: str | None = None,
+    option: str = "--replay",
 ) -> NelogicaCsvSource | RecordedFileSource:
-    """The source for `--replay FILE`, by the file's content."""
-    fmt = detect_format(path)
+    """The source for `--replay FILE` (and the bridge's `--in FILE`), by the file's content."""
+    fmt = detect_format(path, option=option)
     if fmt == "nelogica":
+        if time_unit is not None:
+            raise UsageError(
+                f"--time-unit applies to files with a ts_event column; {path} is a Nelogica "
+                "export (date and time columns): leave --time-unit out"
+            )
         return NelogicaCsvSource(path, speed=speed, symbols=symbols, strict=strict)
-    return RecordedFileSource(path, format=fmt, speed=speed, symbols=symbols, strict=strict)
+    return RecordedFileSource(
+        path, format=fmt, speed=speed, symbols=symbols, strict=strict, time_unit=time_unit
+    )
+
+
+def check_read(source: Any, name: str | Path) -> None:
+    """DataError when a replay that reached its end read nothing valid: every record was bad, or
+    there was none. Sources without a `valid` count (journals) always pass."""
+    valid = getattr(source, "valid", None)
+    if valid is None or valid:
+        return
+    stats = source.stats
+    if stats.rejected:
+        first = f" (first: {stats.problems[0]})" if stats.problems else ""
+        raise DataError(
+            f"nothing valid in {name}: all {stats.rejected:,} records were skipped{first}"
+        )
+    raise DataError(f"nothing to replay in {name}: it holds no records")
 
 
 __all__ = [
@@ -980,6 +1046,7 @@ __all__ = [
     "JournalSource",
     "NelogicaCsvSource",
     "RecordedFileSource",
+    "check_read",
     "detect_format",
     "open_replay",
     "trade_type_code",

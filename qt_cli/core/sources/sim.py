@@ -27,6 +27,7 @@ from datetime import time as clock_time
 
 import numpy as np
 
+from qt_cli.core import keys
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import (
     EXCHANGE_TZ,
@@ -182,7 +183,7 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         symbols = tuple(s.strip().upper() for s in self.symbols)
-        if not symbols or not all(s.isalnum() for s in symbols):
+        if not symbols or not all(keys.valid_symbol(s) for s in symbols):
             raise UsageError(f"--sim needs ticker symbols like WDOQ25, got {list(self.symbols)}")
         object.__setattr__(self, "symbols", tuple(dict.fromkeys(symbols)))
         if self.seed is not None and self.seed < 0:
