@@ -320,11 +320,11 @@ def test_recorded_files_replay_their_events(tmp_path: Path, name: str) -> None:
     got = drain(source)
     assert without_identity(got) == events[:3]  # WINV25 filtered out; the state for "*" passes
     # no session in the file: identity from type, symbol, B3 date and the µs of that day
-    # (10 s after the epoch is 21:00:10 of 1969-12-31 in B3 time)
+    # (T0 + 10 s is 09:00:10 of 2025-08-08 in B3 time: 32,410 s into the day)
     assert [(e.session, e.seq) for e in got] == [
-        ("file:tick:WDOQ25:1969-12-31", 75_610 * 10**9),
-        ("file:book:WDOQ25:1969-12-31", 75_611 * 10**9),
-        ("file:state:*:1969-12-31", 75_612 * 10**9),
+        ("file:tick:WDOQ25:2025-08-08", 32_410 * 10**9),
+        ("file:book:WDOQ25:2025-08-08", 32_411 * 10**9),
+        ("file:state:*:2025-08-08", 32_412 * 10**9),
     ]
     done, total = source.progress
     assert done == total > 0
@@ -423,7 +423,7 @@ def test_a_trade_number_going_back_gets_the_files_own_identity(tmp_path: Path) -
 
 def test_recorded_events_keep_their_session_and_seq(tmp_path: Path) -> None:
     events = [
-        Trade("WDOQ25", (10 + i) * NS_PER_S, price=5000.0, session="r.ticks", seq=i + 1)
+        Trade("WDOQ25", T0 + (10 + i) * NS_PER_S, price=5000.0, session="r.ticks", seq=i + 1)
         for i in range(3)
     ]
     write_events(tmp_path / "e.jsonl", events)
