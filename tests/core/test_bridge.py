@@ -15,7 +15,6 @@ import pytest
 import valkey
 import zmq
 
-from qt_cli.core import bridge as bridge_module
 from qt_cli.core import keys
 from qt_cli.core.bridge import (
     Bridge,
@@ -29,6 +28,8 @@ from qt_cli.core.bridge import (
     trade_row,
     watermark_key,
 )
+from qt_cli.core.bridge import runner as bridge_runner
+from qt_cli.core.bridge import spill as bridge_spill
 from qt_cli.core.candles import candles_from_ticks
 from qt_cli.core.chunks import decode_tick_columns, trades_of
 from qt_cli.core.errors import UsageError
@@ -607,7 +608,7 @@ def test_spilled_rows_come_back_as_the_same_rows(tmp_path: Path) -> None:
     ]
     rows = [trade_row(t, keys.stream_key("ticks", t.symbol)) for t in trades]
     for trade, row in zip(trades, rows, strict=True):  # the line is the trade's wire form
-        assert orjson.loads(bridge_module._item_to_line(row)) == {"e": trade.to_dict()}
+        assert orjson.loads(bridge_spill._item_to_line(row)) == {"e": trade.to_dict()}
     queue = SpillQueue(tmp_path / "q.spill", max_memory=1)
     queue.put(rows)
     assert queue.spilling
@@ -717,7 +718,7 @@ def test_a_library_replaced_by_another_qt_version_is_reloaded_not_dead_lettered(
 def test_cycles_are_collected_on_a_schedule_while_the_bridge_runs(
     vk: valkey.Valkey, valkey_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bridge_module, "GC_EVERY_S", 0.0)  # collect on every supervisor pass
+    monkeypatch.setattr(bridge_runner, "GC_EVERY_S", 0.0)  # collect on every supervisor pass
     collections: list[int] = []
 
     def on_gc(phase: str, info: dict[str, int]) -> None:

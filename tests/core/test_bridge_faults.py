@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import valkey
 
-from qt_cli.core import bridge as bridge_module
 from qt_cli.core import keys
 from qt_cli.core.bridge import Bridge, GapRecord, Refill, SpillQueue, trade_row
+from qt_cli.core.bridge import spill as bridge_module
 from qt_cli.core.store.managed import ManagedValkey
 from tests.core import test_bridge as base
 from tests.core.test_bridge import (
