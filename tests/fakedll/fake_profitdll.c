@@ -2,7 +2,7 @@
  * A fake ProfitDLL for tests on Linux (docs/profitdll-binding.md, ../shared/docs/profitdll.md §11).
  *
  * It exports the market-data functions and callback signatures the binding in
- * qt_cli/core/sources/profitdll.py uses, with the vendor's names and parameter lists, and plays
+ * qt_cli/core/sources/profitdll/ uses, with the vendor's names and parameter lists, and plays
  * the DLL's ConnectorThread with one pthread: only that thread ever invokes callbacks; the API
  * functions validate their arguments, queue a request and return at once.
  *
