@@ -284,28 +284,33 @@ def _check_price(name: str, value: float, *, allow_nan: bool = False) -> None:
 # --- market data -----------------------------------------------------------------------------
 
 
-# The wire fields of a trade in the order Trade.to_dict writes them (seed fields first), and the
-# optional ones it adds only when set. Writers and exporters use these instead of their own lists.
-TRADE_WIRE_FIELDS = (
-    "type",
-    "symbol",
-    "timestamp",
-    "timestamp_ms",
-    "trade_id",
-    "price",
-    "volume",
-    "quantity",
-    "buyer",
-    "seller",
-    "trade_type",
-    "is_edit",
-    "aggressor",
-    "ts_event",
-    "ts_init",
-    "recv_ns",
-    "session",
-    "seq",
+# The layout of a trade: every field it carries on the wire and in its stream, in the order both
+# keep them (seed fields first), each with the Trade attribute it is made of ("" for the type).
+# `timestamp` (local ISO text) and `timestamp_ms` come from ts_event, `recv_ns` repeats ts_init
+# (seed-era names). The one declaration: Trade.to_dict, the writer's values and entry positions
+# (store/writer.py) are generated from it once, at import (`trade_layout_source`), and the
+# bridge's Rows (bridge/rows.py) are tested against it. The optional fields follow only when set.
+TRADE_LAYOUT: tuple[tuple[str, str], ...] = (
+    ("type", ""),
+    ("symbol", "symbol"),
+    ("timestamp", "ts_event"),
+    ("timestamp_ms", "ts_event"),
+    ("trade_id", "trade_id"),
+    ("price", "price"),
+    ("volume", "volume"),
+    ("quantity", "quantity"),
+    ("buyer", "buyer"),
+    ("seller", "seller"),
+    ("trade_type", "trade_type"),
+    ("is_edit", "is_edit"),
+    ("aggressor", "aggressor"),
+    ("ts_event", "ts_event"),
+    ("ts_init", "ts_init"),
+    ("recv_ns", "ts_init"),
+    ("session", "session"),
+    ("seq", "seq"),
 )
+TRADE_WIRE_FIELDS = tuple(name for name, _ in TRADE_LAYOUT)
 TRADE_OPTIONAL_FIELDS = ("buyer_name", "seller_name", "history")
 
 
@@ -333,34 +338,6 @@ class Trade(Event):
     session: str = ""
     seq: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "type": self.TYPE,
-            "symbol": self.symbol,
-            "timestamp": iso_local(self.ts_event),
-            "timestamp_ms": self.ts_event // NS_PER_MS,
-            "trade_id": self.trade_id,
-            "price": self.price,
-            "volume": self.volume,
-            "quantity": self.quantity,
-            "buyer": self.buyer,
-            "seller": self.seller,
-            "trade_type": self.trade_type,
-            "is_edit": self.is_edit,
-            "aggressor": self.aggressor,
-            "ts_event": self.ts_event,
-            "ts_init": self.ts_init,
-            "recv_ns": self.ts_init,
-            "session": self.session,
-            "seq": self.seq,
-        }
-        if self.buyer_name or self.seller_name:
-            out["buyer_name"] = self.buyer_name
-            out["seller_name"] = self.seller_name
-        if self.history:
-            out["history"] = True
-        return out
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
         # A seed-era tick has no ts_event: take timestamp_ms (its only numeric time).
@@ -381,6 +358,54 @@ class Trade(Event):
             raise DecodeError(
                 f"field 'aggressor': {self.aggressor!r} is not buy|sell|none", field="aggressor"
             )
+
+
+def trade_layout_source(value: Any) -> str:
+    """`TRADE_LAYOUT` as Python source: `value(wire name, attribute, kind)` gives each field's
+    expression (kind: "type", "iso" or "ms" of ts_event, "float", "bool" or "" for the rest, from
+    Trade's field types); joined with commas, for code compiled once at import."""
+    kinds = {f.name: f.type for f in fields(Trade)}
+    out = []
+    for name, attr in TRADE_LAYOUT:
+        if not attr:
+            kind = "type"
+        elif name == "timestamp":
+            kind = "iso"
+        elif name == "timestamp_ms":
+            kind = "ms"
+        else:
+            kind = kinds[attr] if kinds[attr] in ("float", "bool") else ""
+        out.append(value(name, attr, kind))
+    return ", ".join(out)
+
+
+def compile_layout_function(source: str, name: str, namespace: dict[str, Any]) -> Any:
+    """Compile one function generated from `TRADE_LAYOUT` (once, at import) in `namespace`."""
+    code = compile(source, f"<trade layout: {name}>", "exec")
+    exec(code, namespace)  # source made from the constant tables above, never from input
+    return namespace.pop(name)
+
+
+def _dict_value(name: str, attr: str, kind: str) -> str:
+    expr = {"type": "self.TYPE", "iso": "iso_local(self.ts_event)"}.get(kind, f"self.{attr}")
+    return f"{name!r}: self.ts_event // NS_PER_MS" if kind == "ms" else f"{name!r}: {expr}"
+
+
+# Trade.to_dict, in the layout's order (seed fields first), then the optional fields when set.
+Trade.to_dict = compile_layout_function(  # type: ignore[method-assign]
+    f"""def to_dict(self):
+    out = {{{trade_layout_source(_dict_value)}}}
+    if self.buyer_name or self.seller_name:
+        out["buyer_name"] = self.buyer_name
+        out["seller_name"] = self.seller_name
+    if self.history:
+        out["history"] = True
+    return out
+""",
+    "to_dict",
+    {"iso_local": iso_local, "NS_PER_MS": NS_PER_MS},
+)
+Trade.to_dict.__qualname__ = "Trade.to_dict"
 
 
 BOOK_SIDES = ("bid", "ask")

@@ -201,6 +201,9 @@ def tick_row(data: dict[str, Any]) -> Row | None:
             return None
         key = _TICK_KEYS[symbol] = keys.stream_key("ticks", symbol)
     ms = ts // NS_PER_MS
+    # The event ms, then `events.TRADE_LAYOUT`'s fields in its order, written out here (the hot
+    # path: no generated call per tick); tests/core/test_bridge_rows.py checks it equals
+    # `writer.trade_entry`, which is generated from the layout.
     entry = (
         ms,
         "tick",

@@ -28,7 +28,15 @@ import valkey
 from qt_cli.core import keys
 from qt_cli.core.chunks import SealedChunk
 from qt_cli.core.errors import StoreUnavailable
-from qt_cli.core.events import NS_PER_MS, TRADE_WIRE_FIELDS, Event, Trade, iso_local
+from qt_cli.core.events import (
+    NS_PER_MS,
+    TRADE_WIRE_FIELDS,
+    Event,
+    Trade,
+    compile_layout_function,
+    iso_local,
+    trade_layout_source,
+)
 
 LIBRARY_NAME = "qt"
 LIBRARY_VERSION = "4"  # must equal VERSION in functions.lua
@@ -85,29 +93,20 @@ def _num(value: float) -> Any:
     return value
 
 
-def trade_values(t: Trade) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-    """(field names, values) of `Trade.to_fields()`, without the intermediate dicts."""
+def _value(name: str, attr: str, kind: str) -> str:
+    if kind == "type":
+        return repr(Trade.TYPE)
+    if kind in ("iso", "ms") or attr == "ts_event":
+        return {"iso": "iso_local(ts)", "ms": "ts // NS_PER_MS"}.get(kind, "ts")
+    return {"float": f"_num(t.{attr})", "bool": f'"1" if t.{attr} else "0"'}.get(kind, f"t.{attr}")
+
+
+# trade_values(t) -> (field names, values) of `Trade.to_fields()`, without the intermediate
+# dicts; its values in `TRADE_LAYOUT`'s order, generated once from it.
+trade_values: Callable[[Trade], tuple[tuple[str, ...], tuple[Any, ...]]] = compile_layout_function(
+    f"""def trade_values(t):
     ts = t.ts_event
-    values: tuple[Any, ...] = (
-        "tick",
-        t.symbol,
-        iso_local(ts),
-        ts // NS_PER_MS,
-        t.trade_id,
-        _num(t.price),
-        _num(t.volume),
-        t.quantity,
-        t.buyer,
-        t.seller,
-        t.trade_type,
-        "1" if t.is_edit else "0",
-        t.aggressor,
-        ts,
-        t.ts_init,
-        t.ts_init,
-        t.session,
-        t.seq,
-    )
+    values = ({trade_layout_source(_value)},)
     if t.buyer_name or t.seller_name:
         values += (t.buyer_name, t.seller_name)
         if t.history:
@@ -116,29 +115,42 @@ def trade_values(t: Trade) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     if t.history:
         return TRADE_NAMES_HISTORY, (*values, "1")
     return TRADE_NAMES, values
+""",
+    "trade_values",
+    {
+        "iso_local": iso_local,
+        "NS_PER_MS": NS_PER_MS,
+        "_num": _num,
+        "TRADE_NAMES": TRADE_NAMES,
+        "TRADE_NAMES_WITH_NAMES": TRADE_NAMES_WITH_NAMES,
+        "TRADE_NAMES_HISTORY": TRADE_NAMES_HISTORY,
+        "TRADE_NAMES_WITH_NAMES_HISTORY": TRADE_NAMES_WITH_NAMES_HISTORY,
+    },
+)
 
 
 # A trade's *entry*: (event ms, value…) with the values in the order of its schema (one of the
 # four TRADE_NAMES* tuples). The bridge builds entries straight from the wire dict and hands them
 # to `StreamBatch.add_entry`, to its candles and to its chunks, without a Trade object per tick.
 # Positions in an entry (0 is the event ms, field k of TRADE_NAMES is at k + 1):
+_AT = {name: k + 1 for k, name in enumerate(TRADE_NAMES)}
 E_MS = 0
-E_SYMBOL = 2
-E_TRADE_ID = 5
-E_PRICE = 6
-E_VOLUME = 7
-E_QUANTITY = 8
-E_BUYER = 9
-E_SELLER = 10
-E_TRADE_TYPE = 11
-E_IS_EDIT = 12  # "1" or "0"
-E_AGGRESSOR = 13
-E_TS_EVENT = 14
-E_TS_INIT = 15
-E_SESSION = 17
-E_SEQ = 18
-E_NAMES = 19  # buyer_name, seller_name: present when the schema has them
-_PLAIN_LEN = len(TRADE_NAMES) + 1
+E_SYMBOL = _AT["symbol"]
+E_TRADE_ID = _AT["trade_id"]
+E_PRICE = _AT["price"]
+E_VOLUME = _AT["volume"]
+E_QUANTITY = _AT["quantity"]
+E_BUYER = _AT["buyer"]
+E_SELLER = _AT["seller"]
+E_TRADE_TYPE = _AT["trade_type"]
+E_IS_EDIT = _AT["is_edit"]  # "1" or "0"
+E_AGGRESSOR = _AT["aggressor"]
+E_TS_EVENT = _AT["ts_event"]
+E_TS_INIT = _AT["ts_init"]
+E_SESSION = _AT["session"]
+E_SEQ = _AT["seq"]
+E_NAMES = len(TRADE_NAMES) + 1  # buyer_name, seller_name: present when the schema has them
+_PLAIN_LEN = E_NAMES
 
 
 def trade_entry(t: Trade) -> tuple[tuple[str, ...], tuple[Any, ...]]:
