@@ -36,6 +36,7 @@ import numpy as np
 from qt_cli.core.chunks import AGGRESSOR_CODES, AGGRESSOR_NAMES
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_S, Candle, Trade
+from qt_cli.core.keys import parse_id
 
 DEFAULT_TIMEFRAMES = ("1m",)
 AGGRESSOR_BUY, AGGRESSOR_SELL = AGGRESSOR_CODES["buy"], AGGRESSOR_CODES["sell"]
@@ -85,14 +86,6 @@ def _sum_in_order(start: float, values: np.ndarray) -> float:
     return float(np.cumsum(np.concatenate(([start], values)))[-1])
 
 
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A stream id as a comparable (ms, seq) pair; '' sorts first."""
-    if not entry_id:
-        return (-1, -1)
-    ms, _, seq = entry_id.partition("-")
-    return (int(ms), int(seq or 0))
-
-
 @dataclass
 class _Forming:
     open_ns: int
@@ -135,7 +128,7 @@ class CandleBuilder:
         self._forming = None
         self._closed_open_ns = candle.ts_event
         self.src = self.closed_src = src
-        self._resume_key = id_key(src)
+        self._resume_key = parse_id(src)
 
     def resume_forming(self, candle: Candle, *, pv: float, src: str) -> None:
         """State of a forming candle as stored in the partial stream."""
@@ -156,7 +149,7 @@ class CandleBuilder:
         )
         self._closed_open_ns = candle.ts_event - self.tf_ns
         self.src = src
-        self._resume_key = id_key(src)
+        self._resume_key = parse_id(src)
 
     # -- aggregation --
 
@@ -191,7 +184,7 @@ class CandleBuilder:
     ) -> Candle | None:
         """`add` with the trade's fields given one by one (the bridge has no Trade object)."""
         if self._resume_key is not None and src:
-            if id_key(src) <= self._resume_key:
+            if parse_id(src) <= self._resume_key:
                 return None
             self._resume_key = None  # past the resume point: ids only grow from here
         self.src = src

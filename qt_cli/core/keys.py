@@ -88,3 +88,13 @@ STAGES_SET = "qt:stages"
 def topic(wire_type: str, symbol: str) -> str:
     """ZeroMQ topic for a message: `tick_WDOQ25`, `book_WDOQ25`, `features_WDOQ25`, …"""
     return f"{TOPIC_PREFIX[wire_type]}_{symbol}"
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a comparable (ms, seq) pair: `b"1754654400000-3"` -> (1754654400000,
+    3), `"1754654400000"` -> (1754654400000, 0); '' (no id yet) -> (-1, -1), before every id."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    if not text:
+        return (-1, -1)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

@@ -12,13 +12,13 @@ from qt_cli.core.candles import (
     CandleAggregator,
     CandleBuilder,
     candles_from_ticks,
-    id_key,
     parse_timeframes,
     timeframe_ns,
 )
 from qt_cli.core.chunks import tick_columns_of
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_S, Trade
+from qt_cli.core.keys import parse_id
 
 MINUTE = 60 * NS_PER_S
 T0 = 1_754_654_400 * NS_PER_S  # 2025-08-08 12:00:00 UTC, a minute boundary
@@ -186,10 +186,10 @@ def test_resuming_from_a_stored_state_gives_the_same_candles() -> None:
                 fresh.resume_after_closed(closed[-1].candle, closed[-1].src)
             resumed.append(fresh)
         # It re-reads the ticks after the earliest resume point; each builder skips what it saw.
-        earliest = min((b.src for b in resumed), key=id_key)
+        earliest = min((b.src for b in resumed), key=parse_id)
         out = [c.candle for c in stored]
         for entry_id, trade in ticks:
-            if id_key(entry_id) <= id_key(earliest):
+            if parse_id(entry_id) <= parse_id(earliest):
                 continue
             for builder in resumed:
                 closed_candle = builder.add(trade, entry_id)

@@ -29,7 +29,6 @@ from qt_cli.core.bridge.config import (
 from qt_cli.core.bridge.rows import Row
 from qt_cli.core.candles import (
     CandleBuilder,
-    id_key,
 )
 from qt_cli.core.chunks import (
     AGGRESSOR_CODES,
@@ -155,7 +154,7 @@ class ColumnChunker:
 def _first_after(ids: Sequence[str], mark: tuple[int, int]) -> int:
     """Index of the first id (ids ascend) beyond `mark`; len(ids) when none is."""
     for i, entry_id in enumerate(ids):
-        if id_key(entry_id) > mark:
+        if keys.parse_id(entry_id) > mark:
             return i
     return len(ids)
 
@@ -546,10 +545,10 @@ class _Deriver:
         state = _SymbolState(builders, ColumnChunker() if config.chunks else None, None)
         if config.chunks:
             chunk_src = self.writer.last_chunk_src(symbol)
-            state.chunk_after = id_key(chunk_src) if chunk_src else None
+            state.chunk_after = keys.parse_id(chunk_src) if chunk_src else None
             starts.append(chunk_src)
         self.states[symbol] = state
-        start = min(starts, key=id_key)
+        start = min(starts, key=keys.parse_id)
         ticks_key = keys.stream_key("ticks", symbol)
         cursor = f"({start}" if start else "-"
         last = ""
@@ -574,7 +573,7 @@ class _Deriver:
             if len(page) < RESUME_PAGE:
                 break
         if last:
-            state.skip_until = id_key(last)
+            state.skip_until = keys.parse_id(last)
             log.info("rebuilt candles and chunks of %s from stored ticks up to %s", symbol, last)
         return state
 

@@ -137,12 +137,6 @@ def sparkline(values: Sequence[float | None]) -> str:
     return "".join(out)
 
 
-def _split_id(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def _id_text(id_ms: int, id_seq: int) -> str:
     return f"{id_ms}-{id_seq}"
 
@@ -151,7 +145,7 @@ def parse_tick(entry_id: bytes | str, fields_: dict[Any, Any]) -> Tick | None:
     """A Tick from stream fields, or None when the entry lacks a usable time or price."""
     get = fields_.get
     try:
-        id_ms, id_seq = _split_id(entry_id)
+        id_ms, id_seq = keys.parse_id(entry_id)
         raw_ts = get(b"ts_event") or get("ts_event")
         if raw_ts:
             ts_event = int(raw_ts)
@@ -196,18 +190,18 @@ class _TickWindow:
         parsed = self._parse(entries)
         self.ticks.extend(reversed(parsed))
         if entries:
-            self.top = _split_id(entries[0][0])
+            self.top = keys.parse_id(entries[0][0])
             if self.floor is None:
-                self.floor = _split_id(entries[-1][0])
+                self.floor = keys.parse_id(entries[-1][0])
 
     def add_older(self, entries: list[tuple[Any, Any]]) -> None:
         """Entries newest first, all older than `floor`."""
         parsed = self._parse(entries)
         self.ticks.extendleft(parsed)
         if entries:
-            self.floor = _split_id(entries[-1][0])
+            self.floor = keys.parse_id(entries[-1][0])
             if self.top is None:
-                self.top = _split_id(entries[0][0])
+                self.top = keys.parse_id(entries[0][0])
 
     def _parse(self, entries: list[tuple[Any, Any]]) -> list[Tick]:
         out = []
@@ -525,7 +519,7 @@ class Monitor:
         if isinstance(reply, Exception):
             view.reasons["book"] = f"book stream: {reply}"
         elif reply:
-            top = _split_id(reply[0][0])
+            top = keys.parse_id(reply[0][0])
             for _, fields_ in reply:
                 if _field(fields_, "type") == "tob":
                     try:
