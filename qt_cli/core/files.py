@@ -12,7 +12,7 @@ types in its first batch. An event of another type with fields outside that set 
 (write one file per kind, or use JSON lines).
 
 Sources read in blocks and decode each row; a row that does not decode is counted (`stats`), kept
-as a `Reject` (`take_rejects()`) with its line number in the reason, and skipped; `strict=True`
+as a `DeadLetter` (`take_rejects()`) with its line number in the reason, and skipped; `strict=True`
 makes it a DataError instead. A row whose `ts_event` lies outside the plausible window (2000-01-01
 to a day ahead of the wall clock) is such a row too: the reason names the unit it looks like
 ("ts_event 1723112400000000 looks like microseconds; use --time-unit us"). `time_unit` (s, ms, us,
@@ -29,7 +29,6 @@ import os
 import select
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,9 +46,9 @@ from qt_cli.core.events import (
     now_ns,
     utc_datetime,
 )
+from qt_cli.core.records import MAX_RAW_BYTES, DeadLetter
 from qt_cli.core.sources.base import SourceStats
 
-MAX_RAW_BYTES = 64 * 1024
 FORMATS = ("jsonl", "csv", "parquet")
 MARKET_TYPES = ("tick", "book", "tob", "daily", "state")
 _READ_CHUNK = 1 << 20
@@ -110,28 +109,6 @@ def _scale(value: Any, factor: int) -> Any:
     except (TypeError, ValueError):
         return value
     return round(number * factor) if math.isfinite(number) else value
-
-
-@dataclass(frozen=True)
-class Reject:
-    """Input that did not decode to an event, kept for the dead-letter stream (docs/contracts.md)."""
-
-    raw: bytes  # the payload or line as received, at most 64 KiB
-    topic: str  # ZeroMQ topic, or "" for files and stdin
-    reason: str
-    field: str | None  # the bad field when known
-    source: str  # endpoint URI or file path ("-" for stdin)
-    ts_init: int
-
-    def to_fields(self) -> dict[str, str | bytes]:
-        return {
-            "reason": self.reason,
-            "field": self.field or "",
-            "raw": self.raw[:MAX_RAW_BYTES],
-            "source": self.source,
-            "topic": self.topic,
-            "ts_init": str(self.ts_init),
-        }
 
 
 class OutputClosed(QtError):
@@ -261,14 +238,14 @@ class _RowSource:
         self._factor = time_unit_factor(time_unit)
         self._clock = ReceiveClock()
         self.stats = SourceStats()
-        self._rejects: list[Reject] = []
+        self._rejects: list[DeadLetter] = []
         self._done = False
 
     @property
     def finished(self) -> bool:
         return self._done
 
-    def take_rejects(self) -> list[Reject]:
+    def take_rejects(self) -> list[DeadLetter]:
         out, self._rejects = self._rejects, []
         return out
 
@@ -277,7 +254,9 @@ class _RowSource:
         if self.strict:
             raise DataError(f"{message} (--strict stops at the first bad record)")
         self.stats.reject(message)
-        self._rejects.append(Reject(raw[:MAX_RAW_BYTES], "", message, field, self.name, now_ns()))
+        self._rejects.append(
+            DeadLetter(message, raw[:MAX_RAW_BYTES], self.name, "", field or "", now_ns())
+        )
 
     def read(self, timeout_s: float) -> list[Event]:
         raise NotImplementedError
@@ -726,7 +705,7 @@ __all__ = [
     "OutputClosed",
     "ParquetSink",
     "ParquetSource",
-    "Reject",
+    "DeadLetter",
     "columns_for",
     "open_file_sink",
     "open_file_source",

@@ -21,7 +21,7 @@ from qt_cli.core.bridge import (
     BridgeConfig,
     BridgeStats,
     DeadLetter,
-    GapRecord,
+    Gap,
     SpillQueue,
     entry_trade,
     partial_key,
@@ -637,7 +637,7 @@ def test_spill_queue_persists_everything_for_the_next_run(tmp_path: Path) -> Non
     queue = SpillQueue(path, max_memory=4)
     events = make_trades(10)
     letter = DeadLetter("bad", b"\x00\xff raw", "tcp://x", "tick_X", "price", 7)
-    gap = GapRecord("s.ticks", 3, 9, False, "lost", "tcp://r", 8)
+    gap = Gap("s.ticks", 3, 9, False, "lost", "tcp://r", 8)
     queue.put([*events[:6], letter, gap])
     batch = queue.take(3, wait_s=0)
     queue.push_front(batch)

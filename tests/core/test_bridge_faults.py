@@ -19,7 +19,7 @@ import pytest
 import valkey
 
 from qt_cli.core import keys
-from qt_cli.core.bridge import Bridge, GapRecord, Refill, SpillQueue, trade_row
+from qt_cli.core.bridge import Bridge, Gap, Refill, SpillQueue, trade_row
 from qt_cli.core.bridge import spill as bridge_module
 from qt_cli.core.store.managed import ManagedValkey
 from tests.core import test_bridge as base
@@ -228,7 +228,7 @@ def test_a_spill_file_that_cannot_be_written_drops_into_seq_ranges(tmp_path: Pat
     warnings: list[str] = []
     queue = SpillQueue(path, max_memory=2, warn=warnings.append)
     rows = numbered_rows(10)
-    gap = GapRecord("s1.ticks", 1, 1, True, "test", "x", 1)
+    gap = Gap("s1.ticks", 1, 1, True, "test", "x", 1)
     queue.put(rows[:2])  # memory
     queue.put(rows[2:6])  # the spill file fails: dropped from here on
     queue.put([gap])  # a gap record is kept

@@ -8,10 +8,11 @@ lifecycle, supervision, stats). See docs/bridge.md.
 
 from qt_cli.core.bridge.config import BridgeConfig, BridgeStats, check_time_unit
 from qt_cli.core.bridge.derive import ColumnChunker, entry_columns, partial_key
-from qt_cli.core.bridge.rows import DeadLetter, GapRecord, Item, Refill, Row, tick_row, trade_row
+from qt_cli.core.bridge.rows import Item, Refill, Row, tick_row, trade_row
 from qt_cli.core.bridge.runner import Bridge, run_bridge
 from qt_cli.core.bridge.spill import SpillQueue
 from qt_cli.core.bridge.writer import watermark_key
+from qt_cli.core.records import DeadLetter, Gap
 from qt_cli.core.store.writer import entry_trade
 
 __all__ = [
@@ -20,7 +21,7 @@ __all__ = [
     "BridgeStats",
     "ColumnChunker",
     "DeadLetter",
-    "GapRecord",
+    "Gap",
     "Item",
     "Refill",
     "Row",

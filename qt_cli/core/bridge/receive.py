@@ -11,13 +11,14 @@ from typing import Any
 import orjson
 
 from qt_cli.core.bridge.config import TAIL_CHECK_EVERY_S, TAIL_IDLE_S, BridgeConfig
-from qt_cli.core.bridge.rows import DeadLetter, GapRecord, Item, _symbol_of, tick_row
+from qt_cli.core.bridge.rows import Item, _symbol_of, tick_row
 from qt_cli.core.endpoints import Endpoint
 from qt_cli.core.errors import DecodeError, UsageError
 from qt_cli.core.events import (
     decode_dict,
     now_ns,
 )
+from qt_cli.core.records import DeadLetter, Gap
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +157,9 @@ class _Receiver:
                 break
             start = page.next
         now = now_ns()
-        gaps: list[Item] = [GapRecord(session, a, b, True, reason, endpoint, now) for a, b in runs]
+        gaps: list[Item] = [Gap(session, a, b, True, reason, endpoint, now) for a, b in runs]
         gaps += [
-            GapRecord(
+            Gap(
                 session,
                 a,
                 b,
@@ -221,30 +222,9 @@ class _Receiver:
                     tail.after_read(bool(events))
                 items: list[Item] = []
                 if take_gaps is not None:
-                    for gap in take_gaps():
-                        items.append(
-                            GapRecord(
-                                gap.session,
-                                gap.from_seq,
-                                gap.to_seq,
-                                gap.recovered,
-                                gap.reason,
-                                gap.endpoint,
-                                gap.ts_init,
-                            )
-                        )
+                    items += take_gaps()
                 if take_rejects is not None:
-                    for reject in take_rejects():
-                        items.append(
-                            DeadLetter(
-                                reject.reason,
-                                reject.raw,
-                                reject.source,
-                                reject.topic,
-                                reject.field or "",
-                                reject.ts_init,
-                            )
-                        )
+                    items += take_rejects()
                 if events:
                     if self._symbols:
                         wanted = self._symbols

@@ -9,10 +9,11 @@ import time
 import valkey
 
 from qt_cli.core.bridge.config import _text
-from qt_cli.core.bridge.rows import GapRecord, Item, Refill, _add_range
+from qt_cli.core.bridge.rows import Item, Refill, _add_range
 from qt_cli.core.events import (
     now_ns,
 )
+from qt_cli.core.records import Gap
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +162,11 @@ class _Reconciler:
             now = now_ns()
             endpoint = replay or "none"
             items += [
-                GapRecord(session, a, b, True, f"{refill.reason}; fetched again", endpoint, now)
+                Gap(session, a, b, True, f"{refill.reason}; fetched again", endpoint, now)
                 for a, b in refill.recovered.pop(session, [])
             ]
             items += [
-                GapRecord(session, a, b, False, f"{refill.reason}; lost: {why}", endpoint, now)
+                Gap(session, a, b, False, f"{refill.reason}; lost: {why}", endpoint, now)
                 for a, b, why in refill.lost.pop(session, [])
             ]
         if refill.ranges:

@@ -15,12 +15,12 @@ from qt_cli.core.events import (
     decode_dict,
     iso_local,
 )
+from qt_cli.core.records import DeadLetter, Gap
 from qt_cli.core.store.writer import (
     E_SEQ,
     E_SESSION,
     E_SYMBOL,
     E_TS_INIT,
-    RAW_MAX_BYTES,
     TRADE_NAMES,
     TRADE_NAMES_HISTORY,
     TRADE_NAMES_WITH_NAMES,
@@ -32,52 +32,6 @@ from qt_cli.core.store.writer import (
 log = logging.getLogger(__name__)
 
 # --- the queue between receivers and the writer ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """Input that cannot be stored as an event: the fields of one `stream:deadletter` entry."""
-
-    reason: str
-    raw: bytes
-    source: str
-    topic: str = ""
-    field: str = ""
-    ts_init: int = 0
-
-    def to_fields(self) -> dict[str, str | bytes]:
-        return {
-            "reason": self.reason,
-            "field": self.field,
-            "raw": self.raw[:RAW_MAX_BYTES],
-            "source": self.source,
-            "topic": self.topic,
-            "ts_init": str(self.ts_init),
-        }
-
-
-@dataclass(frozen=True)
-class GapRecord:
-    """One `stream:gaps` entry (see zmq_io.Gap)."""
-
-    session: str
-    from_seq: int
-    to_seq: int
-    recovered: bool
-    reason: str
-    endpoint: str
-    ts_init: int
-
-    def to_fields(self) -> dict[str, str]:
-        return {
-            "session": self.session,
-            "from_seq": str(self.from_seq),
-            "to_seq": str(self.to_seq),
-            "recovered": "1" if self.recovered else "0",
-            "reason": self.reason,
-            "endpoint": self.endpoint,
-            "ts_init": str(self.ts_init),
-        }
 
 
 @dataclass
@@ -127,7 +81,7 @@ def _session_seq(item: Item) -> tuple[str, int]:
 # (`writer.trade_entry`). No Trade object per tick: decoding builds this straight from the wire
 # dict (`tick_row`), the writer appends the entry, candles and chunks read its fields.
 Row = tuple[str, tuple[str, ...], tuple[Any, ...]]
-Item = Event | DeadLetter | GapRecord | Refill | Row
+Item = Event | DeadLetter | Gap | Refill | Row
 
 
 _TICK_KEYS: dict[str, str] = {}  # symbol -> stream:ticks:{SYM}, for valid tickers

@@ -62,7 +62,6 @@ from qt_cli.core.bridge.config import (
 from qt_cli.core.bridge.derive import _Deriver
 from qt_cli.core.bridge.receive import _Input, _open_input, _Receiver
 from qt_cli.core.bridge.reconcile import _Reconciler
-from qt_cli.core.bridge.rows import GapRecord
 from qt_cli.core.bridge.spill import SpillQueue
 from qt_cli.core.bridge.writer import _Writer, watermark_key
 from qt_cli.core.candles import (
@@ -74,6 +73,7 @@ from qt_cli.core.events import (
     NS_PER_MS,
     now_ns,
 )
+from qt_cli.core.records import Gap
 from qt_cli.core.store.writer import (
     StreamWriter,
 )
@@ -282,7 +282,7 @@ class Bridge(_Receiver, _Writer, _Reconciler):
 
     # -- gaps, feeds, stats --
 
-    def _report_gap(self, gap: GapRecord) -> None:
+    def _report_gap(self, gap: Gap) -> None:
         size = gap.to_seq - gap.from_seq + 1
         self.stats.gaps_detected += 1
         feed = self._feed(gap.session)

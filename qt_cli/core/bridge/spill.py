@@ -16,20 +16,13 @@ from typing import Any
 import orjson
 
 from qt_cli.core.bridge.config import DEFAULT_BUFFER_EVENTS, Say, _log_say
-from qt_cli.core.bridge.rows import (
-    DeadLetter,
-    GapRecord,
-    Item,
-    Refill,
-    _add_range,
-    _session_seq,
-    tick_row,
-)
+from qt_cli.core.bridge.rows import Item, Refill, _add_range, _session_seq, tick_row
 from qt_cli.core.errors import DecodeError
 from qt_cli.core.events import (
     Event,
     decode_dict,
 )
+from qt_cli.core.records import DeadLetter, Gap
 from qt_cli.core.store.writer import (
     E_PRICE,
     E_VOLUME,
@@ -70,7 +63,7 @@ def _item_from_line(line: bytes) -> Item:
         return DeadLetter(**{**d, "raw": d["raw"].encode("latin-1")})
     if "r" in data:
         return Refill(**data["r"])
-    return GapRecord(**data["g"])
+    return Gap(**data["g"])
 
 
 SPILL_WRITE_LINES = 4_096  # lines per write to the spill file (a failed write drops these on)
@@ -225,7 +218,7 @@ class SpillQueue:
             elif isinstance(item, Refill):
                 for marked, (first, last) in item.ranges.items():
                     _add_range(ranges, marked, first, last)
-            elif isinstance(item, GapRecord | DeadLetter):
+            elif isinstance(item, Gap | DeadLetter):
                 self._mem.append(item)  # small and rare; their order does not matter
             else:
                 self.dropped_total += 1

@@ -21,28 +21,20 @@ from qt_cli.core.bridge.config import (
     _reason,
     _text,
 )
-from qt_cli.core.bridge.rows import (
-    DeadLetter,
-    GapRecord,
-    Item,
-    Refill,
-    _ts_init_of,
-    _wire_of,
-    trade_row,
-)
+from qt_cli.core.bridge.rows import Item, Refill, _ts_init_of, _wire_of, trade_row
 from qt_cli.core.events import (
     NS_PER_MS,
     Event,
     Trade,
     now_ns,
 )
+from qt_cli.core.records import MAX_RAW_BYTES, DeadLetter, Gap
 from qt_cli.core.store.writer import (
     DEADLETTER_MAXLEN,
     E_SEQ,
     E_SESSION,
     FCALL,
     GAPS_MAXLEN,
-    RAW_MAX_BYTES,
     AppendResult,
     StreamBatch,
     append_result,
@@ -66,7 +58,7 @@ class _Batch:
     batches: list[StreamBatch]
     placed: dict[str, list[Any]]  # stream key -> its events (Rows for trades), in batch order
     deadletters: list[DeadLetter]
-    gaps: list[GapRecord]
+    gaps: list[Gap]
     marks: dict[str, int]  # input session -> highest seq in the batch
     stream_marks: dict[str, dict[str, int]]  # stream key -> session -> highest seq
     per_session: dict[str, int]
@@ -215,7 +207,7 @@ class _Writer:
         batches: dict[str, StreamBatch] = {}
         placed: dict[str, list[Any]] = {}
         deadletters: list[DeadLetter] = []
-        gaps: list[GapRecord] = []
+        gaps: list[Gap] = []
         stream_marks: dict[str, dict[str, int]] = {}
         per_session: dict[str, int] = {}
         before = after.stream_marks if after is not None else {}
@@ -240,7 +232,7 @@ class _Writer:
                         deadletters.append(
                             DeadLetter(
                                 f"field 'symbol': {symbol!r} is not a valid ticker",
-                                item.to_wire()[:RAW_MAX_BYTES],
+                                item.to_wire()[:MAX_RAW_BYTES],
                                 "bridge",
                                 field="symbol",
                                 ts_init=now_ns(),

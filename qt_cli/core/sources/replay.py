@@ -67,7 +67,8 @@ import orjson
 from qt_cli.core import keys
 from qt_cli.core.errors import DataError, DecodeError, UsageError
 from qt_cli.core.events import EXCHANGE_TZ, NS_PER_S, Event, Trade, decode_dict, now_ns
-from qt_cli.core.files import EARLIEST_NS, Reject
+from qt_cli.core.files import EARLIEST_NS
+from qt_cli.core.records import DeadLetter
 from qt_cli.core.sources.base import SourceStats
 
 log = logging.getLogger(__name__)
@@ -488,7 +489,7 @@ class NelogicaCsvSource(_Paced):
         self.total_bytes = self.path.stat().st_size
         self.rows = 0  # data rows read (good and bad)
         self.valid = 0  # rows that became trades, or would have but for the symbol filter
-        self._rejects: list[Reject] = []
+        self._rejects: list[DeadLetter] = []
         self.out_of_order = 0
         self.unknown_types: dict[str, int] = {}
         self._file: Any = None
@@ -507,8 +508,8 @@ class NelogicaCsvSource(_Paced):
         """Collect a bad line; `_report_bad` reports the block's bad lines in line order."""
         self._problems.append((line, reason))
 
-    def take_rejects(self) -> list[Reject]:
-        """Bad lines as Rejects, for the bridge's dead-letter stream."""
+    def take_rejects(self) -> list[DeadLetter]:
+        """Bad lines as DeadLetters, for the bridge's dead-letter stream."""
         out, self._rejects = self._rejects, []
         return out
 
@@ -518,7 +519,7 @@ class NelogicaCsvSource(_Paced):
             message = f"{self.path}:{line}: {reason}"
             if self.strict:
                 raise DataError(f"{message} (--strict stops at the first bad line)")
-            self._rejects.append(Reject(b"", "", message, None, str(self.path), now_ns()))
+            self._rejects.append(DeadLetter(message, b"", str(self.path), ts_init=now_ns()))
             if self.stats.rejected < MAX_NOTICES:
                 self._note(message)
             elif self.stats.rejected == MAX_NOTICES:

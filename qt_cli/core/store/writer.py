@@ -43,7 +43,6 @@ LIBRARY_VERSION = "4"  # must equal VERSION in functions.lua
 DEFAULT_MAXLEN = 100_000
 DEADLETTER_MAXLEN = 10_000
 GAPS_MAXLEN = 10_000
-RAW_MAX_BYTES = 64 * 1024
 
 # The command name as bytes: the client then sends the arguments as they are (with a str name it
 # re-splits the name and copies the whole argument tuple, which costs for a 40,000-argument batch).

@@ -4,7 +4,7 @@ The only package that imports zmq: `base` (context, run ids, binding), `pub` (`P
 (`SubSource`: seq tracking, gap recovery, rejects), `replay` (`ReplayServer`, `ReplayClient`).
 """
 
-from qt_cli.core.files import Reject
+from qt_cli.core.records import DeadLetter, Gap
 from qt_cli.core.zmq_io.base import (
     DEFAULT_RCVHWM,
     DEFAULT_SNDHWM,
@@ -21,10 +21,10 @@ from qt_cli.core.zmq_io.replay import (
     missing_ranges,
     not_journaled,
 )
-from qt_cli.core.zmq_io.sub import Gap, SessionCounters, SubSource, SubStats
+from qt_cli.core.zmq_io.sub import SessionCounters, SubSource, SubStats
 
 __all__ = [
-    "Reject",
+    "DeadLetter",
     "DEFAULT_RCVHWM",
     "DEFAULT_SNDHWM",
     "Gap",

@@ -16,44 +16,13 @@ from qt_cli.core import config
 from qt_cli.core.endpoints import Endpoint
 from qt_cli.core.errors import DecodeError, EndpointError, UnavailableError
 from qt_cli.core.events import decode_dict, now_ns
-from qt_cli.core.files import MAX_RAW_BYTES, Reject
+from qt_cli.core.records import MAX_RAW_BYTES, DeadLetter, Gap
 from qt_cli.core.zmq_io.base import DEFAULT_RCVHWM, _context, _endpoint
 from qt_cli.core.zmq_io.replay import ReplayClient, ReplayPage, missing_ranges, not_journaled
 
 log = logging.getLogger(__name__)
 
 # --- subscribing -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Gap:
-    """A range of seqs a subscriber did not receive live: recovered from replay or lost.
-
-    Fields match one `stream:gaps` entry (docs/contracts.md).
-    """
-
-    session: str
-    from_seq: int
-    to_seq: int
-    recovered: bool
-    reason: str
-    endpoint: str
-    ts_init: int
-
-    @property
-    def size(self) -> int:
-        return self.to_seq - self.from_seq + 1
-
-    def to_fields(self) -> dict[str, str]:
-        return {
-            "session": self.session,
-            "from_seq": str(self.from_seq),
-            "to_seq": str(self.to_seq),
-            "recovered": "1" if self.recovered else "0",
-            "reason": self.reason,
-            "endpoint": self.endpoint,
-            "ts_init": str(self.ts_init),
-        }
 
 
 @dataclass
@@ -102,7 +71,7 @@ class SubSource:
       Recovered events come out in seq order before the live message that revealed their gap;
       a large gap is recovered a page per call. Duplicates (seq at or below the last seen for
       the session) are dropped.
-    - `take_rejects() -> list[Reject]`: undecodable messages since the last call (raw payload
+    - `take_rejects() -> list[DeadLetter]`: undecodable messages since the last call (raw payload
       truncated to 64 KiB, reason, bad field or None, topic, source endpoint, ts_init).
     - `take_gaps() -> list[Gap]`: gaps since the last call, each recovered or lost (a partly
       recovered gap gives one Gap per recovered and per lost sub-range).
@@ -147,7 +116,7 @@ class SubSource:
         self._decode = decode
         self._last: dict[str, int] = dict(known or {})
         self._pending: dict[str, int] = {}  # session -> live messages not yet in stats.sessions
-        self._rejects: list[Reject] = []
+        self._rejects: list[DeadLetter] = []
         self._gaps: list[Gap] = []
         self._jobs: deque[_Recovery] = deque()
         if replay is True:
@@ -181,7 +150,7 @@ class SubSource:
         if seq > self._last.get(session, 0):
             self._last[session] = seq
 
-    def take_rejects(self) -> list[Reject]:
+    def take_rejects(self) -> list[DeadLetter]:
         out, self._rejects = self._rejects, []
         return out
 
@@ -267,12 +236,12 @@ class SubSource:
             topic = topic.decode(errors="replace")
         self.stats.rejected += 1
         self._rejects.append(
-            Reject(
-                raw=raw[:MAX_RAW_BYTES],
-                topic=topic,
+            DeadLetter(
                 reason=reason,
-                field=field_,
+                raw=raw[:MAX_RAW_BYTES],
                 source=self.uri,
+                topic=topic,
+                field=field_ or "",
                 ts_init=self._clock(),
             )
         )
