@@ -8,8 +8,8 @@
 | -                                                | stdio  | JSON lines to stdout | from stdin       |
 | file.jsonl, file.csv, file.parquet               | file   | record to the file   | replay the file  |
 
-Parsing is pure; opening a Source or Sink is delegated to the module that owns the external
-system (zmq_io, store, files), imported only when used.
+Parsing is pure and this module knows no implementation: `qt_cli.core.io` opens a Source or
+Sink, through the module that owns the external system (zmq_io, store, files).
 """
 
 from __future__ import annotations
@@ -208,49 +208,3 @@ def _parse_file(text: str) -> Endpoint:
 
 def parse_endpoints(uris: Sequence[str]) -> list[Endpoint]:
     return [parse_endpoint(u) for u in uris]
-
-
-def open_sink(endpoint: Endpoint | str) -> Sink:
-    """Open an output: ZeroMQ PUB (bind), Valkey streams, stdout JSON lines, or a file."""
-    ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
-    if ep.kind == "zmq":
-        from qt_cli.core import zmq_io
-
-        return zmq_io.PubSink(ep)
-    if ep.kind == "valkey":
-        from qt_cli.core import store
-        from qt_cli.core.store.writer import StreamSink
-
-        return StreamSink(store.connect(ep))
-    from qt_cli.core import files
-
-    if ep.kind == "stdio":
-        return files.JsonLinesSink(None)
-    return files.open_file_sink(Path(ep.path), ep.format)
-
-
-def open_source(
-    endpoint: Endpoint | str, *, symbols: Sequence[str] = (), time_unit: str | None = None
-) -> Source:
-    """Open an input: ZeroMQ SUB (connect), Valkey streams, stdin JSON lines, or a file.
-
-    A file is read as `qt feed --replay` reads it (its format from its content, a Nelogica tick
-    export included), at full speed; `time_unit` is the unit of its (or stdin's) ts_* fields.
-    """
-    ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
-    if ep.kind == "zmq":
-        from qt_cli.core import zmq_io
-
-        return zmq_io.SubSource(ep, symbols=symbols)
-    if ep.kind == "valkey":
-        from qt_cli.core import store
-        from qt_cli.core.store.reader import StreamSource
-
-        return StreamSource(store.connect(ep), symbols=symbols)
-    if ep.kind == "stdio":
-        from qt_cli.core import files
-
-        return files.JsonLinesSource(None, time_unit=time_unit)
-    from qt_cli.core.sources.replay import open_replay
-
-    return open_replay(ep.path, speed=0.0, time_unit=time_unit, option="--in")

@@ -444,7 +444,7 @@ class Feed:
                 open_file_sink(Path(ep.path), ep.format, types=list(dict.fromkeys(types)))
             )
         else:
-            from qt_cli.core.endpoints import open_sink
+            from qt_cli.core.io import open_sink
 
             out = _EventOut(open_sink(uri))
         self._outs.append(out)

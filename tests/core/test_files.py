@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from qt_cli.core.endpoints import open_sink, open_source
 from qt_cli.core.errors import DataError, UsageError
 from qt_cli.core.events import NS_PER_S, BookUpdate, Daily, Event, State, TopOfBook, Trade
 from qt_cli.core.files import (
@@ -20,6 +19,7 @@ from qt_cli.core.files import (
     type_columns,
     write_events,
 )
+from qt_cli.core.io import open_sink, open_source
 
 T0 = 1_754_654_400 * NS_PER_S
 

@@ -357,7 +357,7 @@ def test_stream_sink_stores_events_exactly_once(vk: valkey.Valkey, valkey_url: s
 def test_open_sink_resolves_valkey_urls_to_a_stream_sink(
     vk: valkey.Valkey, valkey_url: str
 ) -> None:
-    from qt_cli.core.endpoints import open_sink
+    from qt_cli.core.io import open_sink
 
     sink = open_sink(valkey_url)
     assert isinstance(sink, StreamSink)

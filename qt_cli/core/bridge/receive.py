@@ -53,7 +53,7 @@ def _open_input(config: BridgeConfig, endpoint: Endpoint, known: dict[str, int])
             f"--in {endpoint.uri}: the bridge reads ZeroMQ endpoints, '-' or files; "
             "Valkey is where it writes (--out)"
         )
-    from qt_cli.core.endpoints import open_source
+    from qt_cli.core.io import open_source
 
     return open_source(endpoint, time_unit=config.time_unit)
 
