@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
+import zstandard
 
 from qt_cli.core import chunks, keys
 from qt_cli.core.chunks import (
@@ -16,6 +17,7 @@ from qt_cli.core.chunks import (
     TickColumns,
     decode_tick_columns,
     decode_ticks,
+    encode_columns,
     encode_ticks,
     trades_of,
 )
@@ -104,7 +106,7 @@ def test_fields_carry_count_and_time_range() -> None:
     trades = make_trades(50)
     fields = encode_ticks(trades)
     assert set(fields) == {"v", "n", "t_min", "t_max", "cols"}
-    assert fields["v"] == b"1"
+    assert fields["v"] == str(chunks.CODEC_VERSION).encode() == b"2"
     assert int(fields["n"]) == 50
     assert int(fields["t_min"]) == min(t.ts_event for t in trades)
     assert int(fields["t_max"]) == max(t.ts_event for t in trades)
@@ -173,8 +175,9 @@ def test_encode_refuses_nothing() -> None:
         encode_ticks([])
 
 
-def test_corrupt_or_foreign_chunks_raise_decode_errors() -> None:
-    fields = encode_ticks(make_trades(10))
+@pytest.mark.parametrize("version", [1, 2])
+def test_corrupt_or_foreign_chunks_raise_decode_errors(version: int) -> None:
+    fields = encode_columns(chunks.tick_columns_of(make_trades(10)), version=version)
     with pytest.raises(DecodeError, match="codec version '9'"):
         decode_ticks({**fields, "v": b"9"})
     with pytest.raises(DecodeError, match="cannot unpack"):
@@ -183,9 +186,15 @@ def test_corrupt_or_foreign_chunks_raise_decode_errors() -> None:
         decode_ticks({**fields, "n": b"11"})
     with pytest.raises(DecodeError, match="'cols' is missing"):
         decode_ticks({k: v for k, v in fields.items() if k != "cols"})
-    truncated = zlib.compress(zlib.decompress(fields["cols"])[:-3])
+    if version == 1:
+        truncated = zlib.compress(zlib.decompress(fields["cols"])[:-3])
+    else:
+        raw = zstandard.ZstdDecompressor().decompress(fields["cols"])
+        truncated = zstandard.ZstdCompressor().compress(raw[:-3])
     with pytest.raises(DecodeError):
         decode_ticks({**fields, "cols": truncated})
+    with pytest.raises(DecodeError, match="not a number"):
+        decode_ticks({**fields, "n": b"ten"})
 
 
 def test_bytes_keys_as_xrange_returns_them() -> None:

@@ -36,6 +36,7 @@ from qt_cli.core.chunks import (
     CHUNK_MAX_SPAN_NS,
     STRING_COLUMNS,
     TickColumns,
+    decode_chunks,
     decode_tick_columns,
     tick_columns_of,
 )
@@ -45,7 +46,8 @@ from qt_cli.core.events import NS_PER_MS, Event, Trade, decode_fields
 log = logging.getLogger(__name__)
 
 PAGE_ENTRIES = 5_000  # per-event entries per XRANGE
-PAGE_CHUNKS = 32  # history chunks per XRANGE (~130,000 ticks)
+PAGE_CHUNKS = 32  # history chunks per XRANGE when streaming (up to ~130,000 ticks)
+READ_PAGE_CHUNKS = 2048  # … when reading a whole range into memory (read_ticks)
 LATE_MARGIN_MS = 60_000
 CHUNK_SPAN_MS = CHUNK_MAX_SPAN_NS // NS_PER_MS
 _EXTRA_POS = 1 << 62  # late chunks and the tail sort after chunk rows with the same time
@@ -210,9 +212,13 @@ class _TickMerge:
         ts = columns.arrays["ts_event"]
         inside = (ts >= self.from_ns) & (ts <= self.to_ns)
         if not inside.all():
-            columns = columns.take(np.flatnonzero(inside))
-            if columns.n == 0:
+            rows = np.flatnonzero(inside)
+            if len(rows) == 0:
                 return
+            first, last = int(rows[0]), int(rows[-1])
+            # Sorted rows cut at the range's edges: a slice (views, no copy).
+            contiguous = last - first + 1 == len(rows)
+            columns = columns.take(slice(first, last + 1) if contiguous else rows)
         start = self.extra_pos if extra else self.main_pos
         self.positions.append(np.arange(start, start + columns.n, dtype=np.int64))
         if extra:
@@ -221,18 +227,41 @@ class _TickMerge:
             self.main_pos += columns.n
         self.parts.append(columns)
 
+    def _in_order(self) -> tuple[list[TickColumns], list[np.ndarray]] | None:
+        """The parts reordered whole so that their rows run in (ts_event, position) order, or
+        None when rows of different parts interleave (then they need sorting row by row).
+
+        A part on its own is in order when its times are: its positions are a range, or the
+        rest of rows already sorted by (time, position)."""
+        spans = []
+        for i, part in enumerate(self.parts):
+            ts = part.arrays["ts_event"]
+            if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
+                return None
+            pos = self.positions[i]
+            spans.append(((int(ts[0]), int(pos[0])), (int(ts[-1]), int(pos[-1])), i))
+        spans.sort()
+        for (_, last, _), (first, _, _) in zip(spans, spans[1:], strict=False):
+            if not last < first:
+                return None
+        return [self.parts[i] for _, _, i in spans], [self.positions[i] for _, _, i in spans]
+
     def release(self, below_ns: int | None = None) -> TickColumns | None:
         """The pending rows with ts_event < below_ns (all when None), in order; None if none."""
         if not self.parts:
             return None
-        merged = TickColumns.concat(self.parts)
-        pos = np.concatenate(self.positions) if len(self.positions) > 1 else self.positions[0]
-        ts = merged.arrays["ts_event"]
-        if len(ts) > 1 and (np.any(ts[1:] < ts[:-1]) or np.any(pos[1:] <= pos[:-1])):
-            order = np.lexsort((pos, ts))
+        ordered = self._in_order()
+        if ordered is not None:
+            parts, positions = ordered
+            merged = TickColumns.concat(parts)
+            pos = np.concatenate(positions) if len(positions) > 1 else positions[0]
+        else:
+            merged = TickColumns.concat(self.parts)
+            pos = np.concatenate(self.positions)
+            order = np.lexsort((pos, merged.arrays["ts_event"]))
             merged = merged.take(order)
             pos = pos[order]
-            ts = merged.arrays["ts_event"]
+        ts = merged.arrays["ts_event"]
         cut = merged.n if below_ns is None else int(np.searchsorted(ts, below_ns, side="left"))
         if cut == merged.n:
             self.parts, self.positions = [], []
@@ -294,8 +323,11 @@ def iter_ticks(
     page_entries: int = PAGE_ENTRIES,
     margin_ms: int = LATE_MARGIN_MS,
     stats: ReadStats | None = None,
+    whole: bool = False,
 ) -> Iterator[TickPage]:
-    """The trades of `symbol` with from_ns <= ts_event <= to_ns, in event-time order, in pages."""
+    """The trades of `symbol` with from_ns <= ts_event <= to_ns, in event-time order, in pages.
+
+    `whole`: one page at the end (everything in memory, no partial pages to join later)."""
     stats = stats if stats is not None else ReadStats()
     hist = keys.history_key("ticks", symbol)
     events_key = keys.stream_key("ticks", symbol)
@@ -315,6 +347,8 @@ def iter_ticks(
         return src is None or (chunk_src is not None and parse_id(chunk_src) > src)
 
     def emit(below_ns: int | None, watermark_ns: int) -> Iterator[TickPage]:
+        if whole and below_ns is not None:
+            return
         released = merge.release(below_ns)
         if released is not None and released.n:
             stats.rows += released.n
@@ -352,26 +386,49 @@ def iter_ticks(
     for page in xrange_pages(
         client, hist, str(max(0, from_ms - CHUNK_SPAN_MS)), str(to_ms), count=page_chunks
     ):
+        ids: list[bytes] = []
+        wanted: list[dict[bytes, bytes]] = []
         for entry_id, fields in page:
             if entry_id in late_ids:
                 continue
             if sealed_after_snapshot(fields) or not _chunk_overlaps(fields, from_ns, to_ns):
                 stats.skipped_chunks += 1
                 continue
-            columns = decode(entry_id, fields)
-            if columns is None:
-                continue
-            stats.chunks += 1
             # A clamped chunk missing from the late index still belongs to the result.
-            clamped = parse_id(entry_id)[0] != int(fields[b"t_min"]) // NS_PER_MS
-            merge.add(columns, extra=clamped)
+            if parse_id(entry_id)[0] != _t_min_ms(fields):
+                if (columns := decode(entry_id, fields)) is not None:
+                    stats.chunks += 1
+                    merge.add(columns, extra=True)
+                continue
+            ids.append(entry_id)
+            wanted.append(fields)
+        if wanted:
+            # The whole page at once, into one set of column arrays (chunks.decode_chunks).
+            columns, problems = decode_chunks(wanted)
+            for index, exc in problems:
+                stats.problems.append(f"{hist} {ids[index].decode()}: {exc}")
+            stats.chunks += len(wanted) - len(problems)
+            merge.add(columns)
         watermark = parse_id(page[-1][0])[0] * NS_PER_MS
         yield from emit(watermark, watermark)
     yield from emit(None, to_ns)
 
 
+def _t_min_ms(fields: dict[bytes, bytes]) -> int | None:
+    try:
+        return int(fields[b"t_min"]) // NS_PER_MS
+    except (KeyError, ValueError):
+        return None  # let the decoder say what is wrong
+
+
 def read_ticks(client: Any, symbol: str, from_ns: int, to_ns: int, **kwargs: Any) -> TickColumns:
-    """All trades of `symbol` in [from_ns, to_ns] as one TickColumns, in event-time order."""
+    """All trades of `symbol` in [from_ns, to_ns] as one TickColumns, in event-time order.
+
+    Everything is kept anyway, so chunks are read and decoded in large pages (`READ_PAGE_CHUNKS`):
+    one set of arrays for the range, no concatenation of small pages.
+    """
+    kwargs.setdefault("page_chunks", READ_PAGE_CHUNKS)
+    kwargs.setdefault("whole", True)
     pages = [p.columns for p in iter_ticks(client, symbol, from_ns, to_ns, **kwargs)]
     return TickColumns.concat(pages)
 
