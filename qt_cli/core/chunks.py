@@ -46,7 +46,9 @@ READABLE_VERSIONS = (1, 2)
 CHUNK_MAX_EVENTS = 4096
 CHUNK_MAX_SPAN_NS = 60 * NS_PER_S
 ZLIB_LEVEL = 6  # version 1
-ZSTD_LEVEL = 3  # version 2
+ZSTD_LEVEL = 6  # version 2
+SHUFFLE_MIN_BYTES = 4  # version 2 byte-shuffles columns stored 4 or 8 bytes wide (marked `sh`)
+V1_SHUFFLE = True  # version 1: every multi-byte column shuffled, unmarked
 
 # Numeric columns of a decoded chunk and their dtypes, in display order.
 NUMERIC_COLUMNS: dict[str, np.dtype[Any]] = {
@@ -124,8 +126,11 @@ def _unshuffle(
 
 
 def _pack_int(
-    values: np.ndarray, out: list[bytes], *, scales: Iterable[int] = (), shuffle: bool = True
+    values: np.ndarray, out: list[bytes], *, scales: Iterable[int] = (), shuffle: int = V1_SHUFFLE
 ) -> dict:
+    """`shuffle`: the narrowest stored width (bytes) that is byte-shuffled. Version 1 shuffles
+    every multi-byte column and says nothing in the spec (`V1_SHUFFLE`); version 2 shuffles
+    columns at least `SHUFFLE_MIN_BYTES` wide and marks them `sh` in the spec."""
     """Spec for an int64 column; appends its buffer (if any) to `out`."""
     n = len(values)
     first = int(values[0]) if n else 0
@@ -148,11 +153,15 @@ def _pack_int(
     if delta_size < frame_size or (
         delta_size == frame_size and np.abs(deltas).sum() < (v - lo).sum()
     ):
-        buf = _shuffle(deltas, delta_type, shuffle)
+        buf = _shuffle(deltas, delta_type, delta_size >= shuffle)
         spec = {"e": "int", "m": "d", "b": int(v[0]), "t": delta_type, "s": scale}
+        if shuffle is not V1_SHUFFLE and delta_size >= shuffle:
+            spec["sh"] = 1
     else:
-        buf = _shuffle(v - lo, frame_type, shuffle)
+        buf = _shuffle(v - lo, frame_type, frame_size >= shuffle)
         spec = {"e": "int", "m": "f", "b": lo, "t": frame_type, "s": scale}
+        if shuffle is not V1_SHUFFLE and frame_size >= shuffle:
+            spec["sh"] = 1
     spec["len"] = len(buf)
     out.append(buf)
     return spec
@@ -190,12 +199,12 @@ def _decimal_places(values: np.ndarray, max_places: int = 8) -> tuple[int, np.nd
     return None
 
 
-def _pack_float(values: np.ndarray, out: list[bytes], shuffle: bool = True) -> dict:
+def _pack_float(values: np.ndarray, out: list[bytes], shuffle: int = V1_SHUFFLE) -> dict:
     found = _decimal_places(values)
     if found is not None:
         k, ints = found
         return {"e": "dec", "k": k, "i": _pack_int(ints, out, shuffle=shuffle)}
-    return _pack_raw(values, out, shuffle)
+    return _pack_raw(values, out, shuffle is V1_SHUFFLE)
 
 
 def _pack_raw(values: np.ndarray, out: list[bytes], shuffle: bool = True) -> dict:
@@ -214,7 +223,7 @@ def _pack_volume(
     price: np.ndarray,
     quantity: np.ndarray,
     out: list[bytes],
-    shuffle: bool = True,
+    shuffle: int = V1_SHUFFLE,
 ) -> dict:
     """Volume is usually price × quantity × contract multiplier: store only the rows that are not."""
     usable = np.flatnonzero((quantity > 0) & np.isfinite(price) & (price > 0) & np.isfinite(volume))
@@ -290,7 +299,7 @@ def encode_columns(columns: TickColumns, *, version: int = CODEC_VERSION) -> dic
         raise ValueError("a chunk needs at least one trade")
     if version not in READABLE_VERSIONS:
         raise ValueError(f"unknown codec version {version}")
-    shuffle = version == 1
+    shuffle = V1_SHUFFLE if version == 1 else SHUFFLE_MIN_BYTES
     a = columns.arrays
     ints = {name: a[name].astype(np.int64) for name in _INT_COLUMNS}
     t_event = a["ts_event"]
@@ -641,9 +650,11 @@ class _Page:
             values = np.repeat(bases, self.ns)
             return values.view(np.bool_) if dtype == np.bool_ else values
         pieces = [
-            np.frombuffer(p.blob, leaf["t"], p.n, leaf["o"])
-            if leaf["m"] != "c"
-            else np.zeros(p.n, np.int8)
+            (
+                _unshuffle(p.blob, leaf["o"], p.n, leaf["t"], "sh" in leaf)
+                if leaf["m"] != "c"
+                else np.zeros(p.n, np.int8)
+            )
             for p, leaf in zip(self.parsed, leaves, strict=True)
         ]
         if len(pieces) == 1:
@@ -708,7 +719,7 @@ class _Page:
 
 
 def _one_int(spec: dict, blob: bytes, n: int) -> np.ndarray:
-    values, _ = _unpack_int(spec, memoryview(blob), spec.get("o", 0), n, shuffled=False)
+    values, _ = _unpack_int(spec, memoryview(blob), spec.get("o", 0), n, "sh" in spec)
     return values
 
 
