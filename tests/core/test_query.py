@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from pathlib import Path
@@ -13,7 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from qt_cli.core import keys, query
-from qt_cli.core.chunks import ChunkBuilder, SealedChunk, TickColumns, trades_of
+from qt_cli.core.chunks import (
+    ChunkBuilder,
+    SealedChunk,
+    TickColumns,
+    decode_tick_columns,
+    encode_columns,
+    trades_of,
+)
 from qt_cli.core.errors import TimeParseError, UsageError
 from qt_cli.core.events import (
     NS_PER_MS,
@@ -73,17 +81,28 @@ def seed_ticks(
     chunked: int | None = None,
     max_events: int = 1000,
     symbol: str = SYMBOL,
+    versions: tuple[int, ...] = (),
 ) -> list[bytes]:
-    """Write trades per event; chunk the first `chunked` of them (all by default)."""
+    """Write trades per event; chunk the first `chunked` of them (all by default).
+
+    `versions`: codec versions the chunks are written in, in turn (default: the current one)."""
     key = keys.stream_key("ticks", symbol)
     top: list[int] = []
     ids = [xadd_event(vk, key, t, top) for t in trades]
     count = len(trades) if chunked is None else chunked
     builder = ChunkBuilder(max_events=max_events)
+    sealed = []
     for trade, entry_id in zip(trades[:count], ids[:count], strict=True):
         if chunk := builder.add(trade, entry_id):
-            add_chunk(vk, symbol, chunk)
+            sealed.append(chunk)
     if chunk := builder.seal():
+        sealed.append(chunk)
+    for i, chunk in enumerate(sealed):
+        if versions:
+            fields = encode_columns(
+                decode_tick_columns(chunk.fields), version=versions[i % len(versions)]
+            )
+            chunk = dataclasses.replace(chunk, fields={**fields, "src": chunk.fields["src"]})
         add_chunk(vk, symbol, chunk)
     return ids
 
@@ -723,3 +742,30 @@ def test_stream_source_from_the_start_and_discovering_symbols(vk) -> None:
     got += source.read(0.1)
     assert len(got) == 6
     assert {type(e) for e in got} == {Trade, BookUpdate}
+
+
+def _mixed_trades() -> list[Trade]:
+    """Two sessions, late trades (older than the top) and a price off the decimal grid."""
+    trades = make_trades(6000, seed=5)
+    trades += make_trades(300, start_ms=START_MS + 30_000, session="b.ticks", seed=6)
+    trades[4000] = dataclasses.replace(trades[4000], price=math.pi)
+    return trades
+
+
+def test_query_reads_streams_mixing_both_codec_versions(vk) -> None:
+    """A stream whose chunks were written by codec 1 and codec 2 in turn reads back as exactly
+    the frame of the same trades all in codec 2 (and all in codec 1); late chunks included."""
+    trades = _mixed_trades()
+    start, end = T0 - NS_PER_S, T0 + 3600 * NS_PER_S
+    frames = {}
+    for versions in ((2,), (1,), (1, 2, 2, 1, 2)):
+        vk.flushall()
+        seed_ticks(vk, trades, chunked=6100, max_events=700, versions=versions)
+        assert vk.zcard(keys.late_index_key("ticks", SYMBOL)) > 0
+        stored = {f[b"v"] for _, f in vk.xrange(keys.history_key("ticks", SYMBOL))}
+        assert stored == {str(v).encode() for v in versions}
+        frames[versions] = query.query("ticks", symbols=SYMBOL, start=start, end=end, client=vk)
+    pd.testing.assert_frame_equal(frames[(1, 2, 2, 1, 2)], frames[(2,)])
+    pd.testing.assert_frame_equal(frames[(1,)], frames[(2,)])
+    got = [t.to_fields() for t in frame_trades(frames[(1, 2, 2, 1, 2)])]
+    assert got == [t.to_fields() for t in in_range(trades, start, end)]
