@@ -9,20 +9,25 @@ An entry of `stream:hist:ticks:{SYM}` has the fields `v` (codec version), `n` (t
 `t_min`/`t_max` (event time range, ns), `cols` (the packed columns) and `src` (the id of the last
 per-event entry the chunk includes; added by the builder / the bridge).
 
-`cols` is one zlib stream: a 4-byte little-endian header length, a JSON header, then the column
-buffers back to back. The header lists, per column, how its buffer is encoded:
+`cols` is one compressed buffer (version 2: a Zstandard frame; version 1: a zlib stream)
+holding a 4-byte little-endian header length, a JSON header, then the column buffers back to
+back. The header lists, per column, how its buffer is encoded:
 
 - integers (`int`): optionally divided by a common power of ten (`s`, e.g. 1e6 for ms-resolution
   times), then either delta-encoded (`m: "d"`, base = first value) or frame-of-reference encoded
-  (`m: "f"`, base = minimum), stored in the narrowest integer type that holds them (`t`), with the
-  bytes of multi-byte values transposed (byte shuffle) so zlib sees the slowly changing high bytes
-  together. A column whose values are all equal is `m: "c"` and takes no bytes.
+  (`m: "f"`, base = minimum), stored in the narrowest integer type that holds them (`t`). Version
+  2 transposes the bytes of 4- and 8-byte values (byte shuffle, marked `sh`) so the compressor
+  sees the slowly changing high bytes together; version 1 does so for every multi-byte column,
+  unmarked. A column whose values are all equal is `m: "c"` and takes no bytes.
 - floats: `dec` (every value is an exact decimal with `k` places: stored as the integers
   value × 10^k, checked to read back bit for bit), `ratio` (volume = price × quantity × `r`,
-  with the rows that differ stored raw), or `raw` (float64, byte-shuffled).
+  with the rows that differ stored raw), or `raw` (float64; byte-shuffled in version 1 only).
 - strings (session, buyer/seller names): a dictionary in the header and integer codes.
 
-Decoding is a zlib inflate, one `frombuffer` per column, and a cumsum for delta columns.
+Decoding version 2 goes a page of chunks at a time (`decode_chunks`): inflate and check each
+chunk, then build each column for the whole page with a handful of NumPy calls (one
+concatenation of the stored integers, one cumsum, per-chunk bases spread with `np.repeat`).
+Version 1 chunks are decoded one by one (inflate, one `frombuffer` per column, a cumsum).
 """
 
 from __future__ import annotations
