@@ -601,7 +601,7 @@ def _parse_v2(fields: Mapping[Any, Any]) -> _Parsed:
         raise DecodeError(
             f"history chunk: cannot unpack its columns ({exc})", field="cols"
         ) from None
-    if not isinstance(header, dict) or header.get("n") != n:
+    if n < 1 or not isinstance(header, dict) or header.get("n") != n:
         got = header.get("n") if isinstance(header, dict) else None
         raise DecodeError(f"history chunk: header says {got} trades, field n says {n}", field="n")
     try:
@@ -650,8 +650,8 @@ class _Page:
         """
         work = np.dtype(np.uint8) if dtype == np.bool_ else dtype
         bases = np.array([leaf["b"] for leaf in leaves], dtype=np.int64).astype(work)
-        modes = [leaf["m"] for leaf in leaves]
-        if all(m == "c" for m in modes):
+        modes = {leaf["m"] for leaf in leaves}
+        if modes == {"c"}:
             values = np.repeat(bases, self.ns)
             return values.view(np.bool_) if dtype == np.bool_ else values
         pieces = [
@@ -663,23 +663,27 @@ class _Page:
             for p, leaf in zip(self.parsed, leaves, strict=True)
         ]
         if len(pieces) == 1:
-            stored = pieces[0].astype(work)
+            values = pieces[0].astype(work)
         else:
-            stored = np.concatenate(pieces, dtype=work, casting="unsafe")
-        deltas = np.array([m == "d" for m in modes])
-        if deltas.any():
-            sums = np.cumsum(stored, dtype=work)
-            before = sums[self.starts] - stored[self.starts]
-            if deltas.all():
-                values = sums
-                add = bases - before
-            else:
-                values = np.where(np.repeat(deltas, self.ns), sums, stored)
-                add = np.where(deltas, bases - before, bases)
+            values = np.concatenate(pieces, dtype=work, casting="unsafe")
+        starts = self.starts
+        if modes == {"d"}:
+            # One cumsum over the page: each chunk's first row gets its base minus the value
+            # the previous chunk ended on (ends = base + sum of the chunk's deltas).
+            ends = bases + np.add.reduceat(values, starts, dtype=work)
+            jumps = bases.copy()
+            jumps[1:] -= ends[:-1]
+            values[starts] += jumps
+            np.cumsum(values, dtype=work, out=values)
+        elif "d" in modes:
+            deltas = np.array([leaf["m"] == "d" for leaf in leaves])
+            sums = np.cumsum(values, dtype=work)
+            before = sums[starts] - values[starts]
+            add = np.where(deltas, bases - before, bases)
+            values = np.where(np.repeat(deltas, self.ns), sums, values)
+            values += self.spread(add)
         else:
-            values = stored
-            add = bases
-        values += self.spread(add)
+            values += self.spread(bases)
         scales = np.array([leaf.get("s", 1) for leaf in leaves], dtype=np.int64)
         if np.any(scales != 1):
             values *= self.spread(scales.astype(work))

@@ -769,3 +769,31 @@ def test_query_reads_streams_mixing_both_codec_versions(vk) -> None:
     pd.testing.assert_frame_equal(frames[(1,)], frames[(2,)])
     got = [t.to_fields() for t in frame_trades(frames[(1, 2, 2, 1, 2)])]
     assert got == [t.to_fields() for t in in_range(trades, start, end)]
+
+
+def test_raw_tail_entries_read_like_parsed_ones(vk) -> None:
+    """Per-event tick entries read unparsed (by field position, grouped by field layout) give
+    the same columns as the dict path: entries with and without `late`, names, history trades,
+    and a seed-era entry (no ts_event), which falls back to the dict path."""
+    trades = make_trades(300)
+    trades[7] = dataclasses.replace(trades[7], history=True)
+    key = keys.stream_key("ticks", SYMBOL)
+    top: list[int] = []
+    for t in trades[:200]:
+        xadd_event(vk, key, t, top)
+    for t in reversed(trades[200:]):  # older than the top: clamped, `late` added
+        xadd_event(vk, key, t, top)
+    pages = list(reader.xrange_pages(vk, key, count=64, raw=True))
+    parsed = list(reader.xrange_pages(vk, key, count=64))
+    assert not isinstance(pages[0][0][1], dict)
+    for raw_page, parsed_page in zip(pages, parsed, strict=True):
+        got = reader.tick_columns_from_raw(raw_page)
+        want = reader.tick_columns_from_entries(parsed_page)
+        assert trades_of(got, SYMBOL) == trades_of(want, SYMBOL)
+        np.testing.assert_array_equal(got.arrays["late"], want.arrays["late"])
+    assert sum(reader.tick_columns_from_raw(p).arrays["late"].sum() for p in pages) == 99
+    seed_era = trades[0].to_fields()
+    seed_era.pop("ts_event")
+    vk.xadd(key, seed_era, id="9999999999999-0")
+    last = list(reader.xrange_pages(vk, key, "9999999999999-0", count=10, raw=True))[0]
+    assert trades_of(reader.tick_columns_from_raw(last), SYMBOL)[0].price == trades[0].price
