@@ -142,13 +142,19 @@ def _ints(values: list[bytes]) -> np.ndarray:
 
 
 def _floats(values: list[bytes]) -> np.ndarray:
-    return np.fromiter(
-        (float(v) if v else np.nan for v in values), dtype=np.float64, count=len(values)
-    )
+    try:
+        return np.fromiter(map(float, values), dtype=np.float64, count=len(values))
+    except ValueError:  # an empty value: NaN
+        return np.fromiter(
+            (float(v) if v else np.nan for v in values), dtype=np.float64, count=len(values)
+        )
+
+
+_TRUE = frozenset((b"1", b"true", b"True"))
 
 
 def _flags(values: list[bytes]) -> np.ndarray:
-    return np.fromiter((v in (b"1", b"true", b"True") for v in values), np.bool_, len(values))
+    return np.fromiter(map(_TRUE.__contains__, values), np.bool_, len(values))
 
 
 _AGGRESSOR = {k.encode(): v for k, v in AGGRESSOR_CODES.items()}
@@ -252,7 +258,7 @@ def _tick_columns(col: Callable[..., list[bytes]], n: int) -> TickColumns:
         "seller": _ints(col(b"seller", b"0")).astype(np.int32),
         "trade_type": _ints(col(b"trade_type", b"0")).astype(np.uint8),
         "aggressor": np.fromiter(
-            (_AGGRESSOR[v] for v in col(b"aggressor", b"none")), dtype=np.int8, count=n
+            map(_AGGRESSOR.__getitem__, col(b"aggressor", b"none")), dtype=np.int8, count=n
         ),
         "is_edit": _flags(col(b"is_edit", b"0")),
         "history": _flags(col(b"history", b"0")),
@@ -262,11 +268,9 @@ def _tick_columns(col: Callable[..., list[bytes]], n: int) -> TickColumns:
     codes: dict[str, np.ndarray] = {}
     dictionaries: dict[str, tuple[str, ...]] = {}
     for name in STRING_COLUMNS:
-        table: dict[bytes, int] = {}
         values = col(name.encode(), b"")
-        codes[name] = np.fromiter(
-            (table.setdefault(v, len(table)) for v in values), dtype=np.int32, count=n
-        )
+        table = {v: i for i, v in enumerate(dict.fromkeys(values))}  # first-seen order
+        codes[name] = np.fromiter(map(table.__getitem__, values), dtype=np.int32, count=n)
         dictionaries[name] = tuple(v.decode() for v in table)
     return TickColumns(n, arrays, codes, dictionaries)
 
