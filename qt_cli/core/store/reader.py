@@ -279,13 +279,16 @@ def _tick_columns(col: Callable[..., list[bytes]], n: int) -> TickColumns:
 
 
 class _TickMerge:
-    """Pending rows, released in (ts_event, stream position) order once below a watermark."""
+    """Pending rows, released in (ts_event, stream position) order once below a watermark.
+
+    A part's positions are kept as the start of a range (an int) until rows are actually
+    reordered or cut, so a range read into memory in one go never builds them."""
 
     def __init__(self, from_ns: int, to_ns: int) -> None:
         self.from_ns = from_ns
         self.to_ns = to_ns
         self.parts: list[TickColumns] = []
-        self.positions: list[np.ndarray] = []
+        self.positions: list[int | np.ndarray] = []
         self.main_pos = 0
         self.extra_pos = _EXTRA_POS
 
@@ -293,9 +296,8 @@ class _TickMerge:
         if columns.n == 0:
             return
         ts = columns.arrays["ts_event"]
-        inside = (ts >= self.from_ns) & (ts <= self.to_ns)
-        if not inside.all():
-            rows = np.flatnonzero(inside)
+        if ts.min() < self.from_ns or ts.max() > self.to_ns:
+            rows = np.flatnonzero((ts >= self.from_ns) & (ts <= self.to_ns))
             if len(rows) == 0:
                 return
             first, last = int(rows[0]), int(rows[-1])
@@ -303,16 +305,28 @@ class _TickMerge:
             contiguous = last - first + 1 == len(rows)
             columns = columns.take(slice(first, last + 1) if contiguous else rows)
         start = self.extra_pos if extra else self.main_pos
-        self.positions.append(np.arange(start, start + columns.n, dtype=np.int64))
+        self.positions.append(start)
         if extra:
             self.extra_pos += columns.n
         else:
             self.main_pos += columns.n
         self.parts.append(columns)
 
-    def _in_order(self) -> tuple[list[TickColumns], list[np.ndarray]] | None:
-        """The parts reordered whole so that their rows run in (ts_event, position) order, or
-        None when rows of different parts interleave (then they need sorting row by row).
+    def _position_array(self, i: int) -> np.ndarray:
+        pos = self.positions[i]
+        if isinstance(pos, np.ndarray):
+            return pos
+        return np.arange(pos, pos + self.parts[i].n, dtype=np.int64)
+
+    def _ends(self, i: int) -> tuple[int, int]:
+        pos = self.positions[i]
+        if isinstance(pos, np.ndarray):
+            return int(pos[0]), int(pos[-1])
+        return pos, pos + self.parts[i].n - 1
+
+    def _in_order(self) -> list[int] | None:
+        """The parts' indexes in an order where their rows run in (ts_event, position) order,
+        or None when rows of different parts interleave (then they need sorting row by row).
 
         A part on its own is in order when its times are: its positions are a range, or the
         rest of rows already sorted by (time, position)."""
@@ -321,26 +335,26 @@ class _TickMerge:
             ts = part.arrays["ts_event"]
             if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
                 return None
-            pos = self.positions[i]
-            spans.append(((int(ts[0]), int(pos[0])), (int(ts[-1]), int(pos[-1])), i))
+            first_pos, last_pos = self._ends(i)
+            spans.append(((int(ts[0]), first_pos), (int(ts[-1]), last_pos), i))
         spans.sort()
         for (_, last, _), (first, _, _) in zip(spans, spans[1:], strict=False):
             if not last < first:
                 return None
-        return [self.parts[i] for _, _, i in spans], [self.positions[i] for _, _, i in spans]
+        return [i for _, _, i in spans]
 
     def release(self, below_ns: int | None = None) -> TickColumns | None:
         """The pending rows with ts_event < below_ns (all when None), in order; None if none."""
         if not self.parts:
             return None
-        ordered = self._in_order()
-        if ordered is not None:
-            parts, positions = ordered
-            merged = TickColumns.concat(parts)
-            pos = np.concatenate(positions) if len(positions) > 1 else positions[0]
+        order_of_parts = self._in_order()
+        pos: np.ndarray | None = None
+        if order_of_parts is not None:
+            merged = TickColumns.concat([self.parts[i] for i in order_of_parts])
+            indexes = order_of_parts
         else:
             merged = TickColumns.concat(self.parts)
-            pos = np.concatenate(self.positions)
+            pos = np.concatenate([self._position_array(i) for i in range(len(self.parts))])
             order = np.lexsort((pos, merged.arrays["ts_event"]))
             merged = merged.take(order)
             pos = pos[order]
@@ -349,6 +363,8 @@ class _TickMerge:
         if cut == merged.n:
             self.parts, self.positions = [], []
             return merged
+        if pos is None:
+            pos = np.concatenate([self._position_array(i) for i in indexes])
         self.parts = [merged.take(slice(cut, None))]
         self.positions = [pos[cut:]]
         return merged.take(slice(0, cut)) if cut else None
