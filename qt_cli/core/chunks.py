@@ -516,9 +516,10 @@ def decode_tick_columns(fields: Mapping[Any, Any]) -> TickColumns:
 
 
 def decode_chunks(
-    chunks: Sequence[Mapping[Any, Any]],
+    chunks: Sequence[Mapping[Any, Any]], *, append: TickColumns | None = None
 ) -> tuple[TickColumns, list[tuple[int, DecodeError]]]:
-    """Many chunks' fields (in stream order) decoded into one set of columns, rows in that order.
+    """Many chunks' fields (in stream order) decoded into one set of columns, rows in that order,
+    then `append`'s rows (decoded already, e.g. the per-event tail), in the same arrays.
 
     Version-2 chunks are decoded together: each is inflated and its header read, then every
     column is built for all of them at once (one concatenation of the stored integers, then
@@ -540,7 +541,9 @@ def decode_chunks(
         except DecodeError as exc:
             problems.append((i, exc))
     if pending:
-        runs.append(_decode_page(pending))
+        runs.append(_decode_page(pending, append))
+    elif append is not None:
+        runs.append(append)
     return TickColumns.concat(runs), problems
 
 
@@ -643,18 +646,51 @@ class _Page:
             return first
         return np.repeat(per_chunk, self.ns)
 
-    def ints(self, leaves: Sequence[dict], dtype: np.dtype[Any]) -> np.ndarray:
-        """Integer columns (one spec per chunk) for every row, as `dtype`.
+    def ints(
+        self, leaves: Sequence[dict], dtype: np.dtype[Any], out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Integer columns (one spec per chunk) for every row, as `dtype`; into `out[:total]`
+        when given (then that view is returned).
 
         Narrow dtypes are computed in that dtype: the sums wrap modulo 2^bits, and since every
         stored value fits the column's dtype the result is exact.
         """
         work = np.dtype(np.uint8) if dtype == np.bool_ else dtype
+        target = None if out is None else out[: self.total].view(work)
         bases = np.array([leaf["b"] for leaf in leaves], dtype=np.int64).astype(work)
         modes = {leaf["m"] for leaf in leaves}
         if modes == {"c"}:
             values = np.repeat(bases, self.ns)
-            return values.view(np.bool_) if dtype == np.bool_ else values
+        else:
+            values = self._stored(leaves, work, target)
+            starts = self.starts
+            if modes == {"d"}:
+                # One cumsum over the page: each chunk's first row gets its base minus the
+                # value the previous chunk ended on (ends = base + sum of the chunk's deltas).
+                ends = bases + np.add.reduceat(values, starts, dtype=work)
+                jumps = bases.copy()
+                jumps[1:] -= ends[:-1]
+                values[starts] += jumps
+                np.cumsum(values, dtype=work, out=values)
+            elif "d" in modes:
+                deltas = np.array([leaf["m"] == "d" for leaf in leaves])
+                sums = np.cumsum(values, dtype=work)
+                before = sums[starts] - values[starts]
+                add = np.where(deltas, bases - before, bases)
+                values = np.where(np.repeat(deltas, self.ns), sums, values)
+                values += self.spread(add)
+            else:
+                values += self.spread(bases)
+            scales = np.array([leaf.get("s", 1) for leaf in leaves], dtype=np.int64)
+            if np.any(scales != 1):
+                values *= self.spread(scales.astype(work))
+        if target is not None and values is not target:
+            target[...] = values
+            values = target
+        return values.view(np.bool_) if dtype == np.bool_ else values
+
+    def _stored(self, leaves: Sequence[dict], work: np.dtype[Any], target: Any) -> np.ndarray:
+        """The chunks' stored integers back to back, as `work` (into `target` when given)."""
         pieces = [
             (
                 _unshuffle(p.blob, leaf["o"], p.n, leaf["t"], "sh" in leaf)
@@ -663,57 +699,43 @@ class _Page:
             )
             for p, leaf in zip(self.parsed, leaves, strict=True)
         ]
+        if target is not None:
+            return np.concatenate(pieces, out=target, casting="unsafe")
         if len(pieces) == 1:
-            values = pieces[0].astype(work)
-        else:
-            values = np.concatenate(pieces, dtype=work, casting="unsafe")
-        starts = self.starts
-        if modes == {"d"}:
-            # One cumsum over the page: each chunk's first row gets its base minus the value
-            # the previous chunk ended on (ends = base + sum of the chunk's deltas).
-            ends = bases + np.add.reduceat(values, starts, dtype=work)
-            jumps = bases.copy()
-            jumps[1:] -= ends[:-1]
-            values[starts] += jumps
-            np.cumsum(values, dtype=work, out=values)
-        elif "d" in modes:
-            deltas = np.array([leaf["m"] == "d" for leaf in leaves])
-            sums = np.cumsum(values, dtype=work)
-            before = sums[starts] - values[starts]
-            add = np.where(deltas, bases - before, bases)
-            values = np.where(np.repeat(deltas, self.ns), sums, values)
-            values += self.spread(add)
-        else:
-            values += self.spread(bases)
-        scales = np.array([leaf.get("s", 1) for leaf in leaves], dtype=np.int64)
-        if np.any(scales != 1):
-            values *= self.spread(scales.astype(work))
-        return values.view(np.bool_) if dtype == np.bool_ else values
+            return pieces[0].astype(work)
+        return np.concatenate(pieces, dtype=work, casting="unsafe")
 
     def floats(
-        self, specs: Sequence[dict], price: np.ndarray | None, quantity: np.ndarray | None
+        self,
+        specs: Sequence[dict],
+        price: np.ndarray | None,
+        quantity: np.ndarray | None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Float columns for every row; into `out[:total]` when given (that view returned)."""
+        target = np.empty(self.total, np.float64) if out is None else out[: self.total]
         kinds = {spec["e"] for spec in specs}
         if kinds == {"dec"}:
             ints = self.ints([spec["i"] for spec in specs], np.dtype(np.int64))
             factors = np.array([float(10 ** spec["k"]) for spec in specs])
-            return ints / self.spread(factors)
+            return np.divide(ints, self.spread(factors), out=target)
         if kinds == {"raw"}:
             pieces = [
                 np.frombuffer(p.blob, "<f8", p.n, spec["o"])
                 for p, spec in zip(self.parsed, specs, strict=True)
             ]
-            return np.concatenate(pieces, dtype=np.float64)
+            return np.concatenate(pieces, out=target)
         if kinds == {"ratio"} and price is not None and quantity is not None:
             ratios = np.array([spec["r"] for spec in specs], dtype=np.float64)
-            values = _ratio_prediction(price, quantity, self.spread(ratios))
+            # _ratio_prediction's operations in its order, written in place.
+            np.multiply(price, quantity.astype(np.float64), out=target)
+            np.multiply(target, self.spread(ratios), out=target)
             for p, spec, start in zip(self.parsed, specs, self.starts.tolist(), strict=True):
                 if spec["nx"]:
                     misses = _one_int(spec["x"], p.blob, spec["nx"])
-                    values[start + misses] = _one_float(spec["xv"], p.blob, spec["nx"])
-            return values
+                    target[start + misses] = _one_float(spec["xv"], p.blob, spec["nx"])
+            return target
         # Mixed encodings in one page: chunk by chunk.
-        out = np.empty(self.total, np.float64)
         for p, spec, start in zip(self.parsed, specs, self.starts.tolist(), strict=True):
             rows = slice(start, start + p.n)
             if spec["e"] == "ratio":
@@ -722,10 +744,10 @@ class _Page:
                 if spec["nx"]:
                     misses = _one_int(spec["x"], p.blob, spec["nx"])
                     values[misses] = _one_float(spec["xv"], p.blob, spec["nx"])
-                out[rows] = values
+                target[rows] = values
             else:
-                out[rows] = _one_float(spec, p.blob, p.n)
-        return out
+                target[rows] = _one_float(spec, p.blob, p.n)
+        return target
 
 
 def _one_int(spec: dict, blob: bytes, n: int) -> np.ndarray:
@@ -741,47 +763,65 @@ def _one_float(spec: dict, blob: bytes, n: int) -> np.ndarray:
     raise DecodeError(f"history chunk: unknown float encoding {spec['e']!r}", field="cols")
 
 
-def _decode_page(parsed: Sequence[_Parsed]) -> TickColumns:
+def _decode_page(parsed: Sequence[_Parsed], append: TickColumns | None = None) -> TickColumns:
+    """The chunks' rows, then `append`'s (if any), in one set of arrays: each column is
+    allocated once for both and the page decoded straight into it (no concatenation)."""
     page = _Page(parsed)
+    total = page.total
+    extra = append.n if append is not None else 0
+
+    def alloc(dtype: Any) -> np.ndarray:
+        return np.empty(total + extra, dtype)
+
     specs = [p.specs for p in parsed]
     int64 = np.dtype(np.int64)
-    arrays: dict[str, np.ndarray] = {}
-    t_event = page.ints([s["ts_event"] for s in specs], int64)
-    arrays["ts_event"] = t_event
+    arrays = {name: alloc(dtype) for name, dtype in NUMERIC_COLUMNS.items()}
+    t_event = page.ints([s["ts_event"] for s in specs], int64, arrays["ts_event"])
     init = [s["ts_init"] for s in specs]
     relative = np.array([spec.get("e") == "rel" for spec in init])
-    t_init = page.ints([spec["i"] if spec.get("e") == "rel" else spec for spec in init], int64)
+    leaves = [spec["i"] if spec.get("e") == "rel" else spec for spec in init]
+    t_init = page.ints(leaves, int64, arrays["ts_init"])
     if relative.all():
         t_init += t_event
     elif relative.any():
         t_init += np.where(np.repeat(relative, page.ns), t_event, 0)
-    arrays["ts_init"] = t_init
-    quantity = page.ints([s["quantity"] for s in specs], int64)
-    price = page.floats([s["price"] for s in specs], None, None)
-    arrays["price"] = price
-    arrays["quantity"] = quantity
-    arrays["volume"] = page.floats([s["volume"] for s in specs], price, quantity)
+    quantity = page.ints([s["quantity"] for s in specs], int64, arrays["quantity"])
+    price = page.floats([s["price"] for s in specs], None, None, arrays["price"])
+    page.floats([s["volume"] for s in specs], price, quantity, arrays["volume"])
     for name in _INT_COLUMNS[1:]:
-        arrays[name] = page.ints([s[name] for s in specs], NUMERIC_COLUMNS[name])
+        page.ints([s[name] for s in specs], NUMERIC_COLUMNS[name], arrays[name])
     codes: dict[str, np.ndarray] = {}
     dictionaries: dict[str, tuple[str, ...]] = {}
     int32 = np.dtype(np.int32)
     for name in STRING_COLUMNS:
-        column = page.ints([s[name] for s in specs], int32)
+        codes[name] = alloc(int32)
+        column = page.ints([s[name] for s in specs], int32, codes[name])
         tables = [p.dicts[name] for p in parsed]
-        if all(t == tables[0] for t in tables):
-            dictionaries[name] = tables[0]
-        else:
-            merged: dict[str, int] = {}
+        merged = {s: i for i, s in enumerate(tables[0])}
+        if any(t != tables[0] for t in tables[1:]):
             for table, start, n in zip(tables, page.starts.tolist(), page.ns.tolist(), strict=True):
                 remap = np.fromiter(
                     (merged.setdefault(s, len(merged)) for s in table), np.int32, len(table)
                 )
                 if len(table):
                     column[start : start + n] = remap[column[start : start + n]]
-            dictionaries[name] = tuple(merged)
-        codes[name] = column
-    return TickColumns(page.total, {k: arrays[k] for k in NUMERIC_COLUMNS}, codes, dictionaries)
+        if append is not None and extra:
+            local = append.dictionaries[name]
+            if tuple(merged)[: len(local)] == local:
+                codes[name][total:] = append.codes[name]
+            else:
+                remap = np.fromiter(
+                    (merged.setdefault(s, len(merged)) for s in local), np.int32, len(local)
+                )
+                if len(local):
+                    codes[name][total:] = remap[append.codes[name]]
+                else:  # no dictionary: every row is ""
+                    codes[name][total:] = merged.setdefault("", len(merged))
+        dictionaries[name] = tuple(merged)
+    if append is not None and extra:
+        for name, values in append.arrays.items():
+            arrays[name][total:] = values
+    return TickColumns(total + extra, arrays, codes, dictionaries)
 
 
 # --- version 1: zlib, byte-shuffled columns, decoded chunk by chunk -------------------------

@@ -797,3 +797,23 @@ def test_raw_tail_entries_read_like_parsed_ones(vk) -> None:
     vk.xadd(key, seed_era, id="9999999999999-0")
     last = list(reader.xrange_pages(vk, key, "9999999999999-0", count=10, raw=True))[0]
     assert trades_of(reader.tick_columns_from_raw(last), SYMBOL)[0].price == trades[0].price
+
+
+def test_whole_range_read_equals_streamed_pages(vk) -> None:
+    """read_ticks (one page, the tail decoded into the chunks' arrays when it comes after them)
+    gives exactly the rows and dictionaries of the streamed pages joined."""
+    trades = make_trades(5000, seed=3)
+    trades += make_trades(400, start_ms=START_MS + 10_000_000, session="c.ticks", names=False)
+    for chunked in (4990, 5100):  # tail after every chunk; tail overlapping the chunks
+        vk.flushall()
+        seed_ticks(vk, trades, chunked=chunked, max_events=300)
+        from_ns, to_ns = trades[3].ts_event, trades[-2].ts_event
+        whole = reader.read_ticks(vk, SYMBOL, from_ns, to_ns)
+        streamed = TickColumns.concat(
+            [p.columns for p in reader.iter_ticks(vk, SYMBOL, from_ns, to_ns, page_chunks=4)]
+        )
+        assert whole.n == streamed.n == len(in_range(trades, from_ns, to_ns))
+        for name in whole.arrays:
+            np.testing.assert_array_equal(whole.arrays[name], streamed.arrays[name], err_msg=name)
+        for name in ("session", "buyer_name", "seller_name"):
+            assert whole.strings(name).tolist() == streamed.strings(name).tolist()

@@ -292,18 +292,26 @@ class _TickMerge:
         self.main_pos = 0
         self.extra_pos = _EXTRA_POS
 
-    def add(self, columns: TickColumns, *, extra: bool = False) -> None:
+    def clip(self, columns: TickColumns) -> TickColumns | None:
+        """The rows inside [from, to] (None if none)."""
         if columns.n == 0:
-            return
+            return None
         ts = columns.arrays["ts_event"]
         if ts.min() < self.from_ns or ts.max() > self.to_ns:
             rows = np.flatnonzero((ts >= self.from_ns) & (ts <= self.to_ns))
             if len(rows) == 0:
-                return
+                return None
             first, last = int(rows[0]), int(rows[-1])
             # Sorted rows cut at the range's edges: a slice (views, no copy).
             contiguous = last - first + 1 == len(rows)
             columns = columns.take(slice(first, last + 1) if contiguous else rows)
+        return columns
+
+    def add(self, columns: TickColumns, *, extra: bool = False) -> None:
+        clipped = self.clip(columns)
+        if clipped is None:
+            return
+        columns = clipped
         start = self.extra_pos if extra else self.main_pos
         self.positions.append(start)
         if extra:
@@ -466,6 +474,7 @@ def iter_ticks(
         return
 
     late_ids: set[bytes] = set()
+    late_added = False
     for chunk_id in client.zrangebyscore(
         keys.late_index_key("ticks", symbol), from_ms - CHUNK_SPAN_MS, to_ms
     ):
@@ -475,12 +484,24 @@ def iter_ticks(
                 continue
             if (columns := decode(entry_id, fields)) is not None:
                 stats.late_chunks += 1
+                late_added = True
                 merge.add(columns, extra=True)
     tail_start = max(src, (from_ms, 0))
     start = f"({format_id(src)}" if tail_start == src else format_id(tail_start)
+    # Reading a whole range with no late chunks, the tail is held back: when all of it comes
+    # after every chunk (the usual case) it is decoded into the last page's arrays, no join.
+    hold_tail = whole and not late_added
+    tail: list[TickColumns] = []
     for page in xrange_pages(client, events_key, start, "+", count=page_entries, raw=True):
         stats.tail_entries += len(page)
-        merge.add(tick_columns_from_raw(page, problems=stats.problems), extra=True)
+        columns = tick_columns_from_raw(page, problems=stats.problems)
+        if not hold_tail:
+            merge.add(columns, extra=True)
+        elif (clipped := merge.clip(columns)) is not None:
+            tail.append(clipped)
+    tail_min = min((int(t.arrays["ts_event"].min()) for t in tail), default=None)
+    chunks_max = -(2**63)  # latest event time of the chunks read so far
+    clamped_seen = False
 
     for page in xrange_pages(
         client, hist, str(max(0, from_ms - CHUNK_SPAN_MS)), str(to_ms), count=page_chunks
@@ -495,22 +516,42 @@ def iter_ticks(
                 continue
             # A clamped chunk missing from the late index still belongs to the result.
             if parse_id(entry_id)[0] != _t_min_ms(fields):
+                clamped_seen = True
                 if (columns := decode(entry_id, fields)) is not None:
                     stats.chunks += 1
                     merge.add(columns, extra=True)
                 continue
+            chunks_max = max(chunks_max, _t_max(fields))
             ids.append(entry_id)
             wanted.append(fields)
-        if wanted:
+        append = None
+        if (
+            tail_min is not None
+            and len(page) < page_chunks  # the last page
+            and not clamped_seen
+            and tail_min >= chunks_max
+        ):
+            append = TickColumns.concat(tail)
+            tail = []
+        if wanted or append is not None:
             # The whole page at once, into one set of column arrays (chunks.decode_chunks).
-            columns, problems = decode_chunks(wanted)
+            columns, problems = decode_chunks(wanted, append=append)
             for index, exc in problems:
                 stats.problems.append(f"{hist} {ids[index].decode()}: {exc}")
             stats.chunks += len(wanted) - len(problems)
             merge.add(columns)
         watermark = parse_id(page[-1][0])[0] * NS_PER_MS
         yield from emit(watermark, watermark)
+    for columns in tail:  # not folded into a page
+        merge.add(columns, extra=True)
     yield from emit(None, to_ns)
+
+
+def _t_max(fields: dict[bytes, bytes]) -> int:
+    try:
+        return int(fields[b"t_max"])
+    except (KeyError, ValueError):
+        return 2**63 - 1  # unknown: never fold the tail after it
 
 
 def _t_min_ms(fields: dict[bytes, bytes]) -> int | None:
