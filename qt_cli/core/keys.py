@@ -88,3 +88,9 @@ STAGES_SET = "qt:stages"
 def topic(wire_type: str, symbol: str) -> str:
     """ZeroMQ topic for a message: `tick_WDOQ25`, `book_WDOQ25`, `features_WDOQ25`, …"""
     return f"{TOPIC_PREFIX[wire_type]}_{symbol}"
+
+
+def rewrite_key(stream: str) -> str:
+    """Scratch copy of a stream being rewritten (`qt cleanup --rewrite-chunks`); same slot, and
+    outside `stream:*`, so no reader or retention pattern ever picks it up."""
+    return f"tmp:rewrite:{stream}"
