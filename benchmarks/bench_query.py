@@ -5,7 +5,10 @@ For each size, in the same run on the same server:
 - the naive read: per-event XRANGE turned into a DataFrame (what the seed design would do),
 - bare `XRANGE` of the history chunks (raw replies),
 - `query("ticks") -> DataFrame` (chunks + tail, decoded to columns): median time and peak memory,
-- bytes per tick in Valkey (MEMORY USAGE … SAMPLES 0) of the chunks and of the per-event stream,
+  with the chunks in the current codec, then the same chunks rewritten in the previous codec
+  (version 1: zlib, decoded chunk by chunk) and read again,
+- bytes per tick in Valkey (MEMORY USAGE … SAMPLES 0) of the chunks (both codecs) and of the
+  per-event stream,
 - streaming CSV export (`run(fmt="csv")`) rows/s.
 
 Ticks come from the simulator (`qt feed --sim`, seeded) when it is available, else from a
@@ -32,7 +35,7 @@ import valkey
 
 from benchmarks.report import write_section
 from qt_cli.core import keys, query
-from qt_cli.core.chunks import ChunkBuilder
+from qt_cli.core.chunks import CODEC_VERSION, ChunkBuilder, decode_tick_columns, encode_columns
 from qt_cli.core.events import NS_PER_MS, NS_PER_S, Trade
 from qt_cli.core.store.managed import ManagedValkey, free_port
 
@@ -120,6 +123,18 @@ def store(client: valkey.Valkey, trades: list[Trade]) -> None:
     # what is not sealed yet stays in the per-event tail, as on a live system
 
 
+def recode(client: valkey.Valkey, version: int) -> None:
+    """The history chunks rewritten in codec `version` (same ids, other fields kept)."""
+    hist = keys.history_key("ticks", SYMBOL)
+    copy = keys.rewrite_key(hist)
+    pipe = client.pipeline(transaction=False)
+    for entry_id, fields in client.xrange(hist):
+        new = encode_columns(decode_tick_columns(fields), version=version)
+        pipe.xadd(copy, {**fields, **{k.encode(): v for k, v in new.items()}}, id=entry_id)
+    pipe.execute()
+    client.rename(copy, hist)
+
+
 def timed(fn: Callable[[], Any], repeat: int = REPEAT) -> tuple[float, Any]:
     """Median seconds of `repeat` runs, and the last result."""
     times = []
@@ -201,6 +216,25 @@ def measure(client: valkey.Valkey, trades: list[Trade]) -> dict[str, float]:
         started = time.perf_counter()
         result = query.run(client, request, fmt="jsonl", out=sink)
         results["jsonl_rows_per_s"] = result.rows / (time.perf_counter() - started)
+
+    # Packing cost per trade (what the bridge pays when it seals a chunk), both codecs.
+    stored = [decode_tick_columns(f) for _, f in client.xrange(hist)]
+    for version in (CODEC_VERSION, 1):
+        seconds = min(
+            timed(lambda v=version: [encode_columns(c, version=v) for c in stored], repeat=1)[0]
+            for _ in range(3)
+        )
+        results[f"encode_v{version}_ns"] = seconds / sum(c.n for c in stored) * 1e9
+
+    # The same chunks in the previous codec (version 1), read the same way.
+    recode(client, 1)
+    results["v1_bare_chunks"], _ = timed(
+        lambda: client.execute_command("XRANGE", hist, chunk_start, end_ms)
+    )
+    results["v1_query"], frame_v1 = timed(run_query)
+    pd.testing.assert_frame_equal(frame_v1, frame)
+    results["v1_chunk_bytes_per_tick"] = client.memory_usage(hist, samples=0) / len(trades)
+    recode(client, CODEC_VERSION)
     return results
 
 
@@ -233,35 +267,51 @@ def main() -> None:
         finally:
             server.stop()
 
-    targets = {"1 hour": 0.050, "1 day": 0.300}
+    targets = {"1 hour": 0.010, "1 day": 0.080}
     lines = [
         "## query",
         "",
         f"Ticks from {source}, stored per event and as history chunks (`docs/query.md`); "
-        f"times are medians of {REPEAT} runs, peak memory from tracemalloc.",
+        f"times are medians of {REPEAT} runs, peak memory from tracemalloc. Chunks in the "
+        f"current codec (version {CODEC_VERSION}: zstd, decoded a page at a time), then the same "
+        "chunks rewritten in the previous one (version 1: zlib, decoded chunk by chunk) and read "
+        "again in the same run; both reads give the same frame.",
         "",
         "| stored | bare XRANGE per-event (raw) | per-event → DataFrame (naive) | bare XRANGE chunks (raw) "
-        "| **query → DataFrame** | target | peak memory query / bare XRANGE | DataFrame |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| **query → DataFrame (v{CODEC_VERSION})** | target | previous codec (v1): bare XRANGE "
+        "/ query | peak memory query / bare XRANGE | DataFrame |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, n, r in rows:
         lines.append(
             f"| {label}: {n:,} ticks ({r['span_h']:.1f} h) | {r['bare_events'] * 1000:.0f} ms "
             f"| {r['naive'] * 1000:.0f} ms | {r['bare_chunks'] * 1000:.1f} ms "
-            f"| **{r['query'] * 1000:.0f} ms** | ≤ {targets[label] * 1000:.0f} ms "
+            f"| **{r['query'] * 1000:.1f} ms** | ≤ {targets[label] * 1000:.0f} ms "
+            f"| {r['v1_bare_chunks'] * 1000:.1f} ms / {r['v1_query'] * 1000:.1f} ms "
             f"| {r['query_peak_mib']:.0f} MiB / {r['bare_peak_mib']:.0f} MiB | {r['frame_mib']:.0f} MiB |"
         )
     lines += [
         "",
-        "| stored | history chunks (MEMORY USAGE) | per-event stream | CSV export | JSON lines export |",
-        "|---|---|---|---|---|",
+        f"| stored | history chunks v{CODEC_VERSION} (MEMORY USAGE) | previous codec (v1) "
+        "| per-event stream | CSV export | JSON lines export |",
+        "|---|---|---|---|---|---|",
     ]
     for label, _, r in rows:
         lines.append(
-            f"| {label} | **{r['chunk_bytes_per_tick']:.1f} B/tick** (target ≤ 60) "
+            f"| {label} | **{r['chunk_bytes_per_tick']:.1f} B/tick** (target ≤ 12) "
+            f"| {r['v1_chunk_bytes_per_tick']:.1f} B/tick "
             f"| {r['event_bytes_per_tick']:.0f} B/tick | **{r['csv_rows_per_s']:,.0f} rows/s** "
             f"(target ≥ 200,000) | {r['jsonl_rows_per_s']:,.0f} rows/s |"
         )
+    packing = ", ".join(
+        f"{label}: {r[f'encode_v{CODEC_VERSION}_ns']:.0f} ns (v1: {r['encode_v1_ns']:.0f} ns)"
+        for label, _, r in rows
+    )
+    lines += [
+        "",
+        f"Packing a chunk (`encode_columns`, what the bridge pays when it seals one), per trade, "
+        f"codec v{CODEC_VERSION} (previous codec in brackets), best of 3: {packing}.",
+    ]
     write_section("query", "\n".join(lines))
     print("\n".join(lines))
 

@@ -90,6 +90,7 @@ complete -c qt -n '__fish_seen_subcommand_from cleanup' -l json
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l max-entries
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l pattern
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l retention
+complete -c qt -n '__fish_seen_subcommand_from cleanup' -l rewrite-chunks
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -s p
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -s r
 complete -c qt -n '__fish_seen_subcommand_from monitor' -l duration

@@ -19,9 +19,13 @@ Trimming goes in short steps (XTRIM ~ LIMIT), so a live system keeps writing. --
 
 --journal [PATH] trims the feed's on-disk journal instead (PATH defaults to <data dir>/journal): whole segments last written longer ago than --retention go, oldest first per session, never one a running feed still writes to (docs/feed.md, "Journal retention"); --dry-run and --json as for streams.
 
+--rewrite-chunks instead rewrites the history chunks (stream:hist:ticks:{SYM}) written by an older codec version to the current one, which reads faster; ids, the late index and the bridge's marks stay as they are, and a live bridge may keep writing (docs/query.md). It needs about the stream's memory again while one stream is copied. With --dry-run it only counts the old chunks.
+
 Example: qt cleanup --retention 30d --retention book=5d --retention hist=365d --dry-run
 
 Example: qt cleanup --journal --retention 7d --dry-run
+
+Example: qt cleanup --rewrite-chunks --dry-run --json
 """
 
 
@@ -117,6 +121,76 @@ def _journal_cleanup(
     )
 
 
+def _bar(label: str) -> tuple[Any, Any]:
+    """A transient progress bar on a terminal's stderr (None, None elsewhere)."""
+    if not is_terminal(sys.stderr):
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[key]}"),
+        console=err_console(),
+        transient=True,
+    )
+    task = bar.add_task(label, total=None, key="")
+    bar.start()
+
+    def progress(done: int, total: int, key: str) -> None:
+        bar.update(task, completed=done, total=total, key=key)
+
+    return bar, progress
+
+
+def _rewrite(*, dry_run: bool, as_json: bool) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from qt_cli.core import config, rewrite, store
+
+    client = store.connect_settings(config.current(), say=say)
+    bar, progress = _bar("rewrite")
+    try:
+        report = rewrite.rewrite_chunks(client, dry_run=dry_run, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+        client.close()
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    if report.streams:
+        title = "old chunks (dry run)" if dry_run else "rewritten"
+        table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+        for name, justify in (
+            ("stream", "left"),
+            ("chunks", "right"),
+            ("old codec", "right"),
+            ("memory before", "right"),
+            ("after", "right"),
+        ):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for s in report.streams:
+            table.add_row(
+                Text(s.key),
+                f"{s.chunks:,}",
+                f"{s.old:,}",
+                _human_bytes(s.memory_before),
+                _human_bytes(s.memory_after),
+            )
+        out_console().print(table)
+    verb = "would rewrite" if dry_run else "rewrote"
+    unreadable = sum(len(s.unreadable) for s in report.streams)
+    say(
+        f"{len(report.streams)} history streams: {verb} {report.rewritten:,} chunks to codec "
+        f"version {report.as_dict()['codec_version']} in {report.seconds:.2f} s"
+        + (f"; {unreadable} unreadable chunks copied as they were" if unreadable else "")
+    )
+
+
 def register(app: typer.Typer, *, name: str, summary: str) -> None:
     @app.command(name, help=HELP, short_help=summary)
     def cleanup_command(
@@ -158,6 +232,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 metavar="PATH", help="With --journal: the journal directory.", show_default=False
             ),
         ] = None,
+        rewrite_chunks: Annotated[
+            bool,
+            typer.Option(
+                "--rewrite-chunks",
+                help="Rewrite history chunks of an older codec version to the current one.",
+            ),
+        ] = False,
         as_json: AsJson = False,
     ) -> None:
         from qt_cli.core import cleanup, config, store
@@ -167,31 +248,22 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             raise UsageError(f"unexpected argument {path!r}: a PATH goes with --journal [PATH]")
         if journal and pattern != "stream:*":
             raise UsageError("--pattern applies to streams; --journal trims the whole journal")
+        if rewrite_chunks and journal:
+            raise UsageError("--rewrite-chunks works on streams; --journal trims the journal")
         if journal:
             _journal_cleanup(path, retention or [], max_entries, dry_run, as_json)
             return
 
+        if rewrite_chunks:
+            if retention or max_entries is not None:
+                raise UsageError(
+                    "--rewrite-chunks does not trim: run it without --retention/--max-entries"
+                )
+            _rewrite(dry_run=dry_run, as_json=as_json)
+            return
         policy = cleanup.parse_policy(retention or (), max_entries=max_entries)
         client = store.connect_settings(config.current(), say=say)
-        progress: Any = None
-        bar: Any = None
-        if is_terminal(sys.stderr):
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            bar = Progress(
-                TextColumn("cleanup"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[key]}"),
-                console=err_console(),
-                transient=True,
-            )
-            task = bar.add_task("cleanup", total=None, key="")
-            bar.start()
-
-            def progress(done: int, total: int, key: str) -> None:
-                bar.update(task, completed=done, total=total, key=key)
-
+        bar, progress = _bar("cleanup")
         try:
             report = cleanup.cleanup(
                 client, policy, pattern=pattern, dry_run=dry_run, progress=progress

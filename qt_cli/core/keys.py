@@ -90,6 +90,12 @@ def topic(wire_type: str, symbol: str) -> str:
     return f"{TOPIC_PREFIX[wire_type]}_{symbol}"
 
 
+def rewrite_key(stream: str) -> str:
+    """Scratch copy of a stream being rewritten (`qt cleanup --rewrite-chunks`); same slot, and
+    outside `stream:*`, so no reader or retention pattern ever picks it up."""
+    return f"tmp:rewrite:{stream}"
+
+
 def parse_id(entry_id: bytes | str) -> tuple[int, int]:
     """A stream entry id as a comparable (ms, seq) pair: `b"1754654400000-3"` -> (1754654400000,
     3), `"1754654400000"` -> (1754654400000, 0); '' (no id yet) -> (-1, -1), before every id."""

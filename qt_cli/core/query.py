@@ -16,6 +16,7 @@ window reaches back past the stream's first entry.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -240,10 +241,18 @@ def resolve_symbols(client: Any, request: Request) -> list[str]:
 # --- columns -> frames -----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
+def _category_dtype(categories: tuple[str, ...]) -> pd.CategoricalDtype:
+    """One dtype per set of categories: pandas checks them once, not for every frame."""
+    return pd.CategoricalDtype(list(categories))
+
+
 def _categorical(codes: np.ndarray, dictionary: Sequence[str]) -> pd.Categorical:
     if not len(dictionary):
-        return pd.Categorical.from_codes(np.zeros(len(codes), np.int8), categories=[""])
-    return pd.Categorical.from_codes(codes, categories=list(dictionary))
+        return pd.Categorical.from_codes(
+            np.zeros(len(codes), np.int8), dtype=_category_dtype(("",))
+        )
+    return pd.Categorical.from_codes(codes, dtype=_category_dtype(tuple(dictionary)))
 
 
 def ticks_frame(
@@ -254,12 +263,12 @@ def ticks_frame(
     n = columns.n
     codes = np.zeros(n, dtype=np.int32) if symbol_codes is None else symbol_codes
     data: dict[str, Any] = {
-        "symbol": pd.Categorical.from_codes(codes, categories=list(symbols) or ["?"]),
+        "symbol": pd.Categorical.from_codes(codes, dtype=_category_dtype(tuple(symbols) or ("?",))),
         "price": a["price"],
         "quantity": a["quantity"],
         "volume": a["volume"],
         "aggressor": pd.Categorical.from_codes(
-            a["aggressor"].astype(np.int8) + 1, categories=AGGRESSOR_CATEGORIES
+            a["aggressor"].astype(np.int8) + 1, dtype=_category_dtype(tuple(AGGRESSOR_CATEGORIES))
         ),
         "trade_type": a["trade_type"],
         "trade_id": a["trade_id"],

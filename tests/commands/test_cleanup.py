@@ -180,3 +180,28 @@ def test_the_table_at_80_columns_has_one_line_per_stream(cli: CliRunner, vk) -> 
     assert len(lines) == 3 + len(streams), result.stdout
     assert sorted(line.split()[0] for line in lines[3:]) == sorted(streams), result.stdout
     assert "100,001" in result.stdout and "MiB" in result.stdout
+
+
+def test_rewrite_chunks_dry_run_then_real(cli: CliRunner, vk) -> None:
+    from tests.core.test_chunks import make_trades
+    from tests.core.test_query import seed_ticks
+
+    seed_ticks(vk, make_trades(2000), max_events=500, versions=(1, 2))
+    hist = keys.history_key("ticks", "WDOQ25")
+    dry = cli.invoke(app, ["cleanup", "--rewrite-chunks", "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    report = json.loads(dry.stdout)
+    assert report["dry_run"] is True and report["rewritten"] == 2
+    assert [(s["key"], s["chunks"], s["old"]) for s in report["streams"]] == [(hist, 4, 2)]
+    assert sorted(f[b"v"] for _, f in vk.xrange(hist)) == [b"1", b"1", b"2", b"2"]
+    real = cli.invoke(app, ["cleanup", "--rewrite-chunks"])
+    assert real.exit_code == 0, real.output
+    assert hist in real.stdout
+    assert "1 history streams: rewrote 2 chunks to codec version 2" in real.stderr
+    assert [f[b"v"] for _, f in vk.xrange(hist)] == [b"2"] * 4
+
+
+def test_rewrite_chunks_does_not_trim(cli: CliRunner, vk) -> None:
+    result = cli.invoke(app, ["cleanup", "--rewrite-chunks", "--retention", "30d"])
+    assert result.exit_code != 0
+    assert "Error: --rewrite-chunks does not trim" in result.stderr

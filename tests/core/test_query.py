@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from pathlib import Path
@@ -13,7 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from qt_cli.core import keys, query
-from qt_cli.core.chunks import ChunkBuilder, SealedChunk, TickColumns, trades_of
+from qt_cli.core.chunks import (
+    ChunkBuilder,
+    SealedChunk,
+    TickColumns,
+    decode_tick_columns,
+    encode_columns,
+    trades_of,
+)
 from qt_cli.core.errors import TimeParseError, UsageError
 from qt_cli.core.events import (
     NS_PER_MS,
@@ -73,17 +81,28 @@ def seed_ticks(
     chunked: int | None = None,
     max_events: int = 1000,
     symbol: str = SYMBOL,
+    versions: tuple[int, ...] = (),
 ) -> list[bytes]:
-    """Write trades per event; chunk the first `chunked` of them (all by default)."""
+    """Write trades per event; chunk the first `chunked` of them (all by default).
+
+    `versions`: codec versions the chunks are written in, in turn (default: the current one)."""
     key = keys.stream_key("ticks", symbol)
     top: list[int] = []
     ids = [xadd_event(vk, key, t, top) for t in trades]
     count = len(trades) if chunked is None else chunked
     builder = ChunkBuilder(max_events=max_events)
+    sealed = []
     for trade, entry_id in zip(trades[:count], ids[:count], strict=True):
         if chunk := builder.add(trade, entry_id):
-            add_chunk(vk, symbol, chunk)
+            sealed.append(chunk)
     if chunk := builder.seal():
+        sealed.append(chunk)
+    for i, chunk in enumerate(sealed):
+        if versions:
+            fields = encode_columns(
+                decode_tick_columns(chunk.fields), version=versions[i % len(versions)]
+            )
+            chunk = dataclasses.replace(chunk, fields={**fields, "src": chunk.fields["src"]})
         add_chunk(vk, symbol, chunk)
     return ids
 
@@ -723,3 +742,78 @@ def test_stream_source_from_the_start_and_discovering_symbols(vk) -> None:
     got += source.read(0.1)
     assert len(got) == 6
     assert {type(e) for e in got} == {Trade, BookUpdate}
+
+
+def _mixed_trades() -> list[Trade]:
+    """Two sessions, late trades (older than the top) and a price off the decimal grid."""
+    trades = make_trades(6000, seed=5)
+    trades += make_trades(300, start_ms=START_MS + 30_000, session="b.ticks", seed=6)
+    trades[4000] = dataclasses.replace(trades[4000], price=math.pi)
+    return trades
+
+
+def test_query_reads_streams_mixing_both_codec_versions(vk) -> None:
+    """A stream whose chunks were written by codec 1 and codec 2 in turn reads back as exactly
+    the frame of the same trades all in codec 2 (and all in codec 1); late chunks included."""
+    trades = _mixed_trades()
+    start, end = T0 - NS_PER_S, T0 + 3600 * NS_PER_S
+    frames = {}
+    for versions in ((2,), (1,), (1, 2, 2, 1, 2)):
+        vk.flushall()
+        seed_ticks(vk, trades, chunked=6100, max_events=700, versions=versions)
+        assert vk.zcard(keys.late_index_key("ticks", SYMBOL)) > 0
+        stored = {f[b"v"] for _, f in vk.xrange(keys.history_key("ticks", SYMBOL))}
+        assert stored == {str(v).encode() for v in versions}
+        frames[versions] = query.query("ticks", symbols=SYMBOL, start=start, end=end, client=vk)
+    pd.testing.assert_frame_equal(frames[(1, 2, 2, 1, 2)], frames[(2,)])
+    pd.testing.assert_frame_equal(frames[(1,)], frames[(2,)])
+    got = [t.to_fields() for t in frame_trades(frames[(1, 2, 2, 1, 2)])]
+    assert got == [t.to_fields() for t in in_range(trades, start, end)]
+
+
+def test_raw_tail_entries_read_like_parsed_ones(vk) -> None:
+    """Per-event tick entries read unparsed (by field position, grouped by field layout) give
+    the same columns as the dict path: entries with and without `late`, names, history trades,
+    and a seed-era entry (no ts_event), which falls back to the dict path."""
+    trades = make_trades(300)
+    trades[7] = dataclasses.replace(trades[7], history=True)
+    key = keys.stream_key("ticks", SYMBOL)
+    top: list[int] = []
+    for t in trades[:200]:
+        xadd_event(vk, key, t, top)
+    for t in reversed(trades[200:]):  # older than the top: clamped, `late` added
+        xadd_event(vk, key, t, top)
+    pages = list(reader.xrange_pages(vk, key, count=64, raw=True))
+    parsed = list(reader.xrange_pages(vk, key, count=64))
+    assert not isinstance(pages[0][0][1], dict)
+    for raw_page, parsed_page in zip(pages, parsed, strict=True):
+        got = reader.tick_columns_from_raw(raw_page)
+        want = reader.tick_columns_from_entries(parsed_page)
+        assert trades_of(got, SYMBOL) == trades_of(want, SYMBOL)
+        np.testing.assert_array_equal(got.arrays["late"], want.arrays["late"])
+    assert sum(reader.tick_columns_from_raw(p).arrays["late"].sum() for p in pages) == 99
+    seed_era = trades[0].to_fields()
+    seed_era.pop("ts_event")
+    vk.xadd(key, seed_era, id="9999999999999-0")
+    last = list(reader.xrange_pages(vk, key, "9999999999999-0", count=10, raw=True))[0]
+    assert trades_of(reader.tick_columns_from_raw(last), SYMBOL)[0].price == trades[0].price
+
+
+def test_whole_range_read_equals_streamed_pages(vk) -> None:
+    """read_ticks (one page, the tail decoded into the chunks' arrays when it comes after them)
+    gives exactly the rows and dictionaries of the streamed pages joined."""
+    trades = make_trades(5000, seed=3)
+    trades += make_trades(400, start_ms=START_MS + 10_000_000, session="c.ticks", names=False)
+    for chunked in (4990, 5100):  # tail after every chunk; tail overlapping the chunks
+        vk.flushall()
+        seed_ticks(vk, trades, chunked=chunked, max_events=300)
+        from_ns, to_ns = trades[3].ts_event, trades[-2].ts_event
+        whole = reader.read_ticks(vk, SYMBOL, from_ns, to_ns)
+        streamed = TickColumns.concat(
+            [p.columns for p in reader.iter_ticks(vk, SYMBOL, from_ns, to_ns, page_chunks=4)]
+        )
+        assert whole.n == streamed.n == len(in_range(trades, from_ns, to_ns))
+        for name in whole.arrays:
+            np.testing.assert_array_equal(whole.arrays[name], streamed.arrays[name], err_msg=name)
+        for name in ("session", "buyer_name", "seller_name"):
+            assert whole.strings(name).tolist() == streamed.strings(name).tolist()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import valkey
 
 from qt_cli.core import keys
 from qt_cli.core.chunks import (
@@ -36,6 +37,7 @@ from qt_cli.core.chunks import (
     CHUNK_MAX_SPAN_NS,
     STRING_COLUMNS,
     TickColumns,
+    decode_chunks,
     decode_tick_columns,
     tick_columns_of,
 )
@@ -45,7 +47,8 @@ from qt_cli.core.events import NS_PER_MS, Event, Trade, decode_fields
 log = logging.getLogger(__name__)
 
 PAGE_ENTRIES = 5_000  # per-event entries per XRANGE
-PAGE_CHUNKS = 32  # history chunks per XRANGE (~130,000 ticks)
+PAGE_CHUNKS = 32  # history chunks per XRANGE when streaming (up to ~130,000 ticks)
+READ_PAGE_CHUNKS = 2048  # … when reading a whole range into memory (read_ticks)
 LATE_MARGIN_MS = 60_000
 CHUNK_SPAN_MS = CHUNK_MAX_SPAN_NS // NS_PER_MS
 _EXTRA_POS = 1 << 62  # late chunks and the tail sort after chunk rows with the same time
@@ -68,17 +71,45 @@ def format_id(entry_id: tuple[int, int]) -> str:
 
 
 def xrange_pages(
-    client: Any, key: str, start: str = "-", end: str = "+", *, count: int = PAGE_ENTRIES
-) -> Iterator[list[Entry]]:
-    """XRANGE in pages of `count` entries, each page starting after the last id of the previous."""
+    client: Any,
+    key: str,
+    start: str = "-",
+    end: str = "+",
+    *,
+    count: int = PAGE_ENTRIES,
+    raw: bool = False,
+) -> Iterator[list[Any]]:
+    """XRANGE in pages of `count` entries, each page starting after the last id of the previous.
+
+    `raw`: entries as the server sends them, `[id, [field, value, …]]`, without a dict per entry
+    (about half the client's cost for per-event entries; see `tick_columns_from_raw`)."""
+    fetch = client.xrange
+    if raw:
+        fetch = _raw_xrange(client)
     while True:
-        page = client.xrange(key, start, end, count=count)
+        page = fetch(key, start, end, count=count)
         if not page:
             return
         yield page
         if len(page) < count:
             return
         start = "(" + page[-1][0].decode()
+
+
+def _unparsed(response: Any, **_: Any) -> Any:
+    return response
+
+
+def _raw_xrange(client: Any) -> Callable[..., Any]:
+    """`client.xrange` returning the reply unparsed: a client sharing the connection pool, with
+    no reply callback for XRANGE (the client itself is left as it is). Clients without a pool of
+    their own (cluster) parse as usual, and `tick_columns_from_raw` takes both forms."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or not isinstance(client, valkey.Valkey):
+        return client.xrange
+    raw = valkey.Valkey(connection_pool=pool)
+    raw.set_response_callback("XRANGE", _unparsed)
+    return raw.xrange
 
 
 def first_id(client: Any, key: str) -> tuple[int, int] | None:
@@ -142,13 +173,19 @@ def _ints(values: list[bytes]) -> np.ndarray:
 
 
 def _floats(values: list[bytes]) -> np.ndarray:
-    return np.fromiter(
-        (float(v) if v else np.nan for v in values), dtype=np.float64, count=len(values)
-    )
+    try:
+        return np.fromiter(map(float, values), dtype=np.float64, count=len(values))
+    except ValueError:  # an empty value: NaN
+        return np.fromiter(
+            (float(v) if v else np.nan for v in values), dtype=np.float64, count=len(values)
+        )
+
+
+_TRUE = frozenset((b"1", b"true", b"True"))
 
 
 def _flags(values: list[bytes]) -> np.ndarray:
-    return np.fromiter((v in (b"1", b"true", b"True") for v in values), np.bool_, len(values))
+    return np.fromiter(map(_TRUE.__contains__, values), np.bool_, len(values))
 
 
 _AGGRESSOR = {k.encode(): v for k, v in AGGRESSOR_CODES.items()}
@@ -184,13 +221,63 @@ def tick_columns_from_entries(
     return tick_columns_of(trades, late=late)
 
 
+def tick_columns_from_raw(page: Sequence[Any], *, problems: list[str] | None = None) -> TickColumns:
+    """Per-event tick entries as `xrange_pages(raw=True)` gives them, as columns.
+
+    Entries with the same fields in the same order (what one writer produces) are read by
+    position, with no dict per entry; entries of a few layouts (say, some with `late`) are read
+    per layout and put back in stream order; anything else goes through the dict path."""
+    if not page:
+        return TickColumns.empty()
+    if isinstance(page[0][1], dict):  # a client that parsed the reply anyway
+        return tick_columns_from_entries(page, problems=problems)
+    flat = [entry[1] for entry in page]
+    layouts: dict[tuple[bytes, ...], list[int]] = {}
+    for i, values in enumerate(flat):
+        layouts.setdefault(tuple(values[0::2]), []).append(i)
+    if len(layouts) <= 4:
+        try:
+            if len(layouts) == 1:
+                return _tick_columns_by_position(next(iter(layouts)), flat)
+            parts = [
+                _tick_columns_by_position(names, [flat[i] for i in rows])
+                for names, rows in layouts.items()
+            ]
+            order = np.argsort(np.concatenate([np.array(r) for r in layouts.values()]))
+            return TickColumns.concat(parts).take(order)
+        except (KeyError, ValueError, TypeError):
+            pass
+    entries = [
+        (entry[0], dict(zip(entry[1][0::2], entry[1][1::2], strict=False))) for entry in page
+    ]
+    return tick_columns_from_entries(entries, problems=problems)
+
+
+def _tick_columns_by_position(names: tuple[bytes, ...], flat: list[list[bytes]]) -> TickColumns:
+    index = {name: 2 * j + 1 for j, name in enumerate(names)}
+    n = len(flat)
+
+    def col(name: bytes, default: bytes | None = None) -> list[bytes]:
+        j = index.get(name)
+        if j is None:
+            if default is None:
+                raise KeyError(name)
+            return [default] * n
+        return [values[j] for values in flat]
+
+    return _tick_columns(col, n)
+
+
 def _tick_columns_fast(rows: list[dict[bytes, bytes]]) -> TickColumns:
     def col(name: bytes, default: bytes | None = None) -> list[bytes]:
         if default is None:
             return [f[name] for f in rows]
         return [f.get(name, default) for f in rows]
 
-    n = len(rows)
+    return _tick_columns(col, len(rows))
+
+
+def _tick_columns(col: Callable[..., list[bytes]], n: int) -> TickColumns:
     arrays = {
         "ts_event": _ints(col(b"ts_event")),
         "ts_init": _ints(col(b"ts_init", b"0")),
@@ -202,7 +289,7 @@ def _tick_columns_fast(rows: list[dict[bytes, bytes]]) -> TickColumns:
         "seller": _ints(col(b"seller", b"0")).astype(np.int32),
         "trade_type": _ints(col(b"trade_type", b"0")).astype(np.uint8),
         "aggressor": np.fromiter(
-            (_AGGRESSOR[v] for v in col(b"aggressor", b"none")), dtype=np.int8, count=n
+            map(_AGGRESSOR.__getitem__, col(b"aggressor", b"none")), dtype=np.int8, count=n
         ),
         "is_edit": _flags(col(b"is_edit", b"0")),
         "history": _flags(col(b"history", b"0")),
@@ -212,11 +299,9 @@ def _tick_columns_fast(rows: list[dict[bytes, bytes]]) -> TickColumns:
     codes: dict[str, np.ndarray] = {}
     dictionaries: dict[str, tuple[str, ...]] = {}
     for name in STRING_COLUMNS:
-        table: dict[bytes, int] = {}
         values = col(name.encode(), b"")
-        codes[name] = np.fromiter(
-            (table.setdefault(v, len(table)) for v in values), dtype=np.int32, count=n
-        )
+        table = {v: i for i, v in enumerate(dict.fromkeys(values))}  # first-seen order
+        codes[name] = np.fromiter(map(table.__getitem__, values), dtype=np.int32, count=n)
         dictionaries[name] = tuple(v.decode() for v in table)
     return TickColumns(n, arrays, codes, dictionaries)
 
@@ -225,49 +310,100 @@ def _tick_columns_fast(rows: list[dict[bytes, bytes]]) -> TickColumns:
 
 
 class _TickMerge:
-    """Pending rows, released in (ts_event, stream position) order once below a watermark."""
+    """Pending rows, released in (ts_event, stream position) order once below a watermark.
+
+    A part's positions are kept as the start of a range (an int) until rows are actually
+    reordered or cut, so a range read into memory in one go never builds them."""
 
     def __init__(self, from_ns: int, to_ns: int) -> None:
         self.from_ns = from_ns
         self.to_ns = to_ns
         self.parts: list[TickColumns] = []
-        self.positions: list[np.ndarray] = []
+        self.positions: list[int | np.ndarray] = []
         self.main_pos = 0
         self.extra_pos = _EXTRA_POS
 
-    def add(self, columns: TickColumns, *, extra: bool = False) -> None:
+    def clip(self, columns: TickColumns) -> TickColumns | None:
+        """The rows inside [from, to] (None if none)."""
         if columns.n == 0:
-            return
+            return None
         ts = columns.arrays["ts_event"]
-        inside = (ts >= self.from_ns) & (ts <= self.to_ns)
-        if not inside.all():
-            columns = columns.take(np.flatnonzero(inside))
-            if columns.n == 0:
-                return
+        if ts.min() < self.from_ns or ts.max() > self.to_ns:
+            rows = np.flatnonzero((ts >= self.from_ns) & (ts <= self.to_ns))
+            if len(rows) == 0:
+                return None
+            first, last = int(rows[0]), int(rows[-1])
+            # Sorted rows cut at the range's edges: a slice (views, no copy).
+            contiguous = last - first + 1 == len(rows)
+            columns = columns.take(slice(first, last + 1) if contiguous else rows)
+        return columns
+
+    def add(self, columns: TickColumns, *, extra: bool = False) -> None:
+        clipped = self.clip(columns)
+        if clipped is None:
+            return
+        columns = clipped
         start = self.extra_pos if extra else self.main_pos
-        self.positions.append(np.arange(start, start + columns.n, dtype=np.int64))
+        self.positions.append(start)
         if extra:
             self.extra_pos += columns.n
         else:
             self.main_pos += columns.n
         self.parts.append(columns)
 
+    def _position_array(self, i: int) -> np.ndarray:
+        pos = self.positions[i]
+        if isinstance(pos, np.ndarray):
+            return pos
+        return np.arange(pos, pos + self.parts[i].n, dtype=np.int64)
+
+    def _ends(self, i: int) -> tuple[int, int]:
+        pos = self.positions[i]
+        if isinstance(pos, np.ndarray):
+            return int(pos[0]), int(pos[-1])
+        return pos, pos + self.parts[i].n - 1
+
+    def _in_order(self) -> list[int] | None:
+        """The parts' indexes in an order where their rows run in (ts_event, position) order,
+        or None when rows of different parts interleave (then they need sorting row by row).
+
+        A part on its own is in order when its times are: its positions are a range, or the
+        rest of rows already sorted by (time, position)."""
+        spans = []
+        for i, part in enumerate(self.parts):
+            ts = part.arrays["ts_event"]
+            if len(ts) > 1 and np.any(ts[1:] < ts[:-1]):
+                return None
+            first_pos, last_pos = self._ends(i)
+            spans.append(((int(ts[0]), first_pos), (int(ts[-1]), last_pos), i))
+        spans.sort()
+        for (_, last, _), (first, _, _) in zip(spans, spans[1:], strict=False):
+            if not last < first:
+                return None
+        return [i for _, _, i in spans]
+
     def release(self, below_ns: int | None = None) -> TickColumns | None:
         """The pending rows with ts_event < below_ns (all when None), in order; None if none."""
         if not self.parts:
             return None
-        merged = TickColumns.concat(self.parts)
-        pos = np.concatenate(self.positions) if len(self.positions) > 1 else self.positions[0]
-        ts = merged.arrays["ts_event"]
-        if len(ts) > 1 and (np.any(ts[1:] < ts[:-1]) or np.any(pos[1:] <= pos[:-1])):
-            order = np.lexsort((pos, ts))
+        order_of_parts = self._in_order()
+        pos: np.ndarray | None = None
+        if order_of_parts is not None:
+            merged = TickColumns.concat([self.parts[i] for i in order_of_parts])
+            indexes = order_of_parts
+        else:
+            merged = TickColumns.concat(self.parts)
+            pos = np.concatenate([self._position_array(i) for i in range(len(self.parts))])
+            order = np.lexsort((pos, merged.arrays["ts_event"]))
             merged = merged.take(order)
             pos = pos[order]
-            ts = merged.arrays["ts_event"]
+        ts = merged.arrays["ts_event"]
         cut = merged.n if below_ns is None else int(np.searchsorted(ts, below_ns, side="left"))
         if cut == merged.n:
             self.parts, self.positions = [], []
             return merged
+        if pos is None:
+            pos = np.concatenate([self._position_array(i) for i in indexes])
         self.parts = [merged.take(slice(cut, None))]
         self.positions = [pos[cut:]]
         return merged.take(slice(0, cut)) if cut else None
@@ -325,8 +461,11 @@ def iter_ticks(
     page_entries: int = PAGE_ENTRIES,
     margin_ms: int = LATE_MARGIN_MS,
     stats: ReadStats | None = None,
+    whole: bool = False,
 ) -> Iterator[TickPage]:
-    """The trades of `symbol` with from_ns <= ts_event <= to_ns, in event-time order, in pages."""
+    """The trades of `symbol` with from_ns <= ts_event <= to_ns, in event-time order, in pages.
+
+    `whole`: one page at the end (everything in memory, no partial pages to join later)."""
     stats = stats if stats is not None else ReadStats()
     hist = keys.history_key("ticks", symbol)
     events_key = keys.stream_key("ticks", symbol)
@@ -346,6 +485,8 @@ def iter_ticks(
         return src is None or (chunk_src is not None and parse_id(chunk_src) > src)
 
     def emit(below_ns: int | None, watermark_ns: int) -> Iterator[TickPage]:
+        if whole and below_ns is not None:
+            return
         released = merge.release(below_ns)
         if released is not None and released.n:
             stats.rows += released.n
@@ -354,16 +495,17 @@ def iter_ticks(
     if src is None:
         # Nothing chunked: the per-event stream is all there is.
         for page in xrange_pages(
-            client, events_key, str(from_ms), str(to_ms + margin_ms), count=page_entries
+            client, events_key, str(from_ms), str(to_ms + margin_ms), count=page_entries, raw=True
         ):
             stats.entries += len(page)
-            merge.add(tick_columns_from_entries(page, problems=stats.problems))
+            merge.add(tick_columns_from_raw(page, problems=stats.problems))
             watermark = (parse_id(page[-1][0])[0] - margin_ms) * NS_PER_MS
             yield from emit(watermark, watermark)
         yield from emit(None, to_ns)
         return
 
     late_ids: set[bytes] = set()
+    late_added = False
     for chunk_id in client.zrangebyscore(
         keys.late_index_key("ticks", symbol), from_ms - CHUNK_SPAN_MS, to_ms
     ):
@@ -373,36 +515,91 @@ def iter_ticks(
                 continue
             if (columns := decode(entry_id, fields)) is not None:
                 stats.late_chunks += 1
+                late_added = True
                 merge.add(columns, extra=True)
     tail_start = max(src, (from_ms, 0))
     start = f"({format_id(src)}" if tail_start == src else format_id(tail_start)
-    for page in xrange_pages(client, events_key, start, "+", count=page_entries):
+    # Reading a whole range with no late chunks, the tail is held back: when all of it comes
+    # after every chunk (the usual case) it is decoded into the last page's arrays, no join.
+    hold_tail = whole and not late_added
+    tail: list[TickColumns] = []
+    for page in xrange_pages(client, events_key, start, "+", count=page_entries, raw=True):
         stats.tail_entries += len(page)
-        merge.add(tick_columns_from_entries(page, problems=stats.problems), extra=True)
+        columns = tick_columns_from_raw(page, problems=stats.problems)
+        if not hold_tail:
+            merge.add(columns, extra=True)
+        elif (clipped := merge.clip(columns)) is not None:
+            tail.append(clipped)
+    tail_min = min((int(t.arrays["ts_event"].min()) for t in tail), default=None)
+    chunks_max = -(2**63)  # latest event time of the chunks read so far
+    clamped_seen = False
 
     for page in xrange_pages(
         client, hist, str(max(0, from_ms - CHUNK_SPAN_MS)), str(to_ms), count=page_chunks
     ):
+        ids: list[bytes] = []
+        wanted: list[dict[bytes, bytes]] = []
         for entry_id, fields in page:
             if entry_id in late_ids:
                 continue
             if sealed_after_snapshot(fields) or not _chunk_overlaps(fields, from_ns, to_ns):
                 stats.skipped_chunks += 1
                 continue
-            columns = decode(entry_id, fields)
-            if columns is None:
-                continue
-            stats.chunks += 1
             # A clamped chunk missing from the late index still belongs to the result.
-            clamped = parse_id(entry_id)[0] != int(fields[b"t_min"]) // NS_PER_MS
-            merge.add(columns, extra=clamped)
+            if parse_id(entry_id)[0] != _t_min_ms(fields):
+                clamped_seen = True
+                if (columns := decode(entry_id, fields)) is not None:
+                    stats.chunks += 1
+                    merge.add(columns, extra=True)
+                continue
+            chunks_max = max(chunks_max, _t_max(fields))
+            ids.append(entry_id)
+            wanted.append(fields)
+        append = None
+        if (
+            tail_min is not None
+            and len(page) < page_chunks  # the last page
+            and not clamped_seen
+            and tail_min >= chunks_max
+        ):
+            append = TickColumns.concat(tail)
+            tail = []
+        if wanted or append is not None:
+            # The whole page at once, into one set of column arrays (chunks.decode_chunks).
+            columns, problems = decode_chunks(wanted, append=append)
+            for index, exc in problems:
+                stats.problems.append(f"{hist} {ids[index].decode()}: {exc}")
+            stats.chunks += len(wanted) - len(problems)
+            merge.add(columns)
         watermark = parse_id(page[-1][0])[0] * NS_PER_MS
         yield from emit(watermark, watermark)
+    for columns in tail:  # not folded into a page
+        merge.add(columns, extra=True)
     yield from emit(None, to_ns)
 
 
+def _t_max(fields: dict[bytes, bytes]) -> int:
+    try:
+        return int(fields[b"t_max"])
+    except (KeyError, ValueError):
+        return 2**63 - 1  # unknown: never fold the tail after it
+
+
+def _t_min_ms(fields: dict[bytes, bytes]) -> int | None:
+    try:
+        return int(fields[b"t_min"]) // NS_PER_MS
+    except (KeyError, ValueError):
+        return None  # let the decoder say what is wrong
+
+
 def read_ticks(client: Any, symbol: str, from_ns: int, to_ns: int, **kwargs: Any) -> TickColumns:
-    """All trades of `symbol` in [from_ns, to_ns] as one TickColumns, in event-time order."""
+    """All trades of `symbol` in [from_ns, to_ns] as one TickColumns, in event-time order.
+
+    Everything is kept anyway, so chunks are read and decoded in large pages (`READ_PAGE_CHUNKS`):
+    one set of arrays for the range, no concatenation of small pages.
+    """
+    kwargs.setdefault("page_chunks", READ_PAGE_CHUNKS)
+    kwargs.setdefault("whole", True)
     pages = [p.columns for p in iter_ticks(client, symbol, from_ns, to_ns, **kwargs)]
     return TickColumns.concat(pages)
 
