@@ -44,6 +44,7 @@ import zstandard
 
 from qt_cli.core.errors import DecodeError
 from qt_cli.core.events import NS_PER_MS, NS_PER_S, Trade
+from qt_cli.core.keys import parse_id
 
 CODEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -923,12 +924,6 @@ def trades_of(columns: TickColumns, symbol: str) -> list[Trade]:
 # --- building chunks from the per-event stream -----------------------------------------------
 
 
-def entry_ms(entry_id: str | bytes) -> int:
-    """The millisecond part of a stream entry id (`1754654400000-3` -> 1754654400000)."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0])
-
-
 @dataclass(frozen=True)
 class SealedChunk:
     """A chunk ready to XADD: `fields` includes `src`; the entry id to ask for is `t_min_ms`."""
@@ -987,7 +982,7 @@ class ChunkBuilder:
     ) -> SealedChunk | None:
         src = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         if late is None:
-            late = entry_ms(src) > event.ts_event // NS_PER_MS
+            late = parse_id(src)[0] > event.ts_event // NS_PER_MS
         sealed = None
         t = event.ts_event
         if self._events and (max(self._t_max, t) - min(self._t_min, t) > self.max_span_ns):

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from qt_cli.core import keys
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_MS
-from qt_cli.core.store.reader import first_id, last_id, parse_id
+from qt_cli.core.keys import parse_id
+from qt_cli.core.store.reader import first_id, last_id
 from qt_cli.core.timeparse import parse_duration_ns
 
 if TYPE_CHECKING:

@@ -43,6 +43,7 @@ from qt_cli.core.chunks import (
 )
 from qt_cli.core.errors import DecodeError
 from qt_cli.core.events import NS_PER_MS, Event, Trade, decode_fields
+from qt_cli.core.keys import parse_id
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,6 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 
 
 # --- ids and paging --------------------------------------------------------------------------
-
-
-def parse_id(entry_id: bytes | str) -> tuple[int, int]:
-    """`b"1754654400000-3"` -> (1754654400000, 3)."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def format_id(entry_id: tuple[int, int]) -> str:
