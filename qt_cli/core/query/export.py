@@ -3,6 +3,7 @@ csv, jsonl, json or parquet (`run`), or kept for a table (`table_rows`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -19,8 +20,10 @@ from qt_cli.core.errors import UsageError
 from qt_cli.core.events import (
     EXCHANGE_TZ,
     NS_PER_MS,
+    TRADE_LAYOUT,
     TRADE_OPTIONAL_FIELDS,
     TRADE_WIRE_FIELDS,
+    Trade,
 )
 from qt_cli.core.query.frames import (
     _expand_features,
@@ -75,34 +78,31 @@ def _strings(values: Any) -> list[Any]:
 TICK_WIRE_COLUMNS = (*TRADE_WIRE_FIELDS, *TRADE_OPTIONAL_FIELDS, "late")
 
 
+# Ticks' string fields stay Series (categories); these ints are written as int64 whatever width
+# the chunks store them in; every other column goes out as its array.
+_STRING_FIELDS = frozenset(f.name for f in dataclasses.fields(Trade) if f.type == "str")
+_WIRE_INT64 = frozenset(("buyer", "seller", "trade_type"))
+
+
 def _tick_wire(frame: pd.DataFrame) -> dict[str, Any]:
-    """The wire columns of ticks (Trade.to_dict order), as arrays."""
+    """The wire columns of ticks (`TRADE_LAYOUT`'s order, as Trade.to_dict), as arrays."""
     ts = frame["ts_event"].to_numpy(dtype=np.int64)
     n = len(frame)
-    return {
-        "type": np.full(n, "tick", dtype=object),
-        "symbol": frame["symbol"],
-        "timestamp": iso_array(ts, EXCHANGE_TZ),
-        "timestamp_ms": ts // NS_PER_MS,
-        "trade_id": frame["trade_id"].to_numpy(),
-        "price": frame["price"].to_numpy(),
-        "volume": frame["volume"].to_numpy(),
-        "quantity": frame["quantity"].to_numpy(),
-        "buyer": frame["buyer"].to_numpy(dtype=np.int64),
-        "seller": frame["seller"].to_numpy(dtype=np.int64),
-        "trade_type": frame["trade_type"].to_numpy(dtype=np.int64),
-        "is_edit": frame["is_edit"].to_numpy(),
-        "aggressor": frame["aggressor"],
-        "ts_event": ts,
-        "ts_init": frame["ts_init"].to_numpy(),
-        "recv_ns": frame["ts_init"].to_numpy(),
-        "session": frame["session"],
-        "seq": frame["seq"].to_numpy(),
-        "buyer_name": frame["buyer_name"],
-        "seller_name": frame["seller_name"],
-        "history": frame["history"].to_numpy(),
-        "late": frame["late"].to_numpy(),
-    }
+    wire: dict[str, Any] = {}
+    for name, attr in (*TRADE_LAYOUT, *((f, f) for f in TICK_WIRE_COLUMNS[len(TRADE_LAYOUT) :])):
+        if not attr:
+            wire[name] = np.full(n, Trade.TYPE, dtype=object)
+        elif name == "timestamp":
+            wire[name] = iso_array(ts, EXCHANGE_TZ)
+        elif name == "timestamp_ms":
+            wire[name] = ts // NS_PER_MS
+        elif attr == "ts_event":
+            wire[name] = ts
+        elif attr in _STRING_FIELDS:
+            wire[name] = frame[attr]
+        else:
+            wire[name] = frame[attr].to_numpy(dtype=np.int64 if attr in _WIRE_INT64 else None)
+    return wire
 
 
 def _tick_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
