@@ -201,8 +201,16 @@ def test_a_forced_zeromq_drop_is_recovered_from_the_replay_endpoint(
     qt: QtProcesses, pipeline: Pipeline, vk: valkey.Valkey, valkey_url: str
 ) -> None:
     bridge = qt.start(*pipeline.bridge_args(valkey_url, "--hwm", "50"))
-    feed_proc = qt.start(*pipeline.feed_args(rate=0, hwm=50))
-    eventually(lambda: stored_count(vk) > 0, timeout=30, message="bridge receiving")
+    # Only a session the bridge has heard from can be recovered (a channel that delivered
+    # nothing at all before the feed ended is unknown to it: docs/bridge.md). So the feed runs
+    # for a few seconds and the bridge is stopped once both channels have delivered.
+    feed_proc = qt.start(*pipeline.feed_args(rate=8_000, hwm=50))
+
+    def both_channels() -> bool:
+        kinds = {keys.parse_stream_key(k)[0] for k in event_streams(vk) if vk.xlen(k)}
+        return {"ticks", "book"} <= kinds
+
+    eventually(both_channels, timeout=30, message="bridge receiving ticks and book")
     bridge.send_signal(signal.SIGSTOP)  # a consumer that stops reading: queues overflow
     try:
         feed_out, feed_err = feed_proc.communicate(timeout=60)
