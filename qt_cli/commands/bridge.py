@@ -123,7 +123,12 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         as_json: AsJson = False,
     ) -> None:
         from qt_cli.core import config, store
-        from qt_cli.core.bridge import BridgeConfig, check_time_unit, run_bridge
+        from qt_cli.core.bridge import (
+            BridgeConfig,
+            check_file_inputs,
+            check_time_unit,
+            run_bridge,
+        )
         from qt_cli.core.candles import parse_timeframes
         from qt_cli.core.endpoints import parse_endpoints
         from qt_cli.core.errors import UsageError
@@ -136,6 +141,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             raise UsageError("give one --out valkey://… (the bridge writes to one Valkey)")
         parse_endpoints([*ins, *outs])  # bad input is reported before any server is started
         check_time_unit(time_unit, ins)
+        check_file_inputs(ins)
         output = outs[0] if outs else store.resolve_url(settings, say=say)
         replay_endpoint: str | None = replay if replay is not None else settings.replay_endpoint
         if replay_endpoint and replay_endpoint.strip().lower() in ("none", "off", ""):

@@ -154,13 +154,20 @@ def test_duration_stops_a_bridge_that_hears_nothing(
 
 
 def test_a_bad_input_is_reported_before_any_server_starts(
-    cli: CliRunner, isolated_settings: Path
+    cli: CliRunner, isolated_settings: Path, tmp_path: Path
 ) -> None:
-    result = cli.invoke(app, ["bridge", "--in", "bogus://x", "--duration", "1s"])
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("Error: endpoint 'bogus://x': unknown scheme 'bogus'")
-    assert "starting the managed server" not in result.stderr
-    assert not (isolated_settings / "valkey").exists()
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    for args, message in (
+        (["--in", "bogus://x"], "Error: endpoint 'bogus://x': unknown scheme 'bogus'"),
+        (["--in", str(empty)], f"Error: --in {empty} is empty (nothing to replay)"),
+        (["--in", str(empty) + ".missing"], f"Error: --in {empty}.missing: no such file"),
+    ):
+        result = cli.invoke(app, ["bridge", *args, "--duration", "1s"])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(message), result.stderr
+        assert "starting the managed server" not in result.stderr
+        assert not (isolated_settings / "valkey").exists()
 
 
 def test_a_nelogica_export_is_read_as_the_feed_reads_it(

@@ -6,7 +6,12 @@ reconnect), `derive` (candles and chunks), `config` (settings, counters), `runne
 lifecycle, supervision, stats). See docs/bridge.md.
 """
 
-from qt_cli.core.bridge.config import BridgeConfig, BridgeStats, check_time_unit
+from qt_cli.core.bridge.config import (
+    BridgeConfig,
+    BridgeStats,
+    check_file_inputs,
+    check_time_unit,
+)
 from qt_cli.core.bridge.derive import ColumnChunker, entry_columns, partial_key
 from qt_cli.core.bridge.rows import Item, Refill, Row, tick_row, trade_row
 from qt_cli.core.bridge.runner import Bridge, run_bridge
@@ -26,6 +31,7 @@ __all__ = [
     "Refill",
     "Row",
     "SpillQueue",
+    "check_file_inputs",
     "check_time_unit",
     "entry_columns",
     "entry_trade",

@@ -173,6 +173,17 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0].rstrip(".")
 
 
+def check_file_inputs(inputs: Sequence[str]) -> None:
+    """UsageError for a file input that is missing, empty or a directory (before any server
+    is started or connected to: the same verdict `qt feed --replay` gives)."""
+    from qt_cli.core.sources.replay import detect_format
+
+    for uri in inputs:
+        endpoint = parse_endpoint(uri)
+        if endpoint.kind == "file":
+            detect_format(endpoint.path, option="--in")
+
+
 def check_time_unit(time_unit: str | None, inputs: Sequence[str]) -> None:
     """UsageError for an unknown `--time-unit`, or one given without a file or stdin input."""
     if time_unit is None:
