@@ -161,7 +161,10 @@ def test_a_bad_input_is_reported_before_any_server_starts(
     for args, message in (
         (["--in", "bogus://x"], "Error: endpoint 'bogus://x': unknown scheme 'bogus'"),
         (["--in", str(empty)], f"Error: --in {empty} is empty (nothing to replay)"),
-        (["--in", str(empty) + ".missing"], f"Error: --in {empty}.missing: no such file"),
+        (
+            ["--in", str(tmp_path / "gone.csv")],
+            f"Error: --in {tmp_path / 'gone.csv'}: no such file",
+        ),
     ):
         result = cli.invoke(app, ["bridge", *args, "--duration", "1s"])
         assert result.exit_code == 2, result.output
