@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 log = logging.getLogger(__name__)
 
 STAGE = "bridge"
-STATS_TTL_S = 300
 PARTIAL_MAXLEN = 10
 DEFAULT_BATCH_SIZE = 2_000
 DEFAULT_BATCH_MS = 1.0
@@ -158,10 +157,6 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _TRANSIENT_TYPES):
         return True
     return isinstance(exc, valkey.ResponseError) and str(exc).startswith(_TRANSIENT_TEXT)
-
-
-def _fmt(value: float) -> str:
-    return "" if value != value else f"{value:.3f}"
 
 
 def _round(value: float) -> float | None:
