@@ -41,6 +41,7 @@ def open_source(
     group: str | None = None,
     consumer: str | None = None,
     claim_idle_s: float = 30.0,
+    count: int = 1000,
     password: str | None = None,
 ) -> Source:
     """Open an input: ZeroMQ SUB (connect), Valkey streams, stdin JSON lines, or a file.
@@ -68,6 +69,7 @@ def open_source(
             group=group,
             consumer=consumer,
             claim_idle_s=claim_idle_s,
+            count=count,
         )
     if ep.kind == "stdio":
         from qt_cli.core import files

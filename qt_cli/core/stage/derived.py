@@ -1,15 +1,17 @@
 """Derived streams written exactly once by workers that read their input through a consumer group.
 
 A derived entry's identity comes from its input (docs/contracts.md, "Derived streams"):
-session `<stage>.<input stream key>`, seq `derived_seq(input entry id)` = ms * 2**20 + n, monotone
-in the input's position. So a restarted worker, or one that claimed a dead worker's entries,
+session `<stage>.<input session>` and the input's seq (`derived_identity`; for input without a
+session: `<stage>.<input stream key>` and ms * 1000 + n of the input entry id), monotone in the
+input's position. So a restarted worker, or one that claimed a dead worker's entries,
 writes the same (session, seq) again and `qt_append`'s high-water marks skip it.
 
 High-water marks skip anything at or below the highest seq written, so the writes of one session
 must happen in input order even when several workers share the input. `GroupWorker` keeps that
 order with the group's own bookkeeping: a worker writes the results of its oldest held entries of
 a stream only when no older entry of that stream is still pending (delivered to some consumer and
-not acknowledged), and acknowledges entries only after their results are confirmed stored. An
+not acknowledged) and not held by this worker, and acknowledges entries only after their
+results are confirmed stored. An
 entry acknowledged is therefore stored, and nothing later of its stream is stored before it.
 """
 
@@ -29,25 +31,44 @@ from qt_cli.core.store.writer import StreamBatch, StreamWriter
 
 log = logging.getLogger(__name__)
 
-SEQ_SHIFT = 20  # entry id n below 2**20 (a million entries in one ms of one stream)
+SEQ_PER_MS = 1000  # entry ids <ms>-<n> with n below 1000: ms * 1000 + n stays exact in a double
 
 
-def derived_session(stage: str, input_key: str) -> str:
-    """The session of what stage `stage` derives from the input stream `input_key`."""
-    return f"{stage}.{input_key}"
+def derived_identity(stage: str, entry: SourceEntry) -> tuple[str, int]:
+    """(session, seq) of what stage `stage` derives from one input entry.
+
+    The input's own identity when it has one: session `<stage>.<input session>`, seq the input's
+    seq (monotone in the input stream: `qt_append` stores each session in seq order). An input
+    entry without a session (written by a seed-era tool) gets `<stage>.<input stream key>` and
+    `derived_seq(entry id)`."""
+    event = entry.event
+    session = getattr(event, "session", "")
+    seq = getattr(event, "seq", 0)
+    if session and seq > 0:
+        return derived_session(stage, session), seq
+    return derived_session(stage, entry.key), derived_seq(entry.id)
+
+
+def derived_session(stage: str, source: str) -> str:
+    """The session of what stage `stage` derives from `source` (an input session or stream)."""
+    return f"{stage}.{source}"
 
 
 def derived_seq(entry_id: bytes | str) -> int:
-    """A seq monotone in the input's position: ms * 2**20 + n of the input entry id."""
+    """A seq monotone in the input's position: ms * 1000 + n of the input entry id `<ms>-<n>`
+    (`qt_append` compares seqs as doubles: this stays exact, ms * 2**20 would not)."""
     ms, n = parse_id(entry_id)
-    if n >= 1 << SEQ_SHIFT:
-        raise ValueError(f"entry id {entry_id!r}: sequence part beyond 2**{SEQ_SHIFT}")
-    return (ms << SEQ_SHIFT) | n
+    if n >= SEQ_PER_MS:
+        raise ValueError(
+            f"entry id {entry_id!r}: {n + 1} entries in one ms of a session-less input; give the "
+            "input entries a session and seq (as qt bridge writes them)"
+        )
+    return ms * SEQ_PER_MS + n
 
 
 def input_id(seq: int) -> str:
-    """The input entry id a derived seq came from (the inverse of `derived_seq`)."""
-    return f"{seq >> SEQ_SHIFT}-{seq & ((1 << SEQ_SHIFT) - 1)}"
+    """The input entry id `derived_seq` came from."""
+    return f"{seq // SEQ_PER_MS}-{seq % SEQ_PER_MS}"
 
 
 @dataclass(frozen=True)
@@ -90,7 +111,7 @@ class GroupWorker:
         name: str,
         stats_client: Any | None = None,
         duration_s: float | None = None,
-        max_held: int = 10_000,
+        max_held: int = 1_000,
     ) -> None:
         if source.group is None:
             raise ValueError("GroupWorker needs a StreamSource with a consumer group")
@@ -131,15 +152,12 @@ class GroupWorker:
                 break
             held = sum(map(len, self._held.values()))
             if held < self.max_held:
-                for entry in self.source.read_entries(0.05 if held else 0.2):
-                    ident = (entry.key, entry.id)
-                    if ident in self._held_ids:  # claimed back while still held here
-                        continue
-                    self._held_ids.add(ident)
-                    self._held.setdefault(entry.key, []).append(entry)
-                    self.stats.received += 1
-            elif self._stop.wait(0.01):
-                break
+                self._hold(self.source.read_entries(0.05 if held else 0.2))
+            else:
+                # Full: what blocks the held entries may be a dead consumer's; take it over.
+                self._hold(self.source.claim())
+                if self._stop.wait(0.01):
+                    break
             self._write_ready()
             if self.publisher.due():
                 self.publish_stats()
@@ -154,26 +172,49 @@ class GroupWorker:
 
     # -- writing in input order --
 
+    def _hold(self, entries: list[SourceEntry]) -> None:
+        for entry in entries:
+            ident = (entry.key, entry.id)
+            if ident in self._held_ids:  # claimed back while still held here
+                continue
+            self._held_ids.add(ident)
+            self._held.setdefault(entry.key, []).append(entry)
+            self.stats.received += 1
+
     def _write_ready(self) -> None:
-        """Write and acknowledge, per input stream, the held entries no older pending one
-        precedes (entries older than all held ones belong to other workers: wait for them)."""
+        """Write and acknowledge, per input stream, the held entries that no pending entry held
+        elsewhere precedes (that one belongs to another worker, live or dead: wait for it, or
+        for `claim` to bring it here)."""
         ready: list[SourceEntry] = []
         for key, entries in self._held.items():
             if not entries:
                 continue
             entries.sort(key=lambda e: parse_id(e.id))
-            oldest = self.source.oldest_pending(key)
-            if oldest is not None and parse_id(oldest) < parse_id(entries[0].id):
-                self.stats.waits += 1
+            mine = {e.id for e in entries}
+            boundary: tuple[int, int] | None = None  # the first pending entry not held here
+            for pending in self.source.pending_ids(
+                key, until=entries[-1].id, count=len(entries) + 1
+            ):
+                if pending not in mine:
+                    boundary = parse_id(pending)
+                    break
+            if boundary is None:
+                ready += entries
+                self._held[key] = []
                 continue
-            ready += entries
-            self._held[key] = []
+            cut = 0
+            while cut < len(entries) and parse_id(entries[cut].id) < boundary:
+                cut += 1
+            if cut < len(entries):
+                self.stats.waits += 1
+            ready += entries[:cut]
+            self._held[key] = entries[cut:]
         if not ready:
             return
         batches: dict[str, StreamBatch] = {}
         for entry in ready:
-            session = derived_session(self.stage, entry.key)
-            for out in self.derive(entry, session, derived_seq(entry.id)):
+            session, seq = derived_identity(self.stage, entry)
+            for out in self.derive(entry, session, seq):
                 batch = batches.get(out.key)
                 if batch is None:
                     batch = batches[out.key] = self.writer.batch(out.key)
@@ -227,6 +268,7 @@ __all__ = [
     "Derived",
     "GroupWorker",
     "WorkerStats",
+    "derived_identity",
     "derived_seq",
     "derived_session",
     "input_id",

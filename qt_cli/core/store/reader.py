@@ -798,7 +798,7 @@ class StreamSource:
                 self._positions, count=self.count, block=max(1, int(timeout_s * 1000))
             )
             return self._decode(reply, advance=True)
-        entries = self._claim()
+        entries = self.claim()
         pending = {k: v for k, v in self._positions.items() if v != ">"}
         if pending:  # own entries delivered before a restart: no blocking, no new ones yet
             reply = self.client.xreadgroup(self.group, self.consumer, pending, count=self.count)
@@ -817,10 +817,11 @@ class StreamSource:
         )
         return self._decode(reply, advance=False)
 
-    def _claim(self) -> list[SourceEntry]:
-        """Take over entries idle longer than `claim_idle_s` on other (dead) consumers."""
+    def claim(self) -> list[SourceEntry]:
+        """Take over entries idle longer than `claim_idle_s` on other (dead) consumers (at most
+        every `claim_idle_s / 2`; `read_entries` does it too)."""
         now = self._clock()
-        if now < self._next_claim:
+        if self.group is None or now < self._next_claim:
             return []
         self._next_claim = now + max(self.claim_idle_s / 2, 0.05)
         idle_ms = max(int(self.claim_idle_s * 1000), 1)
@@ -874,13 +875,13 @@ class StreamSource:
             pipe.xack(key, self.group, *ids)
         return sum(int(n) for n in pipe.execute())
 
-    def oldest_pending(self, key: str) -> str | None:
-        """The smallest id of `key` delivered to the group and not acknowledged yet (any
-        consumer), or None."""
+    def pending_ids(self, key: str, *, until: str, count: int) -> list[str]:
+        """Ids of `key` delivered to the group and not acknowledged yet (by any consumer), in id
+        order, up to `until` and at most `count`."""
         if self.group is None:
-            return None
-        reply = self.client.xpending_range(key, self.group, "-", "+", 1)
-        return _name(reply[0]["message_id"]) if reply else None
+            return []
+        reply = self.client.xpending_range(key, self.group, "-", until, count)
+        return [_name(item["message_id"]) for item in reply]
 
     @property
     def finished(self) -> bool:
