@@ -805,8 +805,8 @@ class StreamSource:
             for key, got in reply or ():
                 if not got:
                     self._positions[_name(key)] = ">"
-            return entries + self._decode(reply, advance=False)
-        if entries:
+            entries += self._decode(reply, advance=True)  # the next call reads after them
+        if entries or any(v != ">" for v in self._positions.values()):
             return entries
         reply = self.client.xreadgroup(
             self.group,
