@@ -50,7 +50,6 @@ from qt_cli.core.bridge.config import (
     BridgeStats,
     Say,
     _FeedRun,
-    _is_transient,
     _log_say,
     _reason,
     _round,
@@ -73,6 +72,7 @@ from qt_cli.core.records import Gap
 from qt_cli.core.stage.stats import StatsPublisher, fmt_float
 from qt_cli.core.store.writer import (
     StreamWriter,
+    is_transient,
 )
 
 log = logging.getLogger(__name__)
@@ -147,9 +147,8 @@ class Bridge(_Receiver, _Writer, _Reconciler):
         self.deriver = _Deriver(self)
         self._outage_since: float | None = None
         self._conn: Any = None  # the writer's connection (see _connection)
-        pool = self.client.connection_pool
         # Packs the writer's commands; never connected (packing needs no socket).
-        self._packer: Any = pool.connection_class(**pool.connection_kwargs)
+        self._packer: Any = self.writer.packer()
         self._closed = False
         self._watermark = self._load_watermark()
         # Subscribe now rather than in run(): a SUB socket misses what is published before its
@@ -276,7 +275,7 @@ class Bridge(_Receiver, _Writer, _Reconciler):
         except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
             log.debug("deferred Valkey step failed: %s", exc)
         except valkey.ResponseError as exc:
-            if not _is_transient(exc):
+            if not is_transient(exc):
                 raise
             log.debug("deferred Valkey step refused: %s", exc)
 
