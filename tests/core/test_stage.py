@@ -16,6 +16,7 @@ from qt_cli.core import keys
 from qt_cli.core.bridge import Bridge
 from qt_cli.core.errors import TimeParseError
 from qt_cli.core.events import NS_PER_MS, Trade
+from qt_cli.core.monitor import Monitor, MonitorOptions
 from qt_cli.core.stage import COMMON_FIELDS, run_stage, stop_signals
 from qt_cli.core.stage.derived import Derived, GroupWorker, derived_identity, derived_seq, input_id
 from qt_cli.core.store.reader import SourceEntry, StreamSource, start_id
@@ -107,6 +108,9 @@ def test_a_derived_stage_publishes_the_documented_fields_and_stops_on_request(
     fields = {k.decode() for k in vk.hgetall(keys.stats_key("test", "w1"))}
     doc = documented_stats_fields()
     assert fields == {*doc["common"], *doc["derived stages"]}
+    with Monitor(valkey_url, MonitorOptions()) as monitor:  # qt monitor shows any stage
+        views = [v for v in monitor.collect().stages if v.stage == "test"]
+    assert [(v.name, v.received, v.written) for v in views] == [("w1", 30, 30)]
 
 
 def test_stop_signals_route_sigterm_and_sighup_and_restore_the_handlers() -> None:
