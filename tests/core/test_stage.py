@@ -19,11 +19,15 @@ from qt_cli.core.events import NS_PER_MS, Trade
 from qt_cli.core.monitor import Monitor, MonitorOptions
 from qt_cli.core.stage import COMMON_FIELDS, run_stage, stop_signals
 from qt_cli.core.stage.derived import Derived, GroupWorker, derived_identity, derived_seq, input_id
+from qt_cli.core.store.managed import ManagedValkey
 from qt_cli.core.store.reader import SourceEntry, StreamSource, start_id
 from qt_cli.core.store.writer import StreamWriter
+from tests.core import test_bridge as bridge_tests
 from tests.core.test_bridge import config_for, jsonl, make_trades
 from tests.helpers import eventually
 
+own_valkey = bridge_tests.own_valkey  # a server of the test's own (stopped and restarted)
+IN_KEY = keys.stream_key("ticks", "WDOQ25")
 CONTRACTS = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
 
 
@@ -61,7 +65,7 @@ def test_the_bridge_stats_hash_has_exactly_the_documented_fields(
     assert 0 < vk.ttl(key) <= 300 and vk.sismember(keys.STAGES_SET, key)
 
 
-def seed(vk: valkey.Valkey, n: int, *, session: str = "seed.ticks") -> list[str]:
+def seed(vk: valkey.Valkey, n: int, *, session: str = "seed.ticks", first: int = 0) -> list[str]:
     trades = [
         Trade(
             symbol="WDOQ25",
@@ -71,7 +75,7 @@ def seed(vk: valkey.Valkey, n: int, *, session: str = "seed.ticks") -> list[str]
             session=session,
             seq=i + 1 if session else 0,
         )
-        for i in range(n)
+        for i in range(first, first + n)
     ]
     StreamWriter(vk, maxlen=0).append_events(trades)
     return [e[0].decode() for e in vk.xrange(keys.stream_key("ticks", "WDOQ25"))]
@@ -182,3 +186,49 @@ def test_group_source_hands_out_ids_and_late_and_redelivers_unacked_to_a_restart
     assert again.read_entries(0.1) == []  # nothing new
     assert again.pending_ids(key, until="+", count=100) == ids[4:]
     again.close()
+
+
+def test_a_derived_stage_waits_out_a_valkey_outage_and_catches_up(
+    own_valkey: ManagedValkey,
+) -> None:
+    status = own_valkey.status()
+    client = valkey.Valkey(host="127.0.0.1", port=status.port)
+    seed(client, 100)
+    source = StreamSource(
+        valkey.Valkey.from_url(status.url), symbols=["WDOQ25"], kinds=["ticks"], start="0",
+        group="g", consumer="w1",
+    )  # fmt: skip
+    out_key = keys.stream_key("test", "WDOQ25")
+    warnings: list[str] = []
+    worker = GroupWorker(
+        source, StreamWriter(valkey.Valkey.from_url(status.url)), copy_stage(out_key),
+        stage="test", name="w1", warn=warnings.append,
+    )  # fmt: skip
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_stage(worker, handle_signals=False)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        eventually(lambda: client.xlen(out_key) == 100, message="the first 100 derived")
+        own_valkey.stop()
+        eventually(lambda: worker.stats.outages > 0, message="the worker saw the outage")
+        own_valkey.start()
+        seed(client, 100, first=100)
+        eventually(
+            lambda: client.xlen(out_key) == 200 and client.xpending(IN_KEY, "g")["pending"] == 0,
+            timeout=20,
+            message="caught up after the outage",
+        )
+    finally:
+        worker.stop("test")
+        thread.join(20)
+    assert not errors and not thread.is_alive()
+    assert any("Valkey unreachable" in w for w in warnings)
+    srcs = [f[b"src"] for _, f in client.xrange(out_key)]
+    assert len(set(srcs)) == 200

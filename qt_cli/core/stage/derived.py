@@ -17,12 +17,15 @@ entry acknowledged is therefore stored, and nothing later of its stream is store
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import valkey
 
 from qt_cli.core.keys import parse_id
 from qt_cli.core.stage.stats import RateMeter, StatsPublisher
@@ -31,6 +34,8 @@ from qt_cli.core.store.writer import StreamBatch, StreamWriter
 
 log = logging.getLogger(__name__)
 
+BACKOFF_START_S = 0.1
+BACKOFF_MAX_S = 5.0
 SEQ_PER_MS = 1000  # entry ids <ms>-<n> with n below 1000: ms * 1000 + n stays exact in a double
 
 
@@ -92,6 +97,7 @@ class WorkerStats:
     duplicates: int = 0
     acked: int = 0
     waits: int = 0  # times a write waited for an older entry another worker holds
+    outages: int = 0  # failed steps while Valkey was unreachable
     lag_ms: float | None = None
     stopped_by: str = ""
 
@@ -112,6 +118,7 @@ class GroupWorker:
         stats_client: Any | None = None,
         duration_s: float | None = None,
         max_held: int = 1_000,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         if source.group is None:
             raise ValueError("GroupWorker needs a StreamSource with a consumer group")
@@ -122,6 +129,7 @@ class GroupWorker:
         self.name = name
         self.duration_s = duration_s
         self.max_held = max_held
+        self.warn = warn or log.warning
         self.stats = WorkerStats()
         self.publisher = StatsPublisher(stats_client or writer.client, stage, name)
         self._rate = RateMeter()
@@ -145,25 +153,43 @@ class GroupWorker:
         return self._stop.is_set()
 
     def run(self) -> WorkerStats:
+        """Read, derive, write and acknowledge until stopped or `duration_s`. Valkey going away
+        is waited out with backoff: what was read stays pending in the group meanwhile."""
         started = time.monotonic()
+        backoff = BACKOFF_START_S
         while not self._stop.is_set():
             if self.duration_s is not None and time.monotonic() - started >= self.duration_s:
                 self.stop("duration")
                 break
-            held = sum(map(len, self._held.values()))
-            if held < self.max_held:
-                self._hold(self.source.read_entries(0.05 if held else 0.2))
-            else:
-                # Full: what blocks the held entries may be a dead consumer's; take it over.
-                self._hold(self.source.claim())
-                if self._stop.wait(0.01):
-                    break
-            self._write_ready()
-            if self.publisher.due():
-                self.publish_stats()
-        self._write_ready()  # what may go now; the rest stays pending for a restart or a claim
-        self.publish_stats()
+            try:
+                self._step()
+            except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
+                if self.stats.outages == 0 or backoff == BACKOFF_START_S:
+                    self.warn(
+                        f"{self.stage} {self.name}: Valkey unreachable ({exc}); "
+                        "retrying with backoff (the entries read stay pending)"
+                    )
+                self.stats.outages += 1
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            backoff = BACKOFF_START_S
+        with contextlib.suppress(valkey.ConnectionError, valkey.TimeoutError, OSError):
+            self._write_ready()  # what may go now; the rest stays pending for a restart or claim
+            self.publish_stats()
         return self.stats
+
+    def _step(self) -> None:
+        held = sum(map(len, self._held.values()))
+        if held < self.max_held:
+            self._hold(self.source.read_entries(0.05 if held else 0.2))
+        else:
+            # Full: what blocks the held entries may be a dead consumer's; take it over.
+            self._hold(self.source.claim())
+            self._stop.wait(0.01)
+        self._write_ready()
+        if self.publisher.due():
+            self.publish_stats()
 
     def close(self) -> None:
         if not self._closed:
@@ -211,6 +237,14 @@ class GroupWorker:
             self._held[key] = entries[cut:]
         if not ready:
             return
+        try:
+            self._write(ready)
+        except BaseException:
+            for entry in ready:  # still pending in the group: written again after the outage
+                self._held.setdefault(entry.key, []).append(entry)
+            raise
+
+    def _write(self, ready: list[SourceEntry]) -> None:
         batches: dict[str, StreamBatch] = {}
         for entry in ready:
             session, seq = derived_identity(self.stage, entry)
@@ -259,6 +293,7 @@ class GroupWorker:
             "claimed": self.source.claimed,
             "rejected": self.source.rejected,
             "waits": s.waits,
+            "outages": s.outages,
             "stopped_by": s.stopped_by or "end",
         }
 
