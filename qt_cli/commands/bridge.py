@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Annotated, Any
 
@@ -132,6 +131,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         from qt_cli.core.candles import parse_timeframes
         from qt_cli.core.endpoints import parse_endpoints
         from qt_cli.core.errors import UsageError
+        from qt_cli.core.stage import run_stage
         from qt_cli.core.timeparse import parse_duration_s
 
         settings = config.current()
@@ -169,28 +169,22 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             time_unit=time_unit,
         )
         runner = run_bridge(bridge_config, say=say, warn=warn)
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            runner.stop(signal.Signals(signum).name)
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         progress = _progress() if is_terminal(sys.stderr) and not as_json else None
-        try:
+
+        def run() -> Any:
             say(
                 f"bridge {bridge_name}: {', '.join(ins)} -> {bridge_config.output}"
                 + (f" (symbols {', '.join(bridge_config.symbols)})" if symbols else "")
             )
-            if progress is not None:
-                with progress:
-                    task = progress.add_task("bridge", total=None, status="starting")
-                    runner.run(on_progress=lambda s: progress.update(task, status=_status_line(s)))
-            else:
-                runner.run()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            totals = runner.totals()
-            runner.close()
+            if progress is None:
+                return runner.run()
+            with progress:
+                task = progress.add_task("bridge", total=None, status="starting")
+                return runner.run(
+                    on_progress=lambda s: progress.update(task, status=_status_line(s))
+                )
+
+        totals = run_stage(runner, run=run, totals=runner.totals)
         if as_json:
             emit_json(totals)
         else:

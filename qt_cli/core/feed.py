@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from qt_cli.core.journal import (
     parse_retention,
 )
 from qt_cli.core.sources.base import MarketSource
+from qt_cli.core.stage.lifecycle import run_stage
 
 CHANNELS = ("ticks", "book", "history")
 OUT_KINDS = (*CHANNELS, "replay")
@@ -450,8 +450,9 @@ class Feed:
         self._outs.append(out)
         return out
 
-    def stop(self) -> None:
-        """Ask `run()` to finish after the current batch (safe from a signal handler).
+    def stop(self, reason: str = "signal") -> None:
+        """Ask `run()` to finish after the current batch (safe from a signal handler); the
+        totals say `stopped_by: signal` whatever the `reason` (the signal's name).
 
         A second call while the feed lingers (serving replays) ends the linger.
         """
@@ -670,30 +671,11 @@ def run_feed(
         on_status=on_status,
         on_notice=on_notice,
     )
-    previous: dict[int, Any] = {}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if feed.stopping:  # the second signal ends a linger; a third interrupts at once
-            with contextlib.suppress(ValueError):
-                signal.signal(signum, previous.get(signum, signal.SIG_DFL))
-        feed.stop()
-
-    installing = handle_signals and threading.current_thread() is threading.main_thread()
-    if installing:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, on_signal)
-    try:
-        feed.open()
-        if on_start is not None:
-            on_start(feed)
-        totals = feed.run()
-    finally:
-        try:
-            feed.close()
-        finally:
-            if installing:
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
+    totals = run_stage(
+        feed,
+        handle_signals=handle_signals,
+        on_start=(lambda: on_start(feed)) if on_start is not None else None,
+    )
     if options.source == "replay" and totals["stopped_by"] == "end":
         from qt_cli.core.sources.replay import check_read
 

@@ -32,12 +32,25 @@ def open_sink(endpoint: Endpoint | str) -> Sink:
 
 
 def open_source(
-    endpoint: Endpoint | str, *, symbols: Sequence[str] = (), time_unit: str | None = None
+    endpoint: Endpoint | str,
+    *,
+    symbols: Sequence[str] = (),
+    time_unit: str | None = None,
+    kinds: Sequence[str] | None = None,
+    start: str = "$",
+    group: str | None = None,
+    consumer: str | None = None,
+    claim_idle_s: float = 30.0,
+    count: int = 1000,
+    password: str | None = None,
 ) -> Source:
     """Open an input: ZeroMQ SUB (connect), Valkey streams, stdin JSON lines, or a file.
 
     A file is read as `qt feed --replay` reads it (its format from its content, a Nelogica tick
     export included), at full speed; `time_unit` is the unit of its (or stdin's) ts_* fields.
+    Valkey only: stream `kinds` (default ticks and book), `start` ($, 0, an entry id or a time),
+    and a consumer `group` with this reader's `consumer` name and `claim_idle_s` (see
+    `store.reader.StreamSource`: entries then carry ids and are acknowledged by the stage).
     """
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     if ep.kind == "zmq":
@@ -48,7 +61,16 @@ def open_source(
         from qt_cli.core import store
         from qt_cli.core.store.reader import StreamSource
 
-        return StreamSource(store.connect(ep), symbols=symbols)
+        return StreamSource(
+            store.connect(ep, password=password),
+            symbols=symbols,
+            kinds=tuple(kinds) if kinds else ("ticks", "book"),
+            start=start,
+            group=group,
+            consumer=consumer,
+            claim_idle_s=claim_idle_s,
+            count=count,
+        )
     if ep.kind == "stdio":
         from qt_cli.core import files
 

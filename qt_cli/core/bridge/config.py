@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import valkey
-
 from qt_cli.core import keys
 from qt_cli.core.candles import (
     DEFAULT_TIMEFRAMES,
@@ -25,7 +23,6 @@ log = logging.getLogger(__name__)
 log = logging.getLogger(__name__)
 
 STAGE = "bridge"
-STATS_TTL_S = 300
 PARTIAL_MAXLEN = 10
 DEFAULT_BATCH_SIZE = 2_000
 DEFAULT_BATCH_MS = 1.0
@@ -137,31 +134,11 @@ class _FeedRun:
     gaps_lost: int = 0
 
 
-_TRANSIENT_TYPES = (
-    valkey.exceptions.OutOfMemoryError,
-    valkey.exceptions.ReadOnlyError,
-    valkey.exceptions.ClusterDownError,
-    valkey.exceptions.TryAgainError,
-)
-_TRANSIENT_TEXT = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY")
-
-
 def _raise_marks(into: dict[str, int], marks: dict[str, int]) -> None:
     """Raise each session's mark in `into` to the one in `marks` where that is higher."""
     for session, seq in marks.items():
         if seq > into.get(session, 0):
             into[session] = seq
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """A refusal that passes (memory freed, failover done, dataset loaded): retry, don't drop."""
-    if isinstance(exc, _TRANSIENT_TYPES):
-        return True
-    return isinstance(exc, valkey.ResponseError) and str(exc).startswith(_TRANSIENT_TEXT)
-
-
-def _fmt(value: float) -> str:
-    return "" if value != value else f"{value:.3f}"
 
 
 def _round(value: float) -> float | None:

@@ -23,7 +23,6 @@ from qt_cli.core.bridge.config import (
     DERIVE_QUEUE_MAX,
     PARTIAL_MAXLEN,
     RESUME_PAGE,
-    _is_transient,
     _text,
 )
 from qt_cli.core.bridge.rows import Row
@@ -66,6 +65,7 @@ from qt_cli.core.store.writer import (
     entry_history,
     entry_names,
     event_values,
+    is_transient,
     trade_entry,
 )
 
@@ -353,7 +353,7 @@ class _Deriver:
                     OSError,
                     valkey.ResponseError,
                 ) as exc:
-                    if isinstance(exc, valkey.ResponseError) and not _is_transient(exc):
+                    if isinstance(exc, valkey.ResponseError) and not is_transient(exc):
                         raise
                     log.info("derived data paused (%s); rebuilding from Valkey later", exc)
                     self._forget()
@@ -408,7 +408,7 @@ class _Deriver:
                 if sealed is not None:
                     self._append_chunk(symbol, sealed)
         except (valkey.ConnectionError, valkey.TimeoutError, OSError, valkey.ResponseError) as exc:
-            if isinstance(exc, valkey.ResponseError) and not _is_transient(exc):
+            if isinstance(exc, valkey.ResponseError) and not is_transient(exc):
                 raise
             log.info("derived data not finished (%s); the next start rebuilds it", exc)
         self.stats.candle_skipped = self._skipped()

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import socket
 import sys
 import threading
 import time
@@ -46,15 +44,12 @@ from qt_cli.core.bridge.config import (
     GC_EVERY_S,
     LATENCY_WINDOW,
     STAGE,
-    STATS_TTL_S,
     SWITCH_INTERVAL_S,
     WRITE_TIMEOUT_S,
     BridgeConfig,
     BridgeStats,
     Say,
     _FeedRun,
-    _fmt,
-    _is_transient,
     _log_say,
     _reason,
     _round,
@@ -74,8 +69,10 @@ from qt_cli.core.events import (
     now_ns,
 )
 from qt_cli.core.records import Gap
+from qt_cli.core.stage.stats import StatsPublisher, fmt_float
 from qt_cli.core.store.writer import (
     StreamWriter,
+    is_transient,
 )
 
 log = logging.getLogger(__name__)
@@ -129,10 +126,10 @@ class Bridge(_Receiver, _Writer, _Reconciler):
         self._writer_error: BaseException | None = None
         self._inputs: list[_Input] = []
         self._count_lock = threading.Lock()
-        self._started_ns = now_ns()
         self._started_mono = time.monotonic()
-        self._host = socket.gethostname()
-        self._stats_key = keys.stats_key(STAGE, config.name)
+        self.publisher = StatsPublisher(
+            self.client, STAGE, config.name, interval_s=config.stats_interval_s
+        )
         self._watermark_key = watermark_key(config.name)
         self._watermark: dict[str, int] = {}
         self._watermark_due: dict[str, int] = {}  # confirmed marks not sent to Valkey yet
@@ -146,14 +143,12 @@ class Bridge(_Receiver, _Writer, _Reconciler):
         self._rate_base = 0
         self._rate_mono = time.monotonic()
         self._latencies: deque[int] = deque(maxlen=LATENCY_WINDOW)
-        self._last_stats_mono = 0.0
         self._key_cache: dict[tuple[str, str], str] = {}
         self.deriver = _Deriver(self)
         self._outage_since: float | None = None
         self._conn: Any = None  # the writer's connection (see _connection)
-        pool = self.client.connection_pool
         # Packs the writer's commands; never connected (packing needs no socket).
-        self._packer: Any = pool.connection_class(**pool.connection_kwargs)
+        self._packer: Any = self.writer.packer()
         self._closed = False
         self._watermark = self._load_watermark()
         # Subscribe now rather than in run(): a SUB socket misses what is published before its
@@ -170,6 +165,10 @@ class Bridge(_Receiver, _Writer, _Reconciler):
             raise
 
     # -- lifecycle --
+
+    def open(self) -> None:
+        """Nothing left to open: construction connected Valkey and subscribed the ZeroMQ inputs
+        (the others open in `run`)."""
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the bridge to finish: stop receiving, write what was received, return from run()."""
@@ -276,7 +275,7 @@ class Bridge(_Receiver, _Writer, _Reconciler):
         except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
             log.debug("deferred Valkey step failed: %s", exc)
         except valkey.ResponseError as exc:
-            if not _is_transient(exc):
+            if not is_transient(exc):
                 raise
             log.debug("deferred Valkey step refused: %s", exc)
 
@@ -311,7 +310,7 @@ class Bridge(_Receiver, _Writer, _Reconciler):
         return feed
 
     def _due_stats(self) -> bool:
-        return time.monotonic() - self._last_stats_mono >= self.config.stats_interval_s
+        return self.publisher.due()
 
     def _update_rates(self) -> None:
         now = time.monotonic()
@@ -333,16 +332,9 @@ class Bridge(_Receiver, _Writer, _Reconciler):
         """The fields of `qt:stats:bridge:<name>` (docs/contracts.md)."""
         s = self.stats
         return {
-            "stage": STAGE,
-            "name": self.config.name,
-            "pid": str(os.getpid()),
-            "host": self._host,
-            "started_ns": str(self._started_ns),
-            "updated_ns": str(now_ns()),
-            "received": str(s.received),
-            "written": str(s.written),
-            "rate": f"{s.rate:.1f}",
-            "lag_ms": _fmt(s.lag_ms),
+            **self.publisher.common(
+                received=s.received, written=s.written, rate=s.rate, lag_ms=s.lag_ms
+            ),
             "duplicates": str(s.duplicates),
             "batches": str(s.batches),
             "gaps_detected": str(s.gaps_detected),
@@ -355,23 +347,20 @@ class Bridge(_Receiver, _Writer, _Reconciler):
             "filtered": str(s.filtered),
             "candles": str(s.candles),
             "chunks": str(s.chunks),
-            "latency_p50_ms": _fmt(s.latency_p50_ms),
-            "latency_p99_ms": _fmt(s.latency_p99_ms),
+            "latency_p50_ms": fmt_float(s.latency_p50_ms),
+            "latency_p99_ms": fmt_float(s.latency_p99_ms),
             "valkey": "down" if self._outage_since is not None else "up",
             "inputs": ",".join(self.config.inputs),
             "output": self._out.uri,
         }
 
     def _publish_stats(self) -> None:
-        self._last_stats_mono = time.monotonic()
         self._update_rates()
         if self._outage_since is not None:
+            self.publisher.skip()
             return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self._stats_key, mapping=self.stats_fields())
-        pipe.expire(self._stats_key, STATS_TTL_S)
-        pipe.sadd(keys.STAGES_SET, self._stats_key)
         now = str(now_ns())
+        feeds: dict[str, dict[str, str]] = {}
         for run_id, feed in self._feeds.items():
             key = keys.stats_key("feed", run_id)
             fields = {
@@ -383,14 +372,12 @@ class Bridge(_Receiver, _Writer, _Reconciler):
                 "updated_ns": now,
                 "gaps_recovered": str(feed.gaps_recovered),
                 "gaps_lost": str(feed.gaps_lost),
-                "reported_by": self._stats_key,
+                "reported_by": self.publisher.key,
             }
             for channel, seq in feed.last_seq.items():
                 fields[f"last_seq:{channel}"] = str(seq)
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, STATS_TTL_S)
-            pipe.sadd(keys.STAGES_SET, key)
-        pipe.execute()
+            feeds[key] = fields
+        self.publisher.publish(self.stats_fields(), others=feeds)
 
     def totals(self) -> dict[str, Any]:
         """What `qt bridge` prints on exit (and with --json)."""

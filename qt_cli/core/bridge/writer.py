@@ -16,7 +16,6 @@ from qt_cli.core.bridge.config import (
     BACKOFF_START_S,
     LATENCY_STRIDE,
     OUTAGE_REPORT_EVERY_S,
-    _is_transient,
     _raise_marks,
     _reason,
     _text,
@@ -33,13 +32,12 @@ from qt_cli.core.store.writer import (
     DEADLETTER_MAXLEN,
     E_SEQ,
     E_SESSION,
-    FCALL,
     GAPS_MAXLEN,
     AppendResult,
     StreamBatch,
-    append_result,
+    append_command,
     event_values,
-    is_out_of_order,
+    is_transient,
 )
 
 log = logging.getLogger(__name__)
@@ -263,10 +261,7 @@ class _Writer:
                 if seq > marks.get(session, 0):
                     marks[session] = seq
 
-        commands: list[tuple[Any, ...]] = [
-            (FCALL, "qt_append", 2, b.key, keys.hwm_key(b.key), *b.call_args())
-            for b in batches.values()
-        ]
+        commands: list[tuple[Any, ...]] = [append_command(b) for b in batches.values()]
         for letter in deadletters:
             commands.append(
                 _xadd_command(keys.stream_key("deadletter"), letter.to_fields(), DEADLETTER_MAXLEN)
@@ -334,13 +329,7 @@ class _Writer:
                     log.debug("watermark update refused: %s", exc)
                     self._due_watermark(batch.watermark)
                 batch.watermark = None
-            replies: list[Any] = []
-            for _ in range(batch.ncommands):
-                try:
-                    replies.append(conn.read_response())
-                except valkey.ResponseError as exc:
-                    replies.append(exc)
-            self._complete(batch, replies)
+            self._complete(batch, self.writer.read_replies(conn, batch.ncommands))
         except BaseException:
             # Whatever is still in flight is unsure: drop the connection (and the replies it
             # would still deliver); the caller sends `batch` again, the look-ahead's items go
@@ -422,44 +411,18 @@ class _Writer:
 
     def _check_replies(
         self, batch: _Batch, replies: list[Any]
-    ) -> tuple[list[AppendResult], dict[str, str]]:
-        """Results of the appends; transient refusals raise (retried like an outage)."""
-        writer = self.writer
+    ) -> tuple[list[AppendResult], dict[str, Exception]]:
+        """Results of the appends (`StreamWriter.settle`: transient refusals raise and are
+        retried like an outage); then the dead letters' and gaps' XADDs."""
         batches = batch.batches
-        results: list[AppendResult] = []
-        failures: dict[str, str] = {}
-        retry: list[StreamBatch] = []
-        lost = False  # the library is gone or another qt version's: reload before the retry
-        for stream_batch, reply in zip(batches, replies[: len(batches)], strict=True):
-            if isinstance(reply, Exception):
-                if isinstance(reply, valkey.ConnectionError | valkey.TimeoutError):
-                    raise reply
-                if _is_transient(reply):
-                    # Out of memory, a replica, loading: wait and retry like an outage.
-                    raise valkey.ConnectionError(f"{type(reply).__name__}: {reply}")
-                if is_out_of_order(reply):
-                    retry.append(stream_batch)
-                    continue
-                if lost or writer.library_lost(reply):
-                    lost = True
-                    retry.append(stream_batch)
-                    continue
-                failures[stream_batch.key] = str(reply)
-                continue
-            results.append(append_result(stream_batch.key, reply))
+        results, failures = self.writer.settle(
+            batches, replies[: len(batches)], rewrite_out_of_order=True
+        )
         for reply in replies[len(batches) :]:
             if isinstance(reply, valkey.ConnectionError | valkey.TimeoutError):
                 raise reply
-            if isinstance(reply, Exception) and _is_transient(reply):
+            if isinstance(reply, Exception) and is_transient(reply):
                 raise valkey.ConnectionError(f"{type(reply).__name__}: {reply}")
-        if retry:
-            # The library was lost, or an earlier batch failed (it was handled first: dead
-            # letters, or its own retry): write these now, in order, without conditions.
-            if lost:
-                writer.ensure_library(force=True)
-            for stream_batch in retry:
-                stream_batch.require = None
-            results += writer.append_many(retry)
         return results, failures
 
     def _dead_letter_batch(self, events: list[Any], reason: str) -> None:

@@ -41,7 +41,7 @@ from qt_cli.core.chunks import (
     decode_tick_columns,
     tick_columns_of,
 )
-from qt_cli.core.errors import DecodeError
+from qt_cli.core.errors import DecodeError, UsageError
 from qt_cli.core.events import NS_PER_MS, Event, Trade, decode_fields
 from qt_cli.core.keys import parse_id
 
@@ -675,13 +675,46 @@ def iter_entries(
 # --- live tailing ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SourceEntry:
+    """One entry a `StreamSource` handed out: its stream, id, decoded event and `late` flag."""
+
+    key: str
+    id: str
+    event: Event
+    late: bool = False
+
+
+def start_id(start: str) -> str:
+    """A start position as XREAD/XGROUP take it: "$" (new entries only), "0" (everything), an
+    entry id `<ms>-<n>` or `<ms>`, or a time as `qt query --from` reads it."""
+    text = start.strip()
+    if text in ("$", "0", "0-0"):
+        return text
+    try:
+        ms, n = parse_id(text) if "-" in text.lstrip("-") else (int(text), 0)
+        return f"{ms}-{n}"
+    except ValueError:
+        pass
+    from qt_cli.core.timeparse import parse_time
+
+    return f"{parse_time(text) // NS_PER_MS}-0"  # TimeParseError lists the accepted forms
+
+
 class StreamSource:
-    """`--in valkey://…`: follows per-event streams with XREAD and decodes their entries.
+    """`--in valkey://…`: follows per-event streams and decodes their entries.
 
     Reads `kinds` (default ticks and book) of `symbols`; with no symbols it follows every symbol
-    that has a stream of those kinds, looking for new ones every few seconds. `start` is where to
-    begin: "$" (only new entries, the default), "0" (everything stored), or an entry id.
-    Entries that do not decode are counted in `rejected` and described in `problems`.
+    that has a stream of those kinds (SCAN), looking for new ones every few seconds. `start` is
+    where to begin (`start_id`). Entries that do not decode are counted in `rejected` and described
+    in `problems`.
+
+    Without `group` it tails with XREAD. With `group` (and `consumer`, this reader's name) it reads
+    with XREADGROUP, the group created (MKSTREAM) at `start` when missing: `read_entries` hands out
+    `SourceEntry`s and the caller calls `ack` once everything derived from them is stored. A
+    restarted consumer first gets its own unacknowledged entries again; entries pending longer
+    than `claim_idle_s` on another consumer (a dead one) are taken over with XAUTOCLAIM.
+    Undecodable entries are acknowledged at once (they stay in the stream, counted in `rejected`).
     """
 
     RESCAN_S = 5.0
@@ -694,19 +727,29 @@ class StreamSource:
         kinds: Sequence[str] = ("ticks", "book"),
         start: str = "$",
         count: int = 1000,
+        group: str | None = None,
+        consumer: str | None = None,
+        claim_idle_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if group and not consumer:
+            raise UsageError("a consumer group needs a consumer name (--consumer)")
         self.client = client
         self.symbols = list(symbols)
         self.kinds = list(kinds)
-        self.start = start
+        self.start = start_id(start)
         self.count = count
+        self.group = group or None
+        self.consumer = consumer or ""
+        self.claim_idle_s = claim_idle_s
         self.rejected = 0
+        self.claimed = 0
         self.problems: list[str] = []
         self._clock = clock
         self._positions: dict[str, str] = {}
         self._closed = False
         self._next_scan = 0.0
+        self._next_claim = 0.0
         self._follow()
 
     def _follow(self) -> None:
@@ -724,6 +767,13 @@ class StreamSource:
                     self._positions[key] = self._start_id(key)
 
     def _start_id(self, key: str) -> str:
+        if self.group is not None:
+            try:
+                self.client.xgroup_create(key, self.group, id=self.start, mkstream=True)
+            except valkey.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            return "0"  # this consumer's own pending entries first (a restart), then ">"
         if self.start != "$":
             return self.start
         # "$" resolved once, so entries added between two reads are not skipped.
@@ -731,6 +781,11 @@ class StreamSource:
         return format_id(top) if top else "0-0"
 
     def read(self, timeout_s: float) -> list[Event]:
+        """The next events (empty on timeout). With a group, `ack` what you handled."""
+        return [entry.event for entry in self.read_entries(timeout_s)]
+
+    def read_entries(self, timeout_s: float) -> list[SourceEntry]:
+        """The next entries with their stream, id and late flag (empty on timeout)."""
         if self._closed:
             return []
         if not self.symbols and self._clock() >= self._next_scan:
@@ -738,22 +793,95 @@ class StreamSource:
         if not self._positions:
             time.sleep(min(timeout_s, 0.1))
             return []
-        reply = self.client.xread(
-            self._positions, count=self.count, block=max(1, int(timeout_s * 1000))
+        if self.group is None:
+            reply = self.client.xread(
+                self._positions, count=self.count, block=max(1, int(timeout_s * 1000))
+            )
+            return self._decode(reply, advance=True)
+        entries = self.claim()
+        pending = {k: v for k, v in self._positions.items() if v != ">"}
+        if pending:  # own entries delivered before a restart: no blocking, no new ones yet
+            reply = self.client.xreadgroup(self.group, self.consumer, pending, count=self.count)
+            for key, got in reply or ():
+                if not got:
+                    self._positions[_name(key)] = ">"
+            entries += self._decode(reply, advance=True)  # the next call reads after them
+        if entries or any(v != ">" for v in self._positions.values()):
+            return entries
+        reply = self.client.xreadgroup(
+            self.group,
+            self.consumer,
+            self._positions,
+            count=self.count,
+            block=max(1, int(timeout_s * 1000)),
         )
-        events: list[Event] = []
+        return self._decode(reply, advance=False)
+
+    def claim(self) -> list[SourceEntry]:
+        """Take over entries idle longer than `claim_idle_s` on other (dead) consumers (at most
+        every `claim_idle_s / 2`; `read_entries` does it too)."""
+        now = self._clock()
+        if self.group is None or now < self._next_claim:
+            return []
+        self._next_claim = now + max(self.claim_idle_s / 2, 0.05)
+        idle_ms = max(int(self.claim_idle_s * 1000), 1)
+        out: list[SourceEntry] = []
+        for key in self._positions:
+            cursor = "0-0"
+            while True:
+                reply = self.client.xautoclaim(
+                    key, self.group, self.consumer, idle_ms, start_id=cursor, count=self.count
+                )
+                cursor = _name(reply[0])
+                got = [e for e in reply[1] if e and e[1] is not None]
+                self.claimed += len(got)
+                out += self._decode([(key, got)], advance=False)
+                if cursor == "0-0" or len(out) >= self.count:
+                    break
+        return out
+
+    def _decode(self, reply: Any, *, advance: bool) -> list[SourceEntry]:
+        out: list[SourceEntry] = []
+        bad: dict[str, list[str]] = {}
         for key, entries in reply or ():
-            name = key.decode() if isinstance(key, bytes) else key
-            for entry_id, fields in entries:
+            name = _name(key)
+            for raw_id, fields in entries:
+                entry_id = _name(raw_id)
                 try:
-                    events.append(decode_fields(fields))
+                    event = decode_fields(fields)
                 except DecodeError as exc:
                     self.rejected += 1
+                    bad.setdefault(name, []).append(entry_id)
                     if len(self.problems) < 20:
-                        self.problems.append(f"{name} {entry_id.decode()}: {exc}")
-            if entries:
-                self._positions[name] = entries[-1][0].decode()
-        return events
+                        self.problems.append(f"{name} {entry_id}: {exc}")
+                    continue
+                out.append(SourceEntry(name, entry_id, event, fields.get(b"late") == b"1"))
+            if entries and advance:
+                self._positions[name] = _name(entries[-1][0])
+        if bad and self.group is not None:
+            for name, ids in bad.items():
+                self.client.xack(name, self.group, *ids)
+        return out
+
+    def ack(self, entries: Sequence[SourceEntry]) -> int:
+        """Acknowledge handled entries (a group only; call once their results are stored)."""
+        if self.group is None or not entries:
+            return 0
+        by_key: dict[str, list[str]] = {}
+        for entry in entries:
+            by_key.setdefault(entry.key, []).append(entry.id)
+        pipe = self.client.pipeline(transaction=False)
+        for key, ids in by_key.items():
+            pipe.xack(key, self.group, *ids)
+        return sum(int(n) for n in pipe.execute())
+
+    def pending_ids(self, key: str, *, until: str, count: int) -> list[str]:
+        """Ids of `key` delivered to the group and not acknowledged yet (by any consumer), in id
+        order, up to `until` and at most `count`."""
+        if self.group is None:
+            return []
+        reply = self.client.xpending_range(key, self.group, "-", until, count)
+        return [_name(item["message_id"]) for item in reply]
 
     @property
     def finished(self) -> bool:
@@ -763,3 +891,7 @@ class StreamSource:
         if not self._closed:
             self._closed = True
             self.client.close()
+
+
+def _name(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

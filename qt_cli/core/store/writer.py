@@ -57,6 +57,22 @@ def library_code() -> str:
     return resources.files("qt_cli.core.store").joinpath("functions.lua").read_text()
 
 
+_TRANSIENT_TYPES = (
+    valkey.exceptions.OutOfMemoryError,
+    valkey.exceptions.ReadOnlyError,
+    valkey.exceptions.ClusterDownError,
+    valkey.exceptions.TryAgainError,
+)
+_TRANSIENT_TEXT = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A refusal that passes (memory freed, failover done, dataset loaded): retry, don't drop."""
+    if isinstance(exc, _TRANSIENT_TYPES):
+        return True
+    return isinstance(exc, valkey.ResponseError) and str(exc).startswith(_TRANSIENT_TEXT)
+
+
 def is_missing_function(exc: BaseException) -> bool:
     """True for the error of a call to a function the server does not have (lost library)."""
     text = str(exc).lower()
@@ -414,6 +430,11 @@ class ChunkResult:
     late: bool = False
 
 
+def append_command(batch: StreamBatch) -> tuple[Any, ...]:
+    """The `qt_append` call of one stream's batch (its high-water marks in `hwm:<stream>`)."""
+    return (FCALL, "qt_append", 2, batch.key, keys.hwm_key(batch.key), *batch.call_args())
+
+
 def append_result(key: str, reply: Sequence[Any]) -> AppendResult:
     """Parse a `qt_append` reply."""
     return AppendResult(
@@ -441,6 +462,7 @@ class StreamWriter:
         self.maxlen = maxlen
         self.approx = approx
         self._loaded = False
+        self._packer: Any = None
 
     # -- library --
 
@@ -501,40 +523,114 @@ class StreamWriter:
         """Append one stream's batch in one call."""
         if batch.count == 0:
             return AppendResult(batch.key, 0, 0, 0, [])
-        reply = self._fcall("qt_append", (batch.key, keys.hwm_key(batch.key)), batch.call_args())
-        return append_result(batch.key, reply)
+        return self.append_many([batch])[0]
+
+    # The one call path of `qt_append` (`qt bridge`, derived stages, `--out valkey://`): batches
+    # packed into one buffer of commands (`pack`), sent on one connection, their replies read in
+    # order (`read_replies`) and settled (`settle`). The bridge keeps two packed batches in flight
+    # on its connection (send the next before reading the first); `append_many` sends one and
+    # waits.
+
+    def packer(self) -> Any:
+        """A connection object of the client's kind, never connected, that packs commands."""
+        pool = self.client.connection_pool
+        return pool.connection_class(**pool.connection_kwargs)
+
+    def read_replies(self, conn: Any, count: int) -> list[Any]:
+        """`count` replies from `conn`, a refused command's error in its place."""
+        replies: list[Any] = []
+        for _ in range(count):
+            try:
+                replies.append(conn.read_response())
+            except valkey.ResponseError as exc:
+                replies.append(exc)
+        return replies
+
+    def settle(
+        self,
+        batches: Sequence[StreamBatch],
+        replies: Sequence[Any],
+        *,
+        rewrite_out_of_order: bool = False,
+    ) -> tuple[list[AppendResult], dict[str, Exception]]:
+        """The results of `qt_append` calls from their replies, and the refusals that stay
+        (stream key -> error). Connection errors and transient refusals (out of memory, a
+        replica, loading) raise as `valkey.ConnectionError`: the caller retries like an outage.
+        A call refused because the library is gone is written again here; one refused because
+        an earlier call's marks were not reached (`require`) too, in order and without
+        conditions, with `rewrite_out_of_order` (the caller has handled that earlier call),
+        else it is a refusal."""
+        results: list[AppendResult] = []
+        failures: dict[str, Exception] = {}
+        retry: list[StreamBatch] = []
+        lost = False  # the library is gone or another qt version's: reload before the retry
+        for batch, reply in zip(batches, replies, strict=True):
+            if isinstance(reply, Exception):
+                if isinstance(reply, valkey.ConnectionError | valkey.TimeoutError):
+                    raise reply
+                if is_transient(reply):
+                    raise valkey.ConnectionError(f"{type(reply).__name__}: {reply}")
+                if is_out_of_order(reply):
+                    if rewrite_out_of_order:
+                        retry.append(batch)
+                    else:
+                        failures[batch.key] = reply
+                    continue
+                if lost or self.library_lost(reply):
+                    lost = True
+                    retry.append(batch)
+                    continue
+                failures[batch.key] = reply
+                continue
+            results.append(append_result(batch.key, reply))
+        if retry:
+            if lost:
+                self.ensure_library(force=True)
+            for batch in retry:
+                batch.require = None
+            results += self._append_once(retry)
+        return results, failures
 
     def append_many(self, batches: Iterable[StreamBatch]) -> list[AppendResult]:
-        """Append several streams' batches in one round trip (each stream's call is atomic)."""
+        """Append several streams' batches in one round trip (each stream's call is atomic).
+        Raises when a call is refused (`settle`)."""
         todo = [b for b in batches if b.count]
         if not todo:
             return []
-        if len(todo) == 1:
-            return [self.append(todo[0])]
         if not self._loaded:
             self.ensure_library()
-        results: list[AppendResult | None] = [None] * len(todo)
-        for attempt in range(2):
-            pending = [i for i, r in enumerate(results) if r is None]
-            pipe = self.client.pipeline(transaction=False)
-            for i in pending:
-                b = todo[i]
-                pipe.execute_command(
-                    FCALL, "qt_append", 2, b.key, keys.hwm_key(b.key), *b.call_args()
-                )
-            replies = pipe.execute(raise_on_error=False)
-            missing = False
-            for i, reply in zip(pending, replies, strict=True):
-                if isinstance(reply, Exception):
-                    if attempt == 0 and self.library_lost(reply):
-                        missing = True
-                        continue
-                    raise reply
-                results[i] = append_result(todo[i].key, reply)
-            if not missing:
-                break
-            self.ensure_library(force=True)
-        return [r for r in results if r is not None]
+        results, failures = self.settle(todo, self._call(todo))
+        if failures:
+            raise next(iter(failures.values()))
+        return results
+
+    def _append_once(self, batches: Sequence[StreamBatch]) -> list[AppendResult]:
+        """Write again what `settle` retries: any refusal now raises."""
+        results: list[AppendResult] = []
+        for batch, reply in zip(batches, self._call(batches), strict=True):
+            if isinstance(reply, Exception):
+                if is_transient(reply):
+                    raise valkey.ConnectionError(f"{type(reply).__name__}: {reply}")
+                raise reply
+            results.append(append_result(batch.key, reply))
+        return results
+
+    def _call(self, batches: Sequence[StreamBatch]) -> list[Any]:
+        """Send the batches' calls packed on one connection and read their replies."""
+        if self._packer is None:
+            self._packer = self.packer()
+        packed = self._packer.pack_commands([append_command(b) for b in batches])
+        pool = self.client.connection_pool
+        conn = pool.get_connection("FCALL")
+        try:
+            conn.send_packed_command(packed)
+            replies = self.read_replies(conn, len(batches))
+        except BaseException:
+            conn.disconnect()  # replies still on their way: never pool them
+            pool.release(conn)
+            raise
+        pool.release(conn)
+        return replies
 
     def append_events(self, events: Iterable[Event]) -> list[AppendResult]:
         """Group events by stream and append each group in one call."""
