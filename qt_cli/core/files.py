@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from qt_cli.core.endpoints import FILE_FORMATS, STREAM_FORMATS
 from qt_cli.core.errors import DataError, DecodeError, QtError, UsageError
 from qt_cli.core.events import (
     EVENT_TYPES,
@@ -49,7 +50,7 @@ from qt_cli.core.events import (
 from qt_cli.core.records import MAX_RAW_BYTES, DeadLetter
 from qt_cli.core.sources.base import SourceStats
 
-FORMATS = ("jsonl", "csv", "parquet")
+FORMATS = STREAM_FORMATS
 MARKET_TYPES = ("tick", "book", "tob", "daily", "state")
 _READ_CHUNK = 1 << 20
 _PARQUET_ROWS = 65_536
@@ -669,8 +670,6 @@ def open_file_source(
 
 def read_events(path: Path | str, format: str | None = None, *, strict: bool = True) -> list[Event]:
     """Every event of a file (format from the suffix when not given); for tests and small files."""
-    from qt_cli.core.endpoints import FILE_FORMATS
-
     path = Path(path)
     fmt = format or FILE_FORMATS.get(path.suffix.lower(), "")
     source = open_file_source(path, fmt, strict=strict)
@@ -682,8 +681,6 @@ def read_events(path: Path | str, format: str | None = None, *, strict: bool = T
 
 def write_events(path: Path | str, events: Sequence[Event], format: str | None = None) -> int:
     """Write events to a file (format from the suffix when not given); returns the count."""
-    from qt_cli.core.endpoints import FILE_FORMATS
-
     path = Path(path)
     fmt = format or FILE_FORMATS.get(path.suffix.lower(), "")
     sink = open_file_sink(path, fmt)

@@ -45,9 +45,7 @@ from qt_cli.core.store.writer import (
 log = logging.getLogger(__name__)
 
 
-def watermark_key(name: str) -> str:
-    """Hash of input session -> highest seq the bridge `name` has fully written."""
-    return keys.hwm_key(f"bridge:{name}")
+watermark_key = keys.watermark_key  # re-exported: the key is built in keys.py
 
 
 @dataclass
@@ -487,7 +485,7 @@ class _Writer:
             ts_init = _ts_init_of(events[-1])
             if ts_init:
                 self.stats.lag_ms = (now - ts_init) / NS_PER_MS
-        if self.deriver.enabled and result.key.startswith("stream:ticks:"):
+        if self.deriver.enabled and result.key.startswith(keys.stream_pattern("ticks")[:-1]):
             self.deriver.push(events, ids, result.late)
 
     def _load_watermark(self) -> dict[str, int]:

@@ -14,44 +14,20 @@ import numpy as np
 import pandas as pd
 
 from qt_cli.core import keys
+from qt_cli.core.endpoints import OUTPUT_FORMATS
 from qt_cli.core.errors import UsageError
-from qt_cli.core.events import (
-    NS_PER_S,
-    BookUpdate,
-    Candle,
-    Daily,
-    Event,
-    FeatureVector,
-    Prediction,
-    Signal,
-    State,
-    TopOfBook,
-)
+from qt_cli.core.events import NS_PER_S, STREAM_EVENTS, STREAM_KINDS, Event
 from qt_cli.core.store import reader
 from qt_cli.core.timeparse import format_ns, get_tz, parse_time, tz_name
 
-FORMATS = ("table", "csv", "jsonl", "json", "parquet")
+FORMATS = ("table", *OUTPUT_FORMATS)
+GLOBAL_KINDS = tuple(keys.GLOBAL_STREAMS)
 KINDS = (
-    "ticks",
-    "book",
-    "candles:1m",
-    "features",
-    "predictions",
-    "signals",
-    "daily",
-    "state",
-    "gaps",
-    "deadletter",
+    tuple(keys.candle_kind("1m") if kind == "candles" else kind for kind in STREAM_KINDS)
+    + GLOBAL_KINDS
 )
-GLOBAL_KINDS = ("gaps", "deadletter")
 EVENT_KINDS: dict[str, tuple[type[Event], ...]] = {
-    "book": (BookUpdate, TopOfBook),
-    "candles": (Candle,),
-    "features": (FeatureVector,),
-    "predictions": (Prediction,),
-    "signals": (Signal,),
-    "daily": (Daily,),
-    "state": (State,),
+    kind: classes for kind, classes in STREAM_EVENTS.items() if kind != "ticks"
 }
 GLOBAL_SCHEMAS: dict[str, tuple[tuple[str, str], ...]] = {
     "gaps": (
