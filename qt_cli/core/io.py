@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from qt_cli.core.config import Settings
 from qt_cli.core.endpoints import Endpoint, Sink, Source, parse_endpoint
 
 
-def open_sink(endpoint: Endpoint | str) -> Sink:
-    """Open an output: ZeroMQ PUB (bind), Valkey streams, stdout JSON lines, or a file."""
+def open_sink(
+    endpoint: Endpoint | str, *, password: str = "", maxlen: int = Settings.maxlen
+) -> Sink:
+    """Open an output: ZeroMQ PUB (bind), Valkey streams, stdout JSON lines, or a file.
+    `password` and `maxlen` (approximate entries kept per stream) apply to Valkey."""
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     if ep.kind == "zmq":
         from qt_cli.core import zmq_io
@@ -23,7 +27,7 @@ def open_sink(endpoint: Endpoint | str) -> Sink:
         from qt_cli.core import store
         from qt_cli.core.store.writer import StreamSink
 
-        return StreamSink(store.connect(ep))
+        return StreamSink(store.connect(ep, password=password), maxlen=maxlen)
     from qt_cli.core import files
 
     if ep.kind == "stdio":
@@ -32,23 +36,30 @@ def open_sink(endpoint: Endpoint | str) -> Sink:
 
 
 def open_source(
-    endpoint: Endpoint | str, *, symbols: Sequence[str] = (), time_unit: str | None = None
+    endpoint: Endpoint | str,
+    *,
+    symbols: Sequence[str] = (),
+    time_unit: str | None = None,
+    replay: str | None = None,
+    password: str = "",
 ) -> Source:
     """Open an input: ZeroMQ SUB (connect), Valkey streams, stdin JSON lines, or a file.
 
     A file is read as `qt feed --replay` reads it (its format from its content, a Nelogica tick
     export included), at full speed; `time_unit` is the unit of its (or stdin's) ts_* fields.
+    `replay` is the replay endpoint a ZeroMQ input recovers gaps from (None: gaps are lost);
+    `password` is Valkey's.
     """
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     if ep.kind == "zmq":
         from qt_cli.core import zmq_io
 
-        return zmq_io.SubSource(ep, symbols=symbols)
+        return zmq_io.SubSource(ep, symbols=symbols, replay=replay)
     if ep.kind == "valkey":
         from qt_cli.core import store
         from qt_cli.core.store.reader import StreamSource
 
-        return StreamSource(store.connect(ep), symbols=symbols)
+        return StreamSource(store.connect(ep, password=password), symbols=symbols)
     if ep.kind == "stdio":
         from qt_cli.core import files
 

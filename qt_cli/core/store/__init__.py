@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import valkey
 
-from qt_cli.core import config
 from qt_cli.core.config import Settings, mask_url
 from qt_cli.core.endpoints import Endpoint, parse_endpoint
 from qt_cli.core.errors import EndpointError, StoreUnavailable
@@ -46,10 +45,10 @@ def client_for(endpoint: Endpoint, *, password: str = "", timeout_s: float | Non
 def connect(
     target: Endpoint | str, *, password: str | None = None, timeout_s: float | None = None
 ) -> Client:
-    """Connect and check the server answers; StoreUnavailable says where and how to fix it."""
+    """Connect and check the server answers; StoreUnavailable says where and how to fix it.
+    The password comes from the URL or `password` (the command passes QT_VALKEY_PASSWORD)."""
     endpoint = parse_endpoint(target) if isinstance(target, str) else target
-    if password is None:
-        password = config.current().valkey_password
+    password = password or ""
     client = client_for(endpoint, password=password, timeout_s=timeout_s)
     try:
         client.ping()

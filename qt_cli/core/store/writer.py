@@ -600,11 +600,7 @@ class StreamSink:
     Stores events as given (no candles or history chunks: `qt bridge` derives those).
     """
 
-    def __init__(self, client: valkey.Valkey, *, maxlen: int | None = None) -> None:
-        if maxlen is None:
-            from qt_cli.core import config
-
-            maxlen = config.current().maxlen
+    def __init__(self, client: valkey.Valkey, *, maxlen: int = DEFAULT_MAXLEN) -> None:
         self.client = client
         self.writer = StreamWriter(client, maxlen=maxlen)
         self.written = 0
