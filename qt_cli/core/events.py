@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import MISSING as _dataclass_missing
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -352,7 +353,7 @@ def trade_layout_source(value: Any) -> str:
         elif name == "timestamp_ms":
             kind = "ms"
         else:
-            kind = kinds[attr] if kinds[attr] in ("float", "bool") else ""
+            kind = str(kinds[attr]) if kinds[attr] in ("float", "bool") else ""
         out.append(value(name, attr, kind))
     return ", ".join(out)
 
@@ -673,7 +674,7 @@ def decode(payload: bytes | str) -> Event:
     return decode_dict(data)
 
 
-def decode_fields(fields_: dict[bytes | str, bytes | str]) -> Event:
+def decode_fields(fields_: Mapping[Any, bytes | str]) -> Event:
     """Decode flat Valkey stream fields (as XRANGE returns them)."""
     data = {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)

@@ -50,7 +50,7 @@ _ROUTE: dict[type, str] = {BookUpdate: "book", TopOfBook: "book"}
 def channel_of(event: Event) -> str:
     """The channel an event is published on."""
     if type(event) is Trade:
-        return "history" if event.history else "ticks"  # type: ignore[attr-defined]
+        return "history" if event.history else "ticks"
     return _ROUTE.get(type(event), "ticks")
 
 
@@ -584,7 +584,7 @@ class Feed:
             if cls is Trade and event.history:  # type: ignore[attr-defined]
                 name, kind = "history", "history"
             else:
-                name, kind = _ROUTE.get(cls, "ticks"), cls.TYPE  # type: ignore[attr-defined]
+                name, kind = _ROUTE.get(cls, "ticks"), cls.TYPE
             buckets[name].append(event)
             counts = kinds[name]
             counts[kind] = counts.get(kind, 0) + 1
@@ -704,8 +704,8 @@ def run_feed(
             feed.close()
         finally:
             if installing:
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
     if options.source == "replay" and totals["stopped_by"] == "end":
         from qt_cli.core.sources.replay import check_read
 

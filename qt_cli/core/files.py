@@ -30,7 +30,7 @@ import select
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 
@@ -134,7 +134,7 @@ def _kind(value: Any) -> str:
 def type_columns(wire_type: str) -> dict[str, str]:
     """Wire fields of one event type -> column kind (int, float, bool, str, json), in order."""
     cls = EVENT_TYPES[wire_type]
-    sample = cls(symbol="X", ts_event=1).to_dict()  # type: ignore[call-arg]
+    sample = cls(symbol="X", ts_event=1).to_dict()
     if cls is Trade:
         sample.update(buyer_name="", seller_name="", history=False)
     return {name: _kind(value) for name, value in sample.items()}
@@ -479,7 +479,9 @@ class CsvSource(_RowSource):
     @property
     def bytes_read(self) -> int:
         try:
-            return self._file.buffer.tell() if not self._file.closed else self.total_bytes
+            if self._file.closed:
+                return self.total_bytes
+            return cast(BinaryIO, self._file.buffer).tell()  # a text file's binary buffer
         except (OSError, ValueError):
             return 0
 

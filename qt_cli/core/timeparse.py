@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -223,7 +223,7 @@ def parse_time(
             )
             return local_to_ns(naive, zone, ambiguous=ambiguous) + frac
         if match := _CLOCK_RE.match(raw):
-            day: date = datetime.fromtimestamp(now / NS_PER_S, zone).date()
+            day = datetime.fromtimestamp(now / NS_PER_S, zone).date()
             naive, frac = _wall(
                 day.year,
                 day.month,

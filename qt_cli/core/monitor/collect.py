@@ -143,7 +143,7 @@ def _id_text(id_ms: int, id_seq: int) -> str:
 
 def parse_tick(entry_id: bytes | str, fields_: dict[Any, Any]) -> Tick | None:
     """A Tick from stream fields, or None when the entry lacks a usable time or price."""
-    get = fields_.get
+    get: Callable[[Any], Any] = fields_.get  # a missing field fails int()/float(): no tick
     try:
         id_ms, id_seq = keys.parse_id(entry_id)
         raw_ts = get(b"ts_event") or get("ts_event")

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from qt_cli.core.endpoints import OUTPUT_FORMATS
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_S, STREAM_EVENTS, STREAM_KINDS, Event
 from qt_cli.core.store import reader
-from qt_cli.core.timeparse import format_ns, get_tz, parse_time, tz_name
+from qt_cli.core.timeparse import Ambiguous, format_ns, get_tz, parse_time, tz_name
 
 FORMATS = ("table", *OUTPUT_FORMATS)
 GLOBAL_KINDS = tuple(keys.GLOBAL_STREAMS)
@@ -53,7 +53,7 @@ AGGRESSOR_CATEGORIES = ["sell", "none", "buy"]  # codes -1, 0, 1 shifted by one
 AS_OF_FIRST_WINDOW_NS = 60 * NS_PER_S
 AS_OF_GROWTH = 16
 
-TimeInput = str | int | datetime | pd.Timestamp | None
+TimeInput: TypeAlias = str | int | datetime | pd.Timestamp | None
 
 
 # --- the request -----------------------------------------------------------------------------
@@ -107,7 +107,9 @@ class Request:
         )
 
 
-def _to_ns(value: TimeInput, *, tz: tzinfo, now_ns: int, ambiguous: str, option: str) -> int | None:
+def _to_ns(
+    value: TimeInput, *, tz: tzinfo, now_ns: int, ambiguous: Ambiguous, option: str
+) -> int | None:
     if value is None:
         return None
     if isinstance(value, pd.Timestamp | datetime):
@@ -116,7 +118,7 @@ def _to_ns(value: TimeInput, *, tz: tzinfo, now_ns: int, ambiguous: str, option:
         return int(pd.Timestamp(value).value)
     if isinstance(value, int | np.integer):
         return int(value)
-    return parse_time(str(value), tz=tz, now_ns=now_ns, ambiguous=ambiguous)  # type: ignore[arg-type]
+    return parse_time(str(value), tz=tz, now_ns=now_ns, ambiguous=ambiguous)
 
 
 def make_request(

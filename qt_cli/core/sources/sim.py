@@ -147,7 +147,27 @@ def profile_for(symbol: str) -> InstrumentProfile:
 
 # Broker codes (B3 participant numbers) and how concentrated their flow is: a Zipf law, the
 # aggressive side led by retail brokers, the passive side by institutional and HFT desks.
-BROKERS = (3, 85, 120, 308, 114, 72, 8, 16, 40, 238, 27, 13, 45, 93, 107, 147, 262, 386, 1099)
+BROKERS: tuple[int, ...] = (
+    3,
+    85,
+    120,
+    308,
+    114,
+    72,
+    8,
+    16,
+    40,
+    238,
+    27,
+    13,
+    45,
+    93,
+    107,
+    147,
+    262,
+    386,
+    1099,
+)
 BROKERS += (127, 122, 77, 174, 190, 1982, 4090, 1026, 1130, 1618, 2197)
 _AGGRESSIVE_BROKERS = np.array(BROKERS)
 _PASSIVE_BROKERS = np.array((8, 16, 40, 238, 85, 3, 13, 45, 27, 72, 114, 120, 308, *BROKERS[13:]))
@@ -296,8 +316,10 @@ class _RegimeTimeline:
 class _DayTally:
     """A symbol's session so far, for its Daily events (what the DLL's daily callback reports)."""
 
-    __slots__ = ("adjust", "bqty", "btrades", "bvol", "high", "last", "low", "open", "qty")
-    __slots__ += ("sqty", "strades", "svol", "trades", "vol")
+    __slots__ = (
+        *("adjust", "bqty", "btrades", "bvol", "high", "last", "low", "open", "qty"),
+        *("sqty", "strades", "svol", "trades", "vol"),
+    )
 
     def __init__(self, adjust: float) -> None:
         self.adjust = adjust  # the previous session's close
@@ -890,8 +912,9 @@ class SimulatedMarket:
                 if head >= limit_s:
                     self._finished = self._finished or stop_at_limit
                     break
-                out += gen.send(receive())  # type: ignore[operator]
-                head = next(gen)  # type: ignore[assignment]
+                # the generator alternates: a send gives a batch, next() the next head time
+                out += gen.send(receive())  # type: ignore[arg-type]  # a batch (list), see above
+                head = next(gen)  # type: ignore[assignment]  # a head time (float)
             heads[0] = head
             return out
         while len(out) < want:
@@ -900,8 +923,8 @@ class SimulatedMarket:
                 self._finished = self._finished or stop_at_limit
                 break
             gen = gens[i]
-            out += gen.send(receive())  # type: ignore[operator]
-            heads[i] = next(gen)  # type: ignore[assignment]
+            out += gen.send(receive())  # type: ignore[arg-type]  # a batch, as above
+            heads[i] = next(gen)  # type: ignore[assignment]  # a head time
         return out
 
     def _take(self, events: list[Event]) -> list[Event]:
