@@ -791,8 +791,6 @@ class _SymbolSim:
         sym, tick, mult = self.symbol, self.profile.tick, self.profile.multiplier
         bids, asks = self.bids, self.asks
         unif, order_size, aggressor_agent = self._unif, self._order_size, self._aggressor_agent
-        # A cross (direct) trade: one broker on both sides, inside the spread, no
-        # aggressor, the book untouched.
         price = (bids[0][0] if next(unif) < 0.5 else asks[0][0]) * tick
         qty = next(order_size) * 5
         agent = next(aggressor_agent)
