@@ -18,9 +18,10 @@ venv: $(STAMP)  ## virtualenv with qt and its dev tools
 valkey:  ## valkey-server from the OS packages when missing (Debian 12: bookworm-backports)
 	@bash scripts/install-valkey.sh || echo "note: valkey-server could not be installed here; qt will say how when it needs one"
 
-lint: venv  ## ruff check + format check
+lint: venv  ## ruff check + format check + mypy on qt_cli/core ([tool.mypy] in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: venv
 	$(BIN)/ruff check --fix .

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from qt_cli.core.keys import STREAM_PATTERN
 from qt_cli.options import AsJson
 from qt_cli.output import emit_json, err_console, is_terminal, out_console, say
 
@@ -214,7 +215,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         ] = None,
         pattern: Annotated[
             str, typer.Option("--pattern", "-p", help="Which streams (SCAN MATCH pattern).")
-        ] = "stream:*",
+        ] = STREAM_PATTERN,
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Show what would go; change nothing.")
         ] = False,
@@ -246,7 +247,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
 
         if path is not None and not journal:
             raise UsageError(f"unexpected argument {path!r}: a PATH goes with --journal [PATH]")
-        if journal and pattern != "stream:*":
+        if journal and pattern != STREAM_PATTERN:
             raise UsageError("--pattern applies to streams; --journal trims the whole journal")
         if rewrite_chunks and journal:
             raise UsageError("--rewrite-chunks works on streams; --journal trims the journal")

@@ -293,6 +293,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             sndhwm=hwm,
             linger_s=parse_duration_s(linger),
             credentials=_credentials() if kind == "dll" else None,
+            settings=config.current(),
         )
         status = _Status(is_terminal(sys.stderr) and not as_json)
         try:

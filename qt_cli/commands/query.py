@@ -27,25 +27,21 @@ Example: qt query --symbol WDOQ25 --from 2025-08-08T09:00 --to 2025-08-08T10:00 
 Example: qt query --kind candles:1m --symbol WDOQ25 --from 09:00 --partial
 """
 
-SUFFIX_FORMATS = {
-    ".csv": "csv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".parquet": "parquet",
-}
-
 
 def _format_for(fmt: str | None, output: Path | None, as_json: bool) -> str:
+    from qt_cli.core.endpoints import SUFFIX_FORMATS
     from qt_cli.core.errors import UsageError
+    from qt_cli.core.query import FORMATS
 
     if as_json:
         if fmt not in (None, "json"):
             raise UsageError(f"--json and --format {fmt} disagree: use one of them")
         return "json"
     if fmt is not None:
-        if fmt not in ("table", "csv", "jsonl", "json", "parquet"):
-            raise UsageError(f"unknown format {fmt!r}: choose table, csv, jsonl, json or parquet")
+        if fmt not in FORMATS:
+            raise UsageError(
+                f"unknown format {fmt!r}: choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]}"
+            )
         if fmt == "table" and output is not None:
             raise UsageError("--format table is for the terminal: pick csv, jsonl, json or parquet")
         return fmt

@@ -123,7 +123,7 @@ def _shuffle(values: np.ndarray, dtype: str, shuffle: bool = True) -> bytes:
 
 
 def _unshuffle(
-    payload: memoryview, offset: int, n: int, dtype: str, shuffled: bool = True
+    payload: bytes | memoryview, offset: int, n: int, dtype: str, shuffled: bool = True
 ) -> np.ndarray:
     dt = np.dtype(dtype)
     if dt.itemsize == 1 or not shuffled:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from qt_cli.core import keys
 from qt_cli.core.errors import UsageError
-from qt_cli.core.events import NS_PER_MS
+from qt_cli.core.events import NS_PER_MS, STREAM_KINDS
 from qt_cli.core.keys import parse_id
 from qt_cli.core.store.reader import first_id, last_id
 from qt_cli.core.timeparse import parse_duration_ns
@@ -34,22 +34,11 @@ from qt_cli.core.timeparse import parse_duration_ns
 if TYPE_CHECKING:
     from qt_cli.core.journal import JournalTrimReport
 
-DEFAULT_PATTERN = "stream:*"
+DEFAULT_PATTERN = keys.STREAM_PATTERN
 STEP_ENTRIES = 10_000
 COUNT_LIMIT = 1_000_000
-RETENTION_KINDS = (
-    "ticks",
-    "book",
-    "candles",
-    "features",
-    "predictions",
-    "signals",
-    "daily",
-    "state",
-    "gaps",
-    "deadletter",
-    "hist",
-)
+# Every stream kind, the global streams and `hist` (the columnar history, keys.history_key).
+RETENTION_KINDS = (*STREAM_KINDS, *keys.GLOBAL_STREAMS, keys.HISTORY_KIND)
 
 
 @dataclass(frozen=True)
@@ -113,7 +102,7 @@ def kind_of(key: str) -> str:
     for name, global_key in keys.GLOBAL_STREAMS.items():
         if key == global_key:
             return name
-    return key.split(":", 1)[1] if key.startswith("stream:") else key
+    return key.removeprefix(keys.STREAM_PREFIX)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qt_cli.core.errors import ConfigError
+from qt_cli.core.timeparse import EXCHANGE_TZ_NAME
 
 ENV_PREFIX = "QT_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -35,7 +36,7 @@ class Settings:
     signals_endpoint: str = "tcp://127.0.0.1:5558"
     replay_endpoint: str = "tcp://127.0.0.1:5559"
     maxlen: int = 100_000
-    timezone: str = "America/Sao_Paulo"
+    timezone: str = EXCHANGE_TZ_NAME
 
     @property
     def journal_dir(self) -> Path:

@@ -25,13 +25,19 @@ from qt_cli.core.errors import EndpointError
 from qt_cli.core.events import Event
 
 Kind = Literal["zmq", "valkey", "stdio", "file"]
-FILE_FORMATS = {
+# One meaning per file suffix everywhere (`--out`, `--replay`, `qt query --output`): .jsonl,
+# .ndjson and `-` are JSON lines, .json is one JSON array. A stream of events is written and read
+# line by line, so endpoints take the streaming formats only and refuse .json, naming .jsonl.
+SUFFIX_FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
-    ".json": "jsonl",
+    ".json": "json",
     ".csv": "csv",
     ".parquet": "parquet",
 }
+OUTPUT_FORMATS = ("csv", "jsonl", "json", "parquet")
+STREAM_FORMATS = ("jsonl", "csv", "parquet")
+FILE_FORMATS = {suffix: fmt for suffix, fmt in SUFFIX_FORMATS.items() if fmt in STREAM_FORMATS}
 DEFAULT_VALKEY_PORT = 6379
 
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+|\*)$")
@@ -199,6 +205,11 @@ def _mask(uri: str) -> str:
 def _parse_file(text: str) -> Endpoint:
     path = Path(text)
     fmt = FILE_FORMATS.get(path.suffix.lower())
+    if SUFFIX_FORMATS.get(path.suffix.lower()) == "json":
+        raise EndpointError(
+            f"endpoint {text!r}: .json means one JSON array (as `qt query --output` writes it); "
+            "events stream as JSON lines: name the file .jsonl"
+        )
     if fmt is None:
         raise EndpointError(
             f"endpoint {text!r}: not a URI and not a known file type (.jsonl, .csv, .parquet)"

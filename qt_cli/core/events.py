@@ -16,27 +16,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import MISSING as _dataclass_missing
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar, get_type_hints
 
 import orjson
 
 from qt_cli.core import keys
 from qt_cli.core.errors import DecodeError
-
-NS_PER_MS = 1_000_000
-NS_PER_S = 1_000_000_000
-
-# B3 local time for the seed-compatible `timestamp` string. A fixed offset would be wrong before
-# 2019 (Brazil had DST), so use the tz database when it is available.
-try:
-    from zoneinfo import ZoneInfo
-
-    EXCHANGE_TZ: timezone | ZoneInfo = ZoneInfo("America/Sao_Paulo")
-except Exception:  # pragma: no cover - a system without tz data
-    EXCHANGE_TZ = timezone(timedelta(hours=-3))
+from qt_cli.core.timeparse import EXCHANGE_TZ as EXCHANGE_TZ  # re-exported: the one zone
+from qt_cli.core.timeparse import NS_PER_MS as NS_PER_MS
+from qt_cli.core.timeparse import NS_PER_S as NS_PER_S
+from qt_cli.core.timeparse import format_ns
 
 TRADE_TYPE_NAMES = {
     0: "none",
@@ -90,23 +83,9 @@ class ReceiveClock:
         return self._wall0 + (time.monotonic_ns() - self._mono0)
 
 
-_iso_cache: dict[int, tuple[str, str]] = {}
-_MILLIS = tuple(f".{ms:03d}" for ms in range(1000))
-
-
-def iso_local(ts_ns: int) -> str:
-    """ISO 8601 in exchange time with milliseconds, e.g. `2025-08-08T09:00:01.250-03:00`.
-
-    On the bridge's hot path: the date and offset are cached per second.
-    """
-    seconds, rem = divmod(ts_ns, NS_PER_S)
-    parts = _iso_cache.get(seconds)
-    if parts is None:
-        if len(_iso_cache) > 4096:
-            _iso_cache.clear()
-        stamp = datetime.fromtimestamp(seconds, tz=EXCHANGE_TZ).isoformat()
-        parts = _iso_cache[seconds] = (stamp[:19], stamp[19:])  # 'YYYY-MM-DDTHH:MM:SS', '+HH:MM'
-    return parts[0] + _MILLIS[rem // NS_PER_MS] + parts[1]
+# ISO 8601 in exchange time with milliseconds, e.g. `2025-08-08T09:00:01.250-03:00` (the
+# seed-compatible `timestamp` string): timeparse.format_ns with its default zone.
+iso_local = format_ns
 
 
 # --- field conversion -------------------------------------------------------------------------
@@ -374,7 +353,7 @@ def trade_layout_source(value: Any) -> str:
         elif name == "timestamp_ms":
             kind = "ms"
         else:
-            kind = kinds[attr] if kinds[attr] in ("float", "bool") else ""
+            kind = str(kinds[attr]) if kinds[attr] in ("float", "bool") else ""
         out.append(value(name, attr, kind))
     return ", ".join(out)
 
@@ -505,7 +484,7 @@ class Candle(Event):
 
     @property
     def stream_kind(self) -> str:
-        return f"candles:{self.timeframe}"
+        return keys.candle_kind(self.timeframe)
 
 
 @_finish
@@ -651,6 +630,16 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 EVENT_TYPES["history"] = Trade  # history trades travel on their own endpoint, same shape
 
+# The one registry of stream kinds: each per-symbol stream and the event types stored in it, in
+# EVENT_TYPES order. `candles` is a family (`candles:<tf>`, keys.candle_kind); the global streams
+# (keys.GLOBAL_STREAMS) hold no events. query, cleanup and monitor derive their lists from it.
+_CLASSES = tuple(dict.fromkeys(EVENT_TYPES.values()))
+STREAM_EVENTS: dict[str, tuple[type[Event], ...]] = {
+    stream: tuple(cls for cls in _CLASSES if cls.STREAM == stream)
+    for stream in dict.fromkeys(cls.STREAM for cls in _CLASSES)
+}
+STREAM_KINDS: tuple[str, ...] = tuple(STREAM_EVENTS)
+
 
 def decode_dict(data: Any) -> Event:
     """Decode a wire dict (or flat fields) into its event; DecodeError names the bad field."""
@@ -685,7 +674,7 @@ def decode(payload: bytes | str) -> Event:
     return decode_dict(data)
 
 
-def decode_fields(fields_: dict[bytes | str, bytes | str]) -> Event:
+def decode_fields(fields_: Mapping[Any, bytes | str]) -> Event:
     """Decode flat Valkey stream fields (as XRANGE returns them)."""
     data = {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)

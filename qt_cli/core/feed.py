@@ -50,7 +50,7 @@ _ROUTE: dict[type, str] = {BookUpdate: "book", TopOfBook: "book"}
 def channel_of(event: Event) -> str:
     """The channel an event is published on."""
     if type(event) is Trade:
-        return "history" if event.history else "ticks"  # type: ignore[attr-defined]
+        return "history" if event.history else "ticks"
     return _ROUTE.get(type(event), "ticks")
 
 
@@ -76,9 +76,9 @@ def parse_outputs(
 
     `KIND=URI` (KIND ticks, book, history or replay) sets one channel; a bare URI (`-`, a file,
     valkey://…) takes every channel not set by KIND=URI. `replay=none` turns the replay endpoint
-    off. Default: the configured ZeroMQ endpoints (5555/5556/5557, replay 5559).
+    off. Default: the ZeroMQ endpoints of `settings` (5555/5556/5557, replay 5559).
     """
-    settings = settings or config.current()
+    settings = settings or config.Settings()
     explicit: dict[str, str] = {}
     bare: str | None = None
     for value in values:
@@ -145,6 +145,7 @@ class FeedOptions:
     sndhwm: int = 200_000
     linger_s: float = 0.0
     credentials: tuple[str, str, str] | None = field(default=None, repr=False)
+    settings: config.Settings = field(default_factory=config.Settings, repr=False)  # resolved
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -194,7 +195,13 @@ def build_source(
             rate=options.rate,
             duration_s=options.duration_s,
         )
-        start = plan_start(options.start, rate=options.rate, symbols=sim_config.symbols, say=say)
+        start = plan_start(
+            options.start,
+            rate=options.rate,
+            symbols=sim_config.symbols,
+            say=say,
+            settings=options.settings,
+        )
         sim = SimulatedMarket(
             dataclasses.replace(sim_config, start_ns=start.start_ns, levels=start.levels)
         )
@@ -326,7 +333,7 @@ class Feed:
         source: MarketSource,
         outputs: FeedOutputs,
         *,
-        journal_dir: Path | str | None = None,
+        journal_dir: Path | str,
         fsync: str = "batch",
         journal_retention: str | None = None,
         retention_interval_s: float = 600.0,
@@ -340,12 +347,14 @@ class Feed:
         on_status: Callable[[FeedStatus], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
         status_interval_s: float = 0.5,
+        settings: config.Settings | None = None,
     ) -> None:
         from qt_cli.core.zmq_io import new_run_id
 
         self.source = source
         self.outputs = outputs
-        self.journal_dir = Path(journal_dir or config.current().journal_dir).expanduser()
+        self.settings = settings or config.Settings()  # a Valkey output's password and maxlen
+        self.journal_dir = Path(journal_dir).expanduser()
         self.fsync = fsync
         self.journal_retention = journal_retention
         self.retention_interval_s = retention_interval_s
@@ -446,7 +455,9 @@ class Feed:
         else:
             from qt_cli.core.io import open_sink
 
-            out = _EventOut(open_sink(uri))
+            out = _EventOut(
+                open_sink(uri, password=self.settings.valkey_password, maxlen=self.settings.maxlen)
+            )
         self._outs.append(out)
         return out
 
@@ -574,7 +585,7 @@ class Feed:
             if cls is Trade and event.history:  # type: ignore[attr-defined]
                 name, kind = "history", "history"
             else:
-                name, kind = _ROUTE.get(cls, "ticks"), cls.TYPE  # type: ignore[attr-defined]
+                name, kind = _ROUTE.get(cls, "ticks"), cls.TYPE
             buckets[name].append(event)
             counts = kinds[name]
             counts[kind] = counts.get(kind, 0) + 1
@@ -655,12 +666,13 @@ def run_feed(
     handle_signals: bool = True,
 ) -> dict[str, Any]:
     """Build the source and the feed, run it to the end (or SIGINT/SIGTERM), close; totals."""
-    outputs = parse_outputs(options.outputs)
+    outputs = parse_outputs(options.outputs, options.settings)
     source = build_source(options, on_notice=on_notice)
     feed = Feed(
         source,
         outputs,
-        journal_dir=options.journal_dir,
+        journal_dir=options.journal_dir or options.settings.journal_dir,
+        settings=options.settings,
         fsync=options.fsync,
         journal_retention=options.journal_retention,
         duration_s=options.duration_s,
@@ -671,7 +683,7 @@ def run_feed(
         on_status=on_status,
         on_notice=on_notice,
     )
-    totals = run_stage(
+    totals: dict[str, Any] = run_stage(
         feed,
         handle_signals=handle_signals,
         on_start=(lambda: on_start(feed)) if on_start is not None else None,

@@ -30,10 +30,11 @@ import select
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 
+from qt_cli.core.endpoints import FILE_FORMATS, STREAM_FORMATS
 from qt_cli.core.errors import DataError, DecodeError, QtError, UsageError
 from qt_cli.core.events import (
     EVENT_TYPES,
@@ -49,7 +50,7 @@ from qt_cli.core.events import (
 from qt_cli.core.records import MAX_RAW_BYTES, DeadLetter
 from qt_cli.core.sources.base import SourceStats
 
-FORMATS = ("jsonl", "csv", "parquet")
+FORMATS = STREAM_FORMATS
 MARKET_TYPES = ("tick", "book", "tob", "daily", "state")
 _READ_CHUNK = 1 << 20
 _PARQUET_ROWS = 65_536
@@ -133,7 +134,7 @@ def _kind(value: Any) -> str:
 def type_columns(wire_type: str) -> dict[str, str]:
     """Wire fields of one event type -> column kind (int, float, bool, str, json), in order."""
     cls = EVENT_TYPES[wire_type]
-    sample = cls(symbol="X", ts_event=1).to_dict()  # type: ignore[call-arg]
+    sample = cls(symbol="X", ts_event=1).to_dict()
     if cls is Trade:
         sample.update(buyer_name="", seller_name="", history=False)
     return {name: _kind(value) for name, value in sample.items()}
@@ -478,7 +479,9 @@ class CsvSource(_RowSource):
     @property
     def bytes_read(self) -> int:
         try:
-            return self._file.buffer.tell() if not self._file.closed else self.total_bytes
+            if self._file.closed:
+                return self.total_bytes
+            return cast(BinaryIO, self._file.buffer).tell()  # a text file's binary buffer
         except (OSError, ValueError):
             return 0
 
@@ -669,8 +672,6 @@ def open_file_source(
 
 def read_events(path: Path | str, format: str | None = None, *, strict: bool = True) -> list[Event]:
     """Every event of a file (format from the suffix when not given); for tests and small files."""
-    from qt_cli.core.endpoints import FILE_FORMATS
-
     path = Path(path)
     fmt = format or FILE_FORMATS.get(path.suffix.lower(), "")
     source = open_file_source(path, fmt, strict=strict)
@@ -682,8 +683,6 @@ def read_events(path: Path | str, format: str | None = None, *, strict: bool = T
 
 def write_events(path: Path | str, events: Sequence[Event], format: str | None = None) -> int:
     """Write events to a file (format from the suffix when not given); returns the count."""
-    from qt_cli.core.endpoints import FILE_FORMATS
-
     path = Path(path)
     fmt = format or FILE_FORMATS.get(path.suffix.lower(), "")
     sink = open_file_sink(path, fmt)

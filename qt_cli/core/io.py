@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from qt_cli.core.config import Settings
 from qt_cli.core.endpoints import Endpoint, Sink, Source, parse_endpoint
 
 
-def open_sink(endpoint: Endpoint | str) -> Sink:
-    """Open an output: ZeroMQ PUB (bind), Valkey streams, stdout JSON lines, or a file."""
+def open_sink(
+    endpoint: Endpoint | str, *, password: str = "", maxlen: int = Settings.maxlen
+) -> Sink:
+    """Open an output: ZeroMQ PUB (bind), Valkey streams, stdout JSON lines, or a file.
+    `password` and `maxlen` (approximate entries kept per stream) apply to Valkey."""
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     if ep.kind == "zmq":
         from qt_cli.core import zmq_io
@@ -23,7 +27,7 @@ def open_sink(endpoint: Endpoint | str) -> Sink:
         from qt_cli.core import store
         from qt_cli.core.store.writer import StreamSink
 
-        return StreamSink(store.connect(ep))
+        return StreamSink(store.connect(ep, password=password), maxlen=maxlen)
     from qt_cli.core import files
 
     if ep.kind == "stdio":
@@ -42,7 +46,8 @@ def open_source(
     consumer: str | None = None,
     claim_idle_s: float = 30.0,
     count: int = 1000,
-    password: str | None = None,
+    replay: str | None = None,
+    password: str = "",
 ) -> Source:
     """Open an input: ZeroMQ SUB (connect), Valkey streams, stdin JSON lines, or a file.
 
@@ -51,12 +56,14 @@ def open_source(
     Valkey only: stream `kinds` (default ticks and book), `start` ($, 0, an entry id or a time),
     and a consumer `group` with this reader's `consumer` name and `claim_idle_s` (see
     `store.reader.StreamSource`: entries then carry ids and are acknowledged by the stage).
+    `replay` is the replay endpoint a ZeroMQ input recovers gaps from (None: gaps are lost);
+    `password` is Valkey's.
     """
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     if ep.kind == "zmq":
         from qt_cli.core import zmq_io
 
-        return zmq_io.SubSource(ep, symbols=symbols)
+        return zmq_io.SubSource(ep, symbols=symbols, replay=replay)
     if ep.kind == "valkey":
         from qt_cli.core import store
         from qt_cli.core.store.reader import StreamSource

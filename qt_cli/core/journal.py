@@ -354,7 +354,7 @@ def wire_dict(event: Event) -> dict[str, Any]:
         else:
             fast = cls.to_dict
         _FAST_WIRE[cls] = fast
-    return fast(event)  # type: ignore[no-any-return]
+    return fast(event)
 
 
 class Sequencer:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-# Stream kinds written per symbol. `candles:<tf>` is built with candle_kind().
-SYMBOL_KINDS = ("ticks", "book", "features", "predictions", "signals", "daily", "state")
+# Per-symbol stream kinds: events.STREAM_KINDS (`candles:<tf>` is built with candle_kind()).
+HISTORY_KIND = "hist"  # stream:hist:<kind>:{SYMBOL}, the columnar history (history_key)
 GLOBAL_STREAMS = {"gaps": "stream:gaps", "deadletter": "stream:deadletter"}
 
 # ZeroMQ topic prefix per wire `type` (seed guide: tick_{SYMBOL}, book_{SYMBOL}, features_{SYMBOL}).
@@ -30,6 +30,15 @@ _SYMBOL_RE = re.compile(r"^[A-Za-z0-9._\-]{1,32}$")
 _KEY_RE = re.compile(r"^stream:(?P<kind>.+):\{(?P<symbol>[^}]+)\}$")
 
 
+STREAM_PREFIX = "stream:"
+STREAM_PATTERN = "stream:*"  # every stream qt writes (SCAN MATCH)
+
+
+def stream_pattern(kind: str) -> str:
+    """`stream_pattern("ticks")` -> `stream:ticks:*`: the per-symbol streams of a kind (SCAN)."""
+    return f"{STREAM_PREFIX}{kind}:*"
+
+
 def valid_symbol(symbol: str) -> bool:
     """True for a ticker we accept in keys and topics (letters, digits, . _ -)."""
     return bool(_SYMBOL_RE.match(symbol))
@@ -43,7 +52,7 @@ def stream_key(kind: str, symbol: str | None = None) -> str:
     """`stream_key("ticks", "WDOQ25")` -> `stream:ticks:{WDOQ25}`; global streams take no symbol."""
     if symbol is None:
         return GLOBAL_STREAMS[kind]
-    return f"stream:{kind}:{{{symbol}}}"
+    return f"{STREAM_PREFIX}{kind}:{{{symbol}}}"
 
 
 def partial_candle_key(kind: str, symbol: str) -> str:
@@ -62,7 +71,7 @@ def parse_stream_key(key: str) -> tuple[str, str] | None:
 
 def history_key(kind: str, symbol: str) -> str:
     """The columnar history (chunks of many events per entry) beside a per-event stream."""
-    return f"stream:hist:{kind}:{{{symbol}}}"
+    return stream_key(f"{HISTORY_KIND}:{kind}", symbol)
 
 
 def late_index_key(kind: str, symbol: str) -> str:
@@ -73,6 +82,11 @@ def late_index_key(kind: str, symbol: str) -> str:
 def hwm_key(stream: str) -> str:
     """Hash of the highest (session -> seq) written to a stream; same slot as the stream."""
     return f"hwm:{stream}"
+
+
+def watermark_key(name: str) -> str:
+    """Hash of input session -> highest seq the bridge `name` has fully written."""
+    return hwm_key(f"bridge:{name}")
 
 
 def stats_key(stage: str, name: str = "default") -> str:

@@ -50,11 +50,13 @@ def plan_start(
     rate: float | None,
     symbols: Sequence[str],
     say: Callable[[str], None],
+    settings: config.Settings,
 ) -> SimStart:
-    """Where (and at which prices) the simulation starts; `say` tells the user why."""
+    """Where (and at which prices) the simulation starts; `say` tells the user why. `settings`
+    name the Valkey whose streams the simulation continues after."""
     if start:
         return SimStart(parse_time(start, tz=EXCHANGE_TZ))
-    stored = _stored(symbols)
+    stored = _stored(symbols, settings)
     names = ", ".join(symbols)
     levels = tuple(stored.prices.items())
     if levels:
@@ -84,11 +86,10 @@ def plan_start(
     return SimStart((stored.until_ms + 1) * NS_PER_MS, levels)
 
 
-def _stored(symbols: Sequence[str]) -> _Stored:
+def _stored(symbols: Sequence[str], settings: config.Settings) -> _Stored:
     from qt_cli.core import store
     from qt_cli.core.store.reader import last_prices, stored_until_ms
 
-    settings = config.current()
     url = store.find_url(settings)
     if url is None:
         return _Stored(None, {}, "no Valkey configured or running to continue after")

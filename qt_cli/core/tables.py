@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any, cast
 
 from rich import box
 from rich.console import Console, RenderableType
@@ -33,8 +33,10 @@ def fit_table(
     Among columns of equal priority the rightmost goes first. At least two columns stay.
     """
     keep = list(range(len(columns)))
-    measure_console = Console(width=10_000, color_system=None, file=_NullFile())
-    table_args = {"box": box.SIMPLE_HEAD, "pad_edge": False, "show_edge": False} | table_args
+    # _NullFile has the write/flush Console uses: an IO[str] for what rich needs
+    measure_console = Console(width=10_000, color_system=None, file=cast("IO[str]", _NullFile()))
+    defaults: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "show_edge": False}
+    table_args = defaults | table_args
     while True:
         table = Table(expand=False, **table_args)
         for i in keep:

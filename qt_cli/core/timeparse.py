@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -41,7 +41,16 @@ _UNIT_NS = {
     "w": 604_800_000_000_000,
 }
 NS_PER_S = 1_000_000_000
-DEFAULT_TZ = "America/Sao_Paulo"
+NS_PER_MS = 1_000_000
+
+# The one São Paulo zone: B3 local time (events re-exports it). A fixed offset would be wrong
+# before 2019 (Brazil had DST), so use the tz database when it is available.
+EXCHANGE_TZ_NAME = "America/Sao_Paulo"
+DEFAULT_TZ = EXCHANGE_TZ_NAME
+try:
+    EXCHANGE_TZ: tzinfo = ZoneInfo(EXCHANGE_TZ_NAME)
+except Exception:  # pragma: no cover - a system without tz data
+    EXCHANGE_TZ = timezone(timedelta(hours=-3))
 
 Ambiguous = Literal["earliest", "latest"]
 
@@ -214,7 +223,7 @@ def parse_time(
             )
             return local_to_ns(naive, zone, ambiguous=ambiguous) + frac
         if match := _CLOCK_RE.match(raw):
-            day: date = datetime.fromtimestamp(now / NS_PER_S, zone).date()
+            day = datetime.fromtimestamp(now / NS_PER_S, zone).date()
             naive, frac = _wall(
                 day.year,
                 day.month,
@@ -230,12 +239,22 @@ def parse_time(
     raise TimeParseError(f"time {text!r} is not a time I can read: {FORMS_HELP}")
 
 
+_iso_cache: dict[tuple[int, tzinfo], tuple[str, str]] = {}
+_MILLIS = tuple(f".{ms:03d}" for ms in range(1000))
+
+
 def format_ns(ts_ns: int, tz: tzinfo | str | None = None) -> str:
-    """ISO 8601 with milliseconds and the zone's offset, e.g. `2025-08-08T09:00:00.000-03:00`."""
-    zone = get_tz(tz) if tz is None or isinstance(tz, str) else tz
+    """ISO 8601 with milliseconds and the zone's offset (default exchange time), e.g.
+    `2025-08-08T09:00:00.000-03:00`. The one ISO formatter (events.iso_local is this one).
+
+    On the bridge's hot path: the date and offset are cached per second and zone.
+    """
+    zone = EXCHANGE_TZ if tz is None else get_tz(tz) if isinstance(tz, str) else tz
     seconds, rem = divmod(ts_ns, NS_PER_S)
-    return (
-        datetime.fromtimestamp(seconds, zone)
-        .replace(microsecond=rem // 1_000)
-        .isoformat(timespec="milliseconds")
-    )
+    parts = _iso_cache.get((seconds, zone))
+    if parts is None:
+        if len(_iso_cache) > 4096:
+            _iso_cache.clear()
+        stamp = datetime.fromtimestamp(seconds, tz=zone).isoformat()
+        parts = _iso_cache[(seconds, zone)] = (stamp[:19], stamp[19:])  # date-time, '+HH:MM'
+    return parts[0] + _MILLIS[rem // NS_PER_MS] + parts[1]

@@ -39,6 +39,10 @@ def zmq_outs() -> list[str]:
         (["--sim", "--out", "ticks=tcp://127.0.0.1"], "the port is missing"),
         (["--sim", "--out", "ticks=gopher://x"], "unknown scheme 'gopher'"),
         (["--sim", "--out", "tcp://127.0.0.1:7000"], "a ZeroMQ endpoint binds one channel"),
+        (  # .json is one JSON array everywhere (qt query --output); a stream is JSON lines
+            ["--sim", "--stop-after", "1", "--out", "events.json"],
+            "endpoint 'events.json': .json means one JSON array",
+        ),
         (
             ["--sim", "--fsync", "sometimes"],
             "--fsync 'sometimes': choose one of none, batch, always",

@@ -142,8 +142,8 @@ def test_errors_are_one_clear_line(cli: CliRunner, vk) -> None:
         ),
         (
             ["query", "--kind", "quotes"],
-            "Error: unknown kind 'quotes': choose one of ticks, book, candles:1m, features, "
-            "predictions, signals, daily, state, gaps, deadletter (or candles:<tf>)",
+            "Error: unknown kind 'quotes': choose one of ticks, book, candles:1m, daily, state, "
+            "features, predictions, signals, gaps, deadletter (or candles:<tf>)",
         ),
         (
             ["query", "-s", "WINQ25", *RANGE],

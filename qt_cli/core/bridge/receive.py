@@ -12,6 +12,7 @@ import orjson
 
 from qt_cli.core.bridge.config import TAIL_CHECK_EVERY_S, TAIL_IDLE_S, BridgeConfig
 from qt_cli.core.bridge.rows import Item, _symbol_of, tick_row
+from qt_cli.core.bridge.state import _BridgeState
 from qt_cli.core.endpoints import Endpoint
 from qt_cli.core.errors import DecodeError, UsageError
 from qt_cli.core.events import (
@@ -88,7 +89,7 @@ class _TailCheck:
             log.debug("tail check of %s: %s", self.source.uri, exc)
 
 
-class _Receiver:
+class _Receiver(_BridgeState):
     """The bridge's receiving half (a part of `Bridge`)."""
 
     # -- receiving --

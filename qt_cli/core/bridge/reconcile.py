@@ -10,6 +10,7 @@ import valkey
 
 from qt_cli.core.bridge.config import _text
 from qt_cli.core.bridge.rows import Item, Refill, _add_range
+from qt_cli.core.bridge.state import _BridgeState
 from qt_cli.core.events import (
     now_ns,
 )
@@ -18,7 +19,7 @@ from qt_cli.core.records import Gap
 log = logging.getLogger(__name__)
 
 
-class _Reconciler:
+class _Reconciler(_BridgeState):
     """The bridge's reconcile step (a part of `Bridge`)."""
 
     def _recovered_from_outage(self) -> Refill | None:
@@ -153,6 +154,7 @@ class _Reconciler:
             )
             for a, b in missing_ranges(first, end, seqs):
                 refill.lost.setdefault(session, []).append([a, b, why])
+            assert replay  # the page came from it
             items = self._decode_messages(messages, replay)
             if page.next is not None and first < page.next <= last:
                 refill.ranges[session][0] = page.next

@@ -69,7 +69,7 @@ def _add_range(ranges: dict[str, list[int]], session: str, first: int, last: int
 def _session_seq(item: Item) -> tuple[str, int]:
     """(session, seq) of an event or Row; ('', 0) for anything else."""
     if type(item) is tuple:
-        entry = item[2]  # type: ignore[misc]
+        entry = item[2]
         return entry[E_SESSION], entry[E_SEQ]
     if isinstance(item, Event):
         return getattr(item, "session", "") or "", getattr(item, "seq", 0) or 0
@@ -158,7 +158,7 @@ def tick_row(data: dict[str, Any]) -> Row | None:
     # The event ms, then `events.TRADE_LAYOUT`'s fields in its order, written out here (the hot
     # path: no generated call per tick); tests/core/test_bridge_rows.py checks it equals
     # `writer.trade_entry`, which is generated from the layout.
-    entry = (
+    entry: tuple[Any, ...] = (
         ms,
         "tick",
         symbol,
@@ -204,7 +204,7 @@ def trade_row(trade: Trade, key: str) -> Row:
 
 def _ts_init_of(item: Event | Row) -> int:
     if type(item) is tuple:
-        return item[2][E_TS_INIT]  # type: ignore[no-any-return]
+        return item[2][E_TS_INIT]
     return getattr(item, "ts_init", 0)
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def _item_to_line(item: Item) -> bytes:
     if type(item) is tuple:
-        _, names, entry = item  # type: ignore[misc]
+        _, names, entry = item
         if entry[E_PRICE] != "" and entry[E_VOLUME] != "":
             # The wire dict the Row was made of (what Trade.to_dict gives), without a Trade.
             wire = dict(zip(names, entry[1:], strict=True))

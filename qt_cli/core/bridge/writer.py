@@ -21,6 +21,7 @@ from qt_cli.core.bridge.config import (
     _text,
 )
 from qt_cli.core.bridge.rows import Item, Refill, _ts_init_of, _wire_of, trade_row
+from qt_cli.core.bridge.state import _BridgeState
 from qt_cli.core.events import (
     NS_PER_MS,
     Event,
@@ -43,9 +44,7 @@ from qt_cli.core.store.writer import (
 log = logging.getLogger(__name__)
 
 
-def watermark_key(name: str) -> str:
-    """Hash of input session -> highest seq the bridge `name` has fully written."""
-    return keys.hwm_key(f"bridge:{name}")
+watermark_key = keys.watermark_key  # re-exported: the key is built in keys.py
 
 
 @dataclass
@@ -73,7 +72,7 @@ def _xadd_command(key: str, fields: dict[str, Any], maxlen: int) -> tuple[Any, .
     return (b"XADD", key, b"MAXLEN", b"~", maxlen, b"*", *flat)
 
 
-class _Writer:
+class _Writer(_BridgeState):
     """The bridge's writing half (a part of `Bridge`)."""
 
     # -- writing --
@@ -210,10 +209,11 @@ class _Writer:
         per_session: dict[str, int] = {}
         before = after.stream_marks if after is not None else {}
         key_of = self._key_cache
+        key: str | None  # a stream key; None until looked up
         new_batch = self.writer.batch
         for item in items:
             if type(item) is tuple:  # a trade (Row): the hot path
-                key, names, entry = item  # type: ignore[misc]
+                key, names, entry = item
                 session, seq = entry[E_SESSION], entry[E_SEQ]
             else:
                 if not isinstance(item, Event):
@@ -268,7 +268,7 @@ class _Writer:
             )
         for gap in gaps:
             commands.append(_xadd_command(keys.stream_key("gaps"), gap.to_fields(), GAPS_MAXLEN))
-        marks: dict[str, int] = {}
+        marks = {}  # dict[str, int], as above
         for per_stream in stream_marks.values():
             _raise_marks(marks, per_stream)
         for session in [s for s in marks if ":" in s]:
@@ -450,7 +450,7 @@ class _Writer:
             ts_init = _ts_init_of(events[-1])
             if ts_init:
                 self.stats.lag_ms = (now - ts_init) / NS_PER_MS
-        if self.deriver.enabled and result.key.startswith("stream:ticks:"):
+        if self.deriver.enabled and result.key.startswith(keys.stream_pattern("ticks")[:-1]):
             self.deriver.push(events, ids, result.late)
 
     def _load_watermark(self) -> dict[str, int]:

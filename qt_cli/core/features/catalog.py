@@ -476,8 +476,8 @@ BASIC11 = (
 def _build() -> dict[str, Feature]:
     out: dict[str, Feature] = {}
     for name, group, need, definition in _SEED65:
-        inputs = ("trades", "history") if name.startswith("top_") else ("trades",)
-        out[name] = Feature(name, group, inputs, _trades(need), definition)
+        sources = ("trades", "history") if name.startswith("top_") else ("trades",)
+        out[name] = Feature(name, group, sources, _trades(need), definition)
     for name, group, inputs, window, definition in _QT:
         if name in out:
             raise ValueError(f"feature {name} declared twice")

@@ -643,7 +643,7 @@ class BookBlock:
             shrink = 1
         bp0, bq0, ap0, aq0 = before
         bp, bq, ap, aq = self._l1()
-        e = 0
+        e: float = 0  # quantities may be floats; pushed as int
         if bp == bp and bp0 == bp0:
             e += (bq if bp >= bp0 else 0) - (bq0 if bp <= bp0 else 0)
         if ap == ap and ap0 == ap0:

@@ -143,7 +143,7 @@ def _id_text(id_ms: int, id_seq: int) -> str:
 
 def parse_tick(entry_id: bytes | str, fields_: dict[Any, Any]) -> Tick | None:
     """A Tick from stream fields, or None when the entry lacks a usable time or price."""
-    get = fields_.get
+    get: Callable[[Any], Any] = fields_.get  # a missing field fails int()/float(): no tick
     try:
         id_ms, id_seq = keys.parse_id(entry_id)
         raw_ts = get(b"ts_event") or get("ts_event")
@@ -414,7 +414,7 @@ class Monitor:
         """Symbols with a ticks stream (SCAN, never KEYS); at startup and every 30 s."""
         found = set()
         cursor = 0
-        pattern = "stream:ticks:*"
+        pattern = keys.stream_pattern("ticks")
         while True:
             cursor, batch = client.scan(cursor, match=pattern, count=1_000, _type="stream")
             self._commands += 1
@@ -596,7 +596,7 @@ def _newest(reply: Any, cls: type, view: SymbolView, kind: str) -> Any:
         view.reasons[kind] = f"{kind} stream: {reply}"
         return None
     if not reply:
-        view.reasons[kind] = f"no entries in stream:{kind}:{{{view.symbol}}}"
+        view.reasons[kind] = f"no entries in {keys.stream_key(kind, view.symbol)}"
         return None
     try:
         event = decode_fields(reply[0][1])

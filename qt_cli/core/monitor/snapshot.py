@@ -24,6 +24,8 @@ PAGES_PER_REFRESH = 5  # pages a later refresh may read per symbol
 BOOK_SCAN = 64  # newest book entries searched for a TopOfBook
 SPARK_BUCKETS = 24
 STAGE_ORDER = ("feed", "bridge", "features", "predict")
+# The streams a later stage reads through a consumer group (features <- ticks, predict <-
+# features, …); a subset of events.STREAM_KINDS, checked by a test.
 GROUP_STREAM_KINDS = ("ticks", "features", "predictions", "signals")
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 NAN = math.nan

@@ -274,15 +274,15 @@ def query(
     end: TimeInput = None,
     as_of: TimeInput = None,
     tz: str | tzinfo | None = None,
-    client: Any = None,
+    client: Any,
     stats: Stats | None = None,
     partial: bool = False,
 ) -> pd.DataFrame:
     """A kind's stored rows as a DataFrame indexed by event time (tz-aware), in event-time order.
 
-    `query("ticks", symbols="WDOQ25", start="2025-08-08T09:00", end="2025-08-08T10:00")`.
-    Times are text (see timeparse), ns ints or aware datetimes; `client` defaults to the
-    configured Valkey. `partial` (candles) adds each symbol's candle still forming (`closed`
+    `query("ticks", symbols="WDOQ25", start="2025-08-08T09:00", end="2025-08-08T10:00",
+    client=store.connect_settings(config.load_settings()))`. Times are text (see timeparse), ns
+    ints or aware datetimes; `client` is a Valkey client (`store.connect`). `partial` (candles) adds each symbol's candle still forming (`closed`
     false).
     """
     if isinstance(symbols, str):
@@ -290,10 +290,6 @@ def query(
     request = make_request(
         kind, symbols=symbols, start=start, end=end, as_of=as_of, tz=tz, partial=partial
     )
-    if client is None:
-        from qt_cli.core import config, store
-
-        client = store.connect_settings(config.current())
     return frame_of(client, request, stats=stats)
 
 

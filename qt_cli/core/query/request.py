@@ -8,50 +8,26 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
 
 from qt_cli.core import keys
+from qt_cli.core.endpoints import OUTPUT_FORMATS
 from qt_cli.core.errors import UsageError
-from qt_cli.core.events import (
-    NS_PER_S,
-    BookUpdate,
-    Candle,
-    Daily,
-    Event,
-    FeatureVector,
-    Prediction,
-    Signal,
-    State,
-    TopOfBook,
-)
+from qt_cli.core.events import NS_PER_S, STREAM_EVENTS, STREAM_KINDS, Event
 from qt_cli.core.store import reader
-from qt_cli.core.timeparse import format_ns, get_tz, parse_time, tz_name
+from qt_cli.core.timeparse import Ambiguous, format_ns, get_tz, parse_time, tz_name
 
-FORMATS = ("table", "csv", "jsonl", "json", "parquet")
+FORMATS = ("table", *OUTPUT_FORMATS)
+GLOBAL_KINDS = tuple(keys.GLOBAL_STREAMS)
 KINDS = (
-    "ticks",
-    "book",
-    "candles:1m",
-    "features",
-    "predictions",
-    "signals",
-    "daily",
-    "state",
-    "gaps",
-    "deadletter",
+    tuple(keys.candle_kind("1m") if kind == "candles" else kind for kind in STREAM_KINDS)
+    + GLOBAL_KINDS
 )
-GLOBAL_KINDS = ("gaps", "deadletter")
 EVENT_KINDS: dict[str, tuple[type[Event], ...]] = {
-    "book": (BookUpdate, TopOfBook),
-    "candles": (Candle,),
-    "features": (FeatureVector,),
-    "predictions": (Prediction,),
-    "signals": (Signal,),
-    "daily": (Daily,),
-    "state": (State,),
+    kind: classes for kind, classes in STREAM_EVENTS.items() if kind != "ticks"
 }
 GLOBAL_SCHEMAS: dict[str, tuple[tuple[str, str], ...]] = {
     "gaps": (
@@ -77,7 +53,7 @@ AGGRESSOR_CATEGORIES = ["sell", "none", "buy"]  # codes -1, 0, 1 shifted by one
 AS_OF_FIRST_WINDOW_NS = 60 * NS_PER_S
 AS_OF_GROWTH = 16
 
-TimeInput = str | int | datetime | pd.Timestamp | None
+TimeInput: TypeAlias = str | int | datetime | pd.Timestamp | None
 
 
 # --- the request -----------------------------------------------------------------------------
@@ -131,7 +107,9 @@ class Request:
         )
 
 
-def _to_ns(value: TimeInput, *, tz: tzinfo, now_ns: int, ambiguous: str, option: str) -> int | None:
+def _to_ns(
+    value: TimeInput, *, tz: tzinfo, now_ns: int, ambiguous: Ambiguous, option: str
+) -> int | None:
     if value is None:
         return None
     if isinstance(value, pd.Timestamp | datetime):
@@ -140,7 +118,7 @@ def _to_ns(value: TimeInput, *, tz: tzinfo, now_ns: int, ambiguous: str, option:
         return int(pd.Timestamp(value).value)
     if isinstance(value, int | np.integer):
         return int(value)
-    return parse_time(str(value), tz=tz, now_ns=now_ns, ambiguous=ambiguous)  # type: ignore[arg-type]
+    return parse_time(str(value), tz=tz, now_ns=now_ns, ambiguous=ambiguous)
 
 
 def make_request(

@@ -147,7 +147,27 @@ def profile_for(symbol: str) -> InstrumentProfile:
 
 # Broker codes (B3 participant numbers) and how concentrated their flow is: a Zipf law, the
 # aggressive side led by retail brokers, the passive side by institutional and HFT desks.
-BROKERS = (3, 85, 120, 308, 114, 72, 8, 16, 40, 238, 27, 13, 45, 93, 107, 147, 262, 386, 1099)
+BROKERS: tuple[int, ...] = (
+    3,
+    85,
+    120,
+    308,
+    114,
+    72,
+    8,
+    16,
+    40,
+    238,
+    27,
+    13,
+    45,
+    93,
+    107,
+    147,
+    262,
+    386,
+    1099,
+)
 BROKERS += (127, 122, 77, 174, 190, 1982, 4090, 1026, 1130, 1618, 2197)
 _AGGRESSIVE_BROKERS = np.array(BROKERS)
 _PASSIVE_BROKERS = np.array((8, 16, 40, 238, 85, 3, 13, 45, 27, 72, 114, 120, 308, *BROKERS[13:]))
@@ -296,8 +316,10 @@ class _RegimeTimeline:
 class _DayTally:
     """A symbol's session so far, for its Daily events (what the DLL's daily callback reports)."""
 
-    __slots__ = ("adjust", "bqty", "btrades", "bvol", "high", "last", "low", "open", "qty")
-    __slots__ += ("sqty", "strades", "svol", "trades", "vol")
+    __slots__ = (
+        *("adjust", "bqty", "btrades", "bvol", "high", "last", "low", "open", "qty"),
+        *("sqty", "strades", "svol", "trades", "vol"),
+    )
 
     def __init__(self, adjust: float) -> None:
         self.adjust = adjust  # the previous session's close
@@ -404,6 +426,10 @@ class _SymbolSim:
         depth_offset = _stream(lambda: rng.geometric(0.35, _BLOCK) - 1)
         aggressor_agent = _stream(lambda: rng.choice(_AGGRESSIVE_BROKERS, _BLOCK, p=_ZIPF))
         passive_agent = _stream(lambda: rng.choice(_PASSIVE_BROKERS, _BLOCK, p=_ZIPF))
+        # the steps below (_aggressive, _passive, …) draw from the same streams
+        self._unif, self._order_size, self._depth_offset = unif, order_size, depth_offset
+        self._aggressive_size, self._aggressor_agent = aggressive_size, aggressor_agent
+        self._passive_agent = passive_agent
         bids, asks = self.bids, self.asks
         gauss = _stream(lambda: rng.standard_normal(_BLOCK))
         # Informed flow: aggressors lean towards a latent fair value that moves every minute.
@@ -441,7 +467,8 @@ class _SymbolSim:
                 events.append(
                     BookUpdate(sym, ts, name, "full", 0, nan, 0, 0, 0, 0, "price", levels, ts_init)
                 )
-            tb, tbq, ta, taq = bids[0][0], bids[0][1], asks[0][0], asks[0][1]
+            self._top = [bids[0][0], bids[0][1], asks[0][0], asks[0][1]]
+            tb, tbq, ta, taq = self._top
             events.append(TopOfBook(sym, ts, tb * tick, tbq, ta * tick, taq, ts_init))
             if s == 0:  # the opening auction: a few trades at one price, no aggressor
                 price = ta * tick
@@ -527,224 +554,14 @@ class _SymbolSim:
                         p_buy = 0.5 + _FLOW_GAIN * (fair2 - bids[0][0] - asks[0][0])
                         buy = next(unif) < min(0.85, max(0.15, p_buy))
                     last_buy = buy
-                    size = int(next(aggressive_size) * r_size + 0.5) or 1
-                    agent = next(aggressor_agent)
-                    if buy:
-                        book, own, name, kind, aggressor, step = (
-                            asks,
-                            bids,
-                            "ask",
-                            TRADE_BUY,
-                            "buy",
-                            1,
-                        )
-                    else:
-                        book, own, name, kind, aggressor, step = (
-                            bids,
-                            asks,
-                            "bid",
-                            TRADE_SELL,
-                            "sell",
-                            -1,
-                        )
-                    level = book[0]
-                    limit = level[0]
-                    if next(unif) < 0.2:
-                        limit += step * (1 + next(depth_offset))
-                    remaining = size
-                    filled = 0
-                    notional = 0.0
-                    first = nan
-                    while True:
-                        p, q, c = level
-                        if (p - limit) * step > 0:
-                            break
-                        f = q if c == 1 else min(next(order_size), q - c + 1)
-                        fill = remaining if remaining < f else f
-                        price = p * tick
-                        if first != first:
-                            first = price
-                        trade_id += 1
-                        other = next(passive_agent)
-                        value = price * fill * mult
-                        events.append(
-                            Trade(
-                                sym,
-                                ts,
-                                price,
-                                fill,
-                                value,
-                                trade_id,
-                                buyer=agent if buy else other,
-                                seller=other if buy else agent,
-                                trade_type=kind,
-                                aggressor=aggressor,
-                                ts_init=ts_init,
-                            )
-                        )
-                        notional += value
-                        filled += 1
-                        remaining -= fill
-                        q -= fill
-                        if q == 0:  # the level is used up: `delete` carries it as it was
-                            del book[0]
-                            events.append(
-                                BookUpdate(
-                                    sym,
-                                    ts,
-                                    name,
-                                    "delete",
-                                    0,
-                                    price,
-                                    level[1],
-                                    level[2],
-                                    ts_init=ts_init,
-                                )
-                            )
-                            if not book:
-                                break
-                            level = book[0]
-                        else:
-                            level[1] = q
-                            if fill == f:
-                                c -= 1
-                                level[2] = c
-                            events.append(
-                                BookUpdate(sym, ts, name, "edit", 0, price, q, c, ts_init=ts_init)
-                            )
-                        if not remaining:
-                            break
-                    if remaining:  # the rest of the order rests at its limit, on its own side
-                        events.append(
-                            BookUpdate(
-                                sym,
-                                ts,
-                                "bid" if buy else "ask",
-                                "add",
-                                0,
-                                limit * tick,
-                                remaining,
-                                1,
-                                ts_init=ts_init,
-                            )
-                        )
-                        own.insert(0, [limit, remaining, 1])
-                    if filled:
-                        qty = size - remaining
-                        day.add(first, price, qty, notional, filled)
-                        if buy:
-                            day.bvol += notional
-                            day.bqty += qty
-                            day.btrades += filled
-                        else:
-                            day.svol += notional
-                            day.sqty += qty
-                            day.strades += filled
+                    trade_id = self._aggressive(events, ts, ts_init, buy, r_size, day, trade_id)
                 elif u < p_passive:
-                    # A passive limit order or a cancel; queues settle around a target size.
-                    inside = asks[0][0] - bids[0][0] > 1 and next(unif) < _P_INSIDE
-                    # Into a gap, orders mostly follow the last aggressor (the price moves on);
-                    # elsewhere either side.
-                    p_bid = (_P_FOLLOW if last_buy else 1 - _P_FOLLOW) if inside else 0.5
-                    if next(unif) < p_bid:
-                        book, name, step = bids, "bid", -1
-                    else:
-                        book, name, step = asks, "ask", 1
-                    if inside:
-                        price_ticks = book[0][0] - step
-                        qty = next(order_size)
-                        book.insert(0, [price_ticks, qty, 1])
-                        events.append(
-                            BookUpdate(
-                                sym, ts, name, "add", 0, price_ticks * tick, qty, 1, ts_init=ts_init
-                            )
-                        )
-                    else:
-                        i = next(depth_offset)
-                        if i >= len(book):
-                            i = len(book) - 1
-                        level = book[i]
-                        p, q, c = level
-                        target = _QUEUE_TARGET * r_depth * (1 + 0.12 * i)
-                        if next(unif) * (c + target) < target:
-                            q += next(order_size)
-                            c += 1
-                        elif c == 1:
-                            del book[i]
-                            events.append(
-                                BookUpdate(
-                                    sym, ts, name, "delete", i, p * tick, q, 1, ts_init=ts_init
-                                )
-                            )
-                            q = 0
-                        else:
-                            q -= min(next(order_size), q - c + 1)
-                            c -= 1
-                        if q:
-                            level[1] = q
-                            level[2] = c
-                            events.append(
-                                BookUpdate(
-                                    sym,
-                                    ts,
-                                    name,
-                                    "edit",
-                                    i,
-                                    p * tick,
-                                    q,
-                                    c,
-                                    ts_init=ts_init,
-                                )
-                            )
+                    self._passive(events, ts, ts_init, last_buy, r_depth)
                 elif u < p_pull:
-                    # Liquidity withdrawn: the best 1–3 levels of one side cancelled at once
-                    # (`delete_from` counts from the top, so it removes positions k-1 … 0).
-                    book, name = (bids, "bid") if next(unif) < 0.5 else (asks, "ask")
-                    k = 1 + min(2, next(depth_offset))
-                    p = book[k - 1][0]
-                    del book[:k]
-                    events.append(
-                        BookUpdate(sym, ts, name, "delete_from", k - 1, p * tick, ts_init=ts_init)
-                    )
+                    self._withdraw(events, ts, ts_init)
                 else:
-                    # A cross (direct) trade: one broker on both sides, inside the spread, no
-                    # aggressor, the book untouched.
-                    price = (bids[0][0] if next(unif) < 0.5 else asks[0][0]) * tick
-                    qty = next(order_size) * 5
-                    agent = next(aggressor_agent)
-                    trade_id += 1
-                    events.append(
-                        Trade(
-                            sym,
-                            ts,
-                            price,
-                            qty,
-                            price * qty * mult,
-                            trade_id,
-                            buyer=agent,
-                            seller=agent,
-                            trade_type=TRADE_CROSS,
-                            ts_init=ts_init,
-                        )
-                    )
-                    day.add(price, price, qty, price * qty * mult, 1)
-
-                # Keep 12–20 levels a side: refill deeper levels, drop the deepest beyond 20.
-                if len(bids) < MIN_DEPTH or len(asks) < MIN_DEPTH:
-                    self._refill(events, ts, ts_init, r_depth, unif)
-                for name, book in (("bid", bids), ("ask", asks)):
-                    while len(book) > MAX_DEPTH:
-                        p, q, c = book.pop()
-                        events.append(
-                            BookUpdate(
-                                sym, ts, name, "delete", len(book), p * tick, q, c, ts_init=ts_init
-                            )
-                        )
-                b0 = bids[0]
-                a0 = asks[0]
-                if b0[1] != tbq or a0[1] != taq or b0[0] != tb or a0[0] != ta:
-                    tb, tbq, ta, taq = b0[0], b0[1], a0[0], a0[1]
-                    events.append(TopOfBook(sym, ts, tb * tick, tbq, ta * tick, taq, ts_init))
+                    trade_id = self._cross(events, ts, ts_init, day, trade_id)
+                self._settle(events, ts, ts_init, r_depth)
                 yield events
 
             # The close, then the next business day opens near where this one closed.
@@ -761,6 +578,259 @@ class _SymbolSim:
             mid = round(fair)
             k_day += 1
             s = 0.0
+
+    def _aggressive(
+        self,
+        events: list[Event],
+        ts: int,
+        ts_init: int,
+        buy: bool,
+        r_size: float,
+        day: _DayTally,
+        trade_id: int,
+    ) -> int:
+        """An aggressive (marketable limit) order: one trade per resting order hit. Returns the
+        last trade id."""
+        sym, tick, mult, nan = self.symbol, self.profile.tick, self.profile.multiplier, math.nan
+        bids, asks = self.bids, self.asks
+        unif, order_size, depth_offset = self._unif, self._order_size, self._depth_offset
+        aggressive_size, aggressor_agent = self._aggressive_size, self._aggressor_agent
+        passive_agent = self._passive_agent
+        size = int(next(aggressive_size) * r_size + 0.5) or 1
+        agent = next(aggressor_agent)
+        if buy:
+            book, own, name, kind, aggressor, step = (
+                asks,
+                bids,
+                "ask",
+                TRADE_BUY,
+                "buy",
+                1,
+            )
+        else:
+            book, own, name, kind, aggressor, step = (
+                bids,
+                asks,
+                "bid",
+                TRADE_SELL,
+                "sell",
+                -1,
+            )
+        level = book[0]
+        limit = level[0]
+        if next(unif) < 0.2:
+            limit += step * (1 + next(depth_offset))
+        remaining = size
+        filled = 0
+        notional = 0.0
+        first = nan
+        while True:
+            p, q, c = level
+            if (p - limit) * step > 0:
+                break
+            f = q if c == 1 else min(next(order_size), q - c + 1)
+            fill = remaining if remaining < f else f
+            price = p * tick
+            if first != first:
+                first = price
+            trade_id += 1
+            other = next(passive_agent)
+            value = price * fill * mult
+            events.append(
+                Trade(
+                    sym,
+                    ts,
+                    price,
+                    fill,
+                    value,
+                    trade_id,
+                    buyer=agent if buy else other,
+                    seller=other if buy else agent,
+                    trade_type=kind,
+                    aggressor=aggressor,
+                    ts_init=ts_init,
+                )
+            )
+            notional += value
+            filled += 1
+            remaining -= fill
+            q -= fill
+            if q == 0:  # the level is used up: `delete` carries it as it was
+                del book[0]
+                events.append(
+                    BookUpdate(
+                        sym,
+                        ts,
+                        name,
+                        "delete",
+                        0,
+                        price,
+                        level[1],
+                        level[2],
+                        ts_init=ts_init,
+                    )
+                )
+                if not book:
+                    break
+                level = book[0]
+            else:
+                level[1] = q
+                if fill == f:
+                    c -= 1
+                    level[2] = c
+                events.append(BookUpdate(sym, ts, name, "edit", 0, price, q, c, ts_init=ts_init))
+            if not remaining:
+                break
+        if remaining:  # the rest of the order rests at its limit, on its own side
+            events.append(
+                BookUpdate(
+                    sym,
+                    ts,
+                    "bid" if buy else "ask",
+                    "add",
+                    0,
+                    limit * tick,
+                    remaining,
+                    1,
+                    ts_init=ts_init,
+                )
+            )
+            own.insert(0, [limit, remaining, 1])
+        if filled:
+            qty = size - remaining
+            day.add(first, price, qty, notional, filled)
+            if buy:
+                day.bvol += notional
+                day.bqty += qty
+                day.btrades += filled
+            else:
+                day.svol += notional
+                day.sqty += qty
+                day.strades += filled
+        return trade_id
+
+    def _passive(
+        self, events: list[Event], ts: int, ts_init: int, last_buy: bool, r_depth: float
+    ) -> None:
+        """A passive limit order or a cancel; queues settle around a target size."""
+        sym, tick = self.symbol, self.profile.tick
+        bids, asks = self.bids, self.asks
+        unif, order_size, depth_offset = self._unif, self._order_size, self._depth_offset
+        # A passive limit order or a cancel; queues settle around a target size.
+        inside = asks[0][0] - bids[0][0] > 1 and next(unif) < _P_INSIDE
+        # Into a gap, orders mostly follow the last aggressor (the price moves on);
+        # elsewhere either side.
+        p_bid = (_P_FOLLOW if last_buy else 1 - _P_FOLLOW) if inside else 0.5
+        if next(unif) < p_bid:
+            book, name, step = bids, "bid", -1
+        else:
+            book, name, step = asks, "ask", 1
+        if inside:
+            price_ticks = book[0][0] - step
+            qty = next(order_size)
+            book.insert(0, [price_ticks, qty, 1])
+            events.append(
+                BookUpdate(sym, ts, name, "add", 0, price_ticks * tick, qty, 1, ts_init=ts_init)
+            )
+        else:
+            i = next(depth_offset)
+            if i >= len(book):
+                i = len(book) - 1
+            level = book[i]
+            p, q, c = level
+            target = _QUEUE_TARGET * r_depth * (1 + 0.12 * i)
+            if next(unif) * (c + target) < target:
+                q += next(order_size)
+                c += 1
+            elif c == 1:
+                del book[i]
+                events.append(
+                    BookUpdate(sym, ts, name, "delete", i, p * tick, q, 1, ts_init=ts_init)
+                )
+                q = 0
+            else:
+                q -= min(next(order_size), q - c + 1)
+                c -= 1
+            if q:
+                level[1] = q
+                level[2] = c
+                events.append(
+                    BookUpdate(
+                        sym,
+                        ts,
+                        name,
+                        "edit",
+                        i,
+                        p * tick,
+                        q,
+                        c,
+                        ts_init=ts_init,
+                    )
+                )
+
+    def _withdraw(self, events: list[Event], ts: int, ts_init: int) -> None:
+        """Liquidity withdrawn: the best 1–3 levels of one side cancelled at once."""
+        bids, asks, unif, depth_offset = self.bids, self.asks, self._unif, self._depth_offset
+        # Liquidity withdrawn: the best 1–3 levels of one side cancelled at once
+        # (`delete_from` counts from the top, so it removes positions k-1 … 0).
+        book, name = (bids, "bid") if next(unif) < 0.5 else (asks, "ask")
+        k = 1 + min(2, next(depth_offset))
+        p = book[k - 1][0]
+        del book[:k]
+        events.append(
+            BookUpdate(
+                self.symbol, ts, name, "delete_from", k - 1, p * self.profile.tick, ts_init=ts_init
+            )
+        )
+
+    def _cross(
+        self, events: list[Event], ts: int, ts_init: int, day: _DayTally, trade_id: int
+    ) -> int:
+        """A cross (direct) trade: one broker on both sides, inside the spread, no aggressor,
+        the book untouched. Returns the last trade id."""
+        sym, tick, mult = self.symbol, self.profile.tick, self.profile.multiplier
+        bids, asks = self.bids, self.asks
+        unif, order_size, aggressor_agent = self._unif, self._order_size, self._aggressor_agent
+        price = (bids[0][0] if next(unif) < 0.5 else asks[0][0]) * tick
+        qty = next(order_size) * 5
+        agent = next(aggressor_agent)
+        trade_id += 1
+        events.append(
+            Trade(
+                sym,
+                ts,
+                price,
+                qty,
+                price * qty * mult,
+                trade_id,
+                buyer=agent,
+                seller=agent,
+                trade_type=TRADE_CROSS,
+                ts_init=ts_init,
+            )
+        )
+        day.add(price, price, qty, price * qty * mult, 1)
+        return trade_id
+
+    def _settle(self, events: list[Event], ts: int, ts_init: int, r_depth: float) -> None:
+        """Keep 12–20 levels a side (refill deeper levels, drop the deepest beyond 20); a new
+        top of book when it changed."""
+        sym, tick = self.symbol, self.profile.tick
+        bids, asks, unif = self.bids, self.asks, self._unif
+        top = self._top  # [best bid, its quantity, best ask, its quantity] last published
+        if len(bids) < MIN_DEPTH or len(asks) < MIN_DEPTH:
+            self._refill(events, ts, ts_init, r_depth, unif)
+        for name, book in (("bid", bids), ("ask", asks)):
+            while len(book) > MAX_DEPTH:
+                p, q, c = book.pop()
+                events.append(
+                    BookUpdate(sym, ts, name, "delete", len(book), p * tick, q, c, ts_init=ts_init)
+                )
+        b0 = bids[0]
+        a0 = asks[0]
+        if b0[1] != top[1] or a0[1] != top[3] or b0[0] != top[0] or a0[0] != top[2]:
+            top[:] = tb, tbq, ta, taq = b0[0], b0[1], a0[0], a0[1]
+            events.append(TopOfBook(sym, ts, tb * tick, tbq, ta * tick, taq, ts_init))
 
     def _refill(
         self, events: list[Event], ts: int, ts_init: int, depth: float, unif: Iterator[float]
@@ -890,8 +960,9 @@ class SimulatedMarket:
                 if head >= limit_s:
                     self._finished = self._finished or stop_at_limit
                     break
-                out += gen.send(receive())  # type: ignore[operator]
-                head = next(gen)  # type: ignore[assignment]
+                # the generator alternates: a send gives a batch, next() the next head time
+                out += gen.send(receive())  # type: ignore[arg-type]  # a batch (list), see above
+                head = next(gen)  # type: ignore[assignment]  # a head time (float)
             heads[0] = head
             return out
         while len(out) < want:
@@ -900,8 +971,8 @@ class SimulatedMarket:
                 self._finished = self._finished or stop_at_limit
                 break
             gen = gens[i]
-            out += gen.send(receive())  # type: ignore[operator]
-            heads[i] = next(gen)  # type: ignore[assignment]
+            out += gen.send(receive())  # type: ignore[arg-type]  # a batch, as above
+            heads[i] = next(gen)  # type: ignore[assignment]  # a head time
         return out
 
     def _take(self, events: list[Event]) -> list[Event]:

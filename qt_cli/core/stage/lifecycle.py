@@ -61,15 +61,15 @@ def stop_signals(
         if reload is not None:
             reload()
 
-    for signum in STOP_SIGNALS:
-        previous[signum] = signal.signal(signum, on_stop)
+    for stop_signal in STOP_SIGNALS:
+        previous[stop_signal] = signal.signal(stop_signal, on_stop)
     if reload is not None and hasattr(signal, "SIGHUP"):
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_reload)
     try:
         yield True
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def run_stage(

@@ -7,10 +7,10 @@ Every Valkey call in qt goes through this package. `connect()` turns an endpoint
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import valkey
 
-from qt_cli.core import config
 from qt_cli.core.config import Settings, mask_url
 from qt_cli.core.endpoints import Endpoint, parse_endpoint
 from qt_cli.core.errors import EndpointError, StoreUnavailable
@@ -18,7 +18,13 @@ from qt_cli.core.errors import EndpointError, StoreUnavailable
 DEFAULT_URL = "valkey://127.0.0.1:6379/0"
 CONNECT_TIMEOUT_S = 2.0
 
-Client = valkey.Valkey
+if TYPE_CHECKING:
+    # valkey types every reply of its sync client `Awaitable[Any] | Any` (one stub serves the
+    # sync and asyncio clients), which only says "Any" wrongly; so for the checker a client is
+    # Any, decided here once rather than with an ignore at every call.
+    Client: TypeAlias = Any
+else:
+    Client = valkey.Valkey
 ValkeyError = valkey.ValkeyError
 ConnectionFailure = (valkey.ConnectionError, valkey.TimeoutError, OSError)
 
@@ -28,7 +34,7 @@ def client_for(endpoint: Endpoint, *, password: str = "", timeout_s: float | Non
     if endpoint.kind != "valkey":
         raise EndpointError(f"endpoint {endpoint.uri!r} is not a Valkey endpoint")
     secret = endpoint.password or password or None
-    common = {
+    common: dict[str, Any] = {
         "db": endpoint.db,
         "password": secret,
         "username": endpoint.username or None,
@@ -46,10 +52,10 @@ def client_for(endpoint: Endpoint, *, password: str = "", timeout_s: float | Non
 def connect(
     target: Endpoint | str, *, password: str | None = None, timeout_s: float | None = None
 ) -> Client:
-    """Connect and check the server answers; StoreUnavailable says where and how to fix it."""
+    """Connect and check the server answers; StoreUnavailable says where and how to fix it.
+    The password comes from the URL or `password` (the command passes QT_VALKEY_PASSWORD)."""
     endpoint = parse_endpoint(target) if isinstance(target, str) else target
-    if password is None:
-        password = config.current().valkey_password
+    password = password or ""
     client = client_for(endpoint, password=password, timeout_s=timeout_s)
     try:
         client.ping()

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qt_cli.core.errors import QtError, UnavailableError
+from qt_cli.core.store import Client
 
 INSTALL_HINT = (
     "valkey-server is not installed. Debian 12: add bookworm-backports and "
@@ -214,7 +215,7 @@ class ManagedValkey:
         base = ManagedStatus(running=False, directory=str(self.directory), port=port)
         if not port or not _pid_alive(pid):
             return base
-        client = valkey.Valkey(
+        client: Client = valkey.Valkey(
             host="127.0.0.1", port=port, socket_timeout=1.0, socket_connect_timeout=1.0
         )
         try:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import valkey
@@ -37,6 +37,9 @@ from qt_cli.core.events import (
     iso_local,
     trade_layout_source,
 )
+
+if TYPE_CHECKING:
+    from qt_cli.core.store import Client
 
 LIBRARY_NAME = "qt"
 LIBRARY_VERSION = "4"  # must equal VERSION in functions.lua
@@ -456,7 +459,7 @@ class StreamWriter:
     """Exactly-once batched appends through the `qt` function library on one client."""
 
     def __init__(
-        self, client: valkey.Valkey, *, maxlen: int = DEFAULT_MAXLEN, approx: bool = True
+        self, client: Client, *, maxlen: int = DEFAULT_MAXLEN, approx: bool = True
     ) -> None:
         self.client = client
         self.maxlen = maxlen
@@ -696,11 +699,7 @@ class StreamSink:
     Stores events as given (no candles or history chunks: `qt bridge` derives those).
     """
 
-    def __init__(self, client: valkey.Valkey, *, maxlen: int | None = None) -> None:
-        if maxlen is None:
-            from qt_cli.core import config
-
-            maxlen = config.current().maxlen
+    def __init__(self, client: Client, *, maxlen: int = DEFAULT_MAXLEN) -> None:
         self.client = client
         self.writer = StreamWriter(client, maxlen=maxlen)
         self.written = 0

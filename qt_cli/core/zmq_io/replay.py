@@ -28,7 +28,6 @@ from typing import Any
 import orjson
 import zmq
 
-from qt_cli.core import config
 from qt_cli.core.endpoints import Endpoint
 from qt_cli.core.errors import UnavailableError
 from qt_cli.core.journal import JournalReader
@@ -48,13 +47,13 @@ class ReplayServer:
     def __init__(
         self,
         journal_dir: Path | str,
-        endpoint: Endpoint | str | None = None,
+        endpoint: Endpoint | str,
         *,
         page_messages: int = 10_000,
         page_bytes: int = 8 << 20,
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        self.endpoint = _endpoint(endpoint or config.current().replay_endpoint)
+        self.endpoint = _endpoint(endpoint)
         self.reader = JournalReader(journal_dir)
         self.page_messages = page_messages
         self.page_bytes = page_bytes
@@ -194,8 +193,8 @@ class ReplayPage:
 class ReplayClient:
     """DEALER client of a `ReplayServer`. Not thread-safe: one per thread.
 
-    `ReplayClient(endpoint=None, timeout_s=2.0)`; endpoint defaults to the configured replay
-    endpoint (QT_REPLAY_ENDPOINT, tcp://127.0.0.1:5559).
+    `ReplayClient(endpoint, timeout_s=2.0)`; the command passes the configured replay endpoint
+    (QT_REPLAY_ENDPOINT, tcp://127.0.0.1:5559).
 
     - `page(session, from_seq, to_seq) -> ReplayPage`: one request, at most one page.
     - `fetch(session, from_seq, to_seq) -> (messages, missing)`: every page of the range;
@@ -208,12 +207,12 @@ class ReplayClient:
 
     def __init__(
         self,
-        endpoint: Endpoint | str | None = None,
+        endpoint: Endpoint | str,
         *,
         timeout_s: float = 2.0,
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        self.endpoint = _endpoint(endpoint or config.current().replay_endpoint)
+        self.endpoint = _endpoint(endpoint)
         self.timeout_s = timeout_s
         self._context = context or _context()
         self._sock: zmq.Socket[Any] | None = None

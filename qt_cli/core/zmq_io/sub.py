@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 import zmq
 
-from qt_cli.core import config
 from qt_cli.core.endpoints import Endpoint
 from qt_cli.core.errors import DecodeError, EndpointError, UnavailableError
 from qt_cli.core.events import decode_dict, now_ns
@@ -64,7 +63,7 @@ class _Recovery:
 class SubSource:
     """SUB socket reader with per-session seq tracking and gap recovery (endpoints `Source`).
 
-    `SubSource(endpoint, symbols=(), replay=<configured replay endpoint>, catch_up=True,
+    `SubSource(endpoint, symbols=(), replay=None, catch_up=True,
     known=None, replay_timeout_s=2.0, max_batch=10_000)`
 
     - `read(timeout_s) -> list[Event]`: waits up to `timeout_s` for messages and returns a batch.
@@ -96,7 +95,7 @@ class SubSource:
         endpoint: Endpoint | str,
         *,
         symbols: Sequence[str] = (),
-        replay: Endpoint | str | ReplayClient | None | bool = True,
+        replay: Endpoint | str | ReplayClient | None = None,
         catch_up: bool = True,
         known: Mapping[str, int] | None = None,
         replay_timeout_s: float = 2.0,
@@ -119,9 +118,7 @@ class SubSource:
         self._rejects: list[DeadLetter] = []
         self._gaps: list[Gap] = []
         self._jobs: deque[_Recovery] = deque()
-        if replay is True:
-            replay = config.current().replay_endpoint
-        if replay is None or replay is False:
+        if not replay:
             self.replay: ReplayClient | None = None
         elif isinstance(replay, ReplayClient):
             self.replay = replay

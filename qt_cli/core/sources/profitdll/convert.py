@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qt_cli.core import keys
 from qt_cli.core.errors import DllError
@@ -22,6 +23,7 @@ from qt_cli.core.events import (
     Trade,
     aggressor_of,
 )
+from qt_cli.core.sources.base import SourceStats
 from qt_cli.core.sources.profitdll.api import (
     _DAILY,
     _HISTORY,
@@ -53,6 +55,7 @@ from qt_cli.core.sources.profitdll.api import (
 )
 from qt_cli.core.sources.profitdll.parse import (
     _best_first,
+    _HistoryWindow,
     dll_date_ns,
     parse_offer_array,
     parse_price_array,
@@ -61,6 +64,27 @@ from qt_cli.core.sources.profitdll.parse import (
 
 class _Converter:
     """The conversion half of `ProfitDllSource` (runs on the publishing thread)."""
+
+    # Set by ProfitDllSource.__init__ (declared here for the type checker only).
+    agent_names: bool
+    stats: SourceStats
+    counters: dict[str, int]
+    _lib: Any
+    _api_lock: threading.Lock
+    _initialized: bool
+    _fatal: DllError | None
+    _active_history: _HistoryWindow | None
+    _agent_cache: dict[int, str]
+    _hour_ns: dict[tuple[int, int, int, int], int]
+    _tob: dict[str, list[Any]]
+    _price_books: dict[str, dict[str, list[list[Any]]]]
+    _offer_books: dict[str, dict[str, list[list[Any]]]]
+
+    if TYPE_CHECKING:  # defined by ProfitDllSource
+
+        def _finish_history(
+            self, window: _HistoryWindow, events: list[Event], text: str
+        ) -> None: ...
 
     # --- conversion ---------------------------------------------------------------------------
 
@@ -295,20 +319,20 @@ class _Converter:
     def _convert_price_book(self, raw: tuple[Any, ...], events: list[Event]) -> None:
         _, stamp, ticker, action, position, side_code, qty, count, price, sell, buy = raw
         if action == ACTION_FULL:
-            for side, data in (("bid", buy), ("ask", sell)):
+            for side_name, data in (("bid", buy), ("ask", sell)):
                 if data is None:
                     continue
                 levels = parse_price_array(data) if data else []
-                self._side_list(self._price_books, ticker, side)[:] = levels
+                self._side_list(self._price_books, ticker, side_name)[:] = levels
                 events.append(
                     BookUpdate(
                         symbol=ticker,
                         ts_event=stamp,
-                        side=side,
+                        side=side_name,
                         action="full",
                         count=len(levels),
                         book="price",
-                        levels=_best_first(levels, side),
+                        levels=_best_first(levels, side_name),
                         ts_init=stamp,
                     )
                 )
@@ -358,21 +382,21 @@ class _Converter:
         (_, stamp, ticker, action, position, side_code, qty, agent) = raw[:8]
         (offer_id, price, has, date, sell, buy) = raw[8:]
         if action == ACTION_FULL:
-            for side, data in (("bid", buy), ("ask", sell)):
+            for side_name, data in (("bid", buy), ("ask", sell)):
                 if data is None:
                     continue
                 offers, _flags = parse_offer_array(data) if data else ([], 0)
                 entries = [offer[:4] for offer in offers]
-                self._side_list(self._offer_books, ticker, side)[:] = entries
+                self._side_list(self._offer_books, ticker, side_name)[:] = entries
                 events.append(
                     BookUpdate(
                         symbol=ticker,
                         ts_event=stamp,
-                        side=side,
+                        side=side_name,
                         action="full",
                         count=len(entries),
                         book="offer",
-                        levels=_best_first(entries, side),
+                        levels=_best_first(entries, side_name),
                         ts_init=stamp,
                     )
                 )

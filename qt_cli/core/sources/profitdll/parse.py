@@ -83,7 +83,7 @@ def _to_local(value: int | datetime | str) -> datetime:
     if isinstance(value, datetime):
         stamp = value if value.tzinfo else value.replace(tzinfo=EXCHANGE_TZ)
         return stamp.astimezone(EXCHANGE_TZ)
-    ns = value if isinstance(value, int) else parse_time(value, tz="America/Sao_Paulo")
+    ns = value if isinstance(value, int) else parse_time(value, tz=EXCHANGE_TZ)
     return datetime.fromtimestamp(ns / NS_PER_S, tz=EXCHANGE_TZ)
 
 
