@@ -25,9 +25,10 @@ import heapq
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from qt_cli.core import keys, query
+from qt_cli.core import events, keys, query
 from qt_cli.core.chunks import AGGRESSOR_NAMES
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_MS, NS_PER_S, BookUpdate, Trade
@@ -221,3 +222,176 @@ def _count(stats: BackfillStats, vector: FeatureVector) -> FeatureVector:
     stats.vectors += 1
     stats.warm_vectors += vector.warm
     return vector
+
+
+# --- vectors out: the wire event and files ---------------------------------------------------------
+
+OUTPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+WRITE_BATCH = 20_000
+
+
+def to_event(vector: FeatureVector, *, ts_init: int = 0) -> events.FeatureVector:
+    """The vector as the wire/stream event (`events.FeatureVector`), as the live stage stores it."""
+    return events.FeatureVector(
+        symbol=vector.symbol,
+        ts_event=vector.ts_event,
+        feature_set=vector.feature_set,
+        catalog_hash=vector.catalog_version,
+        features=dict(zip(vector.names, vector.values, strict=True)),
+        reasons=vector.reasons,
+        warm=vector.warm,
+        ts_init=ts_init,
+    )
+
+
+def output_format(path: Path) -> str:
+    found = OUTPUT_FORMATS.get(path.suffix.lower())
+    if found is None:
+        raise UsageError(
+            f"--output {path}: use a .parquet, .csv or .jsonl file (the suffix picks the format)"
+        )
+    return found
+
+
+@dataclass
+class Written:
+    """What `write_vectors` wrote."""
+
+    rows: int = 0
+    bytes: int = 0
+    wire_bytes: int = 0  # sum of the orjson wire payloads (`events.FeatureVector.to_wire()`)
+
+
+def write_vectors(
+    vectors: Iterator[FeatureVector], path: Path, names: Sequence[str], *, fmt: str | None = None
+) -> Written:
+    """Write vectors to a file: parquet/csv rows (symbol, ts_event, time, feature_set,
+    catalog_version, warm, then one float column per feature in the set's order), or jsonl
+    lines of the wire event. Written in batches; the file is complete only when this returns."""
+    fmt = fmt or output_format(path)
+    written = Written()
+    try:
+        out = path.open("wb")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    writer: Any = None
+    batch: list[FeatureVector] = []
+
+    def flush() -> None:
+        nonlocal writer
+        if not batch:
+            return
+        if fmt == "jsonl":
+            lines = [e.to_wire() for e in (to_event(v) for v in batch)]
+            written.wire_bytes += sum(len(line) for line in lines)
+            out.write(b"\n".join(lines) + b"\n")
+        else:
+            table = _arrow_batch(batch, names)
+            if writer is None:
+                import pyarrow.csv as pa_csv
+                import pyarrow.parquet as pq
+
+                if fmt == "parquet":
+                    writer = pq.ParquetWriter(out, table.schema, compression="zstd")
+                else:
+                    writer = pa_csv.CSVWriter(out, table.schema)
+            writer.write_table(table)
+        written.rows += len(batch)
+        batch.clear()
+
+    try:
+        for vector in vectors:
+            batch.append(vector)
+            if len(batch) >= WRITE_BATCH:
+                flush()
+        flush()
+        if writer is not None:
+            writer.close()
+    finally:
+        out.close()
+    written.bytes = path.stat().st_size
+    return written
+
+
+def _arrow_batch(batch: list[FeatureVector], names: Sequence[str]) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.array([v.values for v in batch], dtype=np.float64).reshape(len(batch), len(names))
+    ts = np.fromiter((v.ts_event for v in batch), dtype=np.int64, count=len(batch))
+    columns: dict[str, Any] = {
+        "symbol": pa.array([v.symbol for v in batch]).dictionary_encode(),
+        "ts_event": pa.array(ts),
+        "time": pa.array(ts.astype("datetime64[ns]"), type=pa.timestamp("ns", tz="UTC")),
+        "feature_set": pa.array([v.feature_set for v in batch]).dictionary_encode(),
+        "catalog_version": pa.array([v.catalog_version for v in batch]).dictionary_encode(),
+        "warm": pa.array([v.warm for v in batch], type=pa.bool_()),
+    }
+    for i, name in enumerate(names):
+        columns[name] = pa.array(values[:, i], type=pa.float64())
+    return pa.table(columns)
+
+
+def run(
+    client: Any,
+    *,
+    symbols: Sequence[str],
+    start: query.TimeInput,
+    end: query.TimeInput,
+    output: Path,
+    set_name: str = "qt",
+    every: str = DEFAULT_EVERY,
+    tz: str | None = None,
+    progress: Callable[[float, int], None] | None = None,
+) -> dict[str, Any]:
+    """`qt features --from … --to …`: vectors over stored history into a file; the summary."""
+    import time
+
+    if not symbols:
+        raise UsageError("name the symbols to compute: --symbol WDOQ25 (repeatable)")
+    request = query.make_request("ticks", symbols=symbols, start=start, end=end, tz=tz)
+    fmt = output_format(output)
+    every_ns(every)
+    query.resolve_symbols(client, request)  # UsageError naming what is stored
+    engine = FeatureEngine(set_name)
+    stats = BackfillStats()
+    span = max(1, request.to_ns - request.from_ns)
+
+    def on_progress(ts: int, n: int) -> None:
+        if progress is not None:
+            progress(min(1.0, max(0.0, (ts - request.from_ns) / span)), stats.vectors)
+
+    started = time.perf_counter()
+    vectors = backfill(
+        client,
+        request.symbols,
+        request.from_ns,
+        request.to_ns,
+        engine=engine,
+        every=every,
+        stats=stats,
+        progress=on_progress,
+    )
+    written = write_vectors(vectors, output, engine.names, fmt=fmt)
+    seconds = time.perf_counter() - started
+    return {
+        "symbols": list(request.symbols),
+        "from": request.from_ns,
+        "to": request.to_ns,
+        "range": request.describe(),
+        "feature_set": set_name,
+        "catalog_version": engine.version,
+        "every": every,
+        "trades": stats.trades,
+        "book_events": stats.book_events,
+        "vectors": stats.vectors,
+        "warm_vectors": stats.warm_vectors,
+        "first_ns": stats.first_ns,
+        "last_ns": stats.last_ns,
+        "output": str(output),
+        "format": fmt,
+        "bytes": written.bytes,
+        "seconds": round(seconds, 3),
+        "events_per_s": round((stats.trades + stats.book_events) / seconds, 1) if seconds else None,
+        "counters": stats.counters,
+    }
