@@ -353,7 +353,9 @@ def run(
     fmt = output_format(output)
     every_ns(every)
     query.resolve_symbols(client, request)  # UsageError naming what is stored
-    engine = FeatureEngine(set_name)
+    from qt_cli.core.features.history import StoredHistory
+
+    engine = FeatureEngine(set_name, history=StoredHistory(client), symbols=request.symbols)
     stats = BackfillStats()
     span = max(1, request.to_ns - request.from_ns)
 
