@@ -32,6 +32,7 @@ from qt_cli.core.features.rolling import (
     Rolling,
     Wilder,
     f32,
+    restart_stagger,
 )
 
 NS_PER_S = 1_000_000_000
@@ -722,6 +723,7 @@ class SymbolState:
     """Everything the engine keeps for one symbol."""
 
     def __init__(self, engine: FeatureEngine, symbol: str) -> None:
+        restart_stagger()  # the same recompute points in every process: replay == live
         self.clock = Clock()
         self.last_ts = 0
         self.seed = SeedBlock(engine.top_buyers, engine.top_sellers) if engine.uses_seed else None
