@@ -108,23 +108,23 @@ def _books(frame: Any) -> Iterator[tuple[int, int, int, BookUpdate]]:
     n = len(frame)
     if not n:
         return
-    cols = {}
-    for name, _, _default in BookUpdate._spec:
-        if name in frame.columns:
-            cols[name] = frame[name].astype(object).where(frame[name].notna(), None).tolist()
-        else:
-            cols[name] = [None] * n
-    for i in range(n):
-        args = {}
-        for name, _, default in BookUpdate._spec:
-            value = cols[name][i]
-            if value is None:
-                value = default() if callable(default) else default
-            args[name] = value
-        args["symbol"] = str(args["symbol"])
-        if args["price"] is None:
-            args["price"] = float("nan")
-        event = BookUpdate(**args)
+    columns = []
+    for name, typ, default in BookUpdate._spec:
+        if name not in frame.columns:
+            value = default() if callable(default) else default
+            columns.append([value] * n)
+            continue
+        series = frame[name]
+        if typ is float:
+            columns.append(series.to_numpy(dtype=float).tolist())
+        elif typ is str:
+            columns.append(series.astype(str).tolist())
+        elif typ is int:
+            columns.append(series.fillna(default).astype("int64").to_numpy().tolist())
+        else:  # levels: a list, or None where the entry had none
+            columns.append([v if isinstance(v, list) else [] for v in series.tolist()])
+    for i, row in enumerate(zip(*columns, strict=True)):
+        event = BookUpdate(*row)
         yield event.ts_event, BOOK, i, event
 
 
@@ -145,13 +145,17 @@ def _kind_events(
 
 
 def stored_events(
-    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int
+    client: Any,
+    symbols: Sequence[str],
+    from_ns: int,
+    to_ns: int,
+    *,
+    kinds: Sequence[str] = ("ticks", "book"),
 ) -> Iterator[Trade | BookUpdate]:
-    """Stored trades and price-book events of `symbols` in [from_ns, to_ns], in engine order."""
+    """Stored trades and price-book events of `symbols` in [from_ns, to_ns], in engine order
+    (`kinds`: leave out "book" for a set that uses no book feature)."""
     sources = [
-        _kind_events(client, kind, symbol, from_ns, to_ns)
-        for symbol in symbols
-        for kind in ("ticks", "book")
+        _kind_events(client, kind, symbol, from_ns, to_ns) for symbol in symbols for kind in kinds
     ]
     for _, _, _, event in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
         yield event
@@ -185,7 +189,12 @@ def backfill(
     """Vectors of `engine`'s set over the stored range, sampled by `every` (see the module doc)."""
     period = every_ns(every)
     stats = stats if stats is not None else BackfillStats()
-    source = events if events is not None else stored_events(client, symbols, from_ns, to_ns)
+    kinds = ("ticks", "book") if engine.uses_book else ("ticks",)
+    source = (
+        events
+        if events is not None
+        else stored_events(client, symbols, from_ns, to_ns, kinds=kinds)
+    )
     held: dict[str, FeatureVector] = {}  # per symbol: the latest vector of the open period
     n = 0
     for event in source:

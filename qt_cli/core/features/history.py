@@ -14,6 +14,7 @@ have candles; at most REFERENCE_SESSIONS of the most recent count.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -205,8 +206,8 @@ class Reference:
     """One symbol's cached statistics for one session date (NaN fields carry a reason)."""
 
     sessions: int
-    volume_cum: np.ndarray | None  # mean cumulative contracts through each minute index
-    momentum: np.ndarray | None  # sorted reference momentums
+    volume_cum: list[float] | None  # mean cumulative contracts through each minute index
+    momentum: list[float] | None  # sorted reference momentums
     vol_low: float
     vol_high: float
     large_qty: float
@@ -240,9 +241,9 @@ def build_reference(
     else:
         cums = _cum_quantities(bars, open_min, close_min)
         recent = days[-REFERENCE_SESSIONS:]
-        volume_cum = np.mean([cums[d] for d in recent], axis=0)
-        momentum = np.sort(np.concatenate([momentum_values(grids[d]) for d in days]))
-        if not len(momentum):
+        volume_cum = np.mean([cums[d] for d in recent], axis=0).tolist()
+        momentum = np.sort(np.concatenate([momentum_values(grids[d]) for d in days])).tolist()
+        if not momentum:
             momentum = None
             reasons["historical_momentum_rank"] = "history: no 30-minute momentum on record"
         vols = np.concatenate([rolling_vol(grids[d]) for d in days])
@@ -412,8 +413,8 @@ class HistoryBlock:
         else:
             x = p / closes[k - MOMENTUM_MINUTES] - 1.0
             ref_m = ref.momentum
-            below = int(np.searchsorted(ref_m, x, side="left"))  # type: ignore[arg-type]
-            upto = int(np.searchsorted(ref_m, x, side="right"))  # type: ignore[arg-type]
+            below = bisect_left(ref_m, x)  # type: ignore[arg-type]
+            upto = bisect_right(ref_m, x)  # type: ignore[arg-type]
             v[name] = (below + 0.5 * (upto - below)) / len(ref_m)  # type: ignore[arg-type]
         # volatility regime: std of the last 30 complete minutes' log returns, once per minute
         name = "volatility_regime_30d"
