@@ -26,7 +26,7 @@ Example: qt features --from 2025-08-04T09:00 --to 2025-08-04T18:00 --symbol WDOQ
 CATALOG_HELP = """\
 Print the feature catalog and its feature sets.
 
-Every feature's name, group, inputs, window and definition; the catalog version (a hash of the definitions and the engine version); the sets: qt (the default), seed65 (the users' trained models, in their column order) and basic11 (the seed production system's 11).
+Every feature's name, group, inputs, window and definition; the catalog version (a hash of the definitions and the engine version); the sets: qt (the default), seed65 (the users' trained models, in their column order), basic11 (the seed production system's 11) and qt_history (qt and the five time-travel features, which need stored history).
 
 A table on a terminal, tab-separated lines otherwise; --json for scripts (a `sets` object maps each set name to its ordered names); --markdown prints docs/FEATURES.md. --set NAME lists only that set, in its order.
 
@@ -77,7 +77,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         ] = None,
         symbols: Symbols = None,
         set_name: Annotated[
-            str, typer.Option("--set", help="Feature set: qt, seed65, basic11.")
+            str, typer.Option("--set", help="Feature set: qt, seed65, basic11, qt_history.")
         ] = "qt",
         every: Annotated[
             str,
@@ -156,7 +156,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             str | None,
             typer.Option(
                 "--set",
-                help="Only this feature set, in its order (qt, seed65, basic11).",
+                help="Only this feature set, in its order (qt, seed65, basic11, qt_history).",
                 show_default=False,
             ),
         ] = None,

@@ -23,7 +23,7 @@ Output: a table on a terminal (first --limit rows and a summary); otherwise, or 
 
 Candles: closed candles; --partial adds each symbol's candle still forming (closed false).
 
-Features: --set NAME keeps only the vectors of that feature set (qt, seed65, basic11), their values in the set's order (a table or DataFrame has one column per feature).
+Features: --set NAME keeps only the vectors of that feature set (qt, seed65, basic11, qt_history), their values in the set's order (a table or DataFrame has one column per feature).
 
 Example: qt query --symbol WDOQ25 --from 2025-08-08T09:00 --to 2025-08-08T10:00 --format csv > ticks.csv
 Example: qt query --kind candles:1m --symbol WDOQ25 --from 09:00 --partial
@@ -195,7 +195,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             str | None,
             typer.Option(
                 "--set",
-                help="Features: only vectors of this set, in its order (qt, seed65, basic11).",
+                help="Features: only vectors of this set, in its order (e.g. qt, seed65).",
                 show_default=False,
             ),
         ] = None,

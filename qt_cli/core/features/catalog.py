@@ -477,14 +477,14 @@ _HISTORY: tuple[tuple[str, str, str], ...] = (
         "volatility_regime_30d",
         "30 days of 1-minute candles",
         "0 LOW / 1 NORMAL / 2 HIGH: std (ddof 1) of today's last 30 complete 1-minute log "
-        "returns (minutes k-31..k-1) below the 25th / above the 75th percentile (linear) of the "
+        "returns (closes of minutes k-31..k-1) below the 25th / above the 75th percentile (linear) of the "
         "same statistic at every minute of the previous sessions in 30 days; needs 5 sessions",
     ),
     (
         "microstructure_imbalance",
         "200 trades; previous session",
         "(buy qty - sell qty) / (buy qty + sell qty) over the large aggressor trades among the "
-        "last 200 trades; large = quantity >= the 95th percentile (linear) of the quantities of "
+        "last 200 trades (across days); large = quantity >= the 95th percentile (linear) of the quantities of "
         "the latest previous session's trades (needs 100 of them); NaN when none is large",
     ),
     (
