@@ -14,7 +14,7 @@ from qt_cli.output import emit_json, is_terminal, out_console, say
 BACKFILL_HELP = """\
 Compute feature vectors over stored history (trades and price-book events read back from Valkey).
 
-`qt features --from T --to T --symbol SYM --output FILE` reads the symbols' stored trades and price-book events in [--from, --to] through the query API, merges them in the order the live stage receives them (event time; trades before book events at equal times; stored order), feeds the incremental engine and writes the vectors of --set (default qt) to --output: .parquet or .csv (one row per vector: symbol, ts_event, time, feature_set, catalog_version, warm, then one column per feature in the set's order) or .jsonl (the wire FeatureVector event, one per line).
+`qt features --from T --to T --symbol SYM --output FILE` reads the symbols' (default: every symbol with stored trades) stored trades and price-book events in [--from, --to] through the query API, merges them in the order the live stage receives them (event time; trades before book events at equal times; stored order), feeds the incremental engine and writes the vectors of --set (default qt) to --output: .parquet or .csv (one row per vector: symbol, ts_event, time, feature_set, catalog_version, warm, then one column per feature in the set's order) or .jsonl (the wire FeatureVector event, one per line).
 
 --every picks which vectors are kept: trade (every trade's vector, the training granularity), candle (the last vector of each 1-minute period), or a period such as 250ms, 1s (the default: at most one vector per symbol and second), 5s, 1m. Times as in qt query (--tz, default America/Sao_Paulo). A progress bar shows on a terminal (stderr); --json prints the summary (counts, bytes, seconds).
 
@@ -195,4 +195,4 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                     + "\n"
                 )
 
-    app.add_typer(group, name=name, help=summary)
+    app.add_typer(group, name=name, help=BACKFILL_HELP, short_help=summary)

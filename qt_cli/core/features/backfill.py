@@ -356,15 +356,15 @@ def run(
     """`qt features --from … --to …`: vectors over stored history into a file; the summary."""
     import time
 
-    if not symbols:
-        raise UsageError("name the symbols to compute: --symbol WDOQ25 (repeatable)")
     request = query.make_request("ticks", symbols=symbols, start=start, end=end, tz=tz)
     fmt = output_format(output)
     every_ns(every)
-    query.resolve_symbols(client, request)  # UsageError naming what is stored
+    chosen = tuple(query.resolve_symbols(client, request))  # UsageError naming what is stored
+    if not chosen:
+        raise UsageError("no ticks stored yet: nothing to compute (qt bridge stores them)")
     from qt_cli.core.features.history import StoredHistory
 
-    engine = FeatureEngine(set_name, history=StoredHistory(client), symbols=request.symbols)
+    engine = FeatureEngine(set_name, history=StoredHistory(client), symbols=chosen)
     stats = BackfillStats()
     span = max(1, request.to_ns - request.from_ns)
 
@@ -375,7 +375,7 @@ def run(
     started = time.perf_counter()
     vectors = backfill(
         client,
-        request.symbols,
+        chosen,
         request.from_ns,
         request.to_ns,
         engine=engine,
@@ -386,7 +386,7 @@ def run(
     written = write_vectors(vectors, output, engine.names, fmt=fmt)
     seconds = time.perf_counter() - started
     return {
-        "symbols": list(request.symbols),
+        "symbols": list(chosen),
         "from": request.from_ns,
         "to": request.to_ns,
         "range": request.describe(),
