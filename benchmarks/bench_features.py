@@ -10,7 +10,16 @@ events from `qt feed --sim`'s market), in the same run:
   EMA and Wilder states from that tail and session sums from the session's trades (a from-scratch
   computation has no state); seed65's baseline is checked against the engine's values.
 
-Run: `python -m benchmarks.bench_features` (under a minute).
+Time-travel features (set `qt_history`): the amortised cost of their per-trade update
+(`HistoryBlock.update`, reference statistics built once per session date included) over six
+simulated sessions, the first five being the reference history.
+
+Backfill: a simulated day (500,000 trades of WDOQ25 and their price-book events) stored through
+the real bridge (`--maxlen 0`, so the book stream keeps the whole day) into a benchmark-owned
+valkey-server, then `backfill` over it: qt (trades and book) and seed65 (trades only), and the
+bytes one stored vector takes.
+
+Run: `python -m benchmarks.bench_features` (several minutes: storing the day dominates).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import gc
 import math
 import statistics
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -413,13 +423,226 @@ def _replay(ev: BookUpdate, bids: list, asks: list, history: list) -> None:
     del history[:-100]
 
 
+# --- time-travel features ---------------------------------------------------------------------
+
+HISTORY_SESSIONS = 6
+HISTORY_ACTIVITY = 0.05
+
+
+def _numbered_sim(config) -> Iterator[list]:
+    """Batches of a simulated market's events, numbered per channel as `qt feed` numbers them."""
+    import dataclasses
+
+    from qt_cli.core.feed import channel_of
+    from qt_cli.core.sources.sim import SimulatedMarket
+
+    market = SimulatedMarket(config)
+    market.open()
+    seqs: dict[str, int] = {}
+    try:
+        while not market.finished:
+            batch = []
+            for event in market.read(0.0):
+                channel = channel_of(event)
+                seqs[channel] = seqs.get(channel, 0) + 1
+                batch.append(
+                    dataclasses.replace(event, session=f"bench.{channel}", seq=seqs[channel])
+                )
+            yield batch
+    finally:
+        market.close()
+
+
+def measure_history() -> dict:
+    """Amortised per-trade cost of the five time-travel features over the last session."""
+    from qt_cli.core.features.history import FrameHistory, HistoryBlock
+    from qt_cli.core.sources.sim import SimConfig
+
+    start = int(pd.Timestamp("2025-07-01T09:00", tz="America/Sao_Paulo").value)
+    config = SimConfig(
+        symbols=(SYMBOL, "WINQ25"),
+        seed=42,
+        rate=0,
+        start_ns=start,
+        duration_s=HISTORY_SESSIONS * 9 * 3600,
+        activity=HISTORY_ACTIVITY,
+    )
+    trades = [e for batch in _numbered_sim(config) for e in batch if isinstance(e, Trade)]
+    frame = pd.DataFrame(
+        {
+            "symbol": [t.symbol for t in trades],
+            "ts_event": [t.ts_event for t in trades],
+            "price": [t.price for t in trades],
+            "quantity": [t.quantity for t in trades],
+        }
+    )
+    bars = {}
+    for symbol, g in frame.groupby("symbol"):
+        minute = g["ts_event"] // 60_000_000_000 * 60_000_000_000
+        agg = g.groupby(minute).agg(close=("price", "last"), quantity=("quantity", "sum"))
+        bars[symbol] = agg.rename_axis("ts_event").reset_index()
+    per_symbol = {s: g[["ts_event", "quantity"]] for s, g in frame.groupby("symbol")}
+    source = FrameHistory(bars, per_symbol)
+    engine = FeatureEngine("qt_history", history=source, symbols=(SYMBOL, "WINQ25"))
+    block = HistoryBlock(engine, SYMBOL)
+    clock = Clock()
+    mine = [t for t in trades if t.symbol == SYMBOL]
+    last_day = clock.at(mine[-1].ts_event)[3]
+    v: dict[str, float] = {}
+    reasons: dict[str, str] = {}
+    perf = time.thread_time_ns
+    total = 0
+    n = 0
+    per_update: list[int] = []
+    builds = 0
+    gc.disable()
+    try:
+        for t in mine:
+            parts = clock.at(t.ts_event)
+            before = engine.counters["history_references"]
+            t0 = perf()
+            block.update(t, parts, v, reasons)
+            elapsed = perf() - t0
+            if parts[3] == last_day:
+                total += elapsed
+                n += 1
+                if engine.counters["history_references"] == before:
+                    per_update.append(elapsed)
+                else:
+                    builds = elapsed
+    finally:
+        gc.enable()
+    defined = {k: not math.isnan(v[k]) for k in v}
+    return {
+        "trades": n,
+        "mean_us": total / n / 1000,
+        "p50_us": statistics.median(per_update) / 1000,
+        "p99_us": _pct(per_update, 0.99) / 1000,
+        "build_ms": builds / 1e6,
+        "defined": defined,
+    }
+
+
+# --- backfill over a stored day ------------------------------------------------------------------
+
+BACKFILL_TRADES = 500_000
+
+
+def measure_backfill() -> dict:
+    """Store a simulated day through the real bridge, then time the backfill over it."""
+    import tempfile
+    from pathlib import Path
+
+    import orjson
+    import valkey
+
+    from qt_cli.core.bridge import BridgeConfig, run_bridge
+    from qt_cli.core.features.backfill import backfill, to_event, write_vectors
+    from qt_cli.core.files import JsonLinesSink
+    from qt_cli.core.sources.sim import SimConfig
+    from qt_cli.core.store.managed import ManagedValkey, free_port
+
+    start = int(pd.Timestamp("2025-08-04T09:00", tz="America/Sao_Paulo").value)
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        path = directory / "day.jsonl"
+        sink = JsonLinesSink(path)
+        trades = book = 0
+        config = SimConfig(symbols=(SYMBOL,), seed=42, rate=0, start_ns=start, duration_s=9 * 3600)
+        for batch in _numbered_sim(config):
+            kept = []
+            for event in batch:
+                if trades >= BACKFILL_TRADES:
+                    break
+                if isinstance(event, Trade):
+                    trades += 1
+                elif isinstance(event, BookUpdate):
+                    book += 1
+                kept.append(event)
+            sink.send(kept)
+            if trades >= BACKFILL_TRADES:
+                break
+        sink.close()
+        server = ManagedValkey(directory / "valkey", port=free_port())
+        status = server.start()
+        try:
+            t0 = time.perf_counter()
+            spill = directory / "spill"
+            spill.mkdir()
+            bridge = run_bridge(
+                BridgeConfig(inputs=(str(path),), output=status.url, spill_dir=spill, maxlen=0)
+            )
+            try:
+                bridge.run()
+            finally:
+                bridge.close()
+            out["store_s"] = time.perf_counter() - t0
+            client = valkey.Valkey(host="127.0.0.1", port=status.port)
+            for set_name in ("qt", "seed65"):
+                engine = (
+                    FeatureEngine(set_name, top_buyers=TOP, top_sellers=TOP)
+                    if set_name == "seed65"
+                    else FeatureEngine(set_name)
+                )
+                seconds_seen: set[int] = set()
+                t0 = time.perf_counter()
+                for vector in backfill(client, (SYMBOL,), 0, 2**62, engine=engine, every="trade"):
+                    seconds_seen.add(vector.ts_event // 1_000_000_000)
+                seconds = time.perf_counter() - t0
+                out[set_name] = {
+                    "seconds": seconds,
+                    "vectors": engine.counters["vectors"],
+                    "trades": engine.counters["trades"],
+                    "book": engine.counters["book_events"],
+                }
+                out["vectors_1s"] = len(seconds_seen)  # what --every 1s keeps (one symbol)
+            # bytes per stored vector (qt): the wire event and its stream fields, and parquet
+            engine = FeatureEngine("qt")
+            vectors = []
+            for i, vector in enumerate(
+                backfill(client, (SYMBOL,), 0, 2**62, engine=engine, every="trade")
+            ):
+                if i >= min(20_000, BACKFILL_TRADES // 2) and vector.warm:
+                    vectors.append(vector)
+                if len(vectors) >= 20_000:
+                    break
+            wire = [len(to_event(v).to_wire()) for v in vectors]
+            fields = [
+                sum(len(k) + len(x.encode()) for k, x in to_event(v).to_fields().items())
+                for v in vectors
+            ]
+            parquet = write_vectors(iter(vectors), directory / "v.parquet", engine.names)
+            out["bytes"] = {
+                "wire": statistics.mean(wire),
+                "fields": statistics.mean(fields),
+                "parquet": parquet.bytes / parquet.rows,
+                "orjson_check": len(orjson.dumps(to_event(vectors[0]).to_dict())),
+            }
+            client.close()
+        finally:
+            server.stop()
+    out["stored_trades"] = trades
+    out["stored_book"] = book
+    return out
+
+
 def main() -> None:
+    history = measure_history()
+    print("history", history)
+    stored = measure_backfill()
+    print("backfill", stored)
     events = sim_events(TRADES)
     rows = []
     for set_name in ("qt", "seed65", "basic11"):
         r = measure(set_name, events)
         rows.append((set_name, r))
         print(set_name, {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()})
+    report(history, stored, rows)
+
+
+def report(history: dict, stored: dict, rows: list[tuple[str, dict]]) -> None:
+    """Write the `features` section of BENCHMARKS.md from the measurements."""
     lines = [
         "## Features",
         "",
@@ -447,6 +670,50 @@ def main() -> None:
         f"seed65's baseline agreed with the engine's float32 values on {seed['agreed']} of "
         f"{seed['checked']} sampled vectors (rtol 1e-5). The qt baseline restarts EMA/Wilder "
         "states on its 301-trade tail, so those values differ slightly; its cost is what counts.",
+    ]
+    h = history
+    lines += [
+        "",
+        "### Time-travel features",
+        "",
+        f"The five `history` features (set `qt_history`) over the sixth of {HISTORY_SESSIONS} "
+        f"simulated sessions (activity {HISTORY_ACTIVITY}; the first five are the reference "
+        f"history, read from in-memory candles): {h['trades']:,} trades of {SYMBOL}. "
+        f"`HistoryBlock.update` per trade: **{h['mean_us']:.1f} µs amortised** (the reference "
+        f"statistics, built once at the session's first trade in {h['build_ms']:.1f} ms, "
+        f"included), p50 {h['p50_us']:.1f} µs, p99 {h['p99_us']:.1f} µs (CPU time). "
+        "Target ≤ 20 µs amortised.",
+        "",
+        "### Backfill over a stored day",
+        "",
+        f"{stored['stored_trades']:,} trades of {SYMBOL} and {stored['stored_book']:,} price-book "
+        "events of a simulated day, stored through the real bridge (`maxlen 0`) into a "
+        f"benchmark-owned valkey-server in {stored['store_s']:.0f} s; then "
+        "`features.backfill.backfill` (query API read, merge, engine, every trade's vector); wall "
+        "time on the shared 2-core machine (load average ~6 during the run):",
+        "",
+        "| set | reads | trades | book events | wall s | trades/s | events/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for set_name, reads in (("qt", "trades + book"), ("seed65", "trades only")):
+        r = stored[set_name]
+        events_n = r["trades"] + r["book"]
+        lines.append(
+            f"| {set_name} | {reads} | {r['trades']:,} | {r['book']:,} | {r['seconds']:.1f} | "
+            f"{r['trades'] / r['seconds']:,.0f} | {events_n / r['seconds']:,.0f} |"
+        )
+    b = stored["bytes"]
+    lines += [
+        "",
+        "Target: 500,000 trades ≤ 30 s, not met here: the engine alone costs 30-45 µs of CPU "
+        "per trade (table above), 15-20 s for the day, and the machine was shared; reading the "
+        "book back through the query API (per-event entries decoded by `entries_frame`, "
+        "~50 µs per entry, no columnar history for the book) dominates the qt run. "
+        "Bytes per stored qt vector (warm, mean of 20,000): "
+        f"wire event (`events.FeatureVector.to_wire()`, orjson) {b['wire']:.0f} B; "
+        f"its flat stream fields {b['fields']:.0f} B; parquet (zstd, every trade) "
+        f"{b['parquet']:.0f} B. `--every 1s` keeps {stored['vectors_1s']:,} of the "
+        f"{stored['qt']['vectors']:,} vectors.",
     ]
     write_section("features", "\n".join(lines))
 

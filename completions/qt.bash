@@ -18,14 +18,14 @@ _qt_completion() {
         "config") words="--help --json" ;;
         "feed") words="--dll --duration --fsync --help --history-from --history-to --hwm --journal --journal-retention --json --linger --out --rate --replay --replay-journal --seed --sim --speed --start --stop-after --strict --symbol --time-unit -o -s" ;;
         "bridge") words="--batch-ms --batch-size --buffer --candles --catch-up --chunks --duration --help --hwm --in --json --maxlen --name --no-candles --no-catch-up --no-chunks --out --replay --replay-timeout --stop-after --symbol --time-unit --timeframe -i -o -s -t" ;;
-        "query") words="--as-of --format --from --help --json --kind --limit --output --partial --symbol --to --tz -O -f -k -n -s" ;;
+        "query") words="--as-of --format --from --help --json --kind --limit --output --partial --set --symbol --to --tz -O -f -k -n -s" ;;
         "cleanup") words="--dry-run --help --journal --json --max-entries --pattern --retention --rewrite-chunks -p -r" ;;
         "monitor") words="--duration --help --json --once --refresh --stale --symbol --window -s" ;;
         "valkey") words="start stop status --help" ;;
         "valkey start") words="--help --json" ;;
         "valkey stop") words="--help --json" ;;
         "valkey status") words="--help --json" ;;
-        "features") words="catalog --help" ;;
+        "features") words="catalog --every --from --help --json --output --set --symbol --to --tz -o -s" ;;
         "features catalog") words="--help --json --markdown --set" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))

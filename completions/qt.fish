@@ -7,7 +7,7 @@ complete -c qt -n '__fish_use_subcommand' -a query -d 'Time travel - stored tick
 complete -c qt -n '__fish_use_subcommand' -a cleanup -d 'Trim old stream entries by age or count, per kind, safely.'
 complete -c qt -n '__fish_use_subcommand' -a monitor -d 'Live dashboard of the pipeline - prices, volume, lags, stages, Valkey health.'
 complete -c qt -n '__fish_use_subcommand' -a valkey -d 'Start, stop and inspect the managed local Valkey server.'
-complete -c qt -n '__fish_use_subcommand' -a features -d 'Feature catalog and sets (qt, seed65, basic11); later the live stage.'
+complete -c qt -n '__fish_use_subcommand' -a features -d 'Feature vectors over stored history (--from/--to); the catalog and sets.'
 complete -c qt -n '__fish_use_subcommand' -l help
 complete -c qt -n '__fish_use_subcommand' -l log-level
 complete -c qt -n '__fish_use_subcommand' -l valkey
@@ -75,6 +75,7 @@ complete -c qt -n '__fish_seen_subcommand_from query' -l kind
 complete -c qt -n '__fish_seen_subcommand_from query' -l limit
 complete -c qt -n '__fish_seen_subcommand_from query' -l output
 complete -c qt -n '__fish_seen_subcommand_from query' -l partial
+complete -c qt -n '__fish_seen_subcommand_from query' -l set
 complete -c qt -n '__fish_seen_subcommand_from query' -l symbol
 complete -c qt -n '__fish_seen_subcommand_from query' -l to
 complete -c qt -n '__fish_seen_subcommand_from query' -l tz
@@ -113,7 +114,17 @@ complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l help
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l json
 complete -c qt -n '__fish_seen_subcommand_from features' -a catalog -d 'Print the feature catalog and its feature sets.'
+complete -c qt -n '__fish_seen_subcommand_from features' -l every
+complete -c qt -n '__fish_seen_subcommand_from features' -l from
 complete -c qt -n '__fish_seen_subcommand_from features' -l help
+complete -c qt -n '__fish_seen_subcommand_from features' -l json
+complete -c qt -n '__fish_seen_subcommand_from features' -l output
+complete -c qt -n '__fish_seen_subcommand_from features' -l set
+complete -c qt -n '__fish_seen_subcommand_from features' -l symbol
+complete -c qt -n '__fish_seen_subcommand_from features' -l to
+complete -c qt -n '__fish_seen_subcommand_from features' -l tz
+complete -c qt -n '__fish_seen_subcommand_from features' -s o
+complete -c qt -n '__fish_seen_subcommand_from features' -s s
 complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l help
 complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l json
 complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l markdown

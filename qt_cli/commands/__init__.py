@@ -14,7 +14,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     (
         "features",
         "features",
-        "Feature catalog and sets (qt, seed65, basic11); later the live stage.",
+        "Feature vectors over stored history (--from/--to); the catalog and sets.",
     ),
     ("cleanup", "cleanup", "Trim old stream entries by age or count, per kind, safely."),
     (

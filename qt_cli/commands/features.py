@@ -1,19 +1,32 @@
-"""`qt features`: the feature catalog (and, later, the live feature stage)."""
+"""`qt features`: vectors over stored history, and the feature catalog (later, the live stage)."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson
-from qt_cli.output import emit_json, is_terminal, out_console
+from qt_cli.options import AsJson, Symbols
+from qt_cli.output import emit_json, is_terminal, out_console, say
+
+BACKFILL_HELP = """\
+Compute feature vectors over stored history (trades and price-book events read back from Valkey).
+
+`qt features --from T --to T --symbol SYM --output FILE` reads the symbols' (default: every symbol with stored trades) stored trades and price-book events in [--from, --to] through the query API, merges them in the order the live stage receives them (event time; trades before book events at equal times; stored order), feeds the incremental engine and writes the vectors of --set (default qt) to --output: .parquet or .csv (one row per vector: symbol, ts_event, time, feature_set, catalog_version, warm, then one column per feature in the set's order) or .jsonl (the wire FeatureVector event, one per line).
+
+--every picks which vectors are kept: trade (every trade's vector, the training granularity), candle (the last vector of each 1-minute period), or a period such as 250ms, 1s (the default: at most one vector per symbol and second), 5s, 1m. Times as in qt query (--tz, default America/Sao_Paulo). A progress bar shows on a terminal (stderr); --json prints the summary (counts, bytes, seconds).
+
+Subcommands: catalog (the feature catalog and its sets).
+
+Example: qt features --from 2025-08-04T09:00 --to 2025-08-04T18:00 --symbol WDOQ25 --every 1s --output features.parquet
+"""
 
 CATALOG_HELP = """\
 Print the feature catalog and its feature sets.
 
-Every feature's name, group, inputs, window and definition; the catalog version (a hash of the definitions and the engine version); the sets: qt (the default), seed65 (the users' trained models, in their column order) and basic11 (the seed production system's 11).
+Every feature's name, group, inputs, window and definition; the catalog version (a hash of the definitions and the engine version); the sets: qt (the default), seed65 (the users' trained models, in their column order), basic11 (the seed production system's 11) and qt_history (qt and the five time-travel features, which need stored history).
 
 A table on a terminal, tab-separated lines otherwise; --json for scripts (a `sets` object maps each set name to its ordered names); --markdown prints docs/FEATURES.md. --set NAME lists only that set, in its order.
 
@@ -47,7 +60,91 @@ def _render_table(rows: list[dict[str, Any]], version: str) -> None:
 
 
 def register(app: typer.Typer, *, name: str, summary: str) -> None:
-    group = typer.Typer(help=summary, no_args_is_help=True)
+    group = typer.Typer(help=summary)
+
+    @group.callback(invoke_without_command=True, help=BACKFILL_HELP)
+    def features_command(
+        ctx: typer.Context,
+        start: Annotated[
+            str | None,
+            typer.Option(
+                "--from", help="Start of the range (as qt query --from).", show_default=False
+            ),
+        ] = None,
+        end: Annotated[
+            str | None,
+            typer.Option("--to", help="End of the range (default: now).", show_default=False),
+        ] = None,
+        symbols: Symbols = None,
+        set_name: Annotated[
+            str, typer.Option("--set", help="Feature set: qt, seed65, basic11, qt_history.")
+        ] = "qt",
+        every: Annotated[
+            str,
+            typer.Option(
+                "--every", help="Which vectors to keep: trade, candle, or a period (250ms, 1s, 5s)."
+            ),
+        ] = "1s",
+        output: Annotated[
+            Path | None,
+            typer.Option(
+                "--output",
+                "-o",
+                help="File to write: .parquet, .csv or .jsonl.",
+                show_default=False,
+            ),
+        ] = None,
+        tz: Annotated[
+            str | None,
+            typer.Option(
+                "--tz", help="Time zone of local times (env QT_TIMEZONE).", show_default=False
+            ),
+        ] = None,
+        as_json: AsJson = False,
+    ) -> None:
+        if ctx.invoked_subcommand is not None:
+            return
+        from qt_cli.core.errors import UsageError
+
+        if start is None and output is None:
+            typer.echo(ctx.get_help())
+            raise typer.Exit(0)
+        if start is None or output is None:
+            raise UsageError(
+                "a backfill needs --from and --output, e.g. qt features --from 2025-08-04 "
+                "--to 2025-08-05 --symbol WDOQ25 --output features.parquet"
+            )
+        from qt_cli.commands.query import _Bar
+        from qt_cli.core import config, store
+        from qt_cli.core.features import backfill
+
+        settings = config.current()
+        client = store.connect_settings(settings, say=say)
+        bar = _Bar(is_terminal(sys.stderr), "features")
+        try:
+            summary = backfill.run(
+                client,
+                symbols=symbols or (),
+                start=start,
+                end=end,
+                output=output,
+                set_name=set_name,
+                every=every,
+                tz=tz or settings.timezone,
+                progress=bar,
+            )
+        finally:
+            bar.stop()
+            client.close()
+        if as_json:
+            emit_json(summary)
+        else:
+            say(
+                f"{summary['vectors']:,} vectors ({summary['warm_vectors']:,} warm) of "
+                f"{summary['feature_set']} from {summary['trades']:,} trades and "
+                f"{summary['book_events']:,} book events to {output} "
+                f"({summary['bytes']:,} bytes), {summary['seconds']:.2f} s"
+            )
 
     @group.command("catalog", help=CATALOG_HELP)
     def catalog(
@@ -59,7 +156,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             str | None,
             typer.Option(
                 "--set",
-                help="Only this feature set, in its order (qt, seed65, basic11).",
+                help="Only this feature set, in its order (qt, seed65, basic11, qt_history).",
                 show_default=False,
             ),
         ] = None,
@@ -98,4 +195,4 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                     + "\n"
                 )
 
-    app.add_typer(group, name=name, help=summary)
+    app.add_typer(group, name=name, help=BACKFILL_HELP, short_help=summary)

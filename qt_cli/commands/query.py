@@ -23,8 +23,11 @@ Output: a table on a terminal (first --limit rows and a summary); otherwise, or 
 
 Candles: closed candles; --partial adds each symbol's candle still forming (closed false).
 
+Features: --set NAME keeps only the vectors of that feature set (qt, seed65, basic11, qt_history), their values in the set's order (a table or DataFrame has one column per feature).
+
 Example: qt query --symbol WDOQ25 --from 2025-08-08T09:00 --to 2025-08-08T10:00 --format csv > ticks.csv
 Example: qt query --kind candles:1m --symbol WDOQ25 --from 09:00 --partial
+Example: qt query --kind features --set qt --symbol WDOQ25 --from 09:00 --output features.parquet
 """
 
 
@@ -184,6 +187,14 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 "(e.g. qt query -k candles:1m --partial).",
             ),
         ] = False,
+        set_name: Annotated[
+            str | None,
+            typer.Option(
+                "--set",
+                help="Features: only vectors of this set, in its order (e.g. qt, seed65).",
+                show_default=False,
+            ),
+        ] = None,
         as_json: AsJson = False,
     ) -> None:
         from qt_cli.core import config, query, store
@@ -198,6 +209,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             as_of=as_of,
             tz=tz or settings.timezone,
             partial=partial,
+            feature_set=set_name,
         )
         client = store.connect_settings(settings, say=say)
         bar = _Bar(is_terminal(sys.stderr), f"{request.kind}")

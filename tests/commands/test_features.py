@@ -21,7 +21,7 @@ def test_catalog_json_has_sets_in_order_and_the_version() -> None:
     assert data["sets"]["basic11"][0] == "price_current"
     assert len(data["features"]) == len(cat.CATALOG)
     rsi = next(f for f in data["features"] if f["name"] == "rsi_14")
-    assert rsi["sets"] == ["qt", "basic11"] and rsi["inputs"] == ["trades"]
+    assert rsi["sets"] == ["qt", "basic11", "qt_history"] and rsi["inputs"] == ["trades"]
 
 
 def test_catalog_one_set_lines_and_markdown() -> None:
@@ -37,6 +37,6 @@ def test_catalog_unknown_set_is_one_line_error() -> None:
     result = runner.invoke(app, ["features", "catalog", "--set", "nope"])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "Error: unknown feature set 'nope': use one of qt, seed65, basic11 "
+        "Error: unknown feature set 'nope': use one of qt, seed65, basic11, qt_history "
         "(qt features catalog lists them)"
     )

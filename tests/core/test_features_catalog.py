@@ -20,7 +20,7 @@ BASIC11 = (
 
 
 def test_sets_are_ordered_names_from_the_catalog() -> None:
-    assert list(cat.SETS) == ["qt", "seed65", "basic11"]
+    assert list(cat.SETS) == ["qt", "seed65", "basic11", "qt_history"]
     assert cat.DEFAULT_SET == "qt"
     for names in cat.SETS.values():
         assert len(set(names)) == len(names)

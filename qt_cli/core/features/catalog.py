@@ -455,6 +455,47 @@ _QT: tuple[tuple[str, str, tuple[str, ...], str, str], ...] = (
     ),
 )
 
+# --- history: time-travel features (qt_cli/core/features/history.py) ---------------------------
+_HISTORY: tuple[tuple[str, str, str], ...] = (
+    (
+        "volume_pattern_score",
+        "session minute vs previous sessions",
+        "contracts traded today from the session open through this trade / the mean, over the "
+        "last 20 previous sessions, of the contracts of the 1-minute candles opening from the "
+        "open through this trade's minute (edits and history trades not counted); needs 5 "
+        "previous sessions in 30 days",
+    ),
+    (
+        "historical_momentum_rank",
+        "30 days of 1-minute candles",
+        "mid-rank in [0, 1] of m = p / close of today's minute k-30 - 1 (k = this trade's minute "
+        "since the open, closes carried forward) among every close_j / close_{j-30} - 1 of the "
+        "previous sessions' 1-minute candles in 30 days: (#below + #equal / 2) / #all; needs 5 "
+        "sessions",
+    ),
+    (
+        "volatility_regime_30d",
+        "30 days of 1-minute candles",
+        "0 LOW / 1 NORMAL / 2 HIGH: std (ddof 1) of today's last 30 complete 1-minute log "
+        "returns (closes of minutes k-31..k-1) below the 25th / above the 75th percentile (linear) of the "
+        "same statistic at every minute of the previous sessions in 30 days; needs 5 sessions",
+    ),
+    (
+        "microstructure_imbalance",
+        "200 trades; previous session",
+        "(buy qty - sell qty) / (buy qty + sell qty) over the large aggressor trades among the "
+        "last 200 trades (across days); large = quantity >= the 95th percentile (linear) of the quantities of "
+        "the latest previous session's trades (needs 100 of them); NaN when none is large",
+    ),
+    (
+        "correlation_stability",
+        "30 days of 1-minute candles",
+        "1 - std (ddof 0) of the 30-minute rolling Pearson correlations of 1-minute log returns "
+        "with another subscribed symbol, every window of the previous sessions both have in 30 "
+        "days (needs 5), averaged over the other symbols; one value per session date",
+    ),
+)
+
 # day_of_week is shared: the seed65 definition (Monday = 0) is also the qt set's fourth session
 # feature, computed once.
 
@@ -482,6 +523,8 @@ def _build() -> dict[str, Feature]:
         if name in out:
             raise ValueError(f"feature {name} declared twice")
         out[name] = Feature(name, group, inputs, window, definition)
+    for name, window, definition in _HISTORY:
+        out[name] = Feature(name, "history", ("trades", "history"), window, definition)
     return out
 
 
@@ -493,7 +536,15 @@ QT = (
     "day_of_week",
 )
 
-SETS: dict[str, tuple[str, ...]] = {"qt": QT, "seed65": SEED65, "basic11": BASIC11}
+HISTORY = tuple(row[0] for row in _HISTORY)
+# qt_history: the qt set followed by the time-travel features (they need stored history, so the
+# qt set itself stays 65 features that need none)
+SETS: dict[str, tuple[str, ...]] = {
+    "qt": QT,
+    "seed65": SEED65,
+    "basic11": BASIC11,
+    "qt_history": (*QT, *HISTORY),
+}
 DEFAULT_SET = "qt"
 
 

@@ -38,6 +38,63 @@ default is `{default}`.
   (`book_ignored`), nor are other event types. A skipped event leaves the state untouched.
   Session windows (`*_session`) reset at each exchange-local date; the others run across days.
 
+## Time-travel features (group `history`, set `qt_history`)
+
+Five features compare today with stored history. They are not in `qt` (which stays the 65
+features that need no history, so a model trained on `qt` never depends on a Valkey holding 30
+days); the set `qt_history` is `qt` followed by the five, in the order below. The engine gets its
+history source as a parameter (`FeatureEngine(..., history=StoredHistory(client), symbols=…)`;
+`qt features --from …` passes the Valkey it reads); without one they are NaN with the reason
+`history: no stored history source`.
+
+- **Computed once per day, not per tick.** On a symbol's first trade of an exchange-local date
+  the engine reads that symbol's 1-minute candles of the previous 30 calendar days (one query
+  API call per symbol, plus one per other subscribed symbol for the correlation) and the trades
+  of the latest previous session (one call), and derives every reference statistic from them;
+  each trade then costs O(1) plus two binary searches (see BENCHMARKS.md). The seed issued ~30
+  range queries per calculation.
+- **Minute grid.** Minute index k = exchange-local minutes since the session open (09:00),
+  floored; the close of minute k is the last price at or before the end of minute k in that
+  session, carried forward over minutes without a trade. Previous sessions are the dates before
+  today, within 30 calendar days, that have 1-minute candles.
+- **Not enough history is NaN with a reason, never a neutral constant:** fewer than 5 previous
+  sessions (`history: 2 previous session(s) in 30 days, needs 5`), no previous session with 100
+  trades, no other symbol (`no other symbol to correlate with`), before the open, too early in
+  the session (`needs a trade 30 minutes into today's session`), no large trade in the window.
+- `volatility_regime_30d` is an ordinal for models: 0 LOW, 1 NORMAL, 2 HIGH.
+- `correlation_stability` correlates the symbol with the engine's other subscribed symbols
+  (`symbols=`; by default those it has seen), from their stored candles; it is one value per
+  session date.
+
+## Backfill: `qt features --from … --to … --symbol …`
+
+`qt_cli/core/features/backfill.py` reads the symbols' stored trades (history chunks, the
+per-event tail and late entries, through `qt_cli.core.query`) and price-book events (only when
+the set uses the book) and feeds them to the same engine in this order, the one the live stage
+receives them in:
+
+1. by `ts_event`;
+2. at equal `ts_event`, trades before book events (the book change a trade causes carries the
+   trade's time; the trade happened first);
+3. within one kind, the order the query returns, i.e. the stored order (the feed's order).
+
+Tests prove that the backfill over a session stored through the real bridge equals feeding the
+same events to the engine directly (same timestamps, values within 1e-9, same warm flags).
+
+`--every` picks the vectors kept: `trade` (every trade's vector: the training granularity of
+the users' models), `candle` (the last vector of each 1-minute period) or a period (`250ms`,
+`1s`, `5s`, …; the last vector of each period per symbol, emitted when a later event arrives or
+the range ends). The default is `1s`: a stored vector is about 2.2 kB (the wire event
+`events.FeatureVector(...).to_wire()` of the qt set; its flat stream fields about the same), so
+one per trade would be ~1.1 GB per symbol and day of 500,000 trades in Valkey, while `1s` keeps
+at most 32,400 per symbol and session (~70 MB). In parquet (zstd) a qt vector costs ~170 B at
+`--every trade` (measured in BENCHMARKS.md).
+
+Book retention: the bridge trims `stream:book:{{SYM}}` to `--maxlen` (100,000 entries by
+default, well under an hour of an active symbol) and keeps no columnar history of the book, so a
+backfill of the book features over older ranges needs a bridge run with `--maxlen 0` (or a
+larger value); the trade features come from the history chunks and need nothing.
+
 ## seed65: the training code's values, quirks included
 
 The users' models were trained by `train_csv_5m_realistic.py` on one row per trade. Once a

@@ -20,7 +20,8 @@ import numpy as np
 
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import EXCHANGE_TZ, BookUpdate, Event, Trade
-from qt_cli.core.features.catalog import SETS, catalog_hash, feature_set
+from qt_cli.core.features.catalog import HISTORY, SETS, catalog_hash, feature_set
+from qt_cli.core.features.history import HistoryBlock, HistorySource
 from qt_cli.core.features.rolling import (
     NAN,
     Ema,
@@ -31,6 +32,7 @@ from qt_cli.core.features.rolling import (
     Rolling,
     Wilder,
     f32,
+    restart_stagger,
 )
 
 NS_PER_S = 1_000_000_000
@@ -720,12 +722,14 @@ def _minutes(text: str) -> int:
 class SymbolState:
     """Everything the engine keeps for one symbol."""
 
-    def __init__(self, engine: FeatureEngine) -> None:
+    def __init__(self, engine: FeatureEngine, symbol: str) -> None:
+        restart_stagger()  # the same recompute points in every process: replay == live
         self.clock = Clock()
         self.last_ts = 0
         self.seed = SeedBlock(engine.top_buyers, engine.top_sellers) if engine.uses_seed else None
         self.trades = TradeBlock(engine.open_min, engine.close_min) if engine.uses_trades else None
         self.book = BookBlock() if engine.uses_book else None
+        self.history = HistoryBlock(engine, symbol) if engine.uses_history else None
         self.last_trade: dict[str, Any] | None = None
         self.last_book: dict[str, Any] | None = None
 
@@ -734,7 +738,10 @@ class FeatureEngine:
     """Feature vectors of one set, per symbol, from trades and price-book events in time order.
 
     `top_buyers` / `top_sellers`: the 5 agent ids the seed65 `top_*` features compare with (the
-    training file's most frequent buyers and sellers, most frequent first).
+    training file's most frequent buyers and sellers, most frequent first). `history`: where the
+    time-travel features' reference statistics come from (`history.StoredHistory(client)`);
+    without it they are NaN with a reason. `symbols`: the subscribed symbols
+    (`correlation_stability` correlates with the others; default: the symbols seen so far).
     """
 
     def __init__(
@@ -745,8 +752,12 @@ class FeatureEngine:
         top_sellers: list[int] | None = None,
         session_open: str = "09:00",
         session_close: str = "18:00",
+        history: HistorySource | None = None,
+        symbols: tuple[str, ...] | list[str] = (),
     ) -> None:
         self.set_name = set_name
+        self.history = history
+        self.subscribed = tuple(symbols)
         self.names = feature_set(set_name)
         if (top_buyers is None) != (top_sellers is None):
             raise UsageError("give both top_buyers and top_sellers (the training file's rankings)")
@@ -765,6 +776,7 @@ class FeatureEngine:
         self.uses_book = bool(
             names & (set(BOOK_NOW) | {"ofi_100", "cancel_rate_100", "replenish_rate_100"})
         )
+        self.uses_history = bool(names & set(HISTORY))
         self.version = catalog_hash()
         self.symbols: dict[str, SymbolState] = {}
         self.counters: dict[str, int] = {
@@ -779,6 +791,7 @@ class FeatureEngine:
             "book_ignored": 0,
             "crossed_book": 0,
             "no_book": 0,
+            "history_references": 0,
         }
         uses_ranking = any(n.startswith("top_") for n in self.names)
         self._ranking_missing = uses_ranking and self.top_buyers is None
@@ -786,8 +799,12 @@ class FeatureEngine:
     def _state(self, symbol: str) -> SymbolState:
         state = self.symbols.get(symbol)
         if state is None:
-            state = self.symbols[symbol] = SymbolState(self)
+            state = self.symbols[symbol] = SymbolState(self, symbol)
         return state
+
+    def history_symbols(self) -> tuple[str, ...]:
+        """The subscribed symbols, or those seen so far."""
+        return self.subscribed or tuple(self.symbols)
 
     def on_event(self, event: Event) -> FeatureVector | None:
         if isinstance(event, Trade):
@@ -846,6 +863,8 @@ class FeatureEngine:
             problem = state.book.update(p, values, reasons)
             if problem is not None:
                 counters["crossed_book" if problem == CROSSED_BOOK else "no_book"] += 1
+        if state.history is not None:
+            state.history.update(trade, clock, values, reasons)
         out = [values[n] for n in self.names]
         if state.seed is not None and state.trades is None:
             out = array("f", out).tolist()  # the training code's final float32 cast

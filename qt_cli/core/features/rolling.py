@@ -23,6 +23,14 @@ _stagger = _counter()
 RECOMPUTE_PUSHES = 4096
 
 
+def restart_stagger() -> None:
+    """Number the recompute offsets of the windows built next from 0 again. A symbol's state
+    calls this first, so its windows recompute at the same pushes in every process (a replay
+    equals the live run bit for bit, whatever else the process built before)."""
+    global _stagger
+    _stagger = _counter()
+
+
 def f32(x: float) -> float:
     """x rounded to the nearest float32 (overflow gives ±inf, as numpy's float32 does)."""
     try:

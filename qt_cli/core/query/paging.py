@@ -225,6 +225,34 @@ def pages(
     client: Any, request: Request, *, stats: Stats | None = None
 ) -> Iterator[tuple[pd.DataFrame, int]]:
     """(frame, watermark) pages of the request in event-time order; frames have no index."""
+    if request.feature_set is not None:
+        for frame, mark in _pages(client, request, stats=stats):
+            yield _only_set(frame, request.feature_set), mark
+        return
+    yield from _pages(client, request, stats=stats)
+
+
+def _only_set(frame: pd.DataFrame, set_name: str) -> pd.DataFrame:
+    """The vectors of one feature set, each `features` object in the set's order (NaN where a
+    vector lacks a name), so expanded columns come out in that order."""
+    from qt_cli.core.features.catalog import feature_set
+
+    names = feature_set(set_name)
+    if "feature_set" in frame.columns:
+        frame = frame[frame["feature_set"].astype(str) == set_name].reset_index(drop=True)
+    if "features" in frame.columns:
+        nan = float("nan")
+        frame = frame.copy()
+        frame["features"] = [
+            {n: (f.get(n, nan) if isinstance(f, dict) else nan) for n in names}
+            for f in frame["features"]
+        ]
+    return frame
+
+
+def _pages(
+    client: Any, request: Request, *, stats: Stats | None = None
+) -> Iterator[tuple[pd.DataFrame, int]]:
     stats = stats if stats is not None else Stats()
     symbols = resolve_symbols(client, request)
     if not symbols:
@@ -277,18 +305,27 @@ def query(
     client: Any,
     stats: Stats | None = None,
     partial: bool = False,
+    feature_set: str | None = None,
 ) -> pd.DataFrame:
     """A kind's stored rows as a DataFrame indexed by event time (tz-aware), in event-time order.
 
     `query("ticks", symbols="WDOQ25", start="2025-08-08T09:00", end="2025-08-08T10:00",
     client=store.connect_settings(config.load_settings()))`. Times are text (see timeparse), ns
-    ints or aware datetimes; `client` is a Valkey client (`store.connect`). `partial` (candles) adds each symbol's candle still forming (`closed`
-    false).
+    ints or aware datetimes; `client` is a Valkey client (`store.connect`). `partial` (candles)
+    adds each symbol's candle still forming (`closed` false). `feature_set` (features): only that
+    set's vectors, one float column per feature in the set's order after the other columns.
     """
     if isinstance(symbols, str):
         symbols = [symbols]
     request = make_request(
-        kind, symbols=symbols, start=start, end=end, as_of=as_of, tz=tz, partial=partial
+        kind,
+        symbols=symbols,
+        start=start,
+        end=end,
+        as_of=as_of,
+        tz=tz,
+        partial=partial,
+        feature_set=feature_set,
     )
     return frame_of(client, request, stats=stats)
 
@@ -312,10 +349,24 @@ def frame_of(client: Any, request: Request, *, stats: Stats | None = None) -> pd
                 frame[name] = frame[name].astype("category")
         if _base_kind(request.kind) == "features":
             frame = _expand_features(frame)
+            if request.feature_set is not None:
+                frame = _set_columns(frame, request.feature_set)
     frame = with_time_index(frame, time_field(request.kind), request.tz)
     stats.rows = len(frame)
     stats.seconds = time.perf_counter() - started
     return frame
+
+
+def _set_columns(frame: pd.DataFrame, set_name: str) -> pd.DataFrame:
+    """Every feature of the set as a float column, in the set's order, after the others."""
+    from qt_cli.core.features.catalog import feature_set
+
+    names = list(feature_set(set_name))
+    for name in names:
+        if name not in frame.columns:
+            frame[name] = np.full(len(frame), np.nan)
+    others = [c for c in frame.columns if c not in set(names)]
+    return frame[others + names]
 
 
 def _schema_type(kind: str, name: str) -> str | None:

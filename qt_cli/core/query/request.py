@@ -90,6 +90,7 @@ class Request:
     as_of_ns: int | None
     tz: tzinfo
     partial: bool = False  # candles: add each symbol's candle still forming (closed false)
+    feature_set: str | None = None  # features: only vectors of this set, one column per feature
 
     @property
     def tz_name(self) -> str:
@@ -131,11 +132,13 @@ def make_request(
     tz: str | tzinfo | None = None,
     now_ns: int | None = None,
     partial: bool = False,
+    feature_set: str | None = None,
 ) -> Request:
     """Validate and resolve a query. Times: ns ints, aware datetimes, or text for parse_time.
 
     Default range: from the start of today (in `tz`) to now. `partial` (candles only) adds
-    each symbol's candle still forming.
+    each symbol's candle still forming. `feature_set` (features only): only vectors of that
+    set, their values in the set's order (one column per feature in a DataFrame).
     """
     zone = tz if isinstance(tz, tzinfo) else get_tz(tz)
     now = time.time_ns() if now_ns is None else now_ns
@@ -146,6 +149,12 @@ def make_request(
         )
     if partial and as_of is not None:
         raise UsageError("--partial reads a range: leave out --as-of")
+    if feature_set is not None:
+        if name != "features":
+            raise UsageError(f"--set picks a feature set: use it with --kind features, not {name}")
+        from qt_cli.core.features.catalog import feature_set as check_set
+
+        check_set(feature_set)  # UsageError naming the sets
     for symbol in symbols:
         if not keys.valid_symbol(symbol):
             raise UsageError(f"symbol {symbol!r} is not a ticker (letters, digits, '.', '_', '-')")
@@ -155,7 +164,9 @@ def make_request(
     if as_of_ns is not None:
         if start is not None or end is not None:
             raise UsageError("--as-of reads one instant: leave out --from and --to")
-        return Request(name, tuple(symbols), as_of_ns, as_of_ns, as_of_ns, zone)
+        return Request(
+            name, tuple(symbols), as_of_ns, as_of_ns, as_of_ns, zone, feature_set=feature_set
+        )
     from_ns = _to_ns(start, tz=zone, now_ns=now, ambiguous="earliest", option="--from")
     to_ns = _to_ns(end, tz=zone, now_ns=now, ambiguous="latest", option="--to")
     if to_ns is None:
@@ -168,7 +179,7 @@ def make_request(
             f"--from ({format_ns(from_ns, zone)}) is after --to ({format_ns(to_ns, zone)}): "
             "swap them or widen the range"
         )
-    return Request(name, tuple(symbols), from_ns, to_ns, None, zone, partial)
+    return Request(name, tuple(symbols), from_ns, to_ns, None, zone, partial, feature_set)
 
 
 def _stream_keys(kind: str, symbol: str) -> list[str]:

@@ -1,0 +1,408 @@
+"""Feature vectors over stored history: `qt features --from … --to … --symbol …`.
+
+`stored_events` reads a symbol's trades and price-book events through the query API
+(`qt_cli.core.query.pages`, which merges chunks, the per-event tail and late entries into
+event-time order) and merges the two kinds into the one order the engine is fed in, the order the
+live stage receives them in:
+
+    (ts_event, kind, stored order)   with kind 0 = trade, 1 = book event
+
+i.e. by event time; at equal event times trades come before book events (the book event a trade
+caused carries the trade's time, and the trade is what happened first at the venue); within one
+kind, the order the query returns (its stored order, which is the feed's order). Several symbols
+are merged by the same rule (the engine keeps one state per symbol, so their interleaving does
+not change any value).
+
+`backfill` feeds those events to a `FeatureEngine` and yields the vectors the trigger keeps
+(`--every`): every trade's vector (`trade`), or the last vector of each period of event time
+(`1m` candle periods, `250ms`, `1s`, …), emitted when an event of a later period arrives (or the
+range ends), as a live stage emitting on a timer would.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qt_cli.core import events, keys, query
+from qt_cli.core.chunks import AGGRESSOR_NAMES
+from qt_cli.core.errors import UsageError
+from qt_cli.core.events import NS_PER_MS, NS_PER_S, BookUpdate, Trade
+from qt_cli.core.features.engine import FeatureEngine, FeatureVector
+
+TRADE, BOOK = 0, 1
+DEFAULT_EVERY = "1s"
+EVERY_HELP = "trade, candle (1m), or a period: 250ms, 1s, 5s, 1m"
+_PERIOD_RE = re.compile(r"^(\d+)(ms|s|m)$")
+_UNIT_NS = {"ms": NS_PER_MS, "s": NS_PER_S, "m": 60 * NS_PER_S}
+
+Progress = Callable[[int, int], None]  # (ts_event of the last event, events so far)
+
+
+def every_ns(every: str) -> int:
+    """The trigger's period in ns; 0 for `trade`. UsageError for anything else."""
+    text = every.strip().lower()
+    if text == "trade":
+        return 0
+    if text == "candle":
+        return 60 * NS_PER_S
+    m = _PERIOD_RE.match(text)
+    if m and int(m.group(1)) > 0:
+        return int(m.group(1)) * _UNIT_NS[m.group(2)]
+    raise UsageError(f"--every {every!r}: use {EVERY_HELP}")
+
+
+def _trades(frame: Any) -> Iterator[tuple[int, int, int, Trade]]:
+    cols = {name: frame[name].to_numpy().tolist() for name in _TRADE_COLUMNS}
+    cols["symbol"] = frame["symbol"].astype(str).tolist()
+    cols["session"] = frame["session"].astype(str).tolist()
+    aggressor = (frame["aggressor"].cat.codes.to_numpy() - 1).tolist()
+    for i, ts in enumerate(cols["ts_event"]):
+        yield (
+            ts,
+            TRADE,
+            i,
+            Trade(
+                symbol=cols["symbol"][i],
+                ts_event=ts,
+                price=cols["price"][i],
+                quantity=cols["quantity"][i],
+                volume=cols["volume"][i],
+                trade_id=cols["trade_id"][i],
+                buyer=cols["buyer"][i],
+                seller=cols["seller"][i],
+                trade_type=cols["trade_type"][i],
+                aggressor=AGGRESSOR_NAMES[aggressor[i]],
+                is_edit=cols["is_edit"][i],
+                history=cols["history"][i],
+                ts_init=cols["ts_init"][i],
+                session=cols["session"][i],
+                seq=cols["seq"][i],
+            ),
+        )
+
+
+_TRADE_COLUMNS = (
+    "ts_event",
+    "price",
+    "quantity",
+    "volume",
+    "trade_id",
+    "buyer",
+    "seller",
+    "trade_type",
+    "is_edit",
+    "history",
+    "ts_init",
+    "seq",
+)
+
+
+def _books(frame: Any) -> Iterator[tuple[int, int, int, BookUpdate]]:
+    if "type" in frame.columns:
+        frame = frame[frame["type"].astype(str) == BookUpdate.TYPE]
+    n = len(frame)
+    if not n:
+        return
+    columns = []
+    for name, typ, default in BookUpdate._spec:
+        if name not in frame.columns:
+            value = default() if callable(default) else default
+            columns.append([value] * n)
+            continue
+        series = frame[name]
+        if typ is float:
+            columns.append(series.to_numpy(dtype=float).tolist())
+        elif typ is str:
+            columns.append(series.astype(str).tolist())
+        elif typ is int:
+            columns.append(series.fillna(default).astype("int64").to_numpy().tolist())
+        else:  # levels: a list, or None where the entry had none
+            columns.append([v if isinstance(v, list) else [] for v in series.tolist()])
+    for i, row in enumerate(zip(*columns, strict=True)):
+        event = BookUpdate(*row)
+        yield event.ts_event, BOOK, i, event
+
+
+def _kind_events(
+    client: Any, kind: str, symbol: str, from_ns: int, to_ns: int
+) -> Iterator[tuple[int, int, int, Any]]:
+    if not client.exists(keys.stream_key(kind, symbol)) and not (
+        kind == "ticks" and client.exists(keys.history_key("ticks", symbol))
+    ):
+        return
+    request = query.make_request(kind, symbols=[symbol], start=from_ns, end=to_ns)
+    offset = 0
+    convert = _trades if kind == "ticks" else _books
+    for frame, _ in query.pages(client, request):
+        for ts, rank, i, event in convert(frame):
+            yield ts, rank, offset + i, event
+        offset += len(frame)
+
+
+def stored_events(
+    client: Any,
+    symbols: Sequence[str],
+    from_ns: int,
+    to_ns: int,
+    *,
+    kinds: Sequence[str] = ("ticks", "book"),
+) -> Iterator[Trade | BookUpdate]:
+    """Stored trades and price-book events of `symbols` in [from_ns, to_ns], in engine order
+    (`kinds`: leave out "book" for a set that uses no book feature)."""
+    sources = [
+        _kind_events(client, kind, symbol, from_ns, to_ns) for symbol in symbols for kind in kinds
+    ]
+    for _, _, _, event in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
+        yield event
+
+
+@dataclass
+class BackfillStats:
+    """What a backfill read and produced."""
+
+    trades: int = 0
+    book_events: int = 0
+    vectors: int = 0
+    warm_vectors: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def backfill(
+    client: Any,
+    symbols: Sequence[str],
+    from_ns: int,
+    to_ns: int,
+    *,
+    engine: FeatureEngine,
+    every: str = DEFAULT_EVERY,
+    stats: BackfillStats | None = None,
+    progress: Progress | None = None,
+    events: Iterator[Trade | BookUpdate] | None = None,
+) -> Iterator[FeatureVector]:
+    """Vectors of `engine`'s set over the stored range, sampled by `every` (see the module doc)."""
+    period = every_ns(every)
+    stats = stats if stats is not None else BackfillStats()
+    kinds = ("ticks", "book") if engine.uses_book else ("ticks",)
+    source = (
+        events
+        if events is not None
+        else stored_events(client, symbols, from_ns, to_ns, kinds=kinds)
+    )
+    held: dict[str, FeatureVector] = {}  # per symbol: the latest vector of the open period
+    n = 0
+    for event in source:
+        n += 1
+        ts = event.ts_event
+        if isinstance(event, Trade):
+            stats.trades += 1
+            vector = engine.on_trade(event)
+        else:
+            stats.book_events += 1
+            engine.on_book(event)
+            vector = None
+        if period:
+            bucket = ts // period
+            for symbol in [s for s, v in held.items() if v.ts_event // period < bucket]:
+                yield _count(stats, held.pop(symbol))
+            if vector is not None:
+                held[vector.symbol] = vector
+        elif vector is not None:
+            yield _count(stats, vector)
+        if stats.first_ns is None:
+            stats.first_ns = ts
+        stats.last_ns = ts
+        if progress is not None and n % 4096 == 0:
+            progress(ts, n)
+    for vector in sorted(held.values(), key=lambda v: v.ts_event):
+        yield _count(stats, vector)
+    stats.counters = dict(engine.counters)
+    if progress is not None:
+        progress(stats.last_ns or to_ns, n)
+
+
+def _count(stats: BackfillStats, vector: FeatureVector) -> FeatureVector:
+    stats.vectors += 1
+    stats.warm_vectors += vector.warm
+    return vector
+
+
+# --- vectors out: the wire event and files ---------------------------------------------------------
+
+OUTPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+WRITE_BATCH = 20_000
+
+
+def to_event(vector: FeatureVector, *, ts_init: int = 0) -> events.FeatureVector:
+    """The vector as the wire/stream event (`events.FeatureVector`), as the live stage stores it."""
+    return events.FeatureVector(
+        symbol=vector.symbol,
+        ts_event=vector.ts_event,
+        feature_set=vector.feature_set,
+        catalog_hash=vector.catalog_version,
+        features=dict(zip(vector.names, vector.values, strict=True)),
+        reasons=vector.reasons,
+        warm=vector.warm,
+        ts_init=ts_init,
+    )
+
+
+def output_format(path: Path) -> str:
+    found = OUTPUT_FORMATS.get(path.suffix.lower())
+    if found is None:
+        raise UsageError(
+            f"--output {path}: use a .parquet, .csv or .jsonl file (the suffix picks the format)"
+        )
+    return found
+
+
+@dataclass
+class Written:
+    """What `write_vectors` wrote."""
+
+    rows: int = 0
+    bytes: int = 0
+    wire_bytes: int = 0  # sum of the orjson wire payloads (`events.FeatureVector.to_wire()`)
+
+
+def write_vectors(
+    vectors: Iterator[FeatureVector], path: Path, names: Sequence[str], *, fmt: str | None = None
+) -> Written:
+    """Write vectors to a file: parquet/csv rows (symbol, ts_event, time, feature_set,
+    catalog_version, warm, then one float column per feature in the set's order), or jsonl
+    lines of the wire event. Written in batches; the file is complete only when this returns."""
+    fmt = fmt or output_format(path)
+    written = Written()
+    try:
+        out = path.open("wb")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    writer: Any = None
+    batch: list[FeatureVector] = []
+
+    def flush() -> None:
+        nonlocal writer
+        if not batch:
+            return
+        if fmt == "jsonl":
+            lines = [e.to_wire() for e in (to_event(v) for v in batch)]
+            written.wire_bytes += sum(len(line) for line in lines)
+            out.write(b"\n".join(lines) + b"\n")
+        else:
+            table = _arrow_batch(batch, names)
+            if writer is None:
+                import pyarrow.csv as pa_csv
+                import pyarrow.parquet as pq
+
+                if fmt == "parquet":
+                    writer = pq.ParquetWriter(out, table.schema, compression="zstd")
+                else:
+                    writer = pa_csv.CSVWriter(out, table.schema)
+            writer.write_table(table)
+        written.rows += len(batch)
+        batch.clear()
+
+    try:
+        for vector in vectors:
+            batch.append(vector)
+            if len(batch) >= WRITE_BATCH:
+                flush()
+        flush()
+        if writer is not None:
+            writer.close()
+    finally:
+        out.close()
+    written.bytes = path.stat().st_size
+    return written
+
+
+def _arrow_batch(batch: list[FeatureVector], names: Sequence[str]) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.array([v.values for v in batch], dtype=np.float64).reshape(len(batch), len(names))
+    ts = np.fromiter((v.ts_event for v in batch), dtype=np.int64, count=len(batch))
+    columns: dict[str, Any] = {
+        "symbol": pa.array([v.symbol for v in batch]).dictionary_encode(),
+        "ts_event": pa.array(ts),
+        "time": pa.array(ts.astype("datetime64[ns]"), type=pa.timestamp("ns", tz="UTC")),
+        "feature_set": pa.array([v.feature_set for v in batch]).dictionary_encode(),
+        "catalog_version": pa.array([v.catalog_version for v in batch]).dictionary_encode(),
+        "warm": pa.array([v.warm for v in batch], type=pa.bool_()),
+    }
+    for i, name in enumerate(names):
+        columns[name] = pa.array(values[:, i], type=pa.float64())
+    return pa.table(columns)
+
+
+def run(
+    client: Any,
+    *,
+    symbols: Sequence[str],
+    start: query.TimeInput,
+    end: query.TimeInput,
+    output: Path,
+    set_name: str = "qt",
+    every: str = DEFAULT_EVERY,
+    tz: str | None = None,
+    progress: Callable[[float, int], None] | None = None,
+) -> dict[str, Any]:
+    """`qt features --from … --to …`: vectors over stored history into a file; the summary."""
+    import time
+
+    request = query.make_request("ticks", symbols=symbols, start=start, end=end, tz=tz)
+    fmt = output_format(output)
+    every_ns(every)
+    chosen = tuple(query.resolve_symbols(client, request))  # UsageError naming what is stored
+    if not chosen:
+        raise UsageError("no ticks stored yet: nothing to compute (qt bridge stores them)")
+    from qt_cli.core.features.history import StoredHistory
+
+    engine = FeatureEngine(set_name, history=StoredHistory(client), symbols=chosen)
+    stats = BackfillStats()
+    span = max(1, request.to_ns - request.from_ns)
+
+    def on_progress(ts: int, n: int) -> None:
+        if progress is not None:
+            progress(min(1.0, max(0.0, (ts - request.from_ns) / span)), stats.vectors)
+
+    started = time.perf_counter()
+    vectors = backfill(
+        client,
+        chosen,
+        request.from_ns,
+        request.to_ns,
+        engine=engine,
+        every=every,
+        stats=stats,
+        progress=on_progress,
+    )
+    written = write_vectors(vectors, output, engine.names, fmt=fmt)
+    seconds = time.perf_counter() - started
+    return {
+        "symbols": list(chosen),
+        "from": request.from_ns,
+        "to": request.to_ns,
+        "range": request.describe(),
+        "feature_set": set_name,
+        "catalog_version": engine.version,
+        "every": every,
+        "trades": stats.trades,
+        "book_events": stats.book_events,
+        "vectors": stats.vectors,
+        "warm_vectors": stats.warm_vectors,
+        "first_ns": stats.first_ns,
+        "last_ns": stats.last_ns,
+        "output": str(output),
+        "format": fmt,
+        "bytes": written.bytes,
+        "seconds": round(seconds, 3),
+        "events_per_s": round((stats.trades + stats.book_events) / seconds, 1) if seconds else None,
+        "counters": stats.counters,
+    }

@@ -1,0 +1,213 @@
+"""Backfill over stored history (real bridge, real Valkey) equals the engine fed the same events
+directly; `--every` sampling; `qt features --from … --output`; `qt query --kind features --set`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from qt_cli.app import app
+from qt_cli.core import keys, query
+from qt_cli.core.errors import UsageError
+from qt_cli.core.events import FeatureVector as WireVector
+from qt_cli.core.events import decode_fields
+from qt_cli.core.features.backfill import backfill, every_ns, stored_events, to_event
+from qt_cli.core.features.catalog import SETS
+from qt_cli.core.features.engine import FeatureEngine
+from tests.core.features_stored import SYMBOLS, engine_order, simulate, store
+
+ALL = (0, 2**62)
+
+
+@pytest.fixture(scope="module")
+def session_events():
+    return simulate(hours=1.0, activity=0.05)
+
+
+@pytest.fixture
+def stored(session_events, valkey_url, tmp_path):
+    store(session_events, valkey_url, tmp_path)
+    return session_events
+
+
+def _same(a, b) -> bool:
+    return a == b or (a != a and b != b) or abs(a - b) <= 1e-9
+
+
+def _engine(set_name: str) -> FeatureEngine:
+    if set_name == "seed65":  # the ranking parameters, so that vectors get warm
+        return FeatureEngine(
+            set_name, top_buyers=[3, 8, 15, 27, 39], top_sellers=[3, 8, 15, 27, 39]
+        )
+    return FeatureEngine(set_name)
+
+
+def _direct(events, set_name="qt"):
+    engine = _engine(set_name)
+    return [v for e in engine_order(events) if (v := engine.on_event(e)) is not None]
+
+
+def test_stored_events_come_back_in_engine_order(stored, vk):
+    got = list(stored_events(vk, SYMBOLS, *ALL))
+    want = engine_order(stored)
+    assert len(got) == len(want) > 1000
+    assert [(e.ts_event, type(e).__name__, e.symbol, e.seq) for e in got] == [
+        (e.ts_event, type(e).__name__, e.symbol, e.seq) for e in want
+    ]
+    # at equal event times a trade comes before a book event
+    kinds = [(e.ts_event, type(e).__name__) for e in got]
+    assert any(
+        a[0] == b[0] and a[1] == "Trade" and b[1] == "BookUpdate"
+        for a, b in zip(kinds, kinds[1:], strict=False)
+    )
+    assert not any(
+        a[0] == b[0] and a[1] == "BookUpdate" and b[1] == "Trade"
+        for a, b in zip(kinds, kinds[1:], strict=False)
+    )
+
+
+@pytest.mark.parametrize("set_name", ["qt", "seed65"])
+def test_backfill_equals_the_engine_fed_directly(stored, vk, set_name):
+    direct = _direct(stored, set_name)
+    got = list(backfill(vk, SYMBOLS, *ALL, engine=_engine(set_name), every="trade"))
+    assert len(got) == len(direct) > 500
+    assert sum(v.warm for v in got) > len(got) // 2
+    for a, b in zip(direct, got, strict=True):
+        assert (a.symbol, a.ts_event, a.warm, a.missing) == (
+            b.symbol,
+            b.ts_event,
+            b.warm,
+            b.missing,
+        )
+        assert all(_same(x, y) for x, y in zip(a.values, b.values, strict=True)), a.ts_event
+
+
+def test_every_keeps_the_last_vector_of_each_period(stored, vk):
+    direct = _direct(stored)
+    frame = pd.DataFrame({"symbol": [v.symbol for v in direct], "ts": [v.ts_event for v in direct]})
+    frame["i"] = range(len(frame))
+    want = frame.groupby(["symbol", frame.ts // 1_000_000_000])["i"].max().sort_values().tolist()
+    got = list(backfill(vk, SYMBOLS, *ALL, engine=FeatureEngine("qt"), every="1s"))
+    assert sorted((v.ts_event, v.symbol) for v in got) == sorted(
+        (direct[i].ts_event, direct[i].symbol) for i in want
+    )
+    by_key = {(v.ts_event, v.symbol): v for v in got}
+    for i in want:
+        v = by_key[(direct[i].ts_event, direct[i].symbol)]
+        assert all(_same(x, y) for x, y in zip(v.values, direct[i].values, strict=True))
+    candle = list(backfill(vk, SYMBOLS, *ALL, engine=FeatureEngine("qt"), every="candle"))
+    minutes = {(v.symbol, v.ts_event // 60_000_000_000) for v in direct}
+    assert len(candle) == len(minutes)
+
+
+def test_every_rejects_nonsense():
+    assert every_ns("trade") == 0
+    assert every_ns("250ms") == 250_000_000
+    assert every_ns("candle") == 60_000_000_000
+    with pytest.raises(UsageError, match="--every 'often': use trade, candle"):
+        every_ns("often")
+
+
+def test_backfill_command_writes_parquet_csv_and_jsonl(stored, vk, cli, tmp_path):
+    direct = _direct(stored)
+    for name in ("v.parquet", "v.csv", "v.jsonl"):
+        out = tmp_path / name
+        result = cli.invoke(
+            app,
+            ["features", "--from", "2025-07-01", "--to", "2025-07-02", "-s", "WDOQ25", "-s", "WINQ25",
+             "--every", "trade", "--output", str(out), "--json"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["vectors"] == len(direct)
+        assert summary["trades"] == len(direct)
+        assert summary["bytes"] == out.stat().st_size > 0
+    frame = pd.read_parquet(tmp_path / "v.parquet")
+    assert list(frame.columns[6:]) == list(SETS["qt"])
+    assert frame["ts_event"].tolist() == [v.ts_event for v in direct]
+    np.testing.assert_allclose(
+        frame[list(SETS["qt"])].to_numpy(), np.array([v.values for v in direct]), rtol=0, atol=1e-9
+    )
+    csv = pd.read_csv(tmp_path / "v.csv")
+    assert csv["warm"].astype(bool).tolist() == [v.warm for v in direct]
+    lines = (tmp_path / "v.jsonl").read_bytes().splitlines()
+    first = WireVector.from_dict(orjson.loads(lines[-1]))
+    assert first.features == pytest.approx(
+        dict(zip(direct[-1].names, direct[-1].values, strict=True)), nan_ok=True
+    )
+
+
+def test_backfill_command_errors(valkey_url, cli, tmp_path):
+    result = cli.invoke(app, ["features", "--from", "2025-07-01", "-s", "WDOQ25"])
+    assert result.exit_code != 0
+    assert "a backfill needs --from and --output" in result.stderr
+    result = cli.invoke(
+        app,
+        ["features", "--from", "2025-07-01", "-s", "WDOQ25", "--output", str(tmp_path / "x.txt")],
+    )
+    assert "use a .parquet, .csv or .jsonl file" in result.stderr
+    result = cli.invoke(
+        app,
+        ["features", "--from", "2025-07-01", "-s", "WDOQ25", "--output", str(tmp_path / "x.csv")],
+    )
+    assert result.exit_code != 0
+    assert "no ticks stored for WDOQ25" in result.stderr
+
+
+def test_query_features_by_set(stored, vk, valkey_url, tmp_path, cli):
+    """Vectors of two sets stored through the bridge; --set keeps one set, its columns in order."""
+    direct = {name: _direct(stored, name)[-40:] for name in ("basic11", "qt")}
+    wires = []
+    for name, vectors in direct.items():
+        for i, v in enumerate(vectors):
+            wires.append(
+                WireVector(**{**_fields(to_event(v)), "session": f"ft.{name}", "seq": i + 1})
+            )
+    wires.sort(key=lambda w: w.ts_event)
+    store(wires, valkey_url, tmp_path)
+    assert vk.xlen(keys.stream_key("features", "WDOQ25")) + vk.xlen(
+        keys.stream_key("features", "WINQ25")
+    ) == len(wires)
+    frame = query.query("features", start=0, end=2**62, feature_set="basic11", client=vk)
+    assert len(frame) == 40
+    assert list(frame.columns[-11:]) == list(SETS["basic11"])
+    assert not set(SETS["qt"]) - set(SETS["basic11"]) & set(frame.columns)
+    want = np.array([v.values for v in sorted(direct["basic11"], key=lambda v: v.ts_event)])
+    np.testing.assert_allclose(frame[list(SETS["basic11"])].to_numpy(), want, atol=1e-9)
+    qt = query.query("features", start=0, end=2**62, feature_set="qt", client=vk)
+    assert list(qt.columns[-65:]) == list(SETS["qt"]) and len(qt) == 40
+    result = cli.invoke(
+        app, ["query", "--kind", "features", "--set", "basic11", "--from", "2025-07-01",
+              "--to", "2025-07-02", "--format", "jsonl"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 40 and list(rows[0]["features"]) == list(SETS["basic11"])
+    bad = cli.invoke(app, ["query", "--kind", "ticks", "--set", "qt"])
+    assert "--set picks a feature set: use it with --kind features, not ticks" in bad.stderr
+    bad = cli.invoke(app, ["query", "--kind", "features", "--set", "nope"])
+    assert "unknown feature set 'nope'" in bad.stderr
+
+
+def _fields(event: WireVector) -> dict:
+    return {
+        name: getattr(event, name)
+        for name, _, _ in WireVector._spec
+        if name not in ("session", "seq")
+    }
+
+
+def test_wire_vector_round_trips_through_the_stream_fields(stored):
+    vector = _direct(stored)[-1]
+    event = to_event(vector)
+    back = decode_fields({k.encode(): v.encode() for k, v in event.to_fields().items()})
+    assert isinstance(back, WireVector)
+    assert all(
+        _same(back.features[n], x) or (math.isnan(x) and math.isnan(back.features[n]))
+        for n, x in zip(vector.names, vector.values, strict=True)
+    )
