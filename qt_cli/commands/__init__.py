@@ -16,6 +16,9 @@ COMMANDS: list[tuple[str, str, str]] = [
         "features",
         "Feature catalog and sets (qt, seed65, basic11); later the live stage.",
     ),
+    ("train", "train", "Train a direction model from stored features, validated walk-forward."),
+    ("predict", "predict", "Score stored history with a model: signals and a simulated backtest."),
+    ("models", "models", "List, show, verify and import model bundles (.qtm)."),
     ("cleanup", "cleanup", "Trim old stream entries by age or count, per kind, safely."),
     (
         "monitor",
