@@ -8,7 +8,6 @@ the query API by `qt train`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ END = "2025-08-04T19:00-03:00"
 
 
 @pytest.fixture(scope="module")
-def stored(valkey_server) -> Iterator[str]:
+def stored(valkey_server) -> str:
     """90 simulated minutes of each symbol: WDOQ25 with --alpha 0.3, WDOU25 without."""
     client = valkey_server.client()
     client.flushall()
@@ -34,7 +33,7 @@ def stored(valkey_server) -> Iterator[str]:
     simulate_and_store(client, seconds=5400, alpha=0.3, seed=7, every=3, symbol=SIGNAL)
     simulate_and_store(client, seconds=5400, alpha=0.0, seed=7, every=3, symbol=NOISE)
     client.close()
-    yield valkey_server.url
+    return valkey_server.url
 
 
 @pytest.fixture
