@@ -244,6 +244,10 @@ def import_model(
         }
         for j, (cv, d) in enumerate(zip(class_values, class_directions, strict=True))
     ]
+    # The order is checked and stored in the bundle; rows are served as arrays in that order.
+    for fitted in (model, scaler_obj):
+        if fitted is not None and hasattr(fitted, "feature_names_in_"):
+            del fitted.feature_names_in_
     pipeline = None
     onnx_bytes = None
     serving = "native"
