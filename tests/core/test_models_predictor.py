@@ -16,11 +16,18 @@ from qt_cli.core.models.predictor import Predictor
 from tests.core.test_models_bundle import NAMES, write
 
 
-def vector(values, *, names=NAMES, warm=True, seq=1, ts=1_754_308_800_000_000_000, **kw) -> FeatureVector:
+def vector(
+    values, *, names=NAMES, warm=True, seq=1, ts=1_754_308_800_000_000_000, **kw
+) -> FeatureVector:
     return FeatureVector(
-        symbol="WDOQ25", ts_event=ts, feature_set=kw.get("feature_set", "qt"),
+        symbol="WDOQ25",
+        ts_event=ts,
+        feature_set=kw.get("feature_set", "qt"),
         catalog_hash=kw.get("catalog", catalog_hash()),
-        features=dict(zip(names, list(values), strict=True)), warm=warm, session="feat1", seq=seq,
+        features=dict(zip(names, list(values), strict=True)),
+        warm=warm,
+        session="feat1",
+        seq=seq,
     )
 
 
@@ -35,7 +42,9 @@ def test_prediction_and_signal_from_one_vector(bundle) -> None:
     predictor = Predictor(b)
     prediction, signal = predictor.predict(vector(rows[0], seq=42), price=5000.5)
     expected = pipe.predict_proba(rows[:1])[0]
-    assert [prediction.probabilities[k] for k in ("DOWN", "FLAT", "UP")] == pytest.approx(expected, abs=1e-6)
+    assert [prediction.probabilities[k] for k in ("DOWN", "FLAT", "UP")] == pytest.approx(
+        expected, abs=1e-6
+    )
     assert prediction.value == pytest.approx(expected[2] - expected[0], abs=1e-6)
     assert prediction.model_hash == b.content_hash and prediction.ts_features == prediction.ts_event
     # identities derive from the vector's (session, seq) and the model: re-scoring gives the same
@@ -51,7 +60,12 @@ def test_not_warm_vectors_are_skipped_and_counted(bundle) -> None:
     predictor = Predictor(b)
     assert predictor.predict(vector(rows[0], warm=False)) is None
     assert predictor.predict(vector(rows[1])) is not None
-    assert predictor.counters == {"vectors": 2, "not_warm": 1, "predictions": 1, "signals": predictor.counters["signals"]}
+    assert predictor.counters == {
+        "vectors": 2,
+        "not_warm": 1,
+        "predictions": 1,
+        "signals": predictor.counters["signals"],
+    }
 
 
 def test_schema_mismatch_names_missing_and_extra(bundle) -> None:
