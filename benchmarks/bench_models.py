@@ -137,7 +137,10 @@ def main() -> None:
             session, out_names, in_name = runner.session, [runner.output], runner.input
             predictor = Predictor(loaded)
             sk = timed(loaded.pipeline.predict_proba, arrays)
-            ort = timed(lambda a: session.run(out_names, {in_name: a}), arrays)
+            run = session.run
+            ort = timed(
+                lambda a, run=run, outs=out_names, name=in_name: run(outs, {name: a}), arrays
+            )
             pred = timed(predictor.predict, events)
             results.append((model, sk, ort, pred, diff))
     lines = [
