@@ -32,8 +32,12 @@ def simulate_and_store(
     start_ns: int = START_NS,
     symbol: str = SYMBOL,
     catalog_hash: str | None = None,
+    book: bool = True,
 ) -> dict[str, int]:
-    """Simulate `seconds` of session, store every trade and every `every`-th feature vector."""
+    """Simulate `seconds` of session, store every trade and every `every`-th feature vector.
+
+    `catalog_hash` stamps the vectors with another hash; `book=False` keeps the book from the
+    engine (its book features stay NaN)."""
     sim = SimulatedMarket(
         SimConfig(
             symbols=(symbol,),
@@ -80,7 +84,7 @@ def simulate_and_store(
                     )
                     counts["vectors"] += 1
                     counts["warm"] += int(vector.warm)
-                elif isinstance(event, BookUpdate):
+                elif book and isinstance(event, BookUpdate):
                     engine.on_book(event)
                 if len(pending) >= 5000:
                     writer.append_events(pending)

@@ -17,9 +17,10 @@ import pytest
 from qt_cli.app import app
 from qt_cli.core import config
 from qt_cli.core.models.training import load_dataset, parse_horizon, walk_forward
-from tests.core.models_data import simulate_and_store
+from tests.core.models_data import START_NS, simulate_and_store
 
-SIGNAL, NOISE = "WDOQ25", "WDOU25"
+SIGNAL, NOISE, MIXED, NO_BOOK = "WDOQ25", "WDOU25", "WDOV25", "WDOX25"
+LATER_NS = START_NS + 3600 * 1_000_000_000  # 10:00
 FROM = "2025-08-04T09:00-03:00"  # START_NS
 END = "2025-08-04T19:00-03:00"
 
@@ -32,6 +33,12 @@ def stored(valkey_server) -> str:
     client.function_flush()
     simulate_and_store(client, seconds=5400, alpha=0.3, seed=7, every=3, symbol=SIGNAL)
     simulate_and_store(client, seconds=5400, alpha=0.0, seed=7, every=3, symbol=NOISE)
+    # two catalog versions in one range; vectors computed without any book event
+    simulate_and_store(client, seconds=600, seed=3, every=3, symbol=MIXED)
+    simulate_and_store(
+        client, seconds=600, seed=4, every=3, symbol=MIXED, start_ns=LATER_NS, catalog_hash="0" * 16
+    )
+    simulate_and_store(client, seconds=600, seed=5, every=3, symbol=NO_BOOK, book=False)
     client.close()
     return valkey_server.url
 
@@ -107,11 +114,21 @@ def test_dataset_is_point_in_time(valkey_server, store_url: str) -> None:
         (["--from", END, "--to", "2025-08-04T20:00-03:00"], "Error: no feature vectors of WDOQ25"),
         (["--threshold", "1"], "Error: fold 1: one class only in the training rows (FLAT)"),
         (["--model", "svm"], "Error: --model 'svm': use one of hgb, logreg, rf"),
+        (
+            ["--symbol", MIXED],
+            "Error: the catalog hash changes inside the range (0000000000000000, ",
+        ),
+        (
+            ["--symbol", NO_BOOK],
+            "Error: features all NaN in the range: ofi_100, spread, spread_relative, ",
+        ),
     ],
 )
 def test_refusals_are_one_line(cli, store_url: str, tmp_path: Path, args, message) -> None:
     base = {"--from": FROM, "--to": END}
-    argv = ["train", "--symbol", SIGNAL, "--output", str(tmp_path / "x.qtm")]
+    argv = ["train", "--output", str(tmp_path / "x.qtm")]
+    if "--symbol" not in args:
+        argv += ["--symbol", SIGNAL]
     for k, v in base.items():
         if k not in args:
             argv += [k, v]

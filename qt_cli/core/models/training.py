@@ -129,22 +129,24 @@ def load_dataset(
             f"the catalog hash changes inside the range ({', '.join(hashes)}): the features were "
             "computed by different definitions; train on a range with one hash"
         )
-    warm = frame["warm"].to_numpy(dtype=bool)
-    not_warm = int((~warm).sum())
-    frame = frame[warm]
     missing = [n for n in names if n not in frame.columns]
     if missing:
         raise TrainingDataError(
             f"stored vectors lack {len(missing)} feature(s) of set {set_name}: "
             f"{', '.join(missing[:8])}"
         )
-    X = frame[list(names)].to_numpy(dtype=np.float64)
-    all_nan = [n for n, bad in zip(names, np.all(np.isnan(X), axis=0), strict=True) if bad]
-    if len(X) and all_nan:
+    # A feature NaN in every vector (no book, no agent ranking) keeps every vector cold: name it.
+    all_nan = [n for n in names if frame[n].isna().all()]
+    if all_nan:
         raise TrainingDataError(
             f"features all NaN in the range: {', '.join(all_nan[:8])}"
             + (f" (+{len(all_nan) - 8} more)" if len(all_nan) > 8 else "")
+            + "; their inputs were never stored (e.g. no book events for the book features)"
         )
+    warm = frame["warm"].to_numpy(dtype=bool)
+    not_warm = int((~warm).sum())
+    frame = frame[warm]
+    X = frame[list(names)].to_numpy(dtype=np.float64)
     ts = frame["ts_event"].to_numpy(dtype=np.int64)
     order = np.argsort(ts, kind="stable")
     X, ts = X[order], ts[order]
