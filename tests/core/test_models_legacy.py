@@ -7,6 +7,7 @@ import json
 import pickle
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import joblib
@@ -236,3 +237,33 @@ def test_a_pickle_of_a_missing_package_says_which_extra(cli, tmp_path: Path, mon
     assert result.stderr.startswith(
         f"Error: {path} needs the qt_absent_booster package to load: pip install 'qt-cli[legacy]'"
     )
+
+
+def test_xgboost_pickle_is_stored_as_its_json_model(cli, tmp_path: Path) -> None:
+    import xgboost  # the [legacy] extra; their XGBClassifier encodes classes as y + 1
+
+    X, y = frame()
+    scaler = StandardScaler().fit(X)
+    scaled = pd.DataFrame(scaler.transform(X), columns=SEED65)
+    model = xgboost.XGBClassifier(n_estimators=20, max_depth=3, tree_method="hist", n_jobs=1)
+    model.fit(scaled, y + 1)
+    model_path, scaler_path = tmp_path / "xgboost_balanced.pkl", tmp_path / "scaler.pkl"
+    joblib.dump(model, model_path)
+    joblib.dump(scaler, scaler_path)
+    out = tmp_path / "xgb.qtm"
+    result = run_import(cli, model_path, scaler_path, out, "--trust-pickle")
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(out) as zf:
+        assert sorted(zf.namelist()) == ["metadata.json", "native.json", "pipeline.skops"]
+    bundle = load(out)
+    assert [c["value"] for c in bundle.classes] == [0, 1, 2]
+    assert [c["action"] for c in bundle.classes] == ["sell", "hold", "buy"]
+    X2, _ = frame(seed=9)
+    expected = model.predict_proba(pd.DataFrame(scaler.transform(X2), columns=SEED65))
+    predictor = Predictor(bundle)
+    for i in range(10):
+        prediction, _ = predictor.predict(vector(X2.iloc[i].to_numpy()))
+        got = [prediction.probabilities[k] for k in ("DOWN", "FLAT", "UP")]
+        assert np.max(np.abs(np.array(got) - expected[i])) <= 1e-6
+    result = cli.invoke(app, ["models", "verify", str(out)])
+    assert result.exit_code == 0, result.output

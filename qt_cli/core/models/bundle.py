@@ -3,7 +3,9 @@
 Members: `metadata.json` (feature set, names and order, catalog hash, label definition,
 training range, symbols, validation metrics, library versions, creation time, content hash),
 `pipeline.skops` (the scikit-learn pipeline, scaler inside it, written with skops), optionally
-`model.onnx` (the serving graph) and `native.txt` (a LightGBM booster's text model).
+`model.onnx` (the serving graph), `native.txt` (a LightGBM booster's text model) or
+`native.json` (an XGBoost booster's JSON model); with a native model, `pipeline.skops` holds only
+the preprocessing (the scaler), when there is one.
 
 Loading never runs code from the file: skops rebuilds only the types in `TRUSTED_TYPES` (and the
 plain scikit-learn/numpy types skops trusts itself), and a file that names any other type is
@@ -33,7 +35,8 @@ METADATA = "metadata.json"
 PIPELINE = "pipeline.skops"
 ONNX = "model.onnx"
 NATIVE = "native.txt"
-MEMBERS = (METADATA, PIPELINE, ONNX, NATIVE)
+NATIVE_XGB = "native.json"
+MEMBERS = (METADATA, PIPELINE, ONNX, NATIVE, NATIVE_XGB)
 
 # Types skops does not trust by default that a qt bundle may hold. Anything else is refused.
 TRUSTED_TYPES = (
@@ -239,6 +242,10 @@ def load(path: Path | str) -> Bundle:
         from qt_cli.core.models.legacy import load_lightgbm_text
 
         native = load_lightgbm_text(members[NATIVE].decode())
+    elif NATIVE_XGB in members:
+        from qt_cli.core.models.legacy import load_xgboost_json
+
+        native = load_xgboost_json(members[NATIVE_XGB])
     return Bundle(path, metadata, pipeline, members.get(ONNX), native)
 
 
@@ -260,6 +267,8 @@ def verify(path: Path | str) -> dict[str, Any]:
         "serving": bundle.serving(),
         "checks": ["content hash", "trusted types"],
     }
+    if bundle.native is not None:
+        report["checks"].append("native model loads")
     if bundle.onnx is not None and bundle.pipeline is not None:
         n = len(bundle.names)
         rows = _probe_rows(bundle.pipeline, n)

@@ -94,6 +94,17 @@ def load_lightgbm_text(text: str) -> Any:
     return lightgbm.Booster(model_str=text)
 
 
+def load_xgboost_json(data: bytes) -> Any:
+    """An XGBoost booster from its JSON model (no code runs)."""
+    try:
+        import xgboost
+    except ImportError:
+        raise MissingExtra(f"an XGBoost model needs the xgboost package: {LEGACY_EXTRA}") from None
+    booster = xgboost.Booster(params={"nthread": 1})
+    booster.load_model(bytearray(data))
+    return booster
+
+
 def lightgbm_text_features(text: str) -> list[str]:
     match = re.search(r"^feature_names=(.*)$", text, re.M)
     return match[1].split() if match else []
@@ -177,6 +188,7 @@ def import_model(
         "estimator": {"file": estimator.name, "sha256": sha256_of(estimator)}
     }
     native_text = None
+    native_xgb: bytes | None = None
     label_map: dict[int, int] | None = None
     if estimator.suffix == ".txt":
         native_text = estimator.read_text()
@@ -198,6 +210,9 @@ def import_model(
         found = _names_of(model) or []
         class_values = [int(c) for c in getattr(model, "classes_", [])]
         kind = type(model).__name__
+        if type(model).__module__.startswith("xgboost"):
+            # stored as the booster's JSON model: loading it later runs no code
+            native_xgb = bytes(model.get_booster().save_raw("json"))
     if features is not None:
         side = _sidecar(Path(features))
         if found and found != side:
@@ -246,13 +261,19 @@ def import_model(
     ]
     # The order is checked and stored in the bundle; rows are served as arrays in that order.
     for fitted in (model, scaler_obj):
-        if fitted is not None and hasattr(fitted, "feature_names_in_"):
+        if fitted is not None and "feature_names_in_" in getattr(fitted, "__dict__", {}):
             del fitted.feature_names_in_
     pipeline = None
     onnx_bytes = None
     serving = "native"
     note = ""
-    if native_text is None:
+    if native_text is not None or native_xgb is not None:
+        from sklearn.pipeline import Pipeline
+
+        # a native model: the bundle's pipeline is the preprocessing only
+        pipeline = Pipeline([("scaler", scaler_obj)]) if scaler_obj is not None else None
+        note = "served natively (no ONNX converter installed for this model type)"
+    else:
         from sklearn.pipeline import Pipeline
 
         from qt_cli.core.models.compiled import float32_cast, needs_float32
@@ -279,7 +300,7 @@ def import_model(
         agent_ranking={"top_buyers": buyers, "top_sellers": sellers} if buyers else None,
         serving={"path": serving, "threads": 1, "note": note},
     )
-    digest = _save(output, pipeline, metadata, onnx_bytes, native_text)
+    digest = _save(output, pipeline, metadata, onnx_bytes, native_text, native_xgb)
     return {
         "path": str(output),
         "estimator": kind,
@@ -310,20 +331,21 @@ def _save(
     metadata: dict[str, Any],
     onnx_bytes: bytes | None,
     native_text: str | None,
+    native_xgb: bytes | None = None,
 ) -> str:
-    if pipeline is None:
-        members: dict[str, bytes] = {}
-        if native_text is not None:
-            members[bundles.NATIVE] = native_text.encode()
-        return bundles.write_members(output, members, metadata)
+    import skops.io as sio
+
+    members: dict[str, bytes] = {}
+    if native_text is not None:
+        members[bundles.NATIVE] = native_text.encode()
+    if native_xgb is not None:
+        members[bundles.NATIVE_XGB] = native_xgb
+    if onnx_bytes is not None:
+        members[bundles.ONNX] = onnx_bytes
     try:
-        return bundles.save(
-            output,
-            pipeline=pipeline,
-            metadata=metadata,
-            onnx_bytes=onnx_bytes,
-            native_text=native_text,
-        )
+        if pipeline is not None:
+            members[bundles.PIPELINE] = sio.dumps(pipeline)
+        return bundles.write_members(output, members, metadata)
     except Exception as exc:
         raise ModelError(
             f"cannot write {type(pipeline.steps[-1][1]).__name__} with skops: {exc}"
@@ -335,7 +357,12 @@ def feature_set_names(name: str) -> tuple[str, ...]:
 
 
 def native_proba(model: Any, rows: np.ndarray) -> np.ndarray:
-    """Probabilities of a native model (a LightGBM booster gives them from predict)."""
+    """Probabilities of a native model: a LightGBM booster's predict, an XGBoost booster's
+    inplace_predict (multi:softprob gives one column per class)."""
     if hasattr(model, "predict_proba"):
         return np.asarray(model.predict_proba(rows), dtype=np.float64)
-    return np.asarray(model.predict(rows), dtype=np.float64).reshape(len(rows), -1)
+    if hasattr(model, "inplace_predict"):
+        out = model.inplace_predict(rows)
+    else:
+        out = model.predict(rows)
+    return np.asarray(out, dtype=np.float64).reshape(len(rows), -1)

@@ -79,13 +79,17 @@ class Predictor:
             runner = OnnxRunner(self.bundle.onnx)
             self.proba = runner.proba
             self.serving = "onnx"
-        elif self.bundle.pipeline is not None:
-            self.proba = self.bundle.pipeline.predict_proba
-        else:
+        elif self.bundle.native is not None:
             from qt_cli.core.models.legacy import native_proba
 
             model = self.bundle.native
-            self.proba = lambda rows: native_proba(model, rows)
+            pre = self.bundle.pipeline  # the scaler, when the model had one
+            if pre is not None:
+                self.proba = lambda rows: native_proba(model, pre.transform(rows))
+            else:
+                self.proba = lambda rows: native_proba(model, rows)
+        else:
+            self.proba = self.bundle.pipeline.predict_proba
         self._checked: tuple[Any, ...] | None = None
 
     def check(self, vector: FeatureVector) -> None:
