@@ -240,7 +240,7 @@ def test_a_pickle_of_a_missing_package_says_which_extra(cli, tmp_path: Path, mon
 
 
 def test_xgboost_pickle_is_stored_as_its_json_model(cli, tmp_path: Path) -> None:
-    import xgboost  # the [legacy] extra; their XGBClassifier encodes classes as y + 1
+    import xgboost  # dev and [legacy] extras; their XGBClassifier encodes classes as y + 1
 
     X, y = frame()
     scaler = StandardScaler().fit(X)
