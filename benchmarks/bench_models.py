@@ -103,6 +103,13 @@ def timed(call, args: list) -> list[int]:
 
 
 def main() -> None:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # every path on one thread, as qt serves and trains
+        run()
+
+
+def run() -> None:
     X, returns, events = vectors()
     y = label(returns, choose_threshold(returns))
     names = feature_set("qt")
@@ -152,7 +159,7 @@ def main() -> None:
         f"ahead. Per call, {CALLS:,} vectors after {WARMUP} warm-up calls, this thread's CPU "
         "time (`thread_time_ns`, GC off; wall time on a busy shared machine adds preemptions to "
         "the tail): bare scikit-learn `predict_proba` on a pre-built 1×65 "
-        "array; bare ONNX Runtime `session.run` on the same array (one thread); the Predictor "
+        "array (OpenMP limited to one thread); bare ONNX Runtime `session.run` on the same array (one thread); the Predictor "
         "from a `FeatureVector` event (schema check, row, ONNX Runtime, Prediction and Signal).",
         "",
         "| model | sklearn p50 / p99 µs | ONNX Runtime p50 / p99 µs | Predictor p50 / p99 µs "

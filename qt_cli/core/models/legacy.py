@@ -364,5 +364,5 @@ def native_proba(model: Any, rows: np.ndarray) -> np.ndarray:
     if hasattr(model, "inplace_predict"):
         out = model.inplace_predict(rows)
     else:
-        out = model.predict(rows)
+        out = model.predict(rows, num_threads=1)  # a LightGBM booster
     return np.asarray(out, dtype=np.float64).reshape(len(rows), -1)
