@@ -7,18 +7,21 @@ _qt_completion() {
         word="${COMP_WORDS[i]}"
         [[ "$word" == -* ]] && continue
         case "$path" in
-            "") case "$word" in config|feed|bridge|query|cleanup|monitor|valkey|features) path="$word" ;; esac ;;
+            "") case "$word" in config|feed|bridge|query|train|predict|cleanup|monitor|valkey|features|models) path="$word" ;; esac ;;
             "valkey") case "$word" in start|stop|status) path="valkey $word" ;; esac ;;
             "features") case "$word" in catalog) path="features $word" ;; esac ;;
+            "models") case "$word" in list|show|verify|import) path="models $word" ;; esac ;;
         esac
     done
     local words=""
     case "$path" in
-        "") words="config feed bridge query cleanup monitor valkey features --help --log-level --valkey --version" ;;
+        "") words="config feed bridge query train predict cleanup monitor valkey features models --help --log-level --valkey --version" ;;
         "config") words="--help --json" ;;
-        "feed") words="--dll --duration --fsync --help --history-from --history-to --hwm --journal --journal-retention --json --linger --out --rate --replay --replay-journal --seed --sim --speed --start --stop-after --strict --symbol --time-unit -o -s" ;;
+        "feed") words="--alpha --dll --duration --fsync --help --history-from --history-to --hwm --journal --journal-retention --json --linger --out --rate --replay --replay-journal --seed --sim --speed --start --stop-after --strict --symbol --time-unit -o -s" ;;
         "bridge") words="--batch-ms --batch-size --buffer --candles --catch-up --chunks --duration --help --hwm --in --json --maxlen --name --no-candles --no-catch-up --no-chunks --out --replay --replay-timeout --stop-after --symbol --time-unit --timeframe -i -o -s -t" ;;
         "query") words="--as-of --format --from --help --json --kind --limit --output --partial --set --symbol --to --tz -O -f -k -n -s" ;;
+        "train") words="--embargo --folds --from --help --horizon --json --model --output --set --symbol --threshold --to -o -s" ;;
+        "predict") words="--cooldown --cost --from --help --hold --json --min-confidence --model --output --symbol --to -m -o -s" ;;
         "cleanup") words="--dry-run --help --journal --json --max-entries --pattern --retention --rewrite-chunks -p -r" ;;
         "monitor") words="--duration --help --json --once --refresh --stale --symbol --window -s" ;;
         "valkey") words="start stop status --help" ;;
@@ -27,6 +30,11 @@ _qt_completion() {
         "valkey status") words="--help --json" ;;
         "features") words="catalog --every --from --help --json --output --set --symbol --to --tz -o -s" ;;
         "features catalog") words="--help --json --markdown --set" ;;
+        "models") words="list show verify import --help" ;;
+        "models list") words="--help --json" ;;
+        "models show") words="--help --json" ;;
+        "models verify") words="--help --json" ;;
+        "models import") words="--classes --estimator --feature-set --features --help --json --output --scaler --sha256 --top-buyers --top-sellers --trust-pickle -o" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
 }

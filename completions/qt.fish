@@ -4,16 +4,20 @@ complete -c qt -n '__fish_use_subcommand' -a config -d 'Show the resolved settin
 complete -c qt -n '__fish_use_subcommand' -a feed -d 'Capture DLL, replay or simulated market data; journal and publish it.'
 complete -c qt -n '__fish_use_subcommand' -a bridge -d 'Store ZeroMQ events in Valkey streams exactly once, with candles.'
 complete -c qt -n '__fish_use_subcommand' -a query -d 'Time travel - stored ticks, book, candles, features… by range or instant.'
+complete -c qt -n '__fish_use_subcommand' -a train -d 'Train a direction model from stored features, validated walk-forward.'
+complete -c qt -n '__fish_use_subcommand' -a predict -d 'Score stored history with a model - signals and a simulated backtest.'
 complete -c qt -n '__fish_use_subcommand' -a cleanup -d 'Trim old stream entries by age or count, per kind, safely.'
 complete -c qt -n '__fish_use_subcommand' -a monitor -d 'Live dashboard of the pipeline - prices, volume, lags, stages, Valkey health.'
 complete -c qt -n '__fish_use_subcommand' -a valkey -d 'Start, stop and inspect the managed local Valkey server.'
 complete -c qt -n '__fish_use_subcommand' -a features -d 'Feature vectors over stored history (--from/--to); the catalog and sets.'
+complete -c qt -n '__fish_use_subcommand' -a models -d 'List, show, verify and import model bundles (.qtm).'
 complete -c qt -n '__fish_use_subcommand' -l help
 complete -c qt -n '__fish_use_subcommand' -l log-level
 complete -c qt -n '__fish_use_subcommand' -l valkey
 complete -c qt -n '__fish_use_subcommand' -l version
 complete -c qt -n '__fish_seen_subcommand_from config' -l help
 complete -c qt -n '__fish_seen_subcommand_from config' -l json
+complete -c qt -n '__fish_seen_subcommand_from feed' -l alpha
 complete -c qt -n '__fish_seen_subcommand_from feed' -l dll
 complete -c qt -n '__fish_seen_subcommand_from feed' -l duration
 complete -c qt -n '__fish_seen_subcommand_from feed' -l fsync
@@ -84,6 +88,34 @@ complete -c qt -n '__fish_seen_subcommand_from query' -s f
 complete -c qt -n '__fish_seen_subcommand_from query' -s k
 complete -c qt -n '__fish_seen_subcommand_from query' -s n
 complete -c qt -n '__fish_seen_subcommand_from query' -s s
+complete -c qt -n '__fish_seen_subcommand_from train' -l embargo
+complete -c qt -n '__fish_seen_subcommand_from train' -l folds
+complete -c qt -n '__fish_seen_subcommand_from train' -l from
+complete -c qt -n '__fish_seen_subcommand_from train' -l help
+complete -c qt -n '__fish_seen_subcommand_from train' -l horizon
+complete -c qt -n '__fish_seen_subcommand_from train' -l json
+complete -c qt -n '__fish_seen_subcommand_from train' -l model
+complete -c qt -n '__fish_seen_subcommand_from train' -l output
+complete -c qt -n '__fish_seen_subcommand_from train' -l set
+complete -c qt -n '__fish_seen_subcommand_from train' -l symbol
+complete -c qt -n '__fish_seen_subcommand_from train' -l threshold
+complete -c qt -n '__fish_seen_subcommand_from train' -l to
+complete -c qt -n '__fish_seen_subcommand_from train' -s o
+complete -c qt -n '__fish_seen_subcommand_from train' -s s
+complete -c qt -n '__fish_seen_subcommand_from predict' -l cooldown
+complete -c qt -n '__fish_seen_subcommand_from predict' -l cost
+complete -c qt -n '__fish_seen_subcommand_from predict' -l from
+complete -c qt -n '__fish_seen_subcommand_from predict' -l help
+complete -c qt -n '__fish_seen_subcommand_from predict' -l hold
+complete -c qt -n '__fish_seen_subcommand_from predict' -l json
+complete -c qt -n '__fish_seen_subcommand_from predict' -l min-confidence
+complete -c qt -n '__fish_seen_subcommand_from predict' -l model
+complete -c qt -n '__fish_seen_subcommand_from predict' -l output
+complete -c qt -n '__fish_seen_subcommand_from predict' -l symbol
+complete -c qt -n '__fish_seen_subcommand_from predict' -l to
+complete -c qt -n '__fish_seen_subcommand_from predict' -s m
+complete -c qt -n '__fish_seen_subcommand_from predict' -s o
+complete -c qt -n '__fish_seen_subcommand_from predict' -s s
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l dry-run
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l help
 complete -c qt -n '__fish_seen_subcommand_from cleanup' -l journal
@@ -129,3 +161,27 @@ complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcomman
 complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l json
 complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l markdown
 complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l set
+complete -c qt -n '__fish_seen_subcommand_from models' -a list -d 'List model bundles - the files named, or every .qtm under the folders named (default - models/).'
+complete -c qt -n '__fish_seen_subcommand_from models' -a show -d 'Show a bundles metadata - feature set, names and order, catalog hash, label definition, training range, validation metrics, library versions, creation time, content hash.'
+complete -c qt -n '__fish_seen_subcommand_from models' -a verify -d 'Verify a bundle the way serving loads it - content hash, trusted types only (skops), and the ONNX graphs probabilities against the scikit-learn pipelines (within 1e-6).'
+complete -c qt -n '__fish_seen_subcommand_from models' -a import -d 'Wrap a model trained elsewhere (the users legacy pickles, a LightGBM text file) into a bundle.'
+complete -c qt -n '__fish_seen_subcommand_from models' -l help
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from list' -l help
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from list' -l json
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from show' -l help
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from show' -l json
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from verify' -l help
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from verify' -l json
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l classes
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l estimator
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l feature-set
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l features
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l help
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l json
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l output
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l scaler
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l sha256
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l top-buyers
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l top-sellers
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -l trust-pickle
+complete -c qt -n '__fish_seen_subcommand_from models && __fish_seen_subcommand_from import' -s o

@@ -16,6 +16,9 @@ COMMANDS: list[tuple[str, str, str]] = [
         "features",
         "Feature vectors over stored history (--from/--to); the catalog and sets.",
     ),
+    ("train", "train", "Train a direction model from stored features, validated walk-forward."),
+    ("predict", "predict", "Score stored history with a model: signals and a simulated backtest."),
+    ("models", "models", "List, show, verify and import model bundles (.qtm)."),
     ("cleanup", "cleanup", "Trim old stream entries by age or count, per kind, safely."),
     (
         "monitor",

@@ -181,6 +181,16 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 "--seed", help="--sim: random seed (same seed, same market).", show_default=False
             ),
         ] = None,
+        alpha: Annotated[
+            float,
+            typer.Option(
+                "--alpha",
+                help="--sim: plant a learnable signal (0 = off): the next aggressors lean by "
+                "alpha × the order-flow imbalance of the last 20 trades, e.g. --alpha 0.3.",
+                min=0.0,
+                max=1.0,
+            ),
+        ] = 0.0,
         start: Annotated[
             str | None,
             typer.Option(
@@ -268,8 +278,8 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         kind, path = chosen[0]
         if kind != "dll" and (history_from or history_to):
             raise UsageError("--history-from/--history-to apply to --dll only")
-        if kind != "sim" and (rate is not None or seed is not None or start is not None):
-            raise UsageError("--rate, --seed and --start apply to --sim only")
+        if kind != "sim" and (rate is not None or seed is not None or start is not None or alpha):
+            raise UsageError("--rate, --seed, --start and --alpha apply to --sim only")
         if kind == "dll" and not Path(path).exists():
             raise UsageError(f"--dll {path}: no such file")
         options = FeedOptions(
@@ -280,6 +290,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             history_to=history_to,
             rate=rate,
             seed=seed,
+            alpha=alpha,
             start=start,
             speed=speed,
             strict=strict,

@@ -132,6 +132,7 @@ class FeedOptions:
     history_to: str | None = None
     rate: float | None = None
     seed: int | None = None
+    alpha: float = 0.0  # --sim: planted signal strength (docs/sim.md)
     start: str | None = None  # --sim: first venue time (see core/sim_start.py)
     speed: float = 1.0
     strict: bool = False
@@ -192,6 +193,7 @@ def build_source(
         sim_config = SimConfig(
             symbols=options.tickers or ("WDOQ25",),
             seed=options.seed,
+            alpha=options.alpha,
             rate=options.rate,
             duration_s=options.duration_s,
         )

@@ -54,7 +54,7 @@ def zmq_outs() -> list[str]:
         (["--sim", "--history-from", "2025-08-08"], "--history-from/--history-to apply to --dll"),
         (
             ["--replay-journal", ".", "--rate", "0"],
-            "--rate, --seed and --start apply to --sim only",
+            "--rate, --seed, --start and --alpha apply to --sim only",
         ),
         (["--sim", "--symbol", "WDO Q25"], "symbol 'WDO Q25': use letters, digits, '.', '_' or"),
         (  # --stop-after: were the symbol taken, the run would end rather than hang

@@ -20,6 +20,7 @@ import math
 import secrets
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -68,6 +69,7 @@ _P_INSIDE = 0.6  # a passive order lands inside a spread wider than one tick wit
 _P_FOLLOW = 0.58  # ... and then on the side of the last aggressor with this probability
 _QUEUE_TARGET = 26.0  # orders per level around which adds and cancels balance (level 0)
 _FLOW_GAIN = 0.04  # aggressor buy probability gained per half tick the fair value is above the mid
+ALPHA_TRADES = 20  # --alpha: the order-flow imbalance window, trades
 _FAIR_PULL = 1 / 2000  # per minute, of the fair value towards the symbol's price level
 
 # Intraday activity (hours after 09:00 -> relative rate): busy open, US data at 09:30 and the NY
@@ -200,6 +202,9 @@ class SimConfig:
     regime_scale: float = 1.0
     batch_max: int = 2048
     levels: tuple[tuple[str, float], ...] = ()  # (symbol, price) to start at instead of the draw
+    # A planted, learnable signal (off at 0): the aggressor side of the next orders leans by
+    # alpha × the order-flow imbalance of the last ALPHA_TRADES trades (docs/sim.md).
+    alpha: float = 0.0
 
     def __post_init__(self) -> None:
         symbols = tuple(s.strip().upper() for s in self.symbols)
@@ -216,6 +221,8 @@ class SimConfig:
             raise UsageError(f"--stop-after must be at least 1, got {self.max_events}")
         if not all(price > 0 and math.isfinite(price) for _, price in self.levels):
             raise UsageError(f"price levels must be positive, got {list(self.levels)}")
+        if not (0.0 <= self.alpha <= 1.0):
+            raise UsageError(f"--alpha must be between 0 (off) and 1, got {self.alpha}")
         if not (self.activity > 0 and self.regime_scale > 0 and self.batch_max >= 1):
             raise UsageError("activity and regime_scale must be positive, batch_max at least 1")
 
@@ -378,8 +385,16 @@ class _SymbolSim:
     `edit` carries the level's new absolute quantity and count, `delete` the level it removes.
     """
 
-    def __init__(self, symbol: str, seed: int, activity: float, level: float | None = None) -> None:
+    def __init__(
+        self,
+        symbol: str,
+        seed: int,
+        activity: float,
+        level: float | None = None,
+        alpha: float = 0.0,
+    ) -> None:
         self.symbol = symbol
+        self.alpha = alpha
         self.profile = profile_for(symbol)
         self.rng = np.random.default_rng([seed, zlib.crc32(symbol.encode())])
         tick = self.profile.tick
@@ -440,6 +455,11 @@ class _SymbolSim:
         p_pull = 1 - _P_CROSS
         p_passive = p_pull - _P_PULL
         nan = math.nan
+
+        alpha = self.alpha
+        # signs (+1 buy, -1 sell) of the last ALPHA_TRADES aggressor trades, for --alpha only
+        signs: deque[int] = deque(maxlen=ALPHA_TRADES)
+        flow = 0  # their sum
 
         mid = self.anchor
         adjust = mid * tick  # the previous close
@@ -552,9 +572,20 @@ class _SymbolSim:
                         buy = last_buy
                     else:
                         p_buy = 0.5 + _FLOW_GAIN * (fair2 - bids[0][0] - asks[0][0])
+                        if alpha:
+                            p_buy += alpha * flow / ALPHA_TRADES
                         buy = next(unif) < min(0.85, max(0.15, p_buy))
                     last_buy = buy
+                    before = trade_id
                     trade_id = self._aggressive(events, ts, ts_init, buy, r_size, day, trade_id)
+                    filled = trade_id - before  # one trade id per resting order hit
+                    if alpha and filled:
+                        sign = 1 if buy else -1
+                        for _ in range(filled):
+                            if len(signs) == ALPHA_TRADES:
+                                flow -= signs[0]
+                            signs.append(sign)
+                            flow += sign
                 elif u < p_passive:
                     self._passive(events, ts, ts_init, last_buy, r_depth)
                 elif u < p_pull:
@@ -871,7 +902,7 @@ class SimulatedMarket:
         self._receive = clock or ReceiveClock()
         levels = dict(self.config.levels)
         self._sims = [
-            _SymbolSim(s, self.seed, self.config.activity, levels.get(s))
+            _SymbolSim(s, self.seed, self.config.activity, levels.get(s), self.config.alpha)
             for s in self.config.symbols
         ]
         self._gens: list[Generator[float | list[Event], int, None]] = []
@@ -997,7 +1028,8 @@ class SimulatedMarket:
             if rate == 0
             else f"{rate:g} events/s"
         )
-        return f"simulated {', '.join(self.config.symbols)} from {when} São Paulo, seed {self.seed}, {pace}"
+        planted = f", planted signal alpha {self.config.alpha:g}" if self.config.alpha else ""
+        return f"simulated {', '.join(self.config.symbols)} from {when} São Paulo, seed {self.seed}, {pace}{planted}"
 
     @property
     def start_ns(self) -> int:

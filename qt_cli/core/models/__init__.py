@@ -1,0 +1,1 @@
+"""Models: bundles (`.qtm`), training, legacy import and the serving core (docs/models.md)."""
