@@ -35,7 +35,14 @@ import valkey
 
 from benchmarks.report import write_section
 from qt_cli.core import keys, query
-from qt_cli.core.chunks import CODEC_VERSION, ChunkBuilder, decode_tick_columns, encode_columns
+from qt_cli.core.bridge.derive import FORMING_INTERVAL_S
+from qt_cli.core.chunks import (
+    CODEC_VERSION,
+    ChunkBuilder,
+    decode_tick_columns,
+    encode_columns,
+    encode_ticks,
+)
 from qt_cli.core.events import NS_PER_MS, NS_PER_S, Trade
 from qt_cli.core.store.managed import ManagedValkey, free_port
 
@@ -106,6 +113,8 @@ def store(client: valkey.Valkey, trades: list[Trade]) -> None:
     hist = keys.history_key("ticks", SYMBOL)
     builder = ChunkBuilder()
     top = -1
+    all_ids: list[bytes] = []
+    sealed_src = b""
     for start in range(0, len(trades), 5000):
         batch = trades[start : start + 5000]
         pipe = client.pipeline(transaction=False)
@@ -117,10 +126,27 @@ def store(client: valkey.Valkey, trades: list[Trade]) -> None:
             top = max(top, ms)
             pipe.xadd(key, fields, id=f"{ms}-*")
         ids = pipe.execute()
+        all_ids += ids
         for t, entry_id in zip(batch, ids, strict=True):
             if chunk := builder.add(t, entry_id):
                 client.xadd(hist, chunk.fields, id=f"{chunk.t_min_ms}-*")
-    # what is not sealed yet stays in the per-event tail, as on a live system
+                sealed_src = chunk.fields["src"]
+    # What is not sealed yet stays in the per-event tail, as on a live system; the bridge stores
+    # the chunk still forming about once a second (derive.FORMING_INTERVAL_S), so it covers the
+    # pending trades but the last second's, which are read entry by entry.
+    first = next(i for i, entry_id in enumerate(all_ids) if entry_id > sealed_src)
+    newest = trades[-1].ts_event
+    covered = [
+        i
+        for i in range(first, len(trades))
+        if trades[i].ts_event <= newest - int(FORMING_INTERVAL_S * NS_PER_S)
+    ]
+    if covered:
+        last = covered[-1]
+        late = [keys.parse_id(all_ids[i])[0] > trades[i].ts_event // NS_PER_MS for i in covered]
+        fields = encode_ticks(trades[first : last + 1], late=late)
+        fields.update(src=all_ids[last], after=sealed_src)
+        client.hset(keys.forming_chunk_key("ticks", SYMBOL), mapping=fields)
 
 
 def recode(client: valkey.Valkey, version: int) -> None:

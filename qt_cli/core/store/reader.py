@@ -411,6 +411,7 @@ class ReadStats:
     late_chunks: int = 0
     skipped_chunks: int = 0
     tail_entries: int = 0
+    forming_rows: int = 0
     entries: int = 0
     rows: int = 0
     problems: list[str] = field(default_factory=list)
@@ -426,16 +427,34 @@ class TickPage:
 
 def chunked_src(client: Any, symbol: str) -> tuple[int, int] | None:
     """Id of the last per-event entry included in a history chunk (None: nothing chunked)."""
+    return _chunk_snapshot(client, symbol)[0]
+
+
+def _chunk_snapshot(
+    client: Any, symbol: str
+) -> tuple[tuple[int, int] | None, dict[bytes, bytes] | None]:
+    """(chunked src, the chunk still forming) in one round trip. The forming chunk is returned
+    only when it follows that src (`after`); otherwise it is stale (a chunk was sealed since) or
+    from before a rebuild, and the per-event entries are read instead."""
     hist = keys.history_key("ticks", symbol)
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(keys.hwm_key(hist), "src")
+    pipe.xrevrange(hist, "+", "-", count=1)
+    pipe.hgetall(keys.forming_chunk_key("ticks", symbol))
+    mark, last, forming = pipe.execute()
     best: tuple[int, int] | None = None
-    mark = client.hget(keys.hwm_key(hist), "src")
     if mark:
         best = parse_id(mark)
-    last = client.xrevrange(hist, "+", "-", count=1)
     if last and b"src" in last[0][1]:
         src = parse_id(last[0][1][b"src"])
         best = src if best is None else max(best, src)
-    return best
+    if best is None or not forming:
+        return best, None
+    try:
+        follows = parse_id(forming[b"after"]) == best and parse_id(forming[b"src"]) > best
+    except (KeyError, ValueError):
+        follows = False
+    return best, forming if follows else None
 
 
 def _chunk_overlaps(fields: dict[bytes, bytes], from_ns: int, to_ns: int) -> bool:
@@ -465,7 +484,7 @@ def iter_ticks(
     events_key = keys.stream_key("ticks", symbol)
     from_ms, to_ms = from_ns // NS_PER_MS, to_ns // NS_PER_MS
     merge = _TickMerge(from_ns, to_ns)
-    src = chunked_src(client, symbol)
+    src, forming_fields = _chunk_snapshot(client, symbol)
 
     def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> TickColumns | None:
         try:
@@ -511,12 +530,27 @@ def iter_ticks(
                 stats.late_chunks += 1
                 late_added = True
                 merge.add(columns, extra=True)
-    tail_start = max(src, (from_ms, 0))
-    start = f"({format_id(src)}" if tail_start == src else format_id(tail_start)
+    # The chunk still forming (the bridge's pending trades, packed): its trades are read from
+    # it, and the per-event entries only after it.
+    tail_after = src
+    forming: TickColumns | None = None
+    if forming_fields is not None:
+        if not _chunk_overlaps(forming_fields, from_ns, to_ns):
+            tail_after = parse_id(forming_fields[b"src"])  # none of its trades is wanted
+        elif (forming := decode(b"forming", forming_fields)) is not None:
+            tail_after = parse_id(forming_fields[b"src"])
+    tail_start = max(tail_after, (from_ms, 0))
+    start = f"({format_id(tail_after)}" if tail_start == tail_after else format_id(tail_start)
     # Reading a whole range with no late chunks, the tail is held back: when all of it comes
     # after every chunk (the usual case) it is decoded into the last page's arrays, no join.
     hold_tail = whole and not late_added
     tail: list[TickColumns] = []
+    if forming is not None:
+        stats.forming_rows += forming.n
+        if not hold_tail:
+            merge.add(forming, extra=True)
+        elif (clipped := merge.clip(forming)) is not None:
+            tail.append(clipped)
     for page in xrange_pages(client, events_key, start, "+", count=page_entries, raw=True):
         stats.tail_entries += len(page)
         columns = tick_columns_from_raw(page, problems=stats.problems)
