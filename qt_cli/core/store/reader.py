@@ -493,6 +493,25 @@ def iter_ticks(
             stats.problems.append(f"{hist} {entry_id.decode()}: {exc}")
             return None
 
+    def add_forming(fields: dict[bytes, bytes]) -> None:
+        try:
+            columns = decode_tick_columns(fields)
+        except DecodeError as exc:
+            forming_unreadable(exc)
+            return
+        stats.forming_rows += columns.n
+        merge.add(columns, extra=True)
+
+    def forming_unreadable(exc: DecodeError) -> None:
+        """The forming chunk does not decode: its trades are read from the per-event entries."""
+        stats.problems.append(f"{keys.forming_chunk_key('ticks', symbol)}: {exc}")
+        assert src is not None and forming_fields is not None
+        end = format_id(parse_id(forming_fields[b"src"]))
+        start = f"({format_id(src)}"
+        for page in xrange_pages(client, events_key, start, end, count=page_entries, raw=True):
+            stats.tail_entries += len(page)
+            merge.add(tick_columns_from_raw(page, problems=stats.problems), extra=True)
+
     def sealed_after_snapshot(fields: dict[bytes, bytes]) -> bool:
         chunk_src = fields.get(b"src")
         return src is None or (chunk_src is not None and parse_id(chunk_src) > src)
@@ -532,25 +551,24 @@ def iter_ticks(
                 merge.add(columns, extra=True)
     # The chunk still forming (the bridge's pending trades, packed): its trades are read from
     # it, and the per-event entries only after it.
-    tail_after = src
-    forming: TickColumns | None = None
-    if forming_fields is not None:
-        if not _chunk_overlaps(forming_fields, from_ns, to_ns):
-            tail_after = parse_id(forming_fields[b"src"])  # none of its trades is wanted
-        elif (forming := decode(b"forming", forming_fields)) is not None:
-            tail_after = parse_id(forming_fields[b"src"])
-    tail_start = max(tail_after, (from_ms, 0))
-    start = f"({format_id(tail_after)}" if tail_start == tail_after else format_id(tail_start)
     # Reading a whole range with no late chunks, the tail is held back: when all of it comes
     # after every chunk (the usual case) it is decoded into the last page's arrays, no join.
     hold_tail = whole and not late_added
+    # The chunk still forming (the bridge's pending trades, packed like a sealed chunk): its
+    # trades are read from it, the per-event entries only after it. Held back like the tail, it
+    # is decoded with the last page of chunks when it comes after them.
+    tail_after = src
+    forming: dict[bytes, bytes] | None = None
+    if forming_fields is not None:
+        tail_after = parse_id(forming_fields[b"src"])
+        if _chunk_overlaps(forming_fields, from_ns, to_ns):
+            forming = forming_fields
     tail: list[TickColumns] = []
-    if forming is not None:
-        stats.forming_rows += forming.n
-        if not hold_tail:
-            merge.add(forming, extra=True)
-        elif (clipped := merge.clip(forming)) is not None:
-            tail.append(clipped)
+    if forming is not None and not hold_tail:
+        add_forming(forming)
+        forming = None
+    tail_start = max(tail_after, (from_ms, 0))
+    start = f"({format_id(tail_after)}" if tail_start == tail_after else format_id(tail_start)
     for page in xrange_pages(client, events_key, start, "+", count=page_entries, raw=True):
         stats.tail_entries += len(page)
         columns = tick_columns_from_raw(page, problems=stats.problems)
@@ -583,10 +601,20 @@ def iter_ticks(
             chunks_max = max(chunks_max, _t_max(fields))
             ids.append(entry_id)
             wanted.append(fields)
+        last_page = len(page) < page_chunks
+        folded = None
+        if forming is not None and last_page and not clamped_seen:
+            t_min = _t_min_ns(forming)
+            if t_min is not None and t_min >= chunks_max:
+                ids.append(b"forming")
+                wanted.append(forming)
+                chunks_max = max(chunks_max, _t_max(forming))
+                folded, forming = len(wanted) - 1, None
         append = None
         if (
             tail_min is not None
-            and len(page) < page_chunks  # the last page
+            and last_page
+            and forming is None
             and not clamped_seen
             and tail_min >= chunks_max
         ):
@@ -596,11 +624,19 @@ def iter_ticks(
             # The whole page at once, into one set of column arrays (chunks.decode_chunks).
             columns, problems = decode_chunks(wanted, append=append)
             for index, exc in problems:
-                stats.problems.append(f"{hist} {ids[index].decode()}: {exc}")
-            stats.chunks += len(wanted) - len(problems)
+                if index == folded:
+                    forming_unreadable(exc)
+                    folded = None
+                else:
+                    stats.problems.append(f"{hist} {ids[index].decode()}: {exc}")
+            stats.chunks += len(wanted) - len(problems) - (folded is not None)
+            if folded is not None:
+                stats.forming_rows += int(wanted[folded][b"n"])
             merge.add(columns)
         watermark = parse_id(page[-1][0])[0] * NS_PER_MS
         yield from emit(watermark, watermark)
+    if forming is not None:  # not folded into a page: before the rest of the tail
+        add_forming(forming)
     for columns in tail:  # not folded into a page
         merge.add(columns, extra=True)
     yield from emit(None, to_ns)
@@ -611,6 +647,13 @@ def _t_max(fields: dict[bytes, bytes]) -> int:
         return int(fields[b"t_max"])
     except (KeyError, ValueError):
         return 2**63 - 1  # unknown: never fold the tail after it
+
+
+def _t_min_ns(fields: dict[bytes, bytes]) -> int | None:
+    try:
+        return int(fields[b"t_min"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _t_min_ms(fields: dict[bytes, bytes]) -> int | None:
