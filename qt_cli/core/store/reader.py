@@ -431,17 +431,21 @@ def chunked_src(client: Any, symbol: str) -> tuple[int, int] | None:
 
 
 def _chunk_snapshot(
-    client: Any, symbol: str
-) -> tuple[tuple[int, int] | None, dict[bytes, bytes] | None]:
-    """(chunked src, the chunk still forming) in one round trip. The forming chunk is returned
-    only when it follows that src (`after`); otherwise it is stale (a chunk was sealed since) or
-    from before a rebuild, and the per-event entries are read instead."""
+    client: Any, symbol: str, late_ms: tuple[int, int] | None = None
+) -> tuple[tuple[int, int] | None, dict[bytes, bytes] | None, list[bytes]]:
+    """(chunked src, the chunk still forming, late chunk ids with t_min in `late_ms`) in one
+    round trip. The forming chunk is returned only when it follows that src (`after`);
+    otherwise it is stale (a chunk was sealed since) or from before a rebuild, and the
+    per-event entries are read instead."""
     hist = keys.history_key("ticks", symbol)
     pipe = client.pipeline(transaction=False)
     pipe.hget(keys.hwm_key(hist), "src")
     pipe.xrevrange(hist, "+", "-", count=1)
     pipe.hgetall(keys.forming_chunk_key("ticks", symbol))
-    mark, last, forming = pipe.execute()
+    if late_ms is not None:
+        pipe.zrangebyscore(keys.late_index_key("ticks", symbol), *late_ms)
+    mark, last, forming, *late = pipe.execute()
+    late_ids: list[bytes] = late[0] if late else []
     best: tuple[int, int] | None = None
     if mark:
         best = parse_id(mark)
@@ -449,12 +453,12 @@ def _chunk_snapshot(
         src = parse_id(last[0][1][b"src"])
         best = src if best is None else max(best, src)
     if best is None or not forming:
-        return best, None
+        return best, None, late_ids
     try:
         follows = parse_id(forming[b"after"]) == best and parse_id(forming[b"src"]) > best
     except (KeyError, ValueError):
         follows = False
-    return best, forming if follows else None
+    return best, forming if follows else None, late_ids
 
 
 def _chunk_overlaps(fields: dict[bytes, bytes], from_ns: int, to_ns: int) -> bool:
@@ -484,7 +488,9 @@ def iter_ticks(
     events_key = keys.stream_key("ticks", symbol)
     from_ms, to_ms = from_ns // NS_PER_MS, to_ns // NS_PER_MS
     merge = _TickMerge(from_ns, to_ns)
-    src, forming_fields = _chunk_snapshot(client, symbol)
+    src, forming_fields, late_index = _chunk_snapshot(
+        client, symbol, (from_ms - CHUNK_SPAN_MS, to_ms)
+    )
 
     def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> TickColumns | None:
         try:
@@ -538,9 +544,7 @@ def iter_ticks(
 
     late_ids: set[bytes] = set()
     late_added = False
-    for chunk_id in client.zrangebyscore(
-        keys.late_index_key("ticks", symbol), from_ms - CHUNK_SPAN_MS, to_ms
-    ):
+    for chunk_id in late_index:
         for entry_id, fields in client.xrange(hist, chunk_id, chunk_id):
             late_ids.add(entry_id)
             if sealed_after_snapshot(fields) or not _chunk_overlaps(fields, from_ns, to_ns):
