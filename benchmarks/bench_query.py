@@ -146,7 +146,10 @@ def store(client: valkey.Valkey, trades: list[Trade]) -> None:
     ]
     if covered:
         last = covered[-1]
-        late = [keys.parse_id(all_ids[i])[0] > trades[i].ts_event // NS_PER_MS for i in covered]
+        late = [
+            keys.parse_id(all_ids[i])[0] > trades[i].ts_event // NS_PER_MS
+            for i in range(first, last + 1)
+        ]
         fields = encode_ticks(trades[first : last + 1], late=late)
         fields.update(src=all_ids[last], after=sealed_src)
         client.hset(keys.forming_chunk_key("ticks", SYMBOL), mapping=fields)
