@@ -4,9 +4,11 @@ For each size, in the same run on the same server:
 - bare `XRANGE` of the per-event stream returning raw replies (the ceiling of the per-event layout),
 - the naive read: per-event XRANGE turned into a DataFrame (what the seed design would do),
 - bare `XRANGE` of the history chunks (raw replies),
-- `query("ticks") -> DataFrame` (chunks + tail, decoded to columns): median time and peak memory,
-  with the chunks in the current codec, then the same chunks rewritten in the previous codec
-  (version 1: zlib, decoded chunk by chunk) and read again,
+- `query("ticks") -> DataFrame` (chunks + the chunk still forming + tail, decoded to columns):
+  median time and peak memory, with the chunks in the current codec; the same without the
+  forming chunk (its trades read per event); then the same chunks rewritten in the previous
+  codec (version 1: zlib, decoded chunk by chunk) and read again,
+- the bridge's chunker cost per trade, with and without packing the forming chunk,
 - bytes per tick in Valkey (MEMORY USAGE … SAMPLES 0) of the chunks (both codecs) and of the
   per-event stream,
 - streaming CSV export (`run(fmt="csv")`) rows/s.
@@ -35,7 +37,15 @@ import valkey
 
 from benchmarks.report import write_section
 from qt_cli.core import keys, query
-from qt_cli.core.chunks import CODEC_VERSION, ChunkBuilder, decode_tick_columns, encode_columns
+from qt_cli.core.bridge.derive import FORMING_INTERVAL_S, ColumnChunker
+from qt_cli.core.chunks import (
+    CODEC_VERSION,
+    ChunkBuilder,
+    decode_tick_columns,
+    encode_columns,
+    encode_ticks,
+    tick_columns_of,
+)
 from qt_cli.core.events import NS_PER_MS, NS_PER_S, Trade
 from qt_cli.core.store.managed import ManagedValkey, free_port
 
@@ -106,6 +116,8 @@ def store(client: valkey.Valkey, trades: list[Trade]) -> None:
     hist = keys.history_key("ticks", SYMBOL)
     builder = ChunkBuilder()
     top = -1
+    all_ids: list[bytes] = []
+    sealed_src = b""
     for start in range(0, len(trades), 5000):
         batch = trades[start : start + 5000]
         pipe = client.pipeline(transaction=False)
@@ -117,10 +129,30 @@ def store(client: valkey.Valkey, trades: list[Trade]) -> None:
             top = max(top, ms)
             pipe.xadd(key, fields, id=f"{ms}-*")
         ids = pipe.execute()
+        all_ids += ids
         for t, entry_id in zip(batch, ids, strict=True):
             if chunk := builder.add(t, entry_id):
                 client.xadd(hist, chunk.fields, id=f"{chunk.t_min_ms}-*")
-    # what is not sealed yet stays in the per-event tail, as on a live system
+                sealed_src = chunk.fields["src"]
+    # What is not sealed yet stays in the per-event tail, as on a live system; the bridge stores
+    # the chunk still forming about once a second (derive.FORMING_INTERVAL_S), so it covers the
+    # pending trades but the last second's, which are read entry by entry.
+    first = next(i for i, entry_id in enumerate(all_ids) if entry_id > sealed_src)
+    newest = trades[-1].ts_event
+    covered = [
+        i
+        for i in range(first, len(trades))
+        if trades[i].ts_event <= newest - int(FORMING_INTERVAL_S * NS_PER_S)
+    ]
+    if covered:
+        last = covered[-1]
+        late = [
+            keys.parse_id(all_ids[i])[0] > trades[i].ts_event // NS_PER_MS
+            for i in range(first, last + 1)
+        ]
+        fields = encode_ticks(trades[first : last + 1], late=late)
+        fields.update(src=all_ids[last], after=sealed_src)
+        client.hset(keys.forming_chunk_key("ticks", SYMBOL), mapping=fields)
 
 
 def recode(client: valkey.Valkey, version: int) -> None:
@@ -133,6 +165,9 @@ def recode(client: valkey.Valkey, version: int) -> None:
         pipe.xadd(copy, {**fields, **{k.encode(): v for k, v in new.items()}}, id=entry_id)
     pipe.execute()
     client.rename(copy, hist)
+    forming = keys.forming_chunk_key("ticks", SYMBOL)
+    if fields := client.hgetall(forming):
+        client.hset(forming, mapping=encode_columns(decode_tick_columns(fields), version=version))
 
 
 def timed(fn: Callable[[], Any], repeat: int = REPEAT) -> tuple[float, Any]:
@@ -175,6 +210,32 @@ def naive_frame(client: valkey.Valkey, key: str, start: str, end: str) -> pd.Dat
     )
 
 
+def chunker_ns(trades: list[Trade], forming_every: Callable[[int, int], bool] | None) -> float:
+    """ns per trade the bridge's deriver spends in its chunker (`derive.ColumnChunker`, sealing
+    included), fed batches of 64 trades; with `forming_every(trades since, event ns since)`, it
+    also packs the chunk still forming when that says so (what `_write_forming` stores)."""
+    batches = []
+    for start in range(0, len(trades), 64):
+        part = trades[start : start + 64]
+        ids = [f"{t.ts_event // NS_PER_MS}-{start + i}" for i, t in enumerate(part)]
+        batches.append((tick_columns_of(part), ids, part[-1].ts_event))
+    best = float("inf")
+    for _ in range(3):
+        chunker = ColumnChunker()
+        chunker.after = "0-1"
+        since_n, since_ns = 0, batches[0][2]
+        gc.collect()
+        started = time.perf_counter()
+        for cols, ids, newest in batches:
+            chunker.add_columns(cols, ids)
+            since_n += cols.n
+            if forming_every is not None and forming_every(since_n, newest - since_ns):
+                chunker.forming()
+                since_n, since_ns = 0, newest
+        best = min(best, time.perf_counter() - started)
+    return best / len(trades) * 1e9
+
+
 def measure(client: valkey.Valkey, trades: list[Trade]) -> dict[str, float]:
     from_ns, to_ns = trades[0].ts_event, trades[-1].ts_event
     start_ms, end_ms = str(from_ns // NS_PER_MS), str(to_ns // NS_PER_MS)
@@ -196,6 +257,15 @@ def measure(client: valkey.Valkey, trades: list[Trade]) -> dict[str, float]:
 
     results["query"], frame = timed(run_query)
     assert len(frame) == len(trades), (len(frame), len(trades))
+    # The same read without the chunk still forming (as before it existed): its trades are read
+    # per event. Same stream, same run.
+    forming = keys.forming_chunk_key("ticks", SYMBOL)
+    saved = client.hgetall(forming)
+    client.delete(forming)
+    results["query_no_forming"], frame_no_forming = timed(run_query)
+    pd.testing.assert_frame_equal(frame_no_forming, frame, check_categorical=False)
+    if saved:
+        client.hset(forming, mapping=saved)
     assert frame["trade_id"].tolist()[:5] == [t.trade_id for t in trades[:5]]
     results["query_peak_mib"] = peak_mib(run_query)
     results["bare_peak_mib"] = peak_mib(
@@ -225,6 +295,13 @@ def measure(client: valkey.Valkey, trades: list[Trade]) -> dict[str, float]:
             for _ in range(3)
         )
         results[f"encode_v{version}_ns"] = seconds / sum(c.n for c in stored) * 1e9
+
+    # What storing the chunk still forming costs the bridge's deriver, per trade: never; once
+    # a second of event time (the data's own pace); once per 100,000 trades (1 s at 100k/s).
+    interval_ns = int(FORMING_INTERVAL_S * NS_PER_S)
+    results["chunker_ns"] = chunker_ns(trades, None)
+    results["chunker_forming_live_ns"] = chunker_ns(trades, lambda n, ns: ns >= interval_ns)
+    results["chunker_forming_100k_ns"] = chunker_ns(trades, lambda n, ns: n >= 100_000)
 
     # The same chunks in the previous codec (version 1), read the same way.
     recode(client, 1)
@@ -278,15 +355,16 @@ def main() -> None:
         "again in the same run; both reads give the same frame.",
         "",
         "| stored | bare XRANGE per-event (raw) | per-event → DataFrame (naive) | bare XRANGE chunks (raw) "
-        f"| **query → DataFrame (v{CODEC_VERSION})** | target | previous codec (v1): bare XRANGE "
-        "/ query | peak memory query / bare XRANGE | DataFrame |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| **query → DataFrame (v{CODEC_VERSION})** | target | same, without the forming chunk "
+        "| previous codec (v1): bare XRANGE / query | peak memory query / bare XRANGE | DataFrame |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, n, r in rows:
         lines.append(
             f"| {label}: {n:,} ticks ({r['span_h']:.1f} h) | {r['bare_events'] * 1000:.0f} ms "
             f"| {r['naive'] * 1000:.0f} ms | {r['bare_chunks'] * 1000:.1f} ms "
             f"| **{r['query'] * 1000:.1f} ms** | ≤ {targets[label] * 1000:.0f} ms "
+            f"| {r['query_no_forming'] * 1000:.1f} ms "
             f"| {r['v1_bare_chunks'] * 1000:.1f} ms / {r['v1_query'] * 1000:.1f} ms "
             f"| {r['query_peak_mib']:.0f} MiB / {r['bare_peak_mib']:.0f} MiB | {r['frame_mib']:.0f} MiB |"
         )
@@ -307,6 +385,24 @@ def main() -> None:
         f"{label}: {r[f'encode_v{CODEC_VERSION}_ns']:.0f} ns (v1: {r['encode_v1_ns']:.0f} ns)"
         for label, _, r in rows
     )
+    chunker = "; ".join(
+        f"{label}: {r['chunker_ns']:.0f} ns, with the forming chunk packed once a second of event "
+        f"time {r['chunker_forming_live_ns']:.0f} ns (at this data's {n / (r['span_h'] * 3600):.0f} "
+        "trades/s: "
+        f"{(r['chunker_forming_live_ns'] - r['chunker_ns']) * n / (r['span_h'] * 3600) / 1e6:.2f} "
+        "ms of CPU per second more), once per 100,000 trades (a second at 100k trades/s) "
+        f"{r['chunker_forming_100k_ns']:.0f} ns"
+        for label, n, r in rows
+    )
+    lines += [
+        "",
+        "The chunk still forming: the bridge stores the trades it has not sealed into a chunk yet "
+        f"as one packed value about every {FORMING_INTERVAL_S:g} s (`derive.FORMING_INTERVAL_S`); "
+        "here it covers the pending trades but the last second's, which are read per event. "
+        '"Without the forming chunk" reads the same stream with it removed (its trades per '
+        "event, as before it existed). The bridge's chunker per trade (sealing included, best of "
+        f"3): {chunker}.",
+    ]
     lines += [
         "",
         f"Packing a chunk (`encode_columns`, what the bridge pays when it seals one), per trade, "

@@ -74,6 +74,12 @@ def history_key(kind: str, symbol: str) -> str:
     return stream_key(f"{HISTORY_KIND}:{kind}", symbol)
 
 
+def forming_chunk_key(kind: str, symbol: str) -> str:
+    """Hash holding the history chunk still forming (the bridge's pending trades, packed like a
+    sealed chunk, with `after`: the sealed chunk it follows); same slot, outside `stream:*`."""
+    return f"forming:{history_key(kind, symbol)}"
+
+
 def late_index_key(kind: str, symbol: str) -> str:
     """Sorted set of history chunks that hold events older than the chunk id (late events)."""
     return f"idx:late:{kind}:{{{symbol}}}"

@@ -15,7 +15,7 @@ import pytest
 import valkey
 import zmq
 
-from qt_cli.core import keys
+from qt_cli.core import keys, query
 from qt_cli.core.bridge import (
     Bridge,
     BridgeConfig,
@@ -28,6 +28,7 @@ from qt_cli.core.bridge import (
     trade_row,
     watermark_key,
 )
+from qt_cli.core.bridge import derive as bridge_derive
 from qt_cli.core.bridge import runner as bridge_runner
 from qt_cli.core.bridge import spill as bridge_spill
 from qt_cli.core.candles import candles_from_ticks
@@ -782,3 +783,49 @@ def test_a_server_out_of_memory_is_waited_out_not_dropped(
     finally:
         client.config_set("maxmemory", "0")
         client.close()
+
+
+def test_the_chunk_still_forming_is_stored_and_a_restart_after_a_crash_reads_it(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deriver stores the chunk it is still accumulating (here at every flush): exactly the
+    stored ticks after the sealed chunk it follows. A bridge that died before sealing leaves it
+    behind: queries read it, and the restarted bridge seals the same trades again."""
+    monkeypatch.setattr(bridge_derive, "FORMING_INTERVAL_S", 0.0)
+    trades = make_trades(6000, symbols=("WDOQ25",), step_ms=53)
+    whole = jsonl(tmp_path / "b.jsonl", trades, session="s.ticks")
+    bridge = Bridge(config_for(valkey_url, tmp_path, str(whole), stop_after=2500))
+    bridge.run()
+    bridge.close()
+    forming_key = keys.forming_chunk_key("ticks", "WDOQ25")
+    stored = vk.hgetall(forming_key)
+    ticks = stored_ticks(vk, "WDOQ25")
+    ids = [i for i, _ in ticks]
+    after, src = ids.index(stored[b"after"].decode()), ids.index(stored[b"src"].decode())
+    assert after < src
+    assert (
+        trades_of(decode_tick_columns(stored), "WDOQ25")
+        == [t for _, t in ticks][after + 1 : src + 1]
+    )
+
+    # As if it had died before sealing its last chunk: that chunk is the forming one.
+    hist = keys.history_key("ticks", "WDOQ25")
+    (last_id, last), (_, before) = vk.xrevrange(hist, count=2)
+    vk.xdel(hist, last_id)
+    vk.hset(keys.hwm_key(hist), "src", before[b"src"])
+    vk.delete(forming_key)
+    vk.hset(forming_key, mapping={**last, b"after": before[b"src"]})
+    stats = query.Stats()
+    frame = query.query(
+        "ticks", symbols="WDOQ25", start=T0, end=T0 + 10**12, client=vk, stats=stats
+    )
+    assert frame["trade_id"].tolist() == [t.trade_id for t in trades[:2500]]
+    assert stats.read.forming_rows == int(last[b"n"]) and stats.read.tail_entries == 0
+
+    bridge = Bridge(config_for(valkey_url, tmp_path, str(whole)))
+    bridge.run()
+    bridge.close()
+    assert vk.xlen(keys.stream_key("ticks", "WDOQ25")) == 6000
+    assert_derived_match(vk, "WDOQ25")
+    frame = query.query("ticks", symbols="WDOQ25", start=T0, end=T0 + 10**12, client=vk)
+    assert frame["trade_id"].tolist() == [t.trade_id for t in trades]

@@ -20,6 +20,7 @@ from qt_cli.core.chunks import (
     TickColumns,
     decode_tick_columns,
     encode_columns,
+    encode_ticks,
     trades_of,
 )
 from qt_cli.core.errors import TimeParseError, UsageError
@@ -817,3 +818,80 @@ def test_whole_range_read_equals_streamed_pages(vk) -> None:
             np.testing.assert_array_equal(whole.arrays[name], streamed.arrays[name], err_msg=name)
         for name in ("session", "buyer_name", "seller_name"):
             assert whole.strings(name).tolist() == streamed.strings(name).tolist()
+
+
+# --- the chunk still forming -----------------------------------------------------------------
+
+
+def store_forming(vk, trades: list[Trade], ids: list[bytes], first: int, last: int, after) -> None:
+    """What the bridge's deriver stores: trades[first..last] packed as a chunk, following the
+    sealed chunk whose src is `after`."""
+    late = [
+        reader.parse_id(i)[0] > t.ts_event // NS_PER_MS for t, i in zip(trades, ids, strict=True)
+    ]
+    fields = encode_ticks(trades[first : last + 1], late=late[first : last + 1])
+    fields.update(src=ids[last], after=after)
+    vk.hset(keys.forming_chunk_key("ticks", SYMBOL), mapping=fields)
+
+
+def read_all_ways(vk, from_ns: int, to_ns: int) -> tuple[pd.DataFrame, list[Trade], query.Stats]:
+    """The DataFrame, the streamed pages (small pages, not held back) and the frame's stats."""
+    stats = query.Stats()
+    frame = query.query("ticks", symbols=SYMBOL, start=from_ns, end=to_ns, client=vk, stats=stats)
+    pages = [p.columns for p in reader.iter_ticks(vk, SYMBOL, from_ns, to_ns, page_chunks=2)]
+    return frame, trades_of(TickColumns.concat(pages), SYMBOL), stats
+
+
+@pytest.mark.parametrize("late_in_forming", [False, True])
+def test_the_forming_chunk_is_read_instead_of_its_entries(vk, late_in_forming: bool) -> None:
+    """Chunks up to trade 4200, the forming chunk 4200..4799, per-event entries after it: every
+    range gives exactly the frame of the same stream without the forming chunk, and only the
+    entries after the forming chunk are read one by one."""
+    trades = make_trades(5000)
+    if late_in_forming:  # older than the stream's top: stored clamped, flagged late
+        trades[4500] = with_time(trades[4500], trades[4100].ts_event)
+    ids = seed_ticks(vk, trades, chunked=4200)
+    store_forming(vk, trades, ids, 4200, 4799, after=ids[4199])
+    forming = keys.forming_chunk_key("ticks", SYMBOL)
+    saved = vk.hgetall(forming)
+    ranges = [
+        (trades[0].ts_event, trades[-1].ts_event),  # everything
+        (trades[300].ts_event, trades[4700].ts_event),  # ends inside the forming chunk
+        (trades[4400].ts_event, trades[4900].ts_event),  # starts inside it
+        (trades[4850].ts_event, trades[4950].ts_event),  # after it
+    ]
+    for from_ns, to_ns in ranges:
+        vk.hset(forming, mapping=saved)
+        frame, streamed, stats = read_all_ways(vk, from_ns, to_ns)
+        assert stats.read.problems == []
+        vk.delete(forming)
+        without, streamed_without, plain = read_all_ways(vk, from_ns, to_ns)
+        # the same rows and values; category order follows the stored dictionaries' layout
+        pd.testing.assert_frame_equal(frame, without, check_categorical=False)
+        assert streamed == streamed_without == frame_trades(frame)
+        assert frame_trades(frame) == in_range(trades, from_ns, to_ns)
+        assert plain.read.forming_rows == 0
+        if from_ns <= trades[4799].ts_event:
+            assert stats.read.forming_rows == 600
+            assert stats.read.tail_entries == 200  # only the entries after it
+    vk.hset(forming, mapping=saved)
+    frame, _, _ = read_all_ways(vk, trades[0].ts_event, trades[-1].ts_event)
+    assert frame["late"].sum() == late_in_forming
+
+
+def test_a_stale_forming_chunk_is_ignored(vk) -> None:
+    """A forming chunk that does not follow the newest sealed chunk (one was sealed since, or it
+    is from before a rebuild) is not read: its trades come from the chunks and the entries."""
+    trades = make_trades(3000)
+    ids = seed_ticks(vk, trades, chunked=2400)  # chunks of 1000: srcs 999, 1999, 2399
+    # stored while trades 2000..2599 were forming; the chunk sealed since holds 2000..2399
+    store_forming(vk, trades, ids, 2000, 2599, after=ids[1999])
+    frame, streamed, stats = read_all_ways(vk, trades[0].ts_event, trades[-1].ts_event)
+    assert frame_trades(frame) == streamed == trades
+    assert stats.read.forming_rows == 0 and stats.read.tail_entries == 600
+    # a forming chunk that follows the newest chunk but does not decode: read from the entries
+    store_forming(vk, trades, ids, 2400, 2599, after=ids[2399])
+    vk.hset(keys.forming_chunk_key("ticks", SYMBOL), "cols", b"not zstd")
+    frame, streamed, stats = read_all_ways(vk, trades[0].ts_event, trades[-1].ts_event)
+    assert frame_trades(frame) == streamed == trades
+    assert len(stats.read.problems) == 1 and "forming" in stats.read.problems[0]

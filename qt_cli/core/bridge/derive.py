@@ -74,6 +74,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How often the chunk still forming is stored (per symbol, only when it changed), so a query
+# decodes it instead of reading its trades one per-event entry at a time (docs/query.md).
+FORMING_INTERVAL_S = 1.0
+
 
 def partial_key(timeframe: str, symbol: str) -> str:
     """The stream holding snapshots of the candle still forming (closed=0), newest last."""
@@ -102,10 +106,25 @@ class ColumnChunker:
         self._src = ""
         self._t_min = 0
         self._t_max = 0
+        self.after = ""  # src of the sealed chunk this one follows ("" = unknown)
+        self.changed = False  # trades added since the last `forming()`
 
     @property
     def pending(self) -> int:
         return self._n
+
+    def forming(self) -> dict[str, bytes] | None:
+        """The pending trades packed as a chunk (fields of a sealed one, plus `after`), or None
+        when there are none or the sealed chunk it follows is unknown."""
+        self.changed = False
+        if not self._n or not self.after:
+            return None
+        if len(self._pieces) > 1:  # joined once here, so sealing does not join them again
+            self._pieces = [TickColumns.concat(self._pieces)]
+        fields = encode_columns(self._pieces[0])
+        fields["src"] = self._src.encode()
+        fields["after"] = self.after.encode()
+        return fields
 
     def add(self, trade: Trade, entry_id: str, *, late: bool) -> SealedChunk | None:
         sealed = self.add_columns(entry_columns([trade_entry(trade)[1]], [late]), [entry_id])
@@ -132,6 +151,7 @@ class ColumnChunker:
                 self._t_min, self._t_max = int(low[take - 1]), int(high[take - 1])
                 self._n += take
                 self._src = ids[pos + take - 1]
+                self.changed = True
                 pos += take
             if len(over) or self._n >= self.max_events:
                 chunk = self.seal()
@@ -145,6 +165,7 @@ class ColumnChunker:
         fields = encode_columns(TickColumns.concat(self._pieces))
         fields["src"] = self._src.encode()
         chunk = SealedChunk(fields, self._n, self._t_min, self._t_max, self._src)
+        self.after = self._src
         self._pieces = []
         self._n = 0
         self._src = ""
@@ -272,6 +293,7 @@ class _Deriver:
         self._pending_candles: list[tuple[Candle, str]] = []
         self._partial_dirty: set[str] = set()
         self._last_partials = 0.0
+        self._last_forming = 0.0
         self._newest_ns = 0  # event time of the newest tick applied (any symbol)
         self._ended = False  # finishing at the end of the input (not a stop)
         self._thread: threading.Thread | None = None
@@ -504,6 +526,25 @@ class _Deriver:
             self._last_partials = now
             self._write_partials(sorted(self._partial_dirty))
             self.stats.candle_skipped = self._skipped()
+        if now - self._last_forming >= FORMING_INTERVAL_S:
+            self._last_forming = now
+            self._write_forming()
+
+    def _write_forming(self) -> None:
+        """Store each changed chunk still forming as one hash (`keys.forming_chunk_key`)."""
+        pipe = None
+        for symbol, state in self.states.items():
+            chunker = state.chunker
+            if chunker is None or not chunker.changed or state.chunk_after is not None:
+                continue
+            fields = chunker.forming()
+            if fields is None:
+                continue
+            if pipe is None:
+                pipe = self.client.pipeline(transaction=False)
+            pipe.hset(keys.forming_chunk_key("ticks", symbol), mapping=fields)
+        if pipe is not None:
+            pipe.execute()
 
     def _write_partials(self, symbols: Sequence[str]) -> None:
         batches: list[StreamBatch] = []
@@ -542,10 +583,12 @@ class _Deriver:
         for builder in builders:
             self._restore_candle(builder)
             starts.append(builder.src)
-        state = _SymbolState(builders, ColumnChunker() if config.chunks else None, None)
-        if config.chunks:
+        chunker = ColumnChunker() if config.chunks else None
+        state = _SymbolState(builders, chunker, None)
+        if chunker is not None:
             chunk_src = self.writer.last_chunk_src(symbol)
             state.chunk_after = keys.parse_id(chunk_src) if chunk_src else None
+            chunker.after = chunk_src
             starts.append(chunk_src)
         self.states[symbol] = state
         start = min(starts, key=keys.parse_id)

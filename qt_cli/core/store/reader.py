@@ -411,6 +411,7 @@ class ReadStats:
     late_chunks: int = 0
     skipped_chunks: int = 0
     tail_entries: int = 0
+    forming_rows: int = 0
     entries: int = 0
     rows: int = 0
     problems: list[str] = field(default_factory=list)
@@ -426,16 +427,38 @@ class TickPage:
 
 def chunked_src(client: Any, symbol: str) -> tuple[int, int] | None:
     """Id of the last per-event entry included in a history chunk (None: nothing chunked)."""
+    return _chunk_snapshot(client, symbol)[0]
+
+
+def _chunk_snapshot(
+    client: Any, symbol: str, late_ms: tuple[int, int] | None = None
+) -> tuple[tuple[int, int] | None, dict[bytes, bytes] | None, list[bytes]]:
+    """(chunked src, the chunk still forming, late chunk ids with t_min in `late_ms`) in one
+    round trip. The forming chunk is returned only when it follows that src (`after`);
+    otherwise it is stale (a chunk was sealed since) or from before a rebuild, and the
+    per-event entries are read instead."""
     hist = keys.history_key("ticks", symbol)
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(keys.hwm_key(hist), "src")
+    pipe.xrevrange(hist, "+", "-", count=1)
+    pipe.hgetall(keys.forming_chunk_key("ticks", symbol))
+    if late_ms is not None:
+        pipe.zrangebyscore(keys.late_index_key("ticks", symbol), *late_ms)
+    mark, last, forming, *late = pipe.execute()
+    late_ids: list[bytes] = late[0] if late else []
     best: tuple[int, int] | None = None
-    mark = client.hget(keys.hwm_key(hist), "src")
     if mark:
         best = parse_id(mark)
-    last = client.xrevrange(hist, "+", "-", count=1)
     if last and b"src" in last[0][1]:
         src = parse_id(last[0][1][b"src"])
         best = src if best is None else max(best, src)
-    return best
+    if best is None or not forming:
+        return best, None, late_ids
+    try:
+        follows = parse_id(forming[b"after"]) == best and parse_id(forming[b"src"]) > best
+    except (KeyError, ValueError):
+        follows = False
+    return best, forming if follows else None, late_ids
 
 
 def _chunk_overlaps(fields: dict[bytes, bytes], from_ns: int, to_ns: int) -> bool:
@@ -465,7 +488,9 @@ def iter_ticks(
     events_key = keys.stream_key("ticks", symbol)
     from_ms, to_ms = from_ns // NS_PER_MS, to_ns // NS_PER_MS
     merge = _TickMerge(from_ns, to_ns)
-    src = chunked_src(client, symbol)
+    src, forming_fields, late_index = _chunk_snapshot(
+        client, symbol, (from_ms - CHUNK_SPAN_MS, to_ms)
+    )
 
     def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> TickColumns | None:
         try:
@@ -473,6 +498,25 @@ def iter_ticks(
         except DecodeError as exc:
             stats.problems.append(f"{hist} {entry_id.decode()}: {exc}")
             return None
+
+    def add_forming(fields: dict[bytes, bytes]) -> None:
+        try:
+            columns = decode_tick_columns(fields)
+        except DecodeError as exc:
+            forming_unreadable(exc)
+            return
+        stats.forming_rows += columns.n
+        merge.add(columns, extra=True)
+
+    def forming_unreadable(exc: DecodeError) -> None:
+        """The forming chunk does not decode: its trades are read from the per-event entries."""
+        stats.problems.append(f"{keys.forming_chunk_key('ticks', symbol)}: {exc}")
+        assert src is not None and forming_fields is not None
+        end = format_id(parse_id(forming_fields[b"src"]))
+        start = f"({format_id(src)}"
+        for page in xrange_pages(client, events_key, start, end, count=page_entries, raw=True):
+            stats.tail_entries += len(page)
+            merge.add(tick_columns_from_raw(page, problems=stats.problems), extra=True)
 
     def sealed_after_snapshot(fields: dict[bytes, bytes]) -> bool:
         chunk_src = fields.get(b"src")
@@ -500,9 +544,7 @@ def iter_ticks(
 
     late_ids: set[bytes] = set()
     late_added = False
-    for chunk_id in client.zrangebyscore(
-        keys.late_index_key("ticks", symbol), from_ms - CHUNK_SPAN_MS, to_ms
-    ):
+    for chunk_id in late_index:
         for entry_id, fields in client.xrange(hist, chunk_id, chunk_id):
             late_ids.add(entry_id)
             if sealed_after_snapshot(fields) or not _chunk_overlaps(fields, from_ns, to_ns):
@@ -511,12 +553,26 @@ def iter_ticks(
                 stats.late_chunks += 1
                 late_added = True
                 merge.add(columns, extra=True)
-    tail_start = max(src, (from_ms, 0))
-    start = f"({format_id(src)}" if tail_start == src else format_id(tail_start)
+    # The chunk still forming (the bridge's pending trades, packed): its trades are read from
+    # it, and the per-event entries only after it.
     # Reading a whole range with no late chunks, the tail is held back: when all of it comes
     # after every chunk (the usual case) it is decoded into the last page's arrays, no join.
     hold_tail = whole and not late_added
+    # The chunk still forming (the bridge's pending trades, packed like a sealed chunk): its
+    # trades are read from it, the per-event entries only after it. Held back like the tail, it
+    # is decoded with the last page of chunks when it comes after them.
+    tail_after = src
+    forming: dict[bytes, bytes] | None = None
+    if forming_fields is not None:
+        tail_after = parse_id(forming_fields[b"src"])
+        if _chunk_overlaps(forming_fields, from_ns, to_ns):
+            forming = forming_fields
     tail: list[TickColumns] = []
+    if forming is not None and not hold_tail:
+        add_forming(forming)
+        forming = None
+    tail_start = max(tail_after, (from_ms, 0))
+    start = f"({format_id(tail_after)}" if tail_start == tail_after else format_id(tail_start)
     for page in xrange_pages(client, events_key, start, "+", count=page_entries, raw=True):
         stats.tail_entries += len(page)
         columns = tick_columns_from_raw(page, problems=stats.problems)
@@ -549,10 +605,20 @@ def iter_ticks(
             chunks_max = max(chunks_max, _t_max(fields))
             ids.append(entry_id)
             wanted.append(fields)
+        last_page = len(page) < page_chunks
+        folded = None
+        if forming is not None and last_page and not clamped_seen:
+            t_min = _t_min_ns(forming)
+            if t_min is not None and t_min >= chunks_max:
+                ids.append(b"forming")
+                wanted.append(forming)
+                chunks_max = max(chunks_max, _t_max(forming))
+                folded, forming = len(wanted) - 1, None
         append = None
         if (
             tail_min is not None
-            and len(page) < page_chunks  # the last page
+            and last_page
+            and forming is None
             and not clamped_seen
             and tail_min >= chunks_max
         ):
@@ -562,11 +628,19 @@ def iter_ticks(
             # The whole page at once, into one set of column arrays (chunks.decode_chunks).
             columns, problems = decode_chunks(wanted, append=append)
             for index, exc in problems:
-                stats.problems.append(f"{hist} {ids[index].decode()}: {exc}")
-            stats.chunks += len(wanted) - len(problems)
+                if index == folded:
+                    forming_unreadable(exc)
+                    folded = None
+                else:
+                    stats.problems.append(f"{hist} {ids[index].decode()}: {exc}")
+            stats.chunks += len(wanted) - len(problems) - (folded is not None)
+            if folded is not None:
+                stats.forming_rows += int(wanted[folded][b"n"])
             merge.add(columns)
         watermark = parse_id(page[-1][0])[0] * NS_PER_MS
         yield from emit(watermark, watermark)
+    if forming is not None:  # not folded into a page: before the rest of the tail
+        add_forming(forming)
     for columns in tail:  # not folded into a page
         merge.add(columns, extra=True)
     yield from emit(None, to_ns)
@@ -577,6 +651,13 @@ def _t_max(fields: dict[bytes, bytes]) -> int:
         return int(fields[b"t_max"])
     except (KeyError, ValueError):
         return 2**63 - 1  # unknown: never fold the tail after it
+
+
+def _t_min_ns(fields: dict[bytes, bytes]) -> int | None:
+    try:
+        return int(fields[b"t_min"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _t_min_ms(fields: dict[bytes, bytes]) -> int | None:
