@@ -10,8 +10,10 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import valkey
+import zmq
 
 from qt_cli.core import keys
 from qt_cli.core.events import FeatureVector, decode_fields
@@ -19,7 +21,7 @@ from qt_cli.core.features.backfill import backfill
 from qt_cli.core.features.engine import FeatureEngine
 from qt_cli.core.stage.derived import derived_session
 from tests.e2e.test_bridge import Pipeline, run_feed, stop
-from tests.helpers import QtProcesses, eventually
+from tests.helpers import QtProcesses, eventually, tcp_endpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -84,11 +86,15 @@ def assert_once_each(live: list[tuple[FeatureVector, dict]]) -> None:
 
 
 def test_live_vectors_equal_the_backfill_of_the_same_stored_range(
-    qt: QtProcesses, pipeline: Pipeline, vk: valkey.Valkey, valkey_url: str
+    qt: QtProcesses, pipeline: Pipeline, vk: valkey.Valkey, valkey_url: str, ctx: zmq.Context
 ) -> None:
+    pub = tcp_endpoint()
     bridge = qt.start(*pipeline.bridge_args(valkey_url))
-    features = qt.start(*features_args(valkey_url, "1s"))
-    feed = run_feed(qt, pipeline, rate=0, n=N, seed=7)
+    features = qt.start(*features_args(valkey_url, "1s", "--out", valkey_url, "--out", pub))
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, f"features_{SYMBOL}".encode())
+    sub.connect(pub)
+    feed = run_feed(qt, pipeline, rate=10_000, n=N, seed=7)
     eventually(lambda: bridge_written(vk) == N, timeout=60, message=f"{N} events stored")
     stop(qt, bridge, signal.SIGINT)
     expected = backfilled(vk, "1s")
@@ -117,6 +123,21 @@ def test_live_vectors_equal_the_backfill_of_the_same_stored_range(
     assert stages, shown.stdout
     stats = vk.hgetall(keys.stats_key("features", "features"))
     assert int(stats[b"written"]) == len(live) and stats[b"lag_ms"]
+    # ZeroMQ: topic features_SYMBOL, the seed guide's {"type": "features", "symbol", "features"};
+    # what the subscriber got (it may have joined late) is the stored vectors' tail.
+    published = []
+    while sub.poll(0):
+        topic, payload = sub.recv_multipart()
+        assert topic == f"features_{SYMBOL}".encode()
+        published.append(orjson.loads(payload))
+    sub.close(linger=0)
+    assert published, "no vector published on ZeroMQ"
+    assert {(m["type"], m["symbol"]) for m in published} == {("features", SYMBOL)}
+    tail = live[len(live) - len(published) :]
+    assert [m["ts_event"] for m in published] == [e.ts_event for e, _ in tail]
+    assert [m["features"]["price_current"] for m in published] == [
+        e.features["price_current"] for e, _ in tail
+    ]
 
 
 def test_a_features_stage_killed_and_restarted_stores_no_duplicate_and_no_gap(
