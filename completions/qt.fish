@@ -123,6 +123,7 @@ complete -c qt -n '__fish_seen_subcommand_from features' -l json
 complete -c qt -n '__fish_seen_subcommand_from features' -l name
 complete -c qt -n '__fish_seen_subcommand_from features' -l out
 complete -c qt -n '__fish_seen_subcommand_from features' -l output
+complete -c qt -n '__fish_seen_subcommand_from features' -l replay
 complete -c qt -n '__fish_seen_subcommand_from features' -l set
 complete -c qt -n '__fish_seen_subcommand_from features' -l symbol
 complete -c qt -n '__fish_seen_subcommand_from features' -l to

@@ -18,7 +18,7 @@ Compute feature vectors over stored history (trades and price-book events read b
 
 --every picks which vectors are kept: trade (every trade's vector, the training granularity), candle (the last vector of each 1-minute period), or a period such as 250ms, 1s (the default: at most one vector per symbol and second), 5s, 1m. Times as in qt query (--tz, default America/Sao_Paulo). A progress bar shows on a terminal (stderr); --json prints the summary (counts, bytes, seconds).
 
-Live: `qt features --in valkey://HOST:6379 --symbol WDOQ25 --set qt --every 1s --out valkey://HOST:6379 --out tcp://127.0.0.1:5560` reads the symbols' stored trades and book events (from the start of their streams, so its state is warm and a restart recomputes the same vectors), keeps the vectors --every keeps (the backfill's rule) and writes each to stream:features:{SYMBOL} exactly once (its identity derived from the trade that produced it: a restart rewrites nothing and skips nothing); a tcp:// --out publishes them on ZeroMQ (topic features_SYMBOL). Default --out: the input's Valkey. Stats go to qt:stats:features:<name> (qt monitor); Ctrl+C prints one line, --json the totals. See docs/FEATURES.md ("The live stage").
+Live: `qt features --in tcp://127.0.0.1:5555 --in tcp://127.0.0.1:5556 --symbol WDOQ25 --out valkey://HOST:6379` computes from the feed's ZeroMQ channels instead (from now, gaps recovered from --replay; each vector's identity from its trade's own session and seq, as the bridge stores it). `qt features --in valkey://HOST:6379 --symbol WDOQ25 --set qt --every 1s --out valkey://HOST:6379 --out tcp://127.0.0.1:5560` reads the symbols' stored trades and book events (from the start of their streams, so its state is warm and a restart recomputes the same vectors), keeps the vectors --every keeps (the backfill's rule) and writes each to stream:features:{SYMBOL} exactly once (its identity derived from the trade that produced it: a restart rewrites nothing and skips nothing); a tcp:// --out publishes them on ZeroMQ (topic features_SYMBOL). Default --out: the input's Valkey. Stats go to qt:stats:features:<name> (qt monitor); Ctrl+C prints one line, --json the totals. See docs/FEATURES.md ("The live stage").
 
 Subcommands: catalog (the feature catalog and its sets).
 
@@ -71,6 +71,7 @@ def _live(
     every: str,
     name: str,
     duration: str | None,
+    replay: str | None,
 ) -> dict[str, Any]:
     from qt_cli.core import config
     from qt_cli.core.features.live import open_live, summary_line
@@ -78,6 +79,9 @@ def _live(
     from qt_cli.core.timeparse import parse_duration_s
 
     settings = config.current()
+    endpoint = replay if replay is not None else settings.replay_endpoint
+    if endpoint and endpoint.strip().lower() in ("none", "off", ""):
+        endpoint = None
     stage = open_live(
         inputs,
         outputs,
@@ -88,6 +92,7 @@ def _live(
         password=settings.valkey_password or "",
         maxlen=settings.maxlen,
         duration_s=parse_duration_s(duration) if duration else None,
+        replay=endpoint,
         warn=warn,
     )
     say(f"features {name}: {', '.join(inputs)} -> {set_name} every {every} ({', '.join(symbols)})")
@@ -142,6 +147,15 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         stage_name: Annotated[
             str, typer.Option("--name", help="Live: the stage's name in qt monitor.")
         ] = "features",
+        replay: Annotated[
+            str | None,
+            typer.Option(
+                "--replay",
+                help="Live, --in tcp://…: the feed's replay endpoint for gap recovery ('none' "
+                "to disable). Default: the settings' replay endpoint.",
+                show_default=False,
+            ),
+        ] = None,
         duration: Duration = None,
         as_json: AsJson = False,
     ) -> None:
@@ -153,7 +167,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             if start is not None or output is not None:
                 raise UsageError("--in runs the live stage; --from/--output run a backfill")
             totals = _live(
-                inputs, outputs or [], symbols or [], set_name, every, stage_name, duration
+                inputs, outputs or [], symbols or [], set_name, every, stage_name, duration, replay
             )
             if as_json:
                 emit_json(totals)

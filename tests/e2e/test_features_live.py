@@ -168,3 +168,27 @@ def test_a_features_stage_killed_and_restarted_stores_no_duplicate_and_no_gap(
     assert totals["stopped_by"] == "SIGTERM"
     assert totals["duplicates"] >= killed_at  # what the first run stored was recomputed, skipped
     assert totals["written"] == len(live) - killed_at
+
+
+def test_zeromq_input_gives_the_same_vectors_as_the_stored_history(
+    qt: QtProcesses, pipeline: Pipeline, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    bridge = qt.start(*pipeline.bridge_args(valkey_url))
+    features = qt.start(
+        "features", "--in", pipeline.ticks, "--in", pipeline.book, "--replay", pipeline.replay,
+        "--symbol", SYMBOL, "--every", "1s", "--out", valkey_url, "--json",
+    )  # fmt: skip
+    feed = run_feed(qt, pipeline, rate=10_000, n=N, seed=3)
+    eventually(lambda: bridge_written(vk) == N, timeout=60, message=f"{N} events stored")
+    stop(qt, bridge, signal.SIGINT)
+    expected = backfilled(vk, "1s")
+    eventually(
+        lambda: vk.xlen(OUT_KEY) >= len(expected) - 1, timeout=60, message="live vectors stored"
+    )
+    totals = stop(qt, features, signal.SIGINT)
+    live = stored(vk)
+    assert_same(live, expected[:-1])
+    assert_once_each(live)
+    ticks_session = feed["channels"]["ticks"]["session"]
+    assert live[0][1][b"session"].decode() == derived_session("features", ticks_session)
+    assert totals["trades"] == feed["by_kind"]["tick"]

@@ -109,7 +109,7 @@ other stream has read past it: each stream is in event-time order), feeds the sa
 keeps the vectors of the same `--every` rule (`backfill.Sampler`, shared by both; default
 `1s`). The vector of a period still open is written once a later event closes it, never at stop.
 
-- Exactly once: each vector goes to `stream:features:{{SYM}}` through the one writer path
+- Exactly once (Valkey input): each vector goes to `stream:features:{{SYM}}` through the one writer path
   (`qt_append`) with the identity of the trade that produced it (`stage.derived`: session
   `features.<the trade's session>`, the trade's seq). Reading from the start, a restarted stage
   has the state it had and recomputes the same vectors: those already stored are skipped by the
@@ -132,8 +132,15 @@ Tests (`tests/e2e/test_features_live.py`, real processes `qt feed --sim` -> `qt 
 is the live stage's open period); a stage killed with SIGKILL and restarted stores no duplicate
 and no gap.
 
-Not yet: ZeroMQ input (`--in tcp://…`), `--group/--consumer` (sharing symbols between workers)
-and the `qt_history` set live (the live engine has no stored-history reader).
+ZeroMQ input: `--in tcp://…:5555 --in tcp://…:5556 --out valkey://…` reads the feed's ticks
+and book channels from now (late joins and gaps recovered from `--replay`, the feed's replay
+endpoint), merged the same way; each vector's identity is derived from its trade's own (session,
+seq), the identity the bridge stores it under, so the vectors equal those computed from the
+stored streams (tested). A restarted stage on ZeroMQ input starts cold (its first vectors are
+not warm again) and skips what is already stored.
+
+Not yet: `--group/--consumer` (sharing symbols between workers) and the `qt_history` set live
+(the live engine has no stored-history reader).
 
 ## seed65: the training code's values, quirks included
 

@@ -33,7 +33,7 @@ from qt_cli.core.features.engine import FeatureEngine, FeatureVector
 from qt_cli.core.stage.derived import derived_identity
 from qt_cli.core.stage.stats import RateMeter, StatsPublisher
 from qt_cli.core.store.reader import SourceEntry
-from qt_cli.core.store.writer import StreamWriter, event_values
+from qt_cli.core.store.writer import StreamWriter, event_key, event_values
 
 STAGE = "features"
 TRADE, BOOK = 0, 1
@@ -76,6 +76,31 @@ class Merge:
 
     def __len__(self) -> int:
         return len(self.heap)
+
+
+class ZmqInput:
+    """`--in tcp://…` (one or more): the feed's ZeroMQ channels read as entries of the streams the
+    bridge stores their events in, each keeping its own (session, seq), the identity a vector is
+    derived from (the same as when read back from Valkey)."""
+
+    def __init__(self, sources: Sequence[Any], symbols: Sequence[str]) -> None:
+        self.sources = list(sources)
+        self.symbols = set(symbols)
+        self.rejected = 0
+
+    def read_entries(self, timeout_s: float) -> list[SourceEntry]:
+        out: list[SourceEntry] = []
+        wait = timeout_s / max(len(self.sources), 1)
+        for source in self.sources:
+            for event in source.read(wait):
+                if getattr(event, "symbol", "") in self.symbols:
+                    out.append(SourceEntry(event_key(event), "", event))
+            self.rejected += len(source.take_rejects())
+        return out
+
+    def close(self) -> None:
+        for source in self.sources:
+            source.close()
 
 
 @dataclass
@@ -289,9 +314,12 @@ def open_live(
     password: str = "",
     maxlen: int = 0,
     duration_s: float | None = None,
+    replay: str | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> LiveFeatures:
-    """The stage for `qt features --in … --out …` (Valkey input; Valkey and ZeroMQ outputs)."""
+    """The stage for `qt features --in … --out …`: one Valkey input (the stored streams, from their
+    start) or ZeroMQ inputs (the feed's channels, from now; gaps recovered from `replay`, the
+    feed's replay endpoint); Valkey and ZeroMQ outputs."""
     from qt_cli.core import store
     from qt_cli.core.endpoints import parse_endpoint
     from qt_cli.core.errors import UsageError
@@ -301,21 +329,31 @@ def open_live(
         raise UsageError("the live stage needs --symbol, e.g. --symbol WDOQ25")
     every_ns(every)
     ins = [parse_endpoint(x) for x in inputs]
-    if len(ins) != 1 or ins[0].kind != "valkey":
+    zmq_in = all(x.kind == "zmq" for x in ins)
+    if not ins or not (zmq_in or (len(ins) == 1 and ins[0].kind == "valkey")):
         raise UsageError(
-            "the live features stage reads one --in valkey://… (the streams qt bridge writes)"
+            "the live features stage reads one --in valkey://… (the streams qt bridge writes) "
+            "or the feed's --in tcp://… channels (ticks and book)"
         )
-    outs = [parse_endpoint(x) for x in outputs] or [ins[0]]
+    outs = [parse_endpoint(x) for x in outputs] or ([] if zmq_in else [ins[0]])
     stores = [o for o in outs if o.kind == "valkey"]
     if len(stores) > 1:
         raise UsageError("give at most one --out valkey://…")
+    if not outs:
+        raise UsageError("with --in tcp://…, give --out valkey://… and/or --out tcp://…")
     engine = FeatureEngine(set_name, symbols=tuple(symbols))
     kinds = ("ticks", "book") if engine.uses_book else ("ticks",)
-    source = open_source(ins[0], symbols=symbols, kinds=kinds, start="0", password=password)
+    source: Any
+    if zmq_in:
+        source = ZmqInput([open_source(x, symbols=symbols, replay=replay) for x in ins], symbols)
+    else:
+        source = open_source(ins[0], symbols=symbols, kinds=kinds, start="0", password=password)
     writer = (
         StreamWriter(store.connect(stores[0], password=password), maxlen=maxlen) if stores else None
     )
-    stats_client = None if writer is not None else store.connect(ins[0], password=password)
+    stats_client = (
+        None if writer is not None or zmq_in else store.connect(ins[0], password=password)
+    )
     sinks = [open_sink(o) for o in outs if o.kind != "valkey"]
     return LiveFeatures(
         source,
@@ -340,4 +378,4 @@ def summary_line(t: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["STAGE", "LiveFeatures", "LiveStats", "Merge", "open_live", "summary_line"]
+__all__ = ["STAGE", "LiveFeatures", "LiveStats", "Merge", "ZmqInput", "open_live", "summary_line"]
