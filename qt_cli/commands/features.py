@@ -18,7 +18,7 @@ Compute feature vectors over stored history (trades and price-book events read b
 
 --every picks which vectors are kept: trade (every trade's vector, the training granularity), candle (the last vector of each 1-minute period), or a period such as 250ms, 1s (the default: at most one vector per symbol and second), 5s, 1m. Times as in qt query (--tz, default America/Sao_Paulo). A progress bar shows on a terminal (stderr); --json prints the summary (counts, bytes, seconds).
 
-Live: `qt features --in tcp://127.0.0.1:5555 --in tcp://127.0.0.1:5556 --symbol WDOQ25 --out valkey://HOST:6379` computes from the feed's ZeroMQ channels instead (from now, gaps recovered from --replay; each vector's identity from its trade's own session and seq, as the bridge stores it). `qt features --in valkey://HOST:6379 --symbol WDOQ25 --set qt --every 1s --out valkey://HOST:6379 --out tcp://127.0.0.1:5560` reads the symbols' stored trades and book events (from the start of their streams, so its state is warm and a restart recomputes the same vectors), keeps the vectors --every keeps (the backfill's rule) and writes each to stream:features:{SYMBOL} exactly once (its identity derived from the trade that produced it: a restart rewrites nothing and skips nothing); a tcp:// --out publishes them on ZeroMQ (topic features_SYMBOL). Default --out: the input's Valkey. Stats go to qt:stats:features:<name> (qt monitor); Ctrl+C prints one line, --json the totals. See docs/FEATURES.md ("The live stage").
+Live: `qt features --in tcp://127.0.0.1:5555 --in tcp://127.0.0.1:5556 --symbol WDOQ25 --out valkey://HOST:6379` computes from the feed's ZeroMQ channels instead (from now, gaps recovered from --replay; each vector's identity from its trade's own session and seq, as the bridge stores it). `qt features --in valkey://HOST:6379 --symbol WDOQ25 --set qt --every 1s --out valkey://HOST:6379 --out tcp://127.0.0.1:5560` reads the symbols' stored trades and book events (from the start of their streams, so its state is warm and a restart recomputes the same vectors), keeps the vectors --every keeps (the backfill's rule) and writes each to stream:features:{SYMBOL} exactly once (its identity derived from the trade that produced it: a restart rewrites nothing and skips nothing); a tcp:// --out publishes them on ZeroMQ (topic features_SYMBOL). Default --out: the input's Valkey. --group G --consumer C shares the --symbol list between workers (each symbol computed by one worker, a dead worker's symbols taken over by the others). Stats go to qt:stats:features:<name> (qt monitor); Ctrl+C prints one line, --json the totals. See docs/FEATURES.md ("The live stage").
 
 Subcommands: catalog (the feature catalog and its sets).
 
@@ -72,6 +72,8 @@ def _live(
     name: str,
     duration: str | None,
     replay: str | None,
+    group: str | None,
+    consumer: str | None,
 ) -> dict[str, Any]:
     from qt_cli.core import config
     from qt_cli.core.features.live import open_live, summary_line
@@ -93,6 +95,8 @@ def _live(
         maxlen=settings.maxlen,
         duration_s=parse_duration_s(duration) if duration else None,
         replay=endpoint,
+        group=group,
+        consumer=consumer,
         warn=warn,
     )
     say(f"features {name}: {', '.join(inputs)} -> {set_name} every {every} ({', '.join(symbols)})")
@@ -156,6 +160,21 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 show_default=False,
             ),
         ] = None,
+        group: Annotated[
+            str | None,
+            typer.Option(
+                "--group",
+                help="Live, --in valkey://: share the --symbol list between the workers of this "
+                "group (each symbol computed by one of them; a dead one's taken over).",
+                show_default=False,
+            ),
+        ] = None,
+        consumer: Annotated[
+            str | None,
+            typer.Option(
+                "--consumer", help="With --group: this worker's name.", show_default=False
+            ),
+        ] = None,
         duration: Duration = None,
         as_json: AsJson = False,
     ) -> None:
@@ -167,7 +186,16 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             if start is not None or output is not None:
                 raise UsageError("--in runs the live stage; --from/--output run a backfill")
             totals = _live(
-                inputs, outputs or [], symbols or [], set_name, every, stage_name, duration, replay
+                inputs,
+                outputs or [],
+                symbols or [],
+                set_name,
+                every,
+                stage_name,
+                duration,
+                replay,
+                group,
+                consumer,
             )
             if as_json:
                 emit_json(totals)

@@ -192,3 +192,60 @@ def test_zeromq_input_gives_the_same_vectors_as_the_stored_history(
     ticks_session = feed["channels"]["ticks"]["session"]
     assert live[0][1][b"session"].decode() == derived_session("features", ticks_session)
     assert totals["trades"] == feed["by_kind"]["tick"]
+
+
+def test_a_group_shares_symbols_and_takes_over_a_killed_workers(
+    qt: QtProcesses, pipeline: Pipeline, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    symbols = (SYMBOL, "WINQ25")
+    bridge = qt.start(*pipeline.bridge_args(valkey_url))
+    feed = run_feed_args(qt, [*pipeline.feed_args(rate=10_000, n=N, seed=5), *sym_args(symbols)])
+    eventually(lambda: bridge_written(vk) == N, timeout=60, message=f"{N} events stored")
+    stop(qt, bridge, signal.SIGINT)
+    args = ["features", "--in", valkey_url, *sym_args(symbols), "--every", "trade", "--json"]
+    a = qt.start(*args, "--group", "g", "--consumer", "a")
+    b = qt.start(*args, "--group", "g", "--consumer", "b")
+
+    def holders() -> set[bytes]:
+        return {vk.get(keys.lease_key("features", "g", s)) for s in symbols}
+
+    eventually(lambda: holders() == {b"a", b"b"}, timeout=30, message="one symbol each")
+    a_symbol = next(s for s in symbols if vk.get(keys.lease_key("features", "g", s)) == b"a")
+    a_key = keys.stream_key("features", a_symbol)
+    eventually(lambda: vk.xlen(a_key) > 0, timeout=30, message="a stored vectors")
+    a.send_signal(signal.SIGKILL)
+    a.wait(timeout=10)
+    eventually(lambda: holders() == {b"b"}, timeout=30, message="b took a's symbol over")
+    expected = {}
+    for symbol in symbols:
+        engine = FeatureEngine("qt", symbols=(symbol,))
+        expected[symbol] = list(backfill(vk, [symbol], 0, 2**62, engine=engine, every="trade"))
+    key_of = {s: keys.stream_key("features", s) for s in symbols}
+    eventually(
+        lambda: all(vk.xlen(key_of[s]) >= len(expected[s]) - 5 for s in symbols),
+        timeout=60,
+        message="every symbol's vectors stored",
+    )
+    totals = stop(qt, b, signal.SIGINT)
+    for symbol in symbols:
+        live = []
+        for _, fields in vk.xrange(key_of[symbol]):
+            event = decode_fields(fields)
+            assert isinstance(event, FeatureVector)
+            live.append((event, fields))
+        assert_same(live, expected[symbol][: len(live)])
+        assert_once_each(live)
+    assert sorted(totals["held"]) == sorted(symbols)  # b computed both at the end
+    assert holders() == {None}  # and gave the leases back when it stopped
+    assert totals["duplicates"] > 0  # a's stored vectors recomputed by b and skipped
+    assert feed["events"] == N
+
+
+def sym_args(symbols: tuple[str, ...]) -> list[str]:
+    return [arg for s in symbols for arg in ("--symbol", s)]
+
+
+def run_feed_args(qt: QtProcesses, args: list[str]) -> dict:
+    result = qt.run(*args, timeout=120)
+    assert result.returncode == 0, result.output
+    return json.loads(result.stdout)

@@ -103,6 +103,61 @@ class ZmqInput:
             source.close()
 
 
+class SharedInput:
+    """`--group/--consumer`: the symbols this worker holds (`share.SymbolShare`), each read from
+    the start of its streams when taken; `on_drop(symbol)` when one is given back or lost."""
+
+    def __init__(
+        self,
+        share: Any,
+        open_symbol: Callable[[str], Any],
+        on_drop: Callable[[str], None],
+        *,
+        interval_s: float,
+    ) -> None:
+        self.share = share
+        self.open_symbol = open_symbol
+        self.on_drop = on_drop
+        self.interval_s = interval_s
+        self.sources: dict[str, Any] = {}
+        self.rejected = 0
+        self._next = 0.0
+
+    def read_entries(self, timeout_s: float) -> list[SourceEntry]:
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.interval_s
+            held = self.share.update()
+            for symbol in [s for s in self.sources if s not in held]:
+                self.drop(symbol)
+            for symbol in held:
+                if symbol not in self.sources:
+                    self.sources[symbol] = self.open_symbol(symbol)
+        if not self.sources:
+            time.sleep(min(timeout_s, self.interval_s))
+            return []
+        out: list[SourceEntry] = []
+        wait = timeout_s / len(self.sources)
+        for source in self.sources.values():
+            out += source.read_entries(wait)
+        self.rejected = sum(getattr(x, "rejected", 0) for x in self.sources.values())
+        return out
+
+    def drop(self, symbol: str) -> None:
+        source = self.sources.pop(symbol, None)
+        if source is not None:
+            source.close()
+        self.on_drop(symbol)
+
+    def close(self) -> None:
+        for source in self.sources.values():
+            source.close()
+        self.sources.clear()
+        try:
+            self.share.leave()
+        finally:
+            self.share.client.close()
+
+
 @dataclass
 class LiveStats:
     trades: int = 0
@@ -153,10 +208,16 @@ class LiveFeatures:
         self._rate = RateMeter()
         self._stop = threading.Event()
         self._closed = False
-        kinds = (TRADE, BOOK) if engine.uses_book else (TRADE,)
-        self._merges = {symbol: Merge(kinds) for symbol in self.symbols}
+        self._kinds = (TRADE, BOOK) if engine.uses_book else (TRADE,)
+        self._merges = {symbol: Merge(self._kinds) for symbol in self.symbols}
         self._kind = {keys.stream_key("ticks", s): (s, TRADE) for s in self.symbols}
         self._kind.update({keys.stream_key("book", s): (s, BOOK) for s in self.symbols})
+
+    def forget(self, symbol: str) -> None:
+        """A symbol given back (`--group`): its state goes; taken again, it starts from the start."""
+        self._merges[symbol] = Merge(self._kinds)
+        self.engine.symbols.pop(symbol, None)
+        self.sampler.held.pop(symbol, None)
 
     # -- lifecycle --
 
@@ -236,6 +297,12 @@ class LiveFeatures:
             self.publish_stats()
 
     def _emit(self, kept: list[tuple[FeatureVector, SourceEntry]]) -> None:
+        share = getattr(self.source, "share", None)
+        if share is not None:  # a symbol whose lease was lost is another worker's now
+            mine = {v.symbol for v, _ in kept if share.holds(v.symbol)}
+            kept = [(v, e) for v, e in kept if v.symbol in mine]
+            if not kept:
+                return
         now = time.time_ns()
         out = []
         for vector, entry in kept:
@@ -277,9 +344,13 @@ class LiveFeatures:
             not_warm=str(s.not_warm),
             feature_set=self.engine.set_name,
             every=self.every,
-            symbols=",".join(self.symbols),
+            symbols=",".join(self._held()),
         )
         self.publisher.publish(fields)
+
+    def _held(self) -> list[str]:
+        share = getattr(self.source, "share", None)
+        return list(share.held) if share is not None else list(self.symbols)
 
     def totals(self) -> dict[str, Any]:
         s = self.stats
@@ -287,6 +358,7 @@ class LiveFeatures:
             "stage": STAGE,
             "name": self.name,
             "symbols": list(self.symbols),
+            "held": self._held(),
             "every": self.every,
             "received": s.received,
             "trades": s.trades,
@@ -296,7 +368,7 @@ class LiveFeatures:
             "duplicates": s.duplicates,
             "not_warm": s.not_warm,
             "rejected": s.rejected,
-            "held": sum(len(m) for m in self._merges.values()) + len(self.sampler.held),
+            "waiting": sum(len(m) for m in self._merges.values()) + len(self.sampler.held),
             "outages": s.outages,
             "counters": dict(self.engine.counters),
             "stopped_by": s.stopped_by or "end",
@@ -315,6 +387,8 @@ def open_live(
     maxlen: int = 0,
     duration_s: float | None = None,
     replay: str | None = None,
+    group: str | None = None,
+    consumer: str | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> LiveFeatures:
     """The stage for `qt features --in … --out …`: one Valkey input (the stored streams, from their
@@ -344,7 +418,29 @@ def open_live(
     engine = FeatureEngine(set_name, symbols=tuple(symbols))
     kinds = ("ticks", "book") if engine.uses_book else ("ticks",)
     source: Any
-    if zmq_in:
+    if group and (zmq_in or not consumer):
+        raise UsageError(
+            "--group shares the symbols of a --in valkey://… between workers: give --consumer "
+            "NAME too (each worker its own)"
+        )
+    if group:
+        from qt_cli.core.features.share import SymbolShare
+
+        share = SymbolShare(
+            store.connect(ins[0], password=password), group, consumer or "", symbols
+        )
+
+        def open_symbol(symbol: str) -> Any:
+            return open_source(ins[0], symbols=[symbol], kinds=kinds, start="0", password=password)
+
+        dropped: list[LiveFeatures] = []
+        source = SharedInput(
+            share,
+            open_symbol,
+            lambda symbol: dropped[0].forget(symbol),
+            interval_s=share.ttl_ms / 3000,
+        )
+    elif zmq_in:
         source = ZmqInput([open_source(x, symbols=symbols, replay=replay) for x in ins], symbols)
     else:
         source = open_source(ins[0], symbols=symbols, kinds=kinds, start="0", password=password)
@@ -355,18 +451,21 @@ def open_live(
         None if writer is not None or zmq_in else store.connect(ins[0], password=password)
     )
     sinks = [open_sink(o) for o in outs if o.kind != "valkey"]
-    return LiveFeatures(
+    stage = LiveFeatures(
         source,
         writer,
         engine=engine,
         symbols=symbols,
         every=every,
-        name=name,
+        name=consumer if group and consumer else name,
         sinks=sinks,
         stats_client=stats_client,
         duration_s=duration_s,
         warn=warn,
     )
+    if group:
+        dropped.append(stage)
+    return stage
 
 
 def summary_line(t: dict[str, Any]) -> str:
@@ -378,4 +477,13 @@ def summary_line(t: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["STAGE", "LiveFeatures", "LiveStats", "Merge", "ZmqInput", "open_live", "summary_line"]
+__all__ = [
+    "STAGE",
+    "LiveFeatures",
+    "LiveStats",
+    "Merge",
+    "SharedInput",
+    "ZmqInput",
+    "open_live",
+    "summary_line",
+]
