@@ -25,7 +25,7 @@ _qt_completion() {
         "valkey start") words="--help --json" ;;
         "valkey stop") words="--help --json" ;;
         "valkey status") words="--help --json" ;;
-        "features") words="catalog --duration --every --from --help --in --json --name --out --output --replay --set --symbol --to --tz -i -o -s" ;;
+        "features") words="catalog --consumer --duration --every --from --group --help --in --json --name --out --output --replay --set --symbol --to --tz -i -o -s" ;;
         "features catalog") words="--help --json --markdown --set" ;;
     esac
     COMPREPLY=($(compgen -W "$words" -- "$cur"))

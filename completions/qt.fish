@@ -114,9 +114,11 @@ complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l help
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l json
 complete -c qt -n '__fish_seen_subcommand_from features' -a catalog -d 'Print the feature catalog and its feature sets.'
+complete -c qt -n '__fish_seen_subcommand_from features' -l consumer
 complete -c qt -n '__fish_seen_subcommand_from features' -l duration
 complete -c qt -n '__fish_seen_subcommand_from features' -l every
 complete -c qt -n '__fish_seen_subcommand_from features' -l from
+complete -c qt -n '__fish_seen_subcommand_from features' -l group
 complete -c qt -n '__fish_seen_subcommand_from features' -l help
 complete -c qt -n '__fish_seen_subcommand_from features' -l in
 complete -c qt -n '__fish_seen_subcommand_from features' -l json

@@ -139,8 +139,18 @@ seq), the identity the bridge stores it under, so the vectors equal those comput
 stored streams (tested). A restarted stage on ZeroMQ input starts cold (its first vectors are
 not warm again) and skips what is already stored.
 
-Not yet: `--group/--consumer` (sharing symbols between workers) and the `qt_history` set live
-(the live engine has no stored-history reader).
+Workers sharing symbols: `--group G --consumer C` (Valkey input). A vector depends on its
+symbol's whole past, so workers share symbols, not entries (`qt_cli/core/features/share.py`):
+each symbol has a lease `qt:lease:features:G:{{SYM}}` (the holder's name, 3 s unless renewed),
+each worker heartbeats in `qt:members:features:G` and holds at most ceil(symbols / live workers),
+taking free symbols up to that and giving back those over it. A worker renews a symbol's lease
+just before writing its vectors and drops them when the lease is gone. A worker killed: its
+leases expire, the others take its symbols and compute them from the start of their streams;
+what it stored is skipped (same identities), nothing is skipped (tested with SIGKILL).
+
+Not yet: the `qt_history` set live (the live engine has no stored-history reader). The live
+stage reads its input from the start of the streams on every start: a restart over a full day
+costs about a backfill of that day (BENCHMARKS.md).
 
 ## seed65: the training code's values, quirks included
 
