@@ -48,6 +48,7 @@ def test_live_stage_usage_errors_are_one_line() -> None:
         (["--in", "valkey://127.0.0.1:1", "--symbol", "X", "--from", "2025-08-04"], "Error: --in"),
         (["--in", "tcp://127.0.0.1:1", "--symbol", "X"], "Error: with --in tcp://"),
         (["--in", "valkey://127.0.0.1:1", "--symbol", "X", "--every", "2x"], "Error: --every"),
+        (["--in", "valkey://127.0.0.1:1", "--symbol", "X", "--group", "g"], "Error: --group"),
         (
             ["--in", "valkey://127.0.0.1:1", "--in", "tcp://127.0.0.1:2", "--symbol", "X"],
             "Error: the live features stage reads one --in valkey://",
