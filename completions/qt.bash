@@ -28,7 +28,7 @@ _qt_completion() {
         "valkey start") words="--help --json" ;;
         "valkey stop") words="--help --json" ;;
         "valkey status") words="--help --json" ;;
-        "features") words="catalog --every --from --help --json --output --set --symbol --to --tz -o -s" ;;
+        "features") words="catalog --consumer --duration --every --from --group --help --in --json --name --out --output --replay --set --symbol --to --tz -i -o -s" ;;
         "features catalog") words="--help --json --markdown --set" ;;
         "models") words="list show verify import --help" ;;
         "models list") words="--help --json" ;;

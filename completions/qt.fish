@@ -146,15 +146,23 @@ complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l help
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l json
 complete -c qt -n '__fish_seen_subcommand_from features' -a catalog -d 'Print the feature catalog and its feature sets.'
+complete -c qt -n '__fish_seen_subcommand_from features' -l consumer
+complete -c qt -n '__fish_seen_subcommand_from features' -l duration
 complete -c qt -n '__fish_seen_subcommand_from features' -l every
 complete -c qt -n '__fish_seen_subcommand_from features' -l from
+complete -c qt -n '__fish_seen_subcommand_from features' -l group
 complete -c qt -n '__fish_seen_subcommand_from features' -l help
+complete -c qt -n '__fish_seen_subcommand_from features' -l in
 complete -c qt -n '__fish_seen_subcommand_from features' -l json
+complete -c qt -n '__fish_seen_subcommand_from features' -l name
+complete -c qt -n '__fish_seen_subcommand_from features' -l out
 complete -c qt -n '__fish_seen_subcommand_from features' -l output
+complete -c qt -n '__fish_seen_subcommand_from features' -l replay
 complete -c qt -n '__fish_seen_subcommand_from features' -l set
 complete -c qt -n '__fish_seen_subcommand_from features' -l symbol
 complete -c qt -n '__fish_seen_subcommand_from features' -l to
 complete -c qt -n '__fish_seen_subcommand_from features' -l tz
+complete -c qt -n '__fish_seen_subcommand_from features' -s i
 complete -c qt -n '__fish_seen_subcommand_from features' -s o
 complete -c qt -n '__fish_seen_subcommand_from features' -s s
 complete -c qt -n '__fish_seen_subcommand_from features && __fish_seen_subcommand_from catalog' -l help

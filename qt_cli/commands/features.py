@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Symbols
-from qt_cli.output import emit_json, is_terminal, out_console, say
+from qt_cli.options import AsJson, Duration, Inputs, Outputs, Symbols
+from qt_cli.output import emit_json, is_terminal, out_console, say, warn
 
 BACKFILL_HELP = """\
 Compute feature vectors over stored history (trades and price-book events read back from Valkey).
@@ -18,7 +18,11 @@ Compute feature vectors over stored history (trades and price-book events read b
 
 --every picks which vectors are kept: trade (every trade's vector, the training granularity), candle (the last vector of each 1-minute period), or a period such as 250ms, 1s (the default: at most one vector per symbol and second), 5s, 1m. Times as in qt query (--tz, default America/Sao_Paulo). A progress bar shows on a terminal (stderr); --json prints the summary (counts, bytes, seconds).
 
+Live: `qt features --in tcp://127.0.0.1:5555 --in tcp://127.0.0.1:5556 --symbol WDOQ25 --out valkey://HOST:6379` computes from the feed's ZeroMQ channels instead (from now, gaps recovered from --replay; each vector's identity from its trade's own session and seq, as the bridge stores it). `qt features --in valkey://HOST:6379 --symbol WDOQ25 --set qt --every 1s --out valkey://HOST:6379 --out tcp://127.0.0.1:5560` reads the symbols' stored trades and book events (from the start of their streams, so its state is warm and a restart recomputes the same vectors), keeps the vectors --every keeps (the backfill's rule) and writes each to stream:features:{SYMBOL} exactly once (its identity derived from the trade that produced it: a restart rewrites nothing and skips nothing); a tcp:// --out publishes them on ZeroMQ (topic features_SYMBOL). Default --out: the input's Valkey. --group G --consumer C shares the --symbol list between workers (each symbol computed by one worker, a dead worker's symbols taken over by the others). Stats go to qt:stats:features:<name> (qt monitor); Ctrl+C prints one line, --json the totals. See docs/FEATURES.md ("The live stage").
+
 Subcommands: catalog (the feature catalog and its sets).
+
+Example: qt features --in valkey://127.0.0.1:6379 --symbol WDOQ25 --every 1s
 
 Example: qt features --from 2025-08-04T09:00 --to 2025-08-04T18:00 --symbol WDOQ25 --every 1s --output features.parquet
 """
@@ -57,6 +61,48 @@ def _render_table(rows: list[dict[str, Any]], version: str) -> None:
             Text(row["definition"]),
         )
     out_console().print(table)
+
+
+def _live(
+    inputs: list[str],
+    outputs: list[str],
+    symbols: list[str],
+    set_name: str,
+    every: str,
+    name: str,
+    duration: str | None,
+    replay: str | None,
+    group: str | None,
+    consumer: str | None,
+) -> dict[str, Any]:
+    from qt_cli.core import config
+    from qt_cli.core.features.live import open_live, summary_line
+    from qt_cli.core.stage import run_stage
+    from qt_cli.core.timeparse import parse_duration_s
+
+    settings = config.current()
+    endpoint = replay if replay is not None else settings.replay_endpoint
+    if endpoint and endpoint.strip().lower() in ("none", "off", ""):
+        endpoint = None
+    stage = open_live(
+        inputs,
+        outputs,
+        symbols=symbols,
+        set_name=set_name,
+        every=every,
+        name=name,
+        password=settings.valkey_password or "",
+        maxlen=settings.maxlen,
+        duration_s=parse_duration_s(duration) if duration else None,
+        replay=endpoint,
+        group=group,
+        consumer=consumer,
+        warn=warn,
+    )
+    say(f"features {name}: {', '.join(inputs)} -> {set_name} every {every} ({', '.join(symbols)})")
+    totals = run_stage(stage, totals=stage.totals)
+    say(summary_line(totals))
+    return totals
 
 
 def register(app: typer.Typer, *, name: str, summary: str) -> None:
@@ -100,11 +146,60 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 "--tz", help="Time zone of local times (env QT_TIMEZONE).", show_default=False
             ),
         ] = None,
+        inputs: Inputs = None,
+        outputs: Outputs = None,
+        stage_name: Annotated[
+            str, typer.Option("--name", help="Live: the stage's name in qt monitor.")
+        ] = "features",
+        replay: Annotated[
+            str | None,
+            typer.Option(
+                "--replay",
+                help="Live, --in tcp://…: the feed's replay endpoint for gap recovery ('none' "
+                "to disable). Default: the settings' replay endpoint.",
+                show_default=False,
+            ),
+        ] = None,
+        group: Annotated[
+            str | None,
+            typer.Option(
+                "--group",
+                help="Live, --in valkey://: share the --symbol list between the workers of this "
+                "group (each symbol computed by one of them; a dead one's taken over).",
+                show_default=False,
+            ),
+        ] = None,
+        consumer: Annotated[
+            str | None,
+            typer.Option(
+                "--consumer", help="With --group: this worker's name.", show_default=False
+            ),
+        ] = None,
+        duration: Duration = None,
         as_json: AsJson = False,
     ) -> None:
         if ctx.invoked_subcommand is not None:
             return
         from qt_cli.core.errors import UsageError
+
+        if inputs:
+            if start is not None or output is not None:
+                raise UsageError("--in runs the live stage; --from/--output run a backfill")
+            totals = _live(
+                inputs,
+                outputs or [],
+                symbols or [],
+                set_name,
+                every,
+                stage_name,
+                duration,
+                replay,
+                group,
+                consumer,
+            )
+            if as_json:
+                emit_json(totals)
+            return
 
         if start is None and output is None:
             typer.echo(ctx.get_help())

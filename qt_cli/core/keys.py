@@ -105,6 +105,18 @@ STATS_PATTERN = "qt:stats:*"
 STAGES_SET = "qt:stages"
 
 
+def lease_key(stage: str, group: str, symbol: str) -> str:
+    """`qt:lease:features:g:{WDOQ25}`: which consumer of `group` computes `symbol` (value: its
+    name; expires unless renewed)."""
+    return f"qt:lease:{stage}:{group}:{{{symbol}}}"
+
+
+def members_key(stage: str, group: str) -> str:
+    """`qt:members:features:g`: the consumers of a symbol-sharing group (ZSET: name -> the ms
+    its heartbeat expires)."""
+    return f"qt:members:{stage}:{group}"
+
+
 def topic(wire_type: str, symbol: str) -> str:
     """ZeroMQ topic for a message: `tick_WDOQ25`, `book_WDOQ25`, `features_WDOQ25`, …"""
     return f"{TOPIC_PREFIX[wire_type]}_{symbol}"

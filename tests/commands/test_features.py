@@ -40,3 +40,22 @@ def test_catalog_unknown_set_is_one_line_error() -> None:
         "Error: unknown feature set 'nope': use one of qt, seed65, basic11, qt_history "
         "(qt features catalog lists them)"
     )
+
+
+def test_live_stage_usage_errors_are_one_line() -> None:
+    cases = [
+        (["--in", "valkey://127.0.0.1:1"], "Error: the live stage needs --symbol"),
+        (["--in", "valkey://127.0.0.1:1", "--symbol", "X", "--from", "2025-08-04"], "Error: --in"),
+        (["--in", "tcp://127.0.0.1:1", "--symbol", "X"], "Error: with --in tcp://"),
+        (["--in", "valkey://127.0.0.1:1", "--symbol", "X", "--every", "2x"], "Error: --every"),
+        (["--in", "valkey://127.0.0.1:1", "--symbol", "X", "--group", "g"], "Error: --group"),
+        (
+            ["--in", "valkey://127.0.0.1:1", "--in", "tcp://127.0.0.1:2", "--symbol", "X"],
+            "Error: the live features stage reads one --in valkey://",
+        ),
+    ]
+    for args, start in cases:
+        result = runner.invoke(app, ["features", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.startswith(start), (args, result.stderr)
+        assert "Traceback" not in result.output

@@ -174,6 +174,38 @@ class BackfillStats:
     counters: dict[str, int] = field(default_factory=dict)
 
 
+class Sampler:
+    """The `--every` trigger, shared by the backfill and the live stage: `add` each event's time
+    and the vector it produced (None for a book event or a rejected trade) with a `tag` (the live
+    stage's input entry); it returns the (vector, tag) pairs kept. Every vector with period 0
+    (`trade`); otherwise the last vector of each symbol's period, returned when an event of a
+    later period arrives (`flush`: at the end of a range)."""
+
+    def __init__(self, period_ns: int) -> None:
+        self.period = period_ns
+        self.held: dict[str, tuple[FeatureVector, Any]] = {}  # per symbol: the open period's last
+
+    def add(
+        self, ts: int, vector: FeatureVector | None, tag: Any = None
+    ) -> list[tuple[FeatureVector, Any]]:
+        period = self.period
+        if not period:
+            return [] if vector is None else [(vector, tag)]
+        out: list[tuple[FeatureVector, Any]] = []
+        if self.held:
+            bucket = ts // period
+            for symbol in [s for s, (v, _) in self.held.items() if v.ts_event // period < bucket]:
+                out.append(self.held.pop(symbol))
+        if vector is not None:
+            self.held[vector.symbol] = (vector, tag)
+        return out
+
+    def flush(self) -> list[tuple[FeatureVector, Any]]:
+        out = sorted(self.held.values(), key=lambda item: item[0].ts_event)
+        self.held.clear()
+        return out
+
+
 def backfill(
     client: Any,
     symbols: Sequence[str],
@@ -195,7 +227,7 @@ def backfill(
         if events is not None
         else stored_events(client, symbols, from_ns, to_ns, kinds=kinds)
     )
-    held: dict[str, FeatureVector] = {}  # per symbol: the latest vector of the open period
+    sampler = Sampler(period)
     n = 0
     for event in source:
         n += 1
@@ -207,21 +239,15 @@ def backfill(
             stats.book_events += 1
             engine.on_book(event)
             vector = None
-        if period:
-            bucket = ts // period
-            for symbol in [s for s, v in held.items() if v.ts_event // period < bucket]:
-                yield _count(stats, held.pop(symbol))
-            if vector is not None:
-                held[vector.symbol] = vector
-        elif vector is not None:
-            yield _count(stats, vector)
+        for kept, _ in sampler.add(ts, vector):
+            yield _count(stats, kept)
         if stats.first_ns is None:
             stats.first_ns = ts
         stats.last_ns = ts
         if progress is not None and n % 4096 == 0:
             progress(ts, n)
-    for vector in sorted(held.values(), key=lambda v: v.ts_event):
-        yield _count(stats, vector)
+    for kept, _ in sampler.flush():
+        yield _count(stats, kept)
     stats.counters = dict(engine.counters)
     if progress is not None:
         progress(stats.last_ns or to_ns, n)

@@ -95,6 +95,63 @@ default, well under an hour of an active symbol) and keeps no columnar history o
 backfill of the book features over older ranges needs a bridge run with `--maxlen 0` (or a
 larger value); the trade features come from the history chunks and need nothing.
 
+## The live stage: `qt features --in valkey://… --symbol SYM`
+
+```bash
+qt features --in valkey://127.0.0.1:6379 --symbol WDOQ25 --set qt --every 1s \\
+    --out valkey://127.0.0.1:6379 --out tcp://127.0.0.1:5560
+```
+
+`qt_cli/core/features/live.py` runs on the stage runtime (`stage.run_stage`): it reads the
+symbols' `stream:ticks:{{SYM}}` and `stream:book:{{SYM}}` (the book only when the set uses it)
+from their start, merges them in the backfill's order above (an entry is released once the
+other stream has read past it: each stream is in event-time order), feeds the same engine and
+keeps the vectors of the same `--every` rule (`backfill.Sampler`, shared by both; default
+`1s`). The vector of a period still open is written once a later event closes it, never at stop.
+
+- Exactly once (Valkey input): each vector goes to `stream:features:{{SYM}}` through the one writer path
+  (`qt_append`) with the identity of the trade that produced it (`stage.derived`: session
+  `features.<the trade's session>`, the trade's seq). Reading from the start, a restarted stage
+  has the state it had and recomputes the same vectors: those already stored are skipped by the
+  high-water marks (counted in `duplicates`), none is skipped.
+- Stored fields: those of the wire event (`features` a JSON object, `reasons`, `feature_set`,
+  `catalog_hash`, `warm`, `ts_event`, `ts_init`, `session`, `seq`) plus `timestamp_ms`, as the
+  seed guide's `get_latest_features` reads them.
+- `--out tcp://…` publishes each vector on ZeroMQ, topic `features_SYMBOL`, message
+  `{{"type": "features", "symbol", "features": {{…}}, …}}` (the seed guide's
+  `publish_feature_update`). Without a `valkey://` `--out`, nothing is stored (stats still go to
+  the input's Valkey); without any `--out`, the input's Valkey is the output.
+- Stats: `qt:stats:features:<--name>` (`received`, `written`, `vectors`, `duplicates`,
+  `not_warm`, `lag_ms` = now − event time of the last vector), shown by `qt monitor`.
+  SIGINT/SIGTERM print one line; `--json` prints the totals (vectors, written, duplicates,
+  not warm, trades, book events, the engine's bad-input counters).
+
+Tests (`tests/e2e/test_features_live.py`, real processes `qt feed --sim` -> `qt bridge` ->
+`qt features --in valkey://…`): the stored live vectors equal a backfill of the same stored range
+(same timestamps, values within 1e-9, NaN where NaN, same warm flags; the backfill's last vector
+is the live stage's open period); a stage killed with SIGKILL and restarted stores no duplicate
+and no gap.
+
+ZeroMQ input: `--in tcp://…:5555 --in tcp://…:5556 --out valkey://…` reads the feed's ticks
+and book channels from now (late joins and gaps recovered from `--replay`, the feed's replay
+endpoint), merged the same way; each vector's identity is derived from its trade's own (session,
+seq), the identity the bridge stores it under, so the vectors equal those computed from the
+stored streams (tested). A restarted stage on ZeroMQ input starts cold (its first vectors are
+not warm again) and skips what is already stored.
+
+Workers sharing symbols: `--group G --consumer C` (Valkey input). A vector depends on its
+symbol's whole past, so workers share symbols, not entries (`qt_cli/core/features/share.py`):
+each symbol has a lease `qt:lease:features:G:{{SYM}}` (the holder's name, 3 s unless renewed),
+each worker heartbeats in `qt:members:features:G` and holds at most ceil(symbols / live workers),
+taking free symbols up to that and giving back those over it. A worker renews a symbol's lease
+just before writing its vectors and drops them when the lease is gone. A worker killed: its
+leases expire, the others take its symbols and compute them from the start of their streams;
+what it stored is skipped (same identities), nothing is skipped (tested with SIGKILL).
+
+Not yet: the `qt_history` set live (the live engine has no stored-history reader). The live
+stage reads its input from the start of the streams on every start: a restart over a full day
+costs about a backfill of that day (BENCHMARKS.md).
+
 ## seed65: the training code's values, quirks included
 
 The users' models were trained by `train_csv_5m_realistic.py` on one row per trade. Once a

@@ -1,0 +1,489 @@
+"""The live features stage: `qt features --in valkey://… --symbol SYM --set qt --every 1s --out …`.
+
+Reads trades and price-book events (`--in valkey://…`: the symbols' per-event streams, from their
+start), merges them in the backfill's order (event time; trades before book events at equal
+times; stored order: `Merge`), feeds the incremental engine and keeps the vectors the trigger
+keeps (`backfill.Sampler`, the backfill's `--every`). So a live run and a backfill of the same
+stored range give the same vectors.
+
+Exactly once: each vector is stored in `stream:features:{SYM}` with an identity derived from the
+trade that produced it (`stage.derived.derived_identity`: session `features.<input session>`, the
+trade's seq), through the one writer path (`qt_append`, per-session high-water marks). The stage
+reads its input from the start of the streams, so its state after a restart is the state it had:
+it recomputes the same vectors, and those already stored are skipped (counted in `duplicates`),
+none is skipped. A vector whose period is still open when the stage stops is not written (the
+next run writes it once the period closes).
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import valkey
+
+from qt_cli.core import keys
+from qt_cli.core.events import NS_PER_MS, BookUpdate, Trade
+from qt_cli.core.features.backfill import Sampler, every_ns, to_event
+from qt_cli.core.features.engine import FeatureEngine, FeatureVector
+from qt_cli.core.stage.derived import derived_identity
+from qt_cli.core.stage.stats import RateMeter, StatsPublisher
+from qt_cli.core.store.reader import SourceEntry
+from qt_cli.core.store.writer import StreamWriter, event_key, event_values
+
+STAGE = "features"
+TRADE, BOOK = 0, 1
+BACKOFF_MAX_S = 5.0
+
+
+class Merge:
+    """Trades and book events of one symbol, from their two streams, released in the backfill's
+    order: (event time, trade before book, stored order). An entry is released once every other
+    followed stream has reached a later position: a stream's entries come in event-time order, so
+    nothing that sorts before it can arrive after."""
+
+    def __init__(self, kinds: Sequence[int]) -> None:
+        self.last: dict[int, int] = dict.fromkeys(kinds, -1)  # per kind: last event time read
+        self.heap: list[tuple[int, int, int, SourceEntry]] = []
+        self.n = 0
+
+    def add(self, kind: int, entry: SourceEntry) -> None:
+        """An entry of stream `kind`: held when it is a trade (ticks) or a price-book event (book);
+        any other event there (top of book, daily, state) only moves the stream's position."""
+        event = entry.event
+        ts = event.ts_event  # type: ignore[attr-defined]
+        self.last[kind] = max(self.last[kind], ts)
+        if not isinstance(event, Trade if kind == TRADE else BookUpdate):
+            return
+        self.n += 1
+        heapq.heappush(self.heap, (ts, kind, self.n, entry))
+
+    def release(self) -> list[tuple[int, SourceEntry]]:
+        out: list[tuple[int, SourceEntry]] = []
+        heap = self.heap
+        while heap:
+            ts, kind, _, entry = heap[0]
+            for other, last in self.last.items():
+                if other != kind and not (last > ts or (last == ts and other > kind)):
+                    return out
+            heapq.heappop(heap)
+            out.append((kind, entry))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+
+class ZmqInput:
+    """`--in tcp://…` (one or more): the feed's ZeroMQ channels read as entries of the streams the
+    bridge stores their events in, each keeping its own (session, seq), the identity a vector is
+    derived from (the same as when read back from Valkey)."""
+
+    def __init__(self, sources: Sequence[Any], symbols: Sequence[str]) -> None:
+        self.sources = list(sources)
+        self.symbols = set(symbols)
+        self.rejected = 0
+
+    def read_entries(self, timeout_s: float) -> list[SourceEntry]:
+        out: list[SourceEntry] = []
+        wait = timeout_s / max(len(self.sources), 1)
+        for source in self.sources:
+            for event in source.read(wait):
+                if getattr(event, "symbol", "") in self.symbols:
+                    out.append(SourceEntry(event_key(event), "", event))
+            self.rejected += len(source.take_rejects())
+        return out
+
+    def close(self) -> None:
+        for source in self.sources:
+            source.close()
+
+
+class SharedInput:
+    """`--group/--consumer`: the symbols this worker holds (`share.SymbolShare`), each read from
+    the start of its streams when taken; `on_drop(symbol)` when one is given back or lost."""
+
+    def __init__(
+        self,
+        share: Any,
+        open_symbol: Callable[[str], Any],
+        on_drop: Callable[[str], None],
+        *,
+        interval_s: float,
+    ) -> None:
+        self.share = share
+        self.open_symbol = open_symbol
+        self.on_drop = on_drop
+        self.interval_s = interval_s
+        self.sources: dict[str, Any] = {}
+        self.rejected = 0
+        self._next = 0.0
+
+    def read_entries(self, timeout_s: float) -> list[SourceEntry]:
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.interval_s
+            held = self.share.update()
+            for symbol in [s for s in self.sources if s not in held]:
+                self.drop(symbol)
+            for symbol in held:
+                if symbol not in self.sources:
+                    self.sources[symbol] = self.open_symbol(symbol)
+        if not self.sources:
+            time.sleep(min(timeout_s, self.interval_s))
+            return []
+        out: list[SourceEntry] = []
+        wait = timeout_s / len(self.sources)
+        for source in self.sources.values():
+            out += source.read_entries(wait)
+        self.rejected = sum(getattr(x, "rejected", 0) for x in self.sources.values())
+        return out
+
+    def drop(self, symbol: str) -> None:
+        source = self.sources.pop(symbol, None)
+        if source is not None:
+            source.close()
+        self.on_drop(symbol)
+
+    def close(self) -> None:
+        for source in self.sources.values():
+            source.close()
+        self.sources.clear()
+        try:
+            self.share.leave()
+        finally:
+            self.share.client.close()
+
+
+@dataclass
+class LiveStats:
+    trades: int = 0
+    book_events: int = 0
+    vectors: int = 0  # kept by the trigger
+    written: int = 0
+    duplicates: int = 0
+    not_warm: int = 0
+    received: int = 0
+    rejected: int = 0
+    outages: int = 0
+    lag_ms: float | None = None
+    last_event_ns: int = 0
+    stopped_by: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class LiveFeatures:
+    """The stage: `open`/`run`/`stop`/`close` for `stage.run_stage`; `totals()` at the end."""
+
+    def __init__(
+        self,
+        source: Any,
+        writer: StreamWriter | None,
+        *,
+        engine: FeatureEngine,
+        symbols: Sequence[str],
+        every: str = "1s",
+        name: str = "features",
+        sinks: Sequence[Any] = (),
+        stats_client: Any | None = None,
+        duration_s: float | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.writer = writer
+        self.engine = engine
+        self.symbols = tuple(symbols)
+        self.sampler = Sampler(every_ns(every))
+        self.every = every
+        self.name = name
+        self.sinks = list(sinks)
+        self.duration_s = duration_s
+        self.warn = warn or (lambda _m: None)
+        self.stats = LiveStats()
+        client = stats_client if stats_client is not None else (writer.client if writer else None)
+        self.publisher = StatsPublisher(client, STAGE, name) if client is not None else None
+        self._rate = RateMeter()
+        self._stop = threading.Event()
+        self._closed = False
+        self._kinds = (TRADE, BOOK) if engine.uses_book else (TRADE,)
+        self._merges = {symbol: Merge(self._kinds) for symbol in self.symbols}
+        self._kind = {keys.stream_key("ticks", s): (s, TRADE) for s in self.symbols}
+        self._kind.update({keys.stream_key("book", s): (s, BOOK) for s in self.symbols})
+
+    def forget(self, symbol: str) -> None:
+        """A symbol given back (`--group`): its state goes; taken again, it starts from the start."""
+        self._merges[symbol] = Merge(self._kinds)
+        self.engine.symbols.pop(symbol, None)
+        self.sampler.held.pop(symbol, None)
+
+    # -- lifecycle --
+
+    def open(self) -> None:
+        """Nothing to open: the source, writer and sinks come open."""
+
+    def stop(self, reason: str = "stopped") -> None:
+        if not self._stop.is_set():
+            self.stats.stopped_by = self.stats.stopped_by or reason
+            self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sink in self.sinks:
+            sink.close()
+        self.source.close()
+
+    def run(self) -> LiveStats:
+        started = time.monotonic()
+        backoff = 0.1
+        while not self._stop.is_set():
+            if self.duration_s is not None and time.monotonic() - started >= self.duration_s:
+                self.stop("duration")
+                break
+            try:
+                self._step()
+            except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
+                if self.stats.outages == 0:
+                    self.warn(f"features {self.name}: Valkey unreachable ({exc}); retrying")
+                self.stats.outages += 1
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            backoff = 0.1
+        if self.publisher is not None:
+            try:
+                self.publish_stats()
+            except (valkey.ConnectionError, valkey.TimeoutError, OSError):
+                pass
+        return self.stats
+
+    # -- one step: read, merge, compute, write --
+
+    def _step(self) -> None:
+        entries = self.source.read_entries(0.2)
+        self.stats.received += len(entries)
+        self.stats.rejected = getattr(self.source, "rejected", 0)
+        released: list[tuple[int, SourceEntry]] = []
+        for entry in entries:
+            found = self._kind.get(entry.key)
+            if found is None:
+                continue
+            symbol, kind = found
+            self._merges[symbol].add(kind, entry)
+        for merge in self._merges.values():
+            released += merge.release()
+        kept: list[tuple[FeatureVector, SourceEntry]] = []
+        for _, entry in released:
+            event = entry.event
+            if isinstance(event, Trade):
+                self.stats.trades += 1
+                vector = self.engine.on_trade(event)
+                kept += self.sampler.add(event.ts_event, vector, entry)
+            else:
+                self.stats.book_events += 1
+                self.engine.on_book(event)
+                kept += self.sampler.add(event.ts_event, None)
+        if kept:
+            self._emit(kept)
+        if self.publisher is not None and self.publisher.due():
+            self.publish_stats()
+
+    def _emit(self, kept: list[tuple[FeatureVector, SourceEntry]]) -> None:
+        share = getattr(self.source, "share", None)
+        if share is not None:  # a symbol whose lease was lost is another worker's now
+            mine = {v.symbol for v, _ in kept if share.holds(v.symbol)}
+            kept = [(v, e) for v, e in kept if v.symbol in mine]
+            if not kept:
+                return
+        now = time.time_ns()
+        out = []
+        for vector, entry in kept:
+            session, seq = derived_identity(STAGE, entry)
+            out.append(replace(to_event(vector, ts_init=now), session=session, seq=seq))
+        if self.writer is not None:
+            batches: dict[str, Any] = {}
+            for event in out:
+                key = keys.stream_key("features", event.symbol)
+                batch = batches.get(key)
+                if batch is None:
+                    batch = batches[key] = self.writer.batch(key)
+                names, values = event_values(event)
+                ms = event.ts_event // NS_PER_MS  # the seed guide's readers take timestamp_ms
+                batch.add((*names, "timestamp_ms"), (*values, str(ms)), ms)
+            for result in self.writer.append_many(batches.values()):  # raises unless all stored
+                self.stats.written += result.written
+                self.stats.duplicates += result.duplicates
+        for sink in self.sinks:
+            sink.send(out)
+        self.stats.vectors += len(out)
+        self.stats.not_warm += sum(1 for e in out if not e.warm)
+        last = out[-1].ts_event
+        self.stats.last_event_ns = max(self.stats.last_event_ns, last)
+        self.stats.lag_ms = max(time.time_ns() - self.stats.last_event_ns, 0) / 1e6
+
+    def publish_stats(self) -> None:
+        assert self.publisher is not None
+        s = self.stats
+        fields = self.publisher.common(
+            received=s.received,
+            written=s.written,
+            rate=self._rate.update(s.vectors),
+            lag_ms=s.lag_ms,
+        )
+        fields.update(
+            vectors=str(s.vectors),
+            duplicates=str(s.duplicates),
+            not_warm=str(s.not_warm),
+            feature_set=self.engine.set_name,
+            every=self.every,
+            symbols=",".join(self._held()),
+        )
+        self.publisher.publish(fields)
+
+    def _held(self) -> list[str]:
+        share = getattr(self.source, "share", None)
+        return list(share.held) if share is not None else list(self.symbols)
+
+    def totals(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "stage": STAGE,
+            "name": self.name,
+            "symbols": list(self.symbols),
+            "held": self._held(),
+            "every": self.every,
+            "received": s.received,
+            "trades": s.trades,
+            "book_events": s.book_events,
+            "vectors": s.vectors,
+            "written": s.written,
+            "duplicates": s.duplicates,
+            "not_warm": s.not_warm,
+            "rejected": s.rejected,
+            "waiting": sum(len(m) for m in self._merges.values()) + len(self.sampler.held),
+            "outages": s.outages,
+            "counters": dict(self.engine.counters),
+            "stopped_by": s.stopped_by or "end",
+        }
+
+
+def open_live(
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    *,
+    symbols: Sequence[str],
+    set_name: str = "qt",
+    every: str = "1s",
+    name: str = "features",
+    password: str = "",
+    maxlen: int = 0,
+    duration_s: float | None = None,
+    replay: str | None = None,
+    group: str | None = None,
+    consumer: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> LiveFeatures:
+    """The stage for `qt features --in … --out …`: one Valkey input (the stored streams, from their
+    start) or ZeroMQ inputs (the feed's channels, from now; gaps recovered from `replay`, the
+    feed's replay endpoint); Valkey and ZeroMQ outputs."""
+    from qt_cli.core import store
+    from qt_cli.core.endpoints import parse_endpoint
+    from qt_cli.core.errors import UsageError
+    from qt_cli.core.io import open_sink, open_source
+
+    if not symbols:
+        raise UsageError("the live stage needs --symbol, e.g. --symbol WDOQ25")
+    every_ns(every)
+    ins = [parse_endpoint(x) for x in inputs]
+    zmq_in = all(x.kind == "zmq" for x in ins)
+    if not ins or not (zmq_in or (len(ins) == 1 and ins[0].kind == "valkey")):
+        raise UsageError(
+            "the live features stage reads one --in valkey://… (the streams qt bridge writes) "
+            "or the feed's --in tcp://… channels (ticks and book)"
+        )
+    outs = [parse_endpoint(x) for x in outputs] or ([] if zmq_in else [ins[0]])
+    stores = [o for o in outs if o.kind == "valkey"]
+    if len(stores) > 1:
+        raise UsageError("give at most one --out valkey://…")
+    if not outs:
+        raise UsageError("with --in tcp://…, give --out valkey://… and/or --out tcp://…")
+    engine = FeatureEngine(set_name, symbols=tuple(symbols))
+    kinds = ("ticks", "book") if engine.uses_book else ("ticks",)
+    source: Any
+    if group and (zmq_in or not consumer):
+        raise UsageError(
+            "--group shares the symbols of a --in valkey://… between workers: give --consumer "
+            "NAME too (each worker its own)"
+        )
+    if group:
+        from qt_cli.core.features.share import SymbolShare
+
+        share = SymbolShare(
+            store.connect(ins[0], password=password), group, consumer or "", symbols
+        )
+
+        def open_symbol(symbol: str) -> Any:
+            return open_source(ins[0], symbols=[symbol], kinds=kinds, start="0", password=password)
+
+        dropped: list[LiveFeatures] = []
+        source = SharedInput(
+            share,
+            open_symbol,
+            lambda symbol: dropped[0].forget(symbol),
+            interval_s=share.ttl_ms / 3000,
+        )
+    elif zmq_in:
+        source = ZmqInput([open_source(x, symbols=symbols, replay=replay) for x in ins], symbols)
+    else:
+        source = open_source(ins[0], symbols=symbols, kinds=kinds, start="0", password=password)
+    writer = (
+        StreamWriter(store.connect(stores[0], password=password), maxlen=maxlen) if stores else None
+    )
+    stats_client = (
+        None if writer is not None or zmq_in else store.connect(ins[0], password=password)
+    )
+    sinks = [open_sink(o) for o in outs if o.kind != "valkey"]
+    stage = LiveFeatures(
+        source,
+        writer,
+        engine=engine,
+        symbols=symbols,
+        every=every,
+        name=consumer if group and consumer else name,
+        sinks=sinks,
+        stats_client=stats_client,
+        duration_s=duration_s,
+        warn=warn,
+    )
+    if group:
+        dropped.append(stage)
+    return stage
+
+
+def summary_line(t: dict[str, Any]) -> str:
+    """The one line printed when the stage stops."""
+    return (
+        f"features {t['name']} stopped ({t['stopped_by']}): {t['vectors']:,} vectors "
+        f"({t['not_warm']:,} not warm), written {t['written']:,}, duplicates "
+        f"{t['duplicates']:,}, from {t['trades']:,} trades and {t['book_events']:,} book events"
+    )
+
+
+__all__ = [
+    "STAGE",
+    "LiveFeatures",
+    "LiveStats",
+    "Merge",
+    "SharedInput",
+    "ZmqInput",
+    "open_live",
+    "summary_line",
+]
