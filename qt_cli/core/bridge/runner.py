@@ -70,6 +70,7 @@ from qt_cli.core.events import (
 )
 from qt_cli.core.records import Gap
 from qt_cli.core.stage.stats import StatsPublisher, fmt_float
+from qt_cli.core.store import ConnectionFailure
 from qt_cli.core.store.writer import (
     StreamWriter,
     is_transient,
@@ -272,7 +273,7 @@ class Bridge(_Receiver, _Writer, _Reconciler):
         """Run a Valkey step whose failure can wait for the next one (stats, partial candles)."""
         try:
             fn()
-        except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
+        except ConnectionFailure as exc:
             log.debug("deferred Valkey step failed: %s", exc)
         except valkey.ResponseError as exc:
             if not is_transient(exc):
@@ -420,5 +421,5 @@ def run_bridge(config: BridgeConfig, *, say: Say = _log_say, warn: Say | None = 
     """Build a bridge (connects to Valkey; StoreUnavailable if it cannot)."""
     try:
         return Bridge(config, say=say, warn=warn)
-    except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
+    except ConnectionFailure as exc:
         raise StoreUnavailable(f"cannot reach Valkey at {config.output}: {_reason(exc)}") from None

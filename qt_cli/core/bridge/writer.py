@@ -29,6 +29,7 @@ from qt_cli.core.events import (
     now_ns,
 )
 from qt_cli.core.records import MAX_RAW_BYTES, DeadLetter, Gap
+from qt_cli.core.store import ConnectionFailure
 from qt_cli.core.store.writer import (
     DEADLETTER_MAXLEN,
     E_SEQ,
@@ -147,7 +148,7 @@ class _Writer(_BridgeState):
                         return True, None
                     return True, self._write_batch(batch, look_ahead=False)
                 return True, self._write_batch(batch, look_ahead=True)
-            except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
+            except ConnectionFailure as exc:
                 now = time.monotonic()
                 if self._outage_since is None:
                     self._outage_since = now

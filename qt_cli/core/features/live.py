@@ -24,14 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import valkey
-
 from qt_cli.core import keys
 from qt_cli.core.events import NS_PER_MS, BookUpdate, Trade
 from qt_cli.core.features.backfill import Sampler, every_ns, to_event
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
 from qt_cli.core.stage.derived import derived_identity
 from qt_cli.core.stage.stats import RateMeter, StatsPublisher
+from qt_cli.core.store import ConnectionFailure
 from qt_cli.core.store.reader import SourceEntry
 from qt_cli.core.store.writer import StreamWriter, event_key, event_values
 
@@ -55,7 +54,7 @@ class Merge:
         """An entry of stream `kind`: held when it is a trade (ticks) or a price-book event (book);
         any other event there (top of book, daily, state) only moves the stream's position."""
         event = entry.event
-        ts = event.ts_event  # type: ignore[attr-defined]
+        ts = event.ts_event
         self.last[kind] = max(self.last[kind], ts)
         if not isinstance(event, Trade if kind == TRADE else BookUpdate):
             return
@@ -250,7 +249,7 @@ class LiveFeatures:
                 break
             try:
                 self._step()
-            except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
+            except ConnectionFailure as exc:
                 if self.stats.outages == 0:
                     self.warn(f"features {self.name}: Valkey unreachable ({exc}); retrying")
                 self.stats.outages += 1
@@ -261,7 +260,7 @@ class LiveFeatures:
         if self.publisher is not None:
             try:
                 self.publish_stats()
-            except (valkey.ConnectionError, valkey.TimeoutError, OSError):
+            except ConnectionFailure:
                 pass
         return self.stats
 
@@ -287,7 +286,7 @@ class LiveFeatures:
                 self.stats.trades += 1
                 vector = self.engine.on_trade(event)
                 kept += self.sampler.add(event.ts_event, vector, entry)
-            else:
+            elif isinstance(event, BookUpdate):  # held entries are trades or book updates
                 self.stats.book_events += 1
                 self.engine.on_book(event)
                 kept += self.sampler.add(event.ts_event, None)

@@ -25,10 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import valkey
-
 from qt_cli.core.keys import parse_id
 from qt_cli.core.stage.stats import RateMeter, StatsPublisher
+from qt_cli.core.store import ConnectionFailure
 from qt_cli.core.store.reader import SourceEntry, StreamSource
 from qt_cli.core.store.writer import StreamBatch, StreamWriter
 
@@ -163,7 +162,7 @@ class GroupWorker:
                 break
             try:
                 self._step()
-            except (valkey.ConnectionError, valkey.TimeoutError, OSError) as exc:
+            except ConnectionFailure as exc:
                 if self.stats.outages == 0 or backoff == BACKOFF_START_S:
                     self.warn(
                         f"{self.stage} {self.name}: Valkey unreachable ({exc}); "
@@ -174,7 +173,7 @@ class GroupWorker:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             backoff = BACKOFF_START_S
-        with contextlib.suppress(valkey.ConnectionError, valkey.TimeoutError, OSError):
+        with contextlib.suppress(*ConnectionFailure):
             self._write_ready()  # what may go now; the rest stays pending for a restart or claim
             self.publish_stats()
         return self.stats
