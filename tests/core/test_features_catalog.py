@@ -12,7 +12,8 @@ from qt_cli.core.features import catalog as cat
 from qt_cli.core.features.doc import render
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED65_SPEC = Path("/work/shared/docs/seed65-features.json")
+# shared/ sits beside the repository (as on the developers' machines and in CI)
+SEED65_SPEC = ROOT.parent / "shared" / "docs" / "seed65-features.json"
 BASIC11 = (
     "price_current, price_mean_5, price_mean_20, price_std_20, return_1, return_mean_5, "
     "return_std_5, volume_mean_5, volume_ratio, rsi_14, momentum_10"

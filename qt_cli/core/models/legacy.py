@@ -1,4 +1,4 @@
-"""`qt models import`: the users' existing models (/work/shared/docs/legacy-models.md) as bundles.
+"""`qt models import`: the users' existing models (shared/docs/legacy-models.md) as bundles.
 
 Their artifacts: joblib pickles of a RandomForest (classes −1/0/1) or an XGBClassifier (0/1/2 =
 y + 1), a LightGBM Booster text file (0/1/2), a separate StandardScaler pickle, sometimes a dict
