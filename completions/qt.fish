@@ -9,7 +9,7 @@ complete -c qt -n '__fish_use_subcommand' -a predict -d 'Score stored history wi
 complete -c qt -n '__fish_use_subcommand' -a cleanup -d 'Trim old stream entries by age or count, per kind, safely.'
 complete -c qt -n '__fish_use_subcommand' -a monitor -d 'Live dashboard of the pipeline - prices, volume, lags, stages, Valkey health.'
 complete -c qt -n '__fish_use_subcommand' -a valkey -d 'Start, stop and inspect the managed local Valkey server.'
-complete -c qt -n '__fish_use_subcommand' -a features -d 'Feature vectors over stored history (--from/--to); the catalog and sets.'
+complete -c qt -n '__fish_use_subcommand' -a features -d 'Feature vectors live (--in) or over stored history (--from/--to); the catalog.'
 complete -c qt -n '__fish_use_subcommand' -a models -d 'List, show, verify and import model bundles (.qtm).'
 complete -c qt -n '__fish_use_subcommand' -l help
 complete -c qt -n '__fish_use_subcommand' -l log-level

@@ -14,7 +14,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     (
         "features",
         "features",
-        "Feature vectors over stored history (--from/--to); the catalog and sets.",
+        "Feature vectors live (--in) or over stored history (--from/--to); the catalog.",
     ),
     ("train", "train", "Train a direction model from stored features, validated walk-forward."),
     ("predict", "predict", "Score stored history with a model: signals and a simulated backtest."),
