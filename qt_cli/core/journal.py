@@ -883,6 +883,9 @@ class RetentionThread:
         self._thread: threading.Thread | None = None
 
     def start(self) -> RetentionThread:
+        """The pass at start runs here, before the feed publishes (so its totals count it even
+        when the feed stops at once); later passes run on the thread."""
+        self._pass()
         self._thread = threading.Thread(target=self._run, name="qt-journal-retention", daemon=True)
         self._thread.start()
         return self
@@ -890,25 +893,28 @@ class RetentionThread:
     def nudge(self) -> None:
         self._wake.set()
 
+    def _pass(self) -> None:
+        try:
+            report = trim_journal(
+                self.directory, self.retention_ns, retention_text=self.retention_text
+            )
+        except Exception as exc:  # a failed pass must not stop the feed; try again later
+            self.last_error = str(exc)
+            log.warning("journal retention: %s", exc)
+        else:
+            self.runs += 1
+            self.segments_removed += report.removed
+            self.bytes_freed += report.freed_bytes
+            if report.removed and self.on_trim is not None:
+                self.on_trim(report)
+
     def _run(self) -> None:
-        while True:  # one pass at start, even when the feed stops at once
-            self._wake.clear()
-            try:
-                report = trim_journal(
-                    self.directory, self.retention_ns, retention_text=self.retention_text
-                )
-            except Exception as exc:  # a failed pass must not stop the feed; try again later
-                self.last_error = str(exc)
-                log.warning("journal retention: %s", exc)
-            else:
-                self.runs += 1
-                self.segments_removed += report.removed
-                self.bytes_freed += report.freed_bytes
-                if report.removed and self.on_trim is not None:
-                    self.on_trim(report)
+        while True:
             self._wake.wait(self.interval_s)
+            self._wake.clear()
             if self._stop.is_set():
                 return
+            self._pass()
 
     def totals(self) -> dict[str, Any]:
         return {
