@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any, Protocol
@@ -129,43 +129,42 @@ def _midnight_ns(day: date) -> int:
 def session_grids(bars: pd.DataFrame, open_min: int, close_min: int) -> dict[date, np.ndarray]:
     """Per exchange-local date, closes on the minute grid 0 .. close-open-1, carried forward
     (NaN before the session's first candle)."""
-    if bars.empty:
-        return {}
-    times = pd.to_datetime(bars["ts_event"].to_numpy(dtype=np.int64), utc=True).tz_convert(
-        EXCHANGE_TZ
-    )
-    minute = (times.hour * 60 + times.minute).to_numpy() - open_min
-    days = times.date
     closes = bars["close"].to_numpy(dtype=np.float64)
-    length = close_min - open_min
     out: dict[date, np.ndarray] = {}
-    for day in sorted(set(days)):
-        pick = (days == day) & (minute >= 0) & (minute < length)
-        if not pick.any():
-            continue
-        grid = np.full(length, np.nan)
-        grid[minute[pick]] = closes[pick]
+    for day, minutes, rows in _session_minutes(bars, open_min, close_min):
+        grid = np.full(close_min - open_min, np.nan)
+        grid[minutes] = closes[rows]
         out[day] = pd.Series(grid).ffill().to_numpy()
     return out
 
 
 def _cum_quantities(bars: pd.DataFrame, open_min: int, close_min: int) -> dict[date, np.ndarray]:
+    qty = bars["quantity"].to_numpy(dtype=np.float64)
+    out: dict[date, np.ndarray] = {}
+    for day, minutes, rows in _session_minutes(bars, open_min, close_min):
+        grid = np.zeros(close_min - open_min)
+        np.add.at(grid, minutes, qty[rows])
+        out[day] = np.cumsum(grid)
+    return out
+
+
+def _session_minutes(
+    bars: pd.DataFrame, open_min: int, close_min: int
+) -> Iterator[tuple[date, np.ndarray, np.ndarray]]:
+    """Per exchange-local date with bars inside the session: (date, minute index since the
+    open of each such bar, the mask of those bars)."""
+    if bars.empty:
+        return
     times = pd.to_datetime(bars["ts_event"].to_numpy(dtype=np.int64), utc=True).tz_convert(
         EXCHANGE_TZ
     )
     minute = (times.hour * 60 + times.minute).to_numpy() - open_min
     days = times.date
-    qty = bars["quantity"].to_numpy(dtype=np.float64)
-    length = close_min - open_min
-    out: dict[date, np.ndarray] = {}
+    inside = (minute >= 0) & (minute < close_min - open_min)
     for day in sorted(set(days)):
-        pick = (days == day) & (minute >= 0) & (minute < length)
-        if not pick.any():
-            continue
-        grid = np.zeros(length)
-        np.add.at(grid, minute[pick], qty[pick])
-        out[day] = np.cumsum(grid)
-    return out
+        rows = (days == day) & inside
+        if rows.any():
+            yield day, minute[rows], rows
 
 
 def momentum_values(grid: np.ndarray, lag: int = MOMENTUM_MINUTES) -> np.ndarray:

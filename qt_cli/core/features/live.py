@@ -29,6 +29,7 @@ from qt_cli.core.events import NS_PER_MS, BookUpdate, Trade
 from qt_cli.core.features.backfill import Sampler, every_ns, to_event
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
 from qt_cli.core.stage.derived import derived_identity
+from qt_cli.core.stage.lifecycle import StopFlag
 from qt_cli.core.stage.stats import RateMeter, StatsPublisher
 from qt_cli.core.store import ConnectionFailure
 from qt_cli.core.store.reader import SourceEntry
@@ -174,7 +175,7 @@ class LiveStats:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-class LiveFeatures:
+class LiveFeatures(StopFlag):
     """The stage: `open`/`run`/`stop`/`close` for `stage.run_stage`; `totals()` at the end."""
 
     def __init__(
@@ -222,15 +223,6 @@ class LiveFeatures:
 
     def open(self) -> None:
         """Nothing to open: the source, writer and sinks come open."""
-
-    def stop(self, reason: str = "stopped") -> None:
-        if not self._stop.is_set():
-            self.stats.stopped_by = self.stats.stopped_by or reason
-            self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
 
     def close(self) -> None:
         if self._closed:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qt_cli.core.keys import parse_id
+from qt_cli.core.stage.lifecycle import StopFlag
 from qt_cli.core.stage.stats import RateMeter, StatsPublisher
 from qt_cli.core.store import ConnectionFailure
 from qt_cli.core.store.reader import SourceEntry, StreamSource
@@ -101,7 +102,7 @@ class WorkerStats:
     stopped_by: str = ""
 
 
-class GroupWorker:
+class GroupWorker(StopFlag):
     """A derived stage over a consumer-group `StreamSource`: read -> derive -> write in input order
     (one `StreamWriter` path) -> acknowledge after the write is confirmed; stats published as
     `qt:stats:<stage>:<name>`. Driven by `stage.run_stage` (open/run/stop/close)."""
@@ -141,15 +142,6 @@ class GroupWorker:
 
     def open(self) -> None:
         """Nothing to open: the source and writer come connected."""
-
-    def stop(self, reason: str = "stopped") -> None:
-        if not self._stop.is_set():
-            self.stats.stopped_by = self.stats.stopped_by or reason
-            self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
 
     def run(self) -> WorkerStats:
         """Read, derive, write and acknowledge until stopped or `duration_s`. Valkey going away

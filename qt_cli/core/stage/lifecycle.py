@@ -35,6 +35,23 @@ class Stage(Protocol):
     def close(self) -> None: ...
 
 
+class StopFlag:
+    """`stop(reason)` / `stopping` for a stage whose loop watches `self._stop` (safe from a signal
+    handler); the first reason is kept in `self.stats.stopped_by`."""
+
+    _stop: threading.Event
+    stats: Any
+
+    def stop(self, reason: str = "stopped") -> None:
+        if not self._stop.is_set():
+            self.stats.stopped_by = self.stats.stopped_by or reason
+            self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+
 @contextlib.contextmanager
 def stop_signals(
     stop: Callable[[str], None],
