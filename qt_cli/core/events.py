@@ -581,6 +581,7 @@ class Prediction(Event):
     label: str = ""
     probabilities: dict[str, float] = field(default_factory=dict)
     ts_features: int = 0
+    latency_us: float = math.nan  # live: from the vector's ts_init (features stage) to ts_init
     ts_init: int = 0
     session: str = ""
     seq: int = 0
