@@ -86,11 +86,6 @@ class Predictor:
             model = self.bundle.native
             pre = self.bundle.pipeline  # the scaler, when the model had one
             if pre is not None:
-                # Its column names were checked against the set at import; rows are arrays in
-                # that order, and scikit-learn would warn on every call that they have no names.
-                for step in getattr(pre, "steps", [(None, pre)]):
-                    if hasattr(step[1], "feature_names_in_"):
-                        del step[1].feature_names_in_
                 self.proba = lambda rows: native_proba(model, pre.transform(rows))
             else:
                 self.proba = lambda rows: native_proba(model, rows)
