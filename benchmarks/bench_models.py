@@ -53,12 +53,12 @@ WARMUP = 300
 WRITE_BATCH = 100
 
 
-def vectors() -> tuple[np.ndarray, np.ndarray, list[FeatureVector]]:
+def vectors(seconds: int = SECONDS) -> tuple[np.ndarray, np.ndarray, list[FeatureVector]]:
     from qt_cli.core.sources.sim import SimConfig, SimulatedMarket
 
     sim = SimulatedMarket(
         SimConfig(
-            symbols=(SYMBOL,), seed=11, rate=0, duration_s=SECONDS, start_ns=1754308800 * 10**9
+            symbols=(SYMBOL,), seed=11, rate=0, duration_s=seconds, start_ns=1754308800 * 10**9
         )
     )
     engine = FeatureEngine("qt")
@@ -125,6 +125,33 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
     with threadpool_limits(limits=1):  # every path on one thread, as qt serves and trains
         run()
+
+
+def save_bundle(path: Path, pipe: object, model: str, check_rows: np.ndarray) -> float:
+    """Save a fitted qt-set pipeline as a bundle with its ONNX graph; the graph's max difference
+    from `predict_proba` on `check_rows`."""
+    names = feature_set("qt")
+    onnx_bytes = to_onnx_bytes(pipe, len(names))
+    diff = check_onnx(onnx_bytes, pipe, check_rows)
+    meta = bundles.new_metadata(
+        model=model,
+        features={"set": "qt", "names": list(names), "catalog_hash": catalog_hash()},
+        label={
+            "horizon": f"{HORIZON_TRADES}trades",
+            "classes": [
+                {
+                    "index": j,
+                    "value": int(c),
+                    "label": bundles.CLASS_NAMES[int(c)],
+                    "action": bundles.ACTIONS[int(c)],
+                }
+                for j, c in enumerate(pipe.classes_)  # type: ignore[attr-defined]
+            ],
+        },
+        serving={"path": "onnx", "onnx_max_diff": diff},
+    )
+    bundles.save(path, pipeline=pipe, metadata=meta, onnx_bytes=onnx_bytes)
+    return diff
 
 
 def stage_path(path: Path) -> tuple[Scorer, object]:
@@ -216,7 +243,6 @@ def legacy_models(X: np.ndarray, y: np.ndarray, tmp: Path) -> list[tuple[str, Pa
 def run() -> None:
     X, returns, events = vectors()
     y = label(returns, choose_threshold(returns))
-    names = feature_set("qt")
     arrays = [np.asarray([list(e.features.values())], dtype=np.float64) for e in events]
     fields = [stored_fields(e) for e in events]
     seed_names = feature_set("seed65")
@@ -234,27 +260,8 @@ def run() -> None:
     with tempfile.TemporaryDirectory() as tmp, own_server(Path(tmp) / "valkey") as (client, _):
         for model in ("hgb", "logreg", "rf"):
             pipe = make_pipeline(model).fit(X, y)
-            onnx_bytes = to_onnx_bytes(pipe, len(names))
-            diff = check_onnx(onnx_bytes, pipe, X[-2000:])
-            meta = bundles.new_metadata(
-                model=model,
-                features={"set": "qt", "names": list(names), "catalog_hash": catalog_hash()},
-                label={
-                    "horizon": f"{HORIZON_TRADES}trades",
-                    "classes": [
-                        {
-                            "index": j,
-                            "value": int(c),
-                            "label": bundles.CLASS_NAMES[int(c)],
-                            "action": bundles.ACTIONS[int(c)],
-                        }
-                        for j, c in enumerate(pipe.classes_)
-                    ],
-                },
-                serving={"path": "onnx", "onnx_max_diff": diff},
-            )
             path = Path(tmp) / f"{model}.qtm"
-            bundles.save(path, pipeline=pipe, metadata=meta, onnx_bytes=onnx_bytes)
+            diff = save_bundle(path, pipe, model, X[-2000:])
             loaded = bundles.load(path)
             runner = OnnxRunner(loaded.onnx)
             session, out_names, in_name = runner.session, [runner.output], runner.input

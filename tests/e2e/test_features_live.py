@@ -37,6 +37,13 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     p.close()
 
 
+def running(vk: valkey.Valkey, *stages: tuple[str, str]) -> None:
+    """Wait until each (stage, name) publishes its stats: a subscriber that hears nothing of a
+    feed's session cannot know it missed it, so the feed starts once its subscribers run."""
+    for stage, name in stages:
+        eventually(lambda s=stage, n=name: vk.exists(keys.stats_key(s, n)), timeout=60)
+
+
 def features_args(url: str, every: str, *extra: str) -> list[str]:
     return [
         "features", "--in", url, "--symbol", SYMBOL, "--set", "qt", "--every", every,
@@ -94,6 +101,7 @@ def test_live_vectors_equal_the_backfill_of_the_same_stored_range(
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, f"features_{SYMBOL}".encode())
     sub.connect(pub)
+    running(vk, ("bridge", "default"))
     feed = run_feed(qt, pipeline, rate=10_000, n=N, seed=7)
     eventually(lambda: bridge_written(vk) == N, timeout=60, message=f"{N} events stored")
     stop(qt, bridge, signal.SIGINT)
@@ -183,6 +191,7 @@ def test_zeromq_input_gives_the_same_vectors_as_the_stored_history(
         "features", "--in", pipeline.ticks, "--in", pipeline.book, "--replay", pipeline.replay,
         "--symbol", SYMBOL, "--every", "1s", "--out", valkey_url, "--json",
     )  # fmt: skip
+    running(vk, ("features", "features"), ("bridge", "default"))
     feed = run_feed(qt, pipeline, rate=10_000, n=N, seed=3)
     eventually(lambda: bridge_written(vk) == N, timeout=60, message=f"{N} events stored")
     stop(qt, bridge, signal.SIGINT)
@@ -204,6 +213,7 @@ def test_a_group_shares_symbols_and_takes_over_a_killed_workers(
 ) -> None:
     symbols = (SYMBOL, "WINQ25")
     bridge = qt.start(*pipeline.bridge_args(valkey_url))
+    running(vk, ("bridge", "default"))
     feed = run_feed_args(qt, [*pipeline.feed_args(rate=10_000, n=N, seed=5), *sym_args(symbols)])
     eventually(lambda: bridge_written(vk) == N, timeout=60, message=f"{N} events stored")
     stop(qt, bridge, signal.SIGINT)

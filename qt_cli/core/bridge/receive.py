@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import orjson
 
-from qt_cli.core.bridge.config import TAIL_CHECK_EVERY_S, TAIL_IDLE_S, BridgeConfig
+from qt_cli.core.bridge.config import BridgeConfig
 from qt_cli.core.bridge.rows import Item, _symbol_of, tick_row
 from qt_cli.core.bridge.state import _BridgeState
 from qt_cli.core.endpoints import Endpoint
@@ -20,6 +19,7 @@ from qt_cli.core.events import (
     now_ns,
 )
 from qt_cli.core.records import DeadLetter, Gap
+from qt_cli.core.zmq_io.sub import TailCheck
 
 log = logging.getLogger(__name__)
 
@@ -57,36 +57,6 @@ def _open_input(config: BridgeConfig, endpoint: Endpoint, known: dict[str, int])
     from qt_cli.core.io import open_source
 
     return open_source(endpoint, time_unit=config.time_unit)
-
-
-class _TailCheck:
-    """Finds messages lost at the end of a burst, which no later message reveals as a gap.
-
-    When an input has been quiet for TAIL_IDLE_S, asks its SubSource (every TAIL_CHECK_EVERY_S
-    at most) to compare what it received with what the feed journaled (`check_tail`); the
-    missing seqs then arrive through the source's normal gap recovery. Runs on the input's own
-    thread (it owns the SubSource).
-    """
-
-    def __init__(self, source: Any) -> None:
-        self.source = source
-        self.quiet_since = time.monotonic()
-        self.last_check = 0.0
-
-    def after_read(self, got_events: bool) -> None:
-        now = time.monotonic()
-        if got_events:
-            self.quiet_since = now
-            return
-        if now - self.quiet_since < TAIL_IDLE_S or now - self.last_check < TAIL_CHECK_EVERY_S:
-            return
-        self.last_check = now
-        from qt_cli.core.errors import UnavailableError
-
-        try:
-            self.source.check_tail()
-        except UnavailableError as exc:
-            log.debug("tail check of %s: %s", self.source.uri, exc)
 
 
 class _Receiver(_BridgeState):
@@ -215,7 +185,7 @@ class _Receiver(_BridgeState):
         take_rejects = getattr(source, "take_rejects", None)
         take_gaps = getattr(source, "take_gaps", None)
         stop_after = self.config.stop_after
-        tail = _TailCheck(source) if inp.endpoint.kind == "zmq" and self.config.replay else None
+        tail = TailCheck(source) if inp.endpoint.kind == "zmq" and self.config.replay else None
         try:
             while not self._stop.is_set():
                 events = source.read(0.1)

@@ -2,7 +2,9 @@
 
 `ZmqInput`: `--in tcp://…` (one or more) read as entries of the streams their events are stored
 in, each keeping its own (session, seq) — the identity derived results come from, the same as
-when read back from Valkey (a derived stage publishes with `keep_identity`). It has the group
+when read back from Valkey (a derived stage publishes with `keep_identity`). Messages lost at
+the end of a burst (no later seq shows the gap) are asked of the replay endpoint once the input
+is quiet (`TailCheck`, as the bridge does). It has the group
 side of a `StreamSource` as no-ops (nothing to claim, acknowledge or wait for), so `GroupWorker`
 drives it as it drives a consumer group.
 """
@@ -12,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import zmq
+
 from qt_cli.core.store.reader import SourceEntry
 from qt_cli.core.store.writer import event_key
+from qt_cli.core.zmq_io.sub import TailCheck
 
 
 class ZmqInput:
@@ -26,13 +31,35 @@ class ZmqInput:
         self.symbols = set(symbols)
         self.rejected = 0
         self._n = 0
+        self._poller: zmq.Poller | None = None
+        self._tails = [TailCheck(x) for x in self.sources if getattr(x, "replay", None)]
 
     def read_entries(self, timeout_s: float) -> list[SourceEntry]:
-        """The events heard, as entries with ids `<n>-0` in arrival order (no stream ids here)."""
+        """The events heard, as entries with ids `<n>-0` in arrival order (no stream ids here).
+        Waits up to `timeout_s` for the first message on any of the sources (polled together:
+        a quiet channel does not hold back a busy one)."""
+        out = self._read_all()
+        if not out:
+            for tail in self._tails:  # the end of a burst lost: no later seq shows the gap
+                tail.after_read(False)
+        else:
+            for tail in self._tails:
+                tail.after_read(True)
+        if not out and len(self.sources) > 1:
+            if self._poller is None:
+                self._poller = zmq.Poller()
+                for source in self.sources:
+                    self._poller.register(source.socket, zmq.POLLIN)
+            if self._poller.poll(max(int(timeout_s * 1000), 0)):
+                out = self._read_all()
+        elif not out:
+            out = self._read_all(timeout_s)
+        return out
+
+    def _read_all(self, timeout_s: float = 0.0) -> list[SourceEntry]:
         out: list[SourceEntry] = []
-        wait = timeout_s / max(len(self.sources), 1)
         for source in self.sources:
-            for event in source.read(wait):
+            for event in source.read(timeout_s):
                 if getattr(event, "symbol", "") in self.symbols:
                     self._n += 1
                     out.append(SourceEntry(event_key(event), f"{self._n}-0", event))

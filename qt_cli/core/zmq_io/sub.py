@@ -4,6 +4,7 @@ recovers gaps through the replay endpoint."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,6 +139,11 @@ class SubSource:
     @property
     def finished(self) -> bool:
         return False
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The SUB socket, for a reader that polls several sources at once (never read it)."""
+        return self._sock
 
     def last_seqs(self) -> dict[str, int]:
         return dict(self._last)
@@ -417,3 +423,35 @@ def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
         else:
             out.append((seq, seq))
     return out
+
+
+TAIL_IDLE_S = 1.0  # quiet this long before asking the replay endpoint
+TAIL_CHECK_EVERY_S = 2.0  # and at most this often
+
+
+class TailCheck:
+    """Finds messages lost at the end of a burst, which no later message reveals as a gap.
+
+    When an input has been quiet for TAIL_IDLE_S, asks its SubSource (every TAIL_CHECK_EVERY_S
+    at most) to compare what it received with what the feed journaled (`check_tail`); the
+    missing seqs then arrive through the source's normal gap recovery. Runs on the thread that owns
+    the SubSource (the bridge's input threads, a derived stage's ZeroMQ input).
+    """
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.quiet_since = time.monotonic()
+        self.last_check = 0.0
+
+    def after_read(self, got_events: bool) -> None:
+        now = time.monotonic()
+        if got_events:
+            self.quiet_since = now
+            return
+        if now - self.quiet_since < TAIL_IDLE_S or now - self.last_check < TAIL_CHECK_EVERY_S:
+            return
+        self.last_check = now
+        try:
+            self.source.check_tail()
+        except UnavailableError as exc:
+            log.debug("tail check of %s: %s", self.source.uri, exc)
