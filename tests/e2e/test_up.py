@@ -1,0 +1,256 @@
+"""`qt up` with real processes and a real Valkey: the pipeline ends by itself with every tick
+stored once, a SIGKILLed stage is restarted without duplicates, SIGTERM stops the stages in order;
+`--print` and `--check`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import valkey
+
+from qt_cli.core import keys
+from tests.e2e.test_bridge import event_streams, expected_pairs
+from tests.helpers import QtProcesses, eventually, free_port, tcp_endpoint
+
+pytestmark = pytest.mark.e2e
+
+SYMBOLS = ("AAAA3", "BBBB4")
+STAGES = ["feed", "bridge", "features"]
+
+
+def endpoints_env() -> dict[str, str]:
+    """Free ports for the feed's channels, so runs never meet another feed."""
+    return {
+        "QT_TICKS_ENDPOINT": tcp_endpoint(),
+        "QT_BOOK_ENDPOINT": tcp_endpoint(),
+        "QT_HISTORY_ENDPOINT": tcp_endpoint(),
+        "QT_REPLAY_ENDPOINT": tcp_endpoint(),
+        "QT_SIGNALS_ENDPOINT": tcp_endpoint(),
+    }
+
+
+def up_args(*extra: str, duration: str | None = "8s", rate: int = 2000) -> list[str]:
+    args = ["up", "--sim", "--rate", str(rate), "--seed", "3", "--json"]
+    for symbol in SYMBOLS:
+        args += ["--symbol", symbol]
+    if duration:
+        args += ["--duration", duration]
+    return [*args, *extra]
+
+
+def stored_feed_pairs(vk: valkey.Valkey, feed: dict) -> list[tuple[str, int]]:
+    """(session, seq) of every stored event of this feed run (the derived streams excluded)."""
+    sessions = {ch["session"] for ch in feed["channels"].values()}
+    pairs = []
+    for key in event_streams(vk):
+        for _, fields in vk.xrange(key):
+            session = fields[b"session"].decode()
+            if session in sessions:
+                pairs.append((session, int(fields[b"seq"])))
+    return sorted(pairs)
+
+
+def assert_every_event_once(vk: valkey.Valkey, feed: dict) -> None:
+    stored = stored_feed_pairs(vk, feed)
+    assert len(stored) == len(set(stored)), "an event stored twice"
+    assert stored == expected_pairs(feed), "an event missing"
+    assert len(stored) == feed["events"]
+
+
+def assert_outputs_for_every_symbol(vk: valkey.Valkey) -> None:
+    for symbol in SYMBOLS:
+        assert vk.xlen(keys.stream_key("ticks", symbol)) > 0, symbol
+        assert vk.xlen(keys.stream_key(keys.candle_kind("1m"), symbol)) > 0, symbol
+        assert vk.xlen(keys.stream_key("features", symbol)) > 0, symbol
+
+
+def summary_of(finished) -> dict:
+    assert finished.returncode == 0, finished.output
+    assert "Traceback" not in finished.stderr, finished.stderr
+    return json.loads(finished.stdout)
+
+
+def test_up_runs_the_pipeline_and_ends_by_itself_with_every_tick_stored_once(
+    qt: QtProcesses, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    finished = qt.run(*up_args(), env=endpoints_env(), timeout=60)
+    summary = summary_of(finished)
+    assert summary["stopped_by"] == "feed ended"
+    assert summary["stop_order"] == STAGES
+    stages = summary["stages"]
+    assert list(stages) == STAGES
+    for stage in STAGES:
+        assert stages[stage]["exit_code"] == 0 and stages[stage]["restarts"] == 0, stage
+    feed = stages["feed"]["totals"]
+    assert feed["stopped_by"] == "duration" and feed["events"] > 5_000
+    assert_every_event_once(vk, feed)
+    assert stages["bridge"]["drained"] is True and stages["features"]["drained"] is True
+    assert stages["bridge"]["totals"]["written"] == feed["events"]
+    assert_outputs_for_every_symbol(vk)
+    assert stages["features"]["totals"]["written"] == sum(
+        vk.xlen(keys.stream_key("features", s)) for s in SYMBOLS
+    )
+    # Every child line is prefixed with its stage; qt up says which pid each stage got.
+    for stage in STAGES:
+        pid = stages[stage]["pid"]
+        assert f"[up] started {stage} pid {pid}" in finished.stderr
+    assert "[bridge] bridge default:" in finished.stderr
+    assert "[features] features features:" in finished.stderr
+
+
+def test_a_stage_killed_by_sigkill_is_restarted_and_ticks_stay_exactly_once(
+    qt: QtProcesses, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    proc = qt.start(*up_args(duration="9s"), env=endpoints_env())
+    stats = keys.stats_key("bridge", "default")
+    eventually(lambda: int(vk.hget(stats, "written") or 0) > 500, timeout=30, message="stored")
+    first_pid = int(vk.hget(stats, "pid"))
+    os.kill(first_pid, signal.SIGKILL)
+    eventually(
+        lambda: int(vk.hget(stats, "pid") or 0) not in (0, first_pid),
+        timeout=20,
+        message="bridge restarted",
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    summary = json.loads(out)
+    bridge = summary["stages"]["bridge"]
+    assert bridge["restarts"] == 1 and bridge["pids"][0] == first_pid, bridge
+    assert bridge["exit_code"] == 0
+    assert "[up] bridge crashed (killed by SIGKILL)" in err.decode()
+    assert summary["stages"]["feed"]["restarts"] == 0
+    assert summary["stop_order"] == STAGES
+    assert_every_event_once(vk, summary["stages"]["feed"]["totals"])
+    assert_outputs_for_every_symbol(vk)
+
+
+def test_sigterm_stops_the_stages_in_order_feed_first(
+    qt: QtProcesses, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    proc = qt.start(*up_args(duration=None, rate=1000), env=endpoints_env())
+    stats = keys.stats_key("features", "features")
+    eventually(lambda: int(vk.hget(stats, "written") or 0) > 0, timeout=30, message="vectors")
+    finished = qt.stop(proc, signal.SIGTERM, timeout=60)
+    summary = summary_of(finished)
+    assert summary["stopped_by"] == "SIGTERM"
+    assert summary["stop_order"] == STAGES
+    stages = summary["stages"]
+    stopped = [stages[s]["stopped_ns"] for s in STAGES]
+    assert stopped == sorted(stopped)
+    assert stages["feed"]["totals"]["stopped_by"] == "signal"  # SIGINT from qt up
+    for stage in STAGES:
+        assert stages[stage]["exit_code"] == 0, stage
+    assert stages["bridge"]["drained"] is True
+    lines = [line for line in finished.stderr.splitlines() if line.startswith("[up] stopped")]
+    assert [line.split()[2] for line in lines] == ["bridge", "features"]
+    assert_every_event_once(vk, stages["feed"]["totals"])
+
+
+def test_print_shows_one_shell_command_per_stage_and_starts_nothing(
+    qt: QtProcesses, tmp_path: Path
+) -> None:
+    env = {**endpoints_env(), "QT_VALKEY_URL": "valkey://qt:s3cret@127.0.0.1:1/0"}
+    model = tmp_path / "my model.qtm"
+    finished = qt.run(*up_args("--print", "--model", str(model)), env=env)
+    assert finished.returncode == 0, finished.output
+    lines = finished.stdout.splitlines()
+    assert lines[0] == "# every stage needs QT_VALKEY_PASSWORD in its environment"
+    commands = [shlex.split(line) for line in lines[1:]]
+    assert [c[3] for c in commands] == ["feed", "bridge", "features", "predict"]
+    assert all(c[:3] == ["qt", "--valkey", "valkey://qt@127.0.0.1:1/0"] for c in commands)
+    assert "s3cret" not in finished.stdout + finished.stderr
+    feed, bridge, features, predict = commands
+    assert feed[4:10] == ["--sim", "--rate", "2000", "--seed", "3", "--symbol"]
+    assert f"ticks={env['QT_TICKS_ENDPOINT']}" in feed
+    assert bridge[bridge.index("--replay") + 1] == env["QT_REPLAY_ENDPOINT"]
+    assert features[features.index("--in") + 1] == "valkey://qt@127.0.0.1:1/0"
+    assert predict[predict.index("--model") + 1] == str(model)
+    assert predict[-2:] == ["--out", env["QT_SIGNALS_ENDPOINT"]]
+    assert "--json" not in finished.stdout
+
+
+def write_pipeline(path: Path, valkey_url: str, **endpoints: str) -> Path:
+    ends = {
+        "ticks": tcp_endpoint(),
+        "book": tcp_endpoint(),
+        "history": tcp_endpoint(),
+        "replay": tcp_endpoint(),
+        **endpoints,
+    }
+    table = "\n".join(f'{name} = "{uri}"' for name, uri in ends.items())
+    path.write_text(
+        f"""source = "sim"
+symbols = ["AAAA3", "BBBB4"]
+valkey = "{valkey_url}"
+set = "qt"
+every = "1s"
+rate = 500
+
+[endpoints]
+{table}
+
+[args]
+bridge = ["--timeframe", "1m,5m"]
+"""
+    )
+    return path
+
+
+def test_check_accepts_a_good_file(qt: QtProcesses, tmp_path: Path, valkey_url: str) -> None:
+    path = write_pipeline(tmp_path / "pipeline.toml", valkey_url)
+    finished = qt.run("up", "-f", str(path), "--check")
+    assert finished.returncode == 0, finished.output
+    assert "ready to start" in finished.stderr
+    assert "ok: valkey" in finished.stderr and "Error" not in finished.stderr
+    printed = qt.run("up", "-f", str(path), "--print")
+    assert "--timeframe 1m,5m" in printed.stdout and "--rate 500" in printed.stdout
+
+
+def test_check_names_each_problem_on_one_line(qt: QtProcesses, tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    busy_port = busy.getsockname()[1]
+    try:
+        nobody = f"valkey://127.0.0.1:{free_port()}/0"
+        path = write_pipeline(
+            tmp_path / "bad.toml",
+            nobody,
+            ticks="tcp://127.0.0.1:notaport",
+            book=f"tcp://127.0.0.1:{busy_port}",
+        )
+        started = time.monotonic()
+        finished = qt.run("up", "-f", str(path), "--check")
+        assert time.monotonic() - started < 20
+    finally:
+        busy.close()
+    assert finished.returncode != 0
+    errors = [line for line in finished.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 3, finished.stderr
+    assert "port 'notaport' is not a number" in errors[0]
+    assert f"port {busy_port} is in use" in errors[1]
+    assert "cannot reach Valkey" in errors[2]
+    assert not (tmp_path / "qt-data" / "journal").exists()  # nothing was started
+
+
+def test_a_bad_pipeline_file_is_one_line(qt: QtProcesses, tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('source = "sim"\nsymbol = ["X"]\n')
+    finished = qt.run("up", "-f", str(path), "--check")
+    assert finished.returncode == 2
+    assert finished.stderr.strip().splitlines() == [
+        f"Error: {path}: unknown key 'symbol' (known: source, dll, replay, symbols, valkey, set, "
+        "every, model, duration, rate, seed, endpoints, args; see docs/up.md)"
+    ]
+    path.write_text("source = \n")
+    finished = qt.run("up", "-f", str(path), "--print")
+    assert finished.returncode == 2
+    assert finished.stderr.startswith(f"Error: {path}: not valid TOML")
+    assert len(finished.stderr.strip().splitlines()) == 1
