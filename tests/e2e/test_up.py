@@ -149,7 +149,7 @@ def test_sigterm_stops_the_stages_in_order_feed_first(
         assert stages[stage]["exit_code"] == 0, stage
     assert stages["bridge"]["drained"] is True
     lines = [line for line in finished.stderr.splitlines() if line.startswith("[up] stopped")]
-    assert [line.split()[2] for line in lines] == ["bridge", "features"]
+    assert [line.split()[2] for line in lines] == STAGES
     assert_every_event_once(vk, stages["feed"]["totals"])
 
 
