@@ -106,6 +106,8 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             set_name=set_name,
             every=every,
         )
+        if monitor and as_json:
+            raise UsageError("--monitor draws on stdout; --json would mix with it: choose one")
         if spec.source != "sim" and (spec.rate is not None or spec.seed is not None):
             raise UsageError("--rate and --seed apply to --sim only")
         if print_only:
@@ -133,8 +135,9 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         if as_json:
             emit_json(summary)
         else:
+            lines = pipeline.LineSink(sys.stderr, colour=is_terminal(sys.stderr))
             for stage, info in summary["stages"].items():
-                sink(
+                lines(
                     "up",
                     f"{stage}: exit {info['exit_code']}, restarts {info['restarts']}"
                     + _totals_text(info.get("totals")),

@@ -254,3 +254,38 @@ def test_a_bad_pipeline_file_is_one_line(qt: QtProcesses, tmp_path: Path) -> Non
     assert finished.returncode == 2
     assert finished.stderr.startswith(f"Error: {path}: not valid TOML")
     assert len(finished.stderr.strip().splitlines()) == 1
+
+
+def test_monitor_runs_in_the_foreground_and_the_stage_logs_go_to_files(
+    qt: QtProcesses, vk: valkey.Valkey, valkey_url: str, isolated_settings: Path
+) -> None:
+    args = [a for a in up_args(duration="3s", rate=1000) if a != "--json"]
+    finished = qt.run(*args, "--monitor", env=endpoints_env(), timeout=60)
+    assert finished.returncode == 0, finished.output
+    log_dir = isolated_settings / "up" / "logs"
+    assert f"stage logs: {log_dir}/<stage>.log" in finished.stderr
+    assert "qt monitor" in finished.stdout and "Pipeline" in finished.stdout  # its frames
+    for stage in STAGES:
+        text = (log_dir / f"{stage}.log").read_text()
+        assert f"[{stage}] " in text, stage
+        assert f"[{stage}] " not in finished.stderr  # in the file, not over the dashboard
+    assert "[up] started bridge pid" in (log_dir / "up.log").read_text()
+    assert "[up] bridge: exit 0, restarts 0" in finished.stderr  # the summary after it
+    refused = qt.run(*up_args(), "--monitor")
+    assert refused.returncode == 2 and "choose one" in refused.stderr
+
+
+def test_a_stage_failing_on_its_arguments_is_not_restarted_and_stops_the_pipeline(
+    qt: QtProcesses, tmp_path: Path, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    path = write_pipeline(tmp_path / "p.toml", valkey_url)
+    path.write_text(path.read_text().replace('"1m,5m"', '"7parsecs"'))
+    finished = qt.run("up", "-f", str(path), "--json", env=endpoints_env(), timeout=60)
+    assert finished.returncode == 2, finished.output
+    summary = json.loads(finished.stdout)
+    assert summary["stopped_by"] == "bridge failed" and summary["exit_code"] == 2
+    bridge = summary["stages"]["bridge"]
+    assert bridge["exit_code"] == 2 and bridge["restarts"] == 0
+    assert "[bridge] Error:" in finished.stderr
+    assert "[up] bridge failed (exit 2); a restart would too" in finished.stderr
+    assert summary["stages"]["feed"]["exit_code"] == 0  # stopped cleanly all the same

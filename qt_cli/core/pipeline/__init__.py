@@ -18,6 +18,7 @@ from qt_cli.core.pipeline.spec import (
     PASSWORD_ENV,
     PipelineSpec,
     StageCommand,
+    default_symbols,
     override,
     program,
     spec_from_file,
@@ -125,7 +126,8 @@ def run(
     client = store.connect(bare, password=password, timeout_s=5.0)
     commands = stage_commands(spec, bare, settings)
     exe = program()
-    monitor_argv = [*exe, "--valkey", bare, "monitor"] if monitor else None
+    watch = [a for s in default_symbols(spec) for a in ("--symbol", s)]
+    monitor_argv = [*exe, "--valkey", bare, "monitor", *watch] if monitor else None
     supervisor = Supervisor(
         commands,
         program=exe,
