@@ -16,6 +16,7 @@ import pytest
 import valkey
 
 from qt_cli.core import keys
+from tests.core.test_models_bundle import write as write_model
 from tests.e2e.test_bridge import event_streams, expected_pairs
 from tests.helpers import QtProcesses, eventually, free_port, tcp_endpoint
 
@@ -176,7 +177,7 @@ def test_print_shows_one_shell_command_per_stage_and_starts_nothing(
     assert "--json" not in finished.stdout
 
 
-def write_pipeline(path: Path, valkey_url: str, **endpoints: str) -> Path:
+def write_pipeline(path: Path, valkey_url: str, model: str = "", **endpoints: str) -> Path:
     ends = {
         "ticks": tcp_endpoint(),
         "book": tcp_endpoint(),
@@ -192,6 +193,7 @@ valkey = "{valkey_url}"
 set = "qt"
 every = "1s"
 rate = 500
+{f'model = "{model}"' if model else ""}
 
 [endpoints]
 {table}
@@ -204,13 +206,17 @@ bridge = ["--timeframe", "1m,5m"]
 
 
 def test_check_accepts_a_good_file(qt: QtProcesses, tmp_path: Path, valkey_url: str) -> None:
-    path = write_pipeline(tmp_path / "pipeline.toml", valkey_url)
+    model, _, _ = write_model(tmp_path, "logreg")
+    path = write_pipeline(tmp_path / "pipeline.toml", valkey_url, model=str(model))
     finished = qt.run("up", "-f", str(path), "--check")
     assert finished.returncode == 0, finished.output
     assert "ready to start" in finished.stderr
     assert "ok: valkey" in finished.stderr and "Error" not in finished.stderr
+    assert f"ok: model {model}: verified" in finished.stderr
+    assert "ok: endpoint signals" in finished.stderr  # predict binds it: checked free
     printed = qt.run("up", "-f", str(path), "--print")
     assert "--timeframe 1m,5m" in printed.stdout and "--rate 500" in printed.stdout
+    assert f"predict --model {model}" in printed.stdout
 
 
 def test_check_names_each_problem_on_one_line(qt: QtProcesses, tmp_path: Path) -> None:
@@ -220,9 +226,12 @@ def test_check_names_each_problem_on_one_line(qt: QtProcesses, tmp_path: Path) -
     busy_port = busy.getsockname()[1]
     try:
         nobody = f"valkey://127.0.0.1:{free_port()}/0"
+        junk = tmp_path / "junk.qtm"
+        junk.write_bytes(b"not a bundle")
         path = write_pipeline(
             tmp_path / "bad.toml",
             nobody,
+            model=str(junk),
             ticks="tcp://127.0.0.1:notaport",
             book=f"tcp://127.0.0.1:{busy_port}",
         )
@@ -233,10 +242,11 @@ def test_check_names_each_problem_on_one_line(qt: QtProcesses, tmp_path: Path) -
         busy.close()
     assert finished.returncode != 0
     errors = [line for line in finished.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 3, finished.stderr
+    assert len(errors) == 4, finished.stderr
     assert "port 'notaport' is not a number" in errors[0]
     assert f"port {busy_port} is in use" in errors[1]
     assert "cannot reach Valkey" in errors[2]
+    assert errors[3].startswith(f"Error: model {junk}: ")
     assert not (tmp_path / "qt-data" / "journal").exists()  # nothing was started
 
 
