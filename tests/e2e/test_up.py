@@ -299,3 +299,29 @@ def test_a_stage_failing_on_its_arguments_is_not_restarted_and_stops_the_pipelin
     assert "[bridge] Error:" in finished.stderr
     assert "[up] bridge failed (exit 2); a restart would too" in finished.stderr
     assert summary["stages"]["feed"]["exit_code"] == 0  # stopped cleanly all the same
+
+
+def test_no_stage_outlives_a_killed_qt_up(
+    qt: QtProcesses, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    proc = qt.start(*up_args(duration=None, rate=500), env=endpoints_env())
+    stats = keys.stats_key("features", "features")
+    eventually(lambda: vk.hget(stats, "pid"), timeout=30, message="features running")
+    proc.send_signal(signal.SIGKILL)  # no ordered stop: the stages must not be left running
+    _, err = proc.communicate(timeout=10)
+    pids = [int(line.split()[-1]) for line in err.decode().splitlines() if " pid " in line]
+    assert len(pids) == 3, err.decode()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+    try:
+        eventually(lambda: all(gone(p) for p in pids), timeout=20, message="stages ended")
+    finally:
+        for pid in pids:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -23,6 +23,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ STOP_TIMEOUT_S = 15.0
 KILL_AFTER_S = 5.0
 QUIET_PUBLISHES = 2  # a derived stage is drained when two stats publishes show no new work
 POLL_S = 0.1
+PR_SET_PDEATHSIG = 1
 FATAL_CODES = (int(ExitCode.USAGE), int(ExitCode.DATA))
 
 Emit = Callable[[str, str], None]
@@ -200,6 +202,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_die_with_parent(),  # one prctl call before exec
         )
         child.proc = proc
         child.pids.append(proc.pid)
@@ -420,6 +423,28 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """Linux: a stage gets SIGTERM when `qt up` dies without stopping it (SIGKILL, a crash), so
+    no stage outlives its supervisor. The libc function is looked up here, in the parent: the
+    child only makes the one system call before exec."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the call: act as the signal would
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_death_signal
 
 
 def child_env(password: str) -> dict[str, str]:
