@@ -70,3 +70,25 @@ def test_a_bad_file_says_what_is_wrong(tmp_path: Path, text: str, message: str) 
     with pytest.raises(UsageError) as info:
         spec_from_file(path)
     assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_stage_lines_are_prefixed_coloured_on_a_terminal_and_filed_under_monitor(
+    tmp_path: Path,
+) -> None:
+    import io
+
+    from qt_cli.core.pipeline import LineSink
+
+    plain, coloured = io.StringIO(), io.StringIO()
+    LineSink(plain, colour=False)("bridge", "received 10")
+    LineSink(coloured, colour=True)("bridge", "received 10")
+    assert plain.getvalue() == "[bridge] received 10\n"
+    assert coloured.getvalue() == "\x1b[33m[bridge]\x1b[0m received 10\n"
+    filed = io.StringIO()
+    sink = LineSink(filed, colour=True, log_dir=tmp_path / "logs")
+    sink("feed", "published 5")
+    sink("up", "started feed pid 1")
+    sink.close()
+    assert filed.getvalue() == ""
+    assert (tmp_path / "logs" / "feed.log").read_text().endswith(" [feed] published 5\n")
+    assert (tmp_path / "logs" / "up.log").read_text().endswith(" [up] started feed pid 1\n")
