@@ -325,3 +325,33 @@ def test_no_stage_outlives_a_killed_qt_up(
         for pid in pids:
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_pipeline_file_replaying_a_recording_ends_at_its_end(
+    qt: QtProcesses, tmp_path: Path, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    recording = tmp_path / "recorded.jsonl"
+    made = qt.run(
+        "feed", "--sim", "--symbol", "AAAA3", "--rate", "0", "--stop-after", "3000",
+        "--seed", "5", "--out", str(recording), "--out", "replay=none",
+    )  # fmt: skip
+    assert made.returncode == 0, made.output
+    path = tmp_path / "replay.toml"
+    ends = "\n".join(f'{k} = "{tcp_endpoint()}"' for k in ("ticks", "book", "history", "replay"))
+    path.write_text(
+        f'source = "replay"\nreplay = "{recording}"\nsymbols = ["AAAA3"]\n'
+        f'valkey = "{valkey_url}"\n\n[endpoints]\n{ends}\n\n'
+        '[args]\nfeed = "--speed 10 --fsync none"\n'  # 30 s of recorded market in 3 s
+    )
+    summary = summary_of(qt.run("up", "-f", str(path), "--json", timeout=60))
+    assert summary["stopped_by"] == "feed ended" and summary["stop_order"] == STAGES
+    feed = summary["stages"]["feed"]["totals"]
+    assert feed["source"] == "replay" and feed["events"] == 3000
+    # Replayed records are stored under their own identities (not the feed run's sessions).
+    stored = []
+    for key in event_streams(vk):
+        if keys.parse_stream_key(key)[0] != "features":
+            stored += [(f[b"session"], f[b"seq"]) for _, f in vk.xrange(key)]
+    assert len(stored) == len(set(stored)) == 3000
+    assert summary["stages"]["bridge"]["drained"] is True
+    assert vk.xlen(keys.stream_key("features", "AAAA3")) > 0

@@ -9,10 +9,12 @@ after a backoff (0.5 s doubling to 10 s, back to 0.5 s once a run stayed up 30 s
 exactly-once identities make a restart harmless. Exit codes 2 (usage) and 4 (bad data) are not
 crashes: a restart would fail the same way, so `qt up` stops everything and exits with that code.
 
+The feed starts last, once the other stages run their loops, so they listen before it publishes.
+
 Stopping (Ctrl+C, SIGTERM, the feed ending by itself, the monitor closing) goes in pipeline order:
 the feed first; then each later stage once it has drained what its upstream produced — the bridge
-when its watermark (`keys.watermark_key`) covers the last seq of every channel the feed published,
-the derived stages when their stats hash (`qt:stats:<stage>:<name>`) shows `received`/`written`
+when its watermark (`keys.watermark_key`) covers the last seq of every channel a live feed
+published (or it idles short of it: reported), the derived stages when their stats hash (`qt:stats:<stage>:<name>`) shows `received`/`written`
 unchanged over two publishes after their upstream stopped — then SIGINT, SIGTERM after
 `stop_timeout_s`, SIGKILL after `KILL_AFTER_S` more.
 """
@@ -44,8 +46,10 @@ DRAIN_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 KILL_AFTER_S = 5.0
 QUIET_PUBLISHES = 2  # a derived stage is drained when two stats publishes show no new work
+BRIDGE_QUIET_PUBLISHES = 3  # a bridge short of the feed's last seq: given up on after three
 POLL_S = 0.1
 PR_SET_PDEATHSIG = 1
+READY_TIMEOUT_S = 15.0
 FATAL_CODES = (int(ExitCode.USAGE), int(ExitCode.DATA))
 
 Emit = Callable[[str, str], None]
@@ -165,8 +169,10 @@ class Supervisor:
         with self._signals():
             try:
                 # Downstream first, the feed last: every stage listens before anything flows.
-                for child in reversed(self.children):
+                for child in reversed(self.children[1:]):
                     self._start(child)
+                self._wait_ready(self.children[1:])
+                self._start(self.children[0])
                 if self.monitor_argv:
                     self.monitor = subprocess.Popen(self.monitor_argv, env=self.env)
                 while not self.stopped_by:
@@ -192,6 +198,28 @@ class Supervisor:
         }
 
     # -- starting, reaping, restarting --
+
+    def _wait_ready(self, children: Sequence[Child]) -> None:
+        """Until each stage runs its loop (its stats hash names its pid), so the bridge is
+        subscribed before the feed publishes: a short replay at --speed 0 could otherwise be over
+        before the bridge hears a single message (and it catches up only sessions it heard)."""
+        if self.client is None:
+            return
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting = list(children)
+        while waiting and time.monotonic() < deadline and not self.stopped_by:
+            self._supervise()
+            for child in list(waiting):
+                key = keys.stats_key(child.stage, child.command.stats_name or child.stage)
+                try:
+                    pid = self.client.hget(key, "pid")
+                except Exception:  # noqa: BLE001 - Valkey down: the stages will say so
+                    return
+                if child.state != "running" or (pid and int(pid) == child.pids[-1]):
+                    waiting.remove(child)
+            self._wake.wait(0.05)
+        if waiting and not self.stopped_by:
+            self.emit("up", f"{', '.join(c.stage for c in waiting)} not ready; starting the feed")
 
     def _start(self, child: Child) -> None:
         child._out = bytearray()
@@ -352,13 +380,19 @@ class Supervisor:
             return False
         deadline = time.monotonic() + self.drain_timeout_s
         feed_totals = upstream.totals if upstream.stage == "feed" else None
-        if child.stage == "bridge" and isinstance(feed_totals, dict):
-            done = self._bridge_caught_up(child, feed_totals, deadline)
+        # A replayed file's records keep the sessions they were recorded with, so the bridge's
+        # watermark is comparable with the feed's channels only for live sources (sim, dll).
+        if (
+            child.stage == "bridge"
+            and isinstance(feed_totals, dict)
+            and feed_totals.get("source") != "replay"
+        ):
+            done = self._bridge_caught_up(child, feed_totals, since_ns, deadline)
         else:
             done = self._quiet(child, since_ns, deadline)
         if done:
             self.emit("up", f"{child.stage} drained")
-        elif child.running() and not self._hurry:
+        elif child.running() and not self._hurry and time.monotonic() >= deadline:
             self.emit(
                 "up", f"{child.stage} not drained after {self.drain_timeout_s:g}s; stopping it"
             )
@@ -369,41 +403,44 @@ class Supervisor:
         self._supervise()
         return not self._hurry and child.state in ("running", "waiting")
 
-    def _bridge_caught_up(self, child: Child, feed: dict[str, Any], deadline: float) -> bool:
+    def _bridge_caught_up(
+        self, child: Child, feed: dict[str, Any], since_ns: int, deadline: float
+    ) -> bool:
+        """The bridge's watermark covers the feed's last seq of every channel. A bridge idle
+        short of it (the feed is gone: nothing more can arrive or be replayed) is reported."""
         targets = {
             str(ch["session"]): int(ch["last_seq"])
             for ch in (feed.get("channels") or {}).values()
             if int(ch.get("published") or 0) > 0
         }
         key = keys.watermark_key(child.command.stats_name or "default")
+        idle = _Quiet(self, child, since_ns=since_ns, publishes=BRIDGE_QUIET_PUBLISHES)
+        marks = [0] * len(targets)
         while time.monotonic() < deadline and self._keep_alive(child):
             try:
                 raw = self.client.hmget(key, list(targets)) if targets else []
+                marks = [int(v) if v else 0 for v in raw]
             except Exception:  # noqa: BLE001 - Valkey down: keep waiting until the deadline
-                raw = [None] * len(targets)
-            marks = [int(v) if v else 0 for v in raw]
+                pass
             if all(mark >= targets[s] for s, mark in zip(targets, marks, strict=True)):
                 return True
+            if idle.step():
+                missing = sum(max(targets[s] - m, 0) for s, m in zip(targets, marks, strict=True))
+                self.emit(
+                    "up",
+                    f"bridge idle short of what the feed published: {missing:,} events not "
+                    "stored (published before the bridge subscribed, and the feed's replay "
+                    "endpoint is gone)",
+                )
+                return False
             time.sleep(0.1)
         return False
 
     def _quiet(self, child: Child, since_ns: int, deadline: float) -> bool:
-        key = keys.stats_key(child.stage, child.command.stats_name or child.stage)
-        last_update = b""
-        last_counts: tuple[Any, Any] | None = None
-        quiet = 0
+        idle = _Quiet(self, child, since_ns=since_ns, publishes=QUIET_PUBLISHES)
         while time.monotonic() < deadline and self._keep_alive(child):
-            try:
-                values = self.client.hmget(key, ["updated_ns", "received", "written"])
-            except Exception:  # noqa: BLE001 - Valkey down: keep waiting until the deadline
-                values = [None, None, None]
-            updated, received, written = values
-            if updated and updated != last_update and int(updated) > since_ns:
-                counts = (received, written)
-                quiet = quiet + 1 if counts == last_counts else 0
-                last_update, last_counts = updated, counts
-                if quiet >= QUIET_PUBLISHES:
-                    return True
+            if idle.step():
+                return True
             time.sleep(0.1)
         return False
 
@@ -445,6 +482,33 @@ def _die_with_parent() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return set_death_signal
+
+
+class _Quiet:
+    """Whether a stage's stats hash showed `received`/`written` unchanged over `publishes`
+    successive publishes made after `since_ns` (its upstream stopped): it has nothing left."""
+
+    def __init__(self, owner: Supervisor, child: Child, *, since_ns: int, publishes: int) -> None:
+        self.client = owner.client
+        self.key = keys.stats_key(child.stage, child.command.stats_name or child.stage)
+        self.since_ns = since_ns
+        self.publishes = publishes
+        self.last_update: bytes = b""
+        self.last_counts: tuple[Any, Any] | None = None
+        self.quiet = 0
+
+    def step(self) -> bool:
+        try:
+            updated, received, written = self.client.hmget(
+                self.key, ["updated_ns", "received", "written"]
+            )
+        except Exception:  # noqa: BLE001 - Valkey down: not quiet as far as we know
+            return False
+        if updated and updated != self.last_update and int(updated) > self.since_ns:
+            counts = (received, written)
+            self.quiet = self.quiet + 1 if counts == self.last_counts else 0
+            self.last_update, self.last_counts = updated, counts
+        return self.quiet >= self.publishes
 
 
 def child_env(password: str) -> dict[str, str]:
