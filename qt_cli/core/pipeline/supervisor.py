@@ -14,9 +14,9 @@ The feed starts last, once the other stages run their loops, so they listen befo
 Stopping (Ctrl+C, SIGTERM, the feed ending by itself, the monitor closing) goes in pipeline order:
 the feed first; then each later stage once it has drained what its upstream produced — the bridge
 when its watermark (`keys.watermark_key`) covers the last seq of every channel a live feed
-published (or it idles short of it: reported), the derived stages when their stats hash (`qt:stats:<stage>:<name>`) shows `received`/`written`
-unchanged over two publishes after their upstream stopped — then SIGINT, SIGTERM after
-`stop_timeout_s`, SIGKILL after `KILL_AFTER_S` more.
+published (or it idles short of it: reported), the derived stages when their stats hash
+(`qt:stats:<stage>:<name>`) shows `received`/`written` unchanged over two publishes after their
+upstream stopped — then SIGINT, SIGTERM after `stop_timeout_s`, SIGKILL after `KILL_AFTER_S`.
 """
 
 from __future__ import annotations
