@@ -1,34 +1,123 @@
-"""`qt predict`: score stored history with a model bundle (a simulated backtest)."""
+"""`qt predict`: the live predict stage (--in) or a simulated backtest over stored history."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson
-from qt_cli.output import emit_json, say
+from qt_cli.options import AsJson, Duration, Inputs, Outputs, Symbols
+from qt_cli.output import emit_json, say, warn
 
 HELP = """\
-Score stored feature history with a model and backtest its signals (simulated, not live trading).
+Score feature vectors with a model bundle: live (--in) or over stored history (--from/--to).
 
-Reads the symbol's feature vectors in [--from, --to] through the query API, checks each against the model's schema (set, names, order, catalog hash), skips vectors that are not warm, predicts through the compiled (ONNX) path and turns the most probable class into BUY/SELL/HOLD (HOLD below --min-confidence or within --cooldown of the last signal). Each BUY/SELL is held for the model's label horizon (or --hold) at stored trade prices: hit rate and PnL in points and ticks, less --cost points per trade. --output writes the signals (.parquet, .csv or .jsonl).
+Live: reads the symbols' feature vectors (--in valkey://…: stream:features:{SYM} through consumer group --group, from the first stored vector; or the features stage's --in tcp://… output), checks each against the model's schema (set, names, order, catalog hash: a mismatch stops the stage with one error naming the differences), skips and counts vectors that are not warm or of another set, predicts through the compiled (ONNX) path and writes a Prediction and a Signal (BUY/SELL/HOLD; HOLD below --min-confidence or within --cooldown of the last signal) to stream:predictions:{SYM} / stream:signals:{SYM} and --out tcp://… (topics prediction_SYM, signal_SYM), exactly once. Workers sharing --group split the vectors. SIGHUP, or a new file at --model, reloads the bundle without stopping; a bundle that does not verify or needs other features is refused and the old one keeps serving.
 
-The live stage (qt predict --in …) comes with the stage runtime.
+History: reads the symbol's vectors in [--from, --to] and backtests the signals (simulated, not live trading): each BUY/SELL held for the model's label horizon (or --hold) at stored trade prices; hit rate and PnL in points and ticks, less --cost points per trade. --output writes the signals (.parquet, .csv or .jsonl).
+
+Example: qt predict --model models/wdo.qtm --in valkey://127.0.0.1:6379 --symbol WDOQ25 --out valkey://127.0.0.1:6379 --out tcp://127.0.0.1:5558 --min-confidence 0.5 --cooldown 30s
 
 Example: qt predict --model models/wdo.qtm --symbol WDOQ25 --from 2025-08-11 --to 2025-08-12 --cost 0.5 --output signals.parquet
 """
+
+
+def _live(
+    model: Path,
+    inputs: list[str],
+    outputs: list[str],
+    symbols: list[str],
+    *,
+    name: str,
+    group: str | None,
+    consumer: str | None,
+    min_confidence: float,
+    cooldown: str | None,
+    duration: str | None,
+    replay: str | None,
+) -> dict[str, Any]:
+    from qt_cli.core import config
+    from qt_cli.core.models.live import open_live, summary_line
+    from qt_cli.core.stage import run_stage
+    from qt_cli.core.timeparse import parse_duration_ns, parse_duration_s
+
+    settings = config.current()
+    stage = open_live(
+        model,
+        inputs,
+        outputs,
+        symbols=symbols,
+        name=name,
+        group=group,
+        consumer=consumer,
+        min_confidence=min_confidence,
+        cooldown_ns=parse_duration_ns(cooldown) if cooldown else 0,
+        password=settings.valkey_password or "",
+        maxlen=settings.maxlen,
+        duration_s=parse_duration_s(duration) if duration else None,
+        replay=None if (replay or "").strip().lower() in ("", "none", "off") else replay,
+        warn=warn,
+    )
+    p = stage.slot.predictor
+    say(
+        f"predict {stage.name}: {', '.join(inputs)} -> {model} ({p.tag}, {p.serving}, "
+        f"set {p.feature_set}) for {', '.join(symbols)}"
+    )
+    totals = run_stage(stage, totals=stage.totals, reload=stage.reload)
+    say(summary_line(totals))
+    return totals
 
 
 def register(app: typer.Typer, *, name: str, summary: str) -> None:
     @app.command(name, help=HELP, short_help=summary)
     def predict(
         model: Annotated[Path, typer.Option("--model", "-m", help="The bundle (.qtm).")],
-        symbol: Annotated[str, typer.Option("--symbol", "-s", help="Ticker, e.g. WDOQ25.")],
-        start: Annotated[str, typer.Option("--from", help="Start of the range to score.")],
-        end: Annotated[str, typer.Option("--to", help="End of the range to score.")],
+        symbols: Symbols = None,
+        start: Annotated[
+            str | None,
+            typer.Option(
+                "--from", help="History: start of the range to score.", show_default=False
+            ),
+        ] = None,
+        end: Annotated[
+            str | None,
+            typer.Option(
+                "--to", help="History: end of the range (default: now).", show_default=False
+            ),
+        ] = None,
+        inputs: Inputs = None,
+        outputs: Outputs = None,
+        stage_name: Annotated[
+            str, typer.Option("--name", help="Live: the stage's name in qt monitor.")
+        ] = "predict",
+        group: Annotated[
+            str | None,
+            typer.Option(
+                "--group",
+                help="Live, --in valkey://: the consumer group (default: predict); workers of one "
+                "group share the vectors.",
+                show_default=False,
+            ),
+        ] = None,
+        consumer: Annotated[
+            str | None,
+            typer.Option(
+                "--consumer",
+                help="Live: this worker's name in the group (default: --name).",
+                show_default=False,
+            ),
+        ] = None,
+        replay: Annotated[
+            str | None,
+            typer.Option(
+                "--replay",
+                help="Live, --in tcp://…: a replay endpoint for gap recovery (default: none).",
+                show_default=False,
+            ),
+        ] = None,
+        duration: Duration = None,
         min_confidence: Annotated[
             float, typer.Option("--min-confidence", help="HOLD below this probability.")
         ] = 0.0,
@@ -55,6 +144,36 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         ] = None,
         as_json: AsJson = False,
     ) -> None:
+        from qt_cli.core.errors import UsageError
+
+        if inputs:
+            if start is not None or output is not None or hold is not None or cost:
+                raise UsageError(
+                    "--in runs the live stage; --from/--to/--output/--hold/--cost a backtest"
+                )
+            totals = _live(
+                model,
+                inputs,
+                outputs or [],
+                symbols or [],
+                name=stage_name,
+                group=group,
+                consumer=consumer,
+                min_confidence=min_confidence,
+                cooldown=cooldown,
+                duration=duration,
+                replay=replay,
+            )
+            if as_json:
+                emit_json(totals)
+            return
+        if start is None:
+            raise UsageError(
+                "give --in valkey://… (live) or --from/--to (a backtest over stored history), "
+                "e.g. qt predict --model m.qtm --symbol WDOQ25 --from -1d"
+            )
+        if len(symbols or []) != 1:
+            raise UsageError("a backtest scores one --symbol")
         from qt_cli.core import config, store
         from qt_cli.core.models.predictor import backtest
 
@@ -62,9 +181,9 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         report = backtest(
             client,
             model=model,
-            symbol=symbol,
+            symbol=(symbols or [""])[0],
             start=start,
-            end=end,
+            end=end or "now",
             min_confidence=min_confidence,
             cooldown=cooldown,
             hold=hold,

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING as _dataclass_missing
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from operator import attrgetter, call
 from typing import Any, ClassVar, get_type_hints
 
 import orjson
@@ -163,10 +164,34 @@ def _flat_value(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
+        return "" if math.isnan(value) else float.__repr__(value)
     if isinstance(value, int | str):
         return str(value)
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+# `_flat_value` by a field's declared type: the exact type first, anything else the general way.
+def _flat_float(value: Any) -> str:
+    if type(value) is float:
+        return "" if value != value else float.__repr__(value)
+    return _flat_value(value)
+
+
+def _flat_int(value: Any) -> str:
+    return int.__repr__(value) if type(value) is int else _flat_value(value)
+
+
+def _flat_str(value: Any) -> str:
+    return value if type(value) is str else _flat_value(value)
+
+
+def _flat_bool(value: Any) -> str:
+    if value is True:
+        return "1"
+    return "0" if value is False else _flat_value(value)
+
+
+_FLAT = {float: _flat_float, int: _flat_int, str: _flat_str, bool: _flat_bool}
 
 
 # --- the base --------------------------------------------------------------------------------
@@ -179,6 +204,9 @@ class Event:
     TYPE: ClassVar[str] = ""
     STREAM: ClassVar[str] = ""
     _spec: ClassVar[tuple[tuple[str, Any, Any], ...]] = ()
+    # (field names, their `_flat_value` by declared type, attrgetter of their values); None for
+    # a class with its own to_dict
+    _flat: ClassVar[tuple[tuple[str, ...], tuple[Callable[[Any], str], ...], Any] | None] = None
 
     symbol: str
     ts_event: int
@@ -203,8 +231,14 @@ class Event:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
 
     def to_fields(self) -> dict[str, str]:
-        """Flat Valkey stream fields: every value a string."""
-        return {k: _flat_value(v) for k, v in self.to_dict().items()}
+        """Flat Valkey stream fields: every value a string (`_flat_value`)."""
+        flat = self._flat
+        if flat is None:  # a class with its own to_dict (Trade)
+            return {k: _flat_value(v) for k, v in self.to_dict().items()}
+        names, converters, values = flat
+        out = {"type": self.TYPE}
+        out.update(zip(names, map(call, converters, values(self)), strict=True))
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
@@ -225,13 +259,18 @@ class Event:
     def _validate(self) -> None:
         if not self.symbol:
             raise DecodeError("field 'symbol' is empty", field="symbol")
-        if self.symbol != "*" and not keys.valid_symbol(self.symbol):
+        if self.symbol not in _VALID_SEEN and not keys.valid_symbol(self.symbol):
             raise DecodeError(
                 f"field 'symbol': {self.symbol!r} is not a ticker (letters, digits, '.', '_', '-')",
                 field="symbol",
             )
         if self.ts_event <= 0:
             raise DecodeError(f"field 'ts_event': not a time ({self.ts_event})", field="ts_event")
+        if len(_VALID_SEEN) < 10_000:
+            _VALID_SEEN.add(self.symbol)
+
+
+_VALID_SEEN = {"*"}  # symbols already validated (bounded): the check is a regex
 
 
 def _finish(cls: type[Event]) -> type[Event]:
@@ -249,6 +288,10 @@ def _finish(cls: type[Event]) -> type[Event]:
         base = typ if typ in _CONVERT else object
         spec.append((f.name, base, default))
     cls._spec = tuple(spec)
+    if cls.to_dict is Event.to_dict:
+        names = tuple(name for name, _, _ in spec)
+        converters = tuple(_FLAT.get(base, _flat_value) for _, base, _ in spec)
+        cls._flat = (names, converters, attrgetter(*names))
     return cls
 
 
@@ -385,6 +428,7 @@ Trade.to_dict = compile_layout_function(  # type: ignore[method-assign]
     {"iso_local": iso_local, "NS_PER_MS": NS_PER_MS},
 )
 Trade.to_dict.__qualname__ = "Trade.to_dict"
+Trade._flat = None  # its to_dict is the layout, not the spec
 
 
 BOOK_SIDES = ("bid", "ask")
@@ -562,7 +606,9 @@ class FeatureVector(Event):
         assert isinstance(event, FeatureVector)
         if not isinstance(event.features, dict):
             raise DecodeError("field 'features': expected an object", field="features")
-        object.__setattr__(event, "features", _nan_to_float(event.features))
+        values = event.features.values()
+        if None in values or not all(type(v) is float for v in values):
+            object.__setattr__(event, "features", _nan_to_float(event.features))
         return event
 
 
@@ -581,6 +627,7 @@ class Prediction(Event):
     label: str = ""
     probabilities: dict[str, float] = field(default_factory=dict)
     ts_features: int = 0
+    latency_us: float = math.nan  # live: from the vector's ts_init (features stage) to ts_init
     ts_init: int = 0
     session: str = ""
     seq: int = 0

@@ -14,15 +14,21 @@ from qt_cli.core.endpoints import Endpoint, Sink, Source, parse_endpoint
 
 
 def open_sink(
-    endpoint: Endpoint | str, *, password: str = "", maxlen: int = Settings.maxlen
+    endpoint: Endpoint | str,
+    *,
+    password: str = "",
+    maxlen: int = Settings.maxlen,
+    keep_identity: bool = False,
 ) -> Sink:
     """Open an output: ZeroMQ PUB (bind), Valkey streams, stdout JSON lines, or a file.
-    `password` and `maxlen` (approximate entries kept per stream) apply to Valkey."""
+    `password` and `maxlen` (approximate entries kept per stream) apply to Valkey;
+    `keep_identity` to ZeroMQ (events keep their own session/seq as `origin`/`origin_seq`: what
+    derived stages publish)."""
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     if ep.kind == "zmq":
         from qt_cli.core import zmq_io
 
-        return zmq_io.PubSink(ep)
+        return zmq_io.PubSink(ep, keep_identity=keep_identity)
     if ep.kind == "valkey":
         from qt_cli.core import store
         from qt_cli.core.store.writer import StreamSink

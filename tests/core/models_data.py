@@ -1,7 +1,7 @@
 """Stored feature history for model tests: a simulated market through the real features engine.
 
-The live features stage does not exist yet, so these helpers do its job: run the simulator,
-feed its trades and book events to `FeatureEngine`, and store the vectors as `FeatureVector`
+Faster than running the live features stage: run the simulator, feed its trades and book events
+to `FeatureEngine`, and store the vectors as `FeatureVector`
 events (and the trades as ticks) through the real `StreamWriter`, the way the bridge does.
 """
 

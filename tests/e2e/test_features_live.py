@@ -138,6 +138,11 @@ def test_live_vectors_equal_the_backfill_of_the_same_stored_range(
     assert [m["features"]["price_current"] for m in published] == [
         e.features["price_current"] for e, _ in tail
     ]
+    # Each message carries the identity the vector is stored under (origin/origin_seq), so a
+    # stage reading it from ZeroMQ derives the same identities as one reading it from Valkey.
+    assert [(m["origin"], m["origin_seq"]) for m in published] == [
+        (f[b"session"].decode(), int(f[b"seq"])) for _, f in tail
+    ]
 
 
 def test_a_features_stage_killed_and_restarted_stores_no_duplicate_and_no_gap(

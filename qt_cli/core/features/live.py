@@ -29,11 +29,12 @@ from qt_cli.core.events import NS_PER_MS, BookUpdate, Trade
 from qt_cli.core.features.backfill import Sampler, every_ns, to_event
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
 from qt_cli.core.stage.derived import derived_identity
+from qt_cli.core.stage.inputs import ZmqInput
 from qt_cli.core.stage.lifecycle import StopFlag
 from qt_cli.core.stage.stats import RateMeter, StatsPublisher
 from qt_cli.core.store import ConnectionFailure
 from qt_cli.core.store.reader import SourceEntry
-from qt_cli.core.store.writer import StreamWriter, event_key, event_values
+from qt_cli.core.store.writer import StreamWriter, event_values
 
 STAGE = "features"
 TRADE, BOOK = 0, 1
@@ -76,31 +77,6 @@ class Merge:
 
     def __len__(self) -> int:
         return len(self.heap)
-
-
-class ZmqInput:
-    """`--in tcp://…` (one or more): the feed's ZeroMQ channels read as entries of the streams the
-    bridge stores their events in, each keeping its own (session, seq), the identity a vector is
-    derived from (the same as when read back from Valkey)."""
-
-    def __init__(self, sources: Sequence[Any], symbols: Sequence[str]) -> None:
-        self.sources = list(sources)
-        self.symbols = set(symbols)
-        self.rejected = 0
-
-    def read_entries(self, timeout_s: float) -> list[SourceEntry]:
-        out: list[SourceEntry] = []
-        wait = timeout_s / max(len(self.sources), 1)
-        for source in self.sources:
-            for event in source.read(wait):
-                if getattr(event, "symbol", "") in self.symbols:
-                    out.append(SourceEntry(event_key(event), "", event))
-            self.rejected += len(source.take_rejects())
-        return out
-
-    def close(self) -> None:
-        for source in self.sources:
-            source.close()
 
 
 class SharedInput:
@@ -441,7 +417,7 @@ def open_live(
     stats_client = (
         None if writer is not None or zmq_in else store.connect(ins[0], password=password)
     )
-    sinks = [open_sink(o) for o in outs if o.kind != "valkey"]
+    sinks = [open_sink(o, keep_identity=True) for o in outs if o.kind != "valkey"]
     stage = LiveFeatures(
         source,
         writer,

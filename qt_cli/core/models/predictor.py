@@ -49,6 +49,7 @@ class Predictor:
     min_confidence: float = 0.0
     cooldown_ns: int = 0
     name: str = ""
+    live: bool = False  # stamp each Prediction's latency_us (from the vector's ts_init)
     counters: dict[str, int] = field(
         default_factory=lambda: {"vectors": 0, "not_warm": 0, "predictions": 0, "signals": 0}
     )
@@ -143,6 +144,7 @@ class Predictor:
             label=self.labels[best],
             probabilities={label: float(q) for label, q in zip(self.labels, p, strict=True)},
             ts_features=vector.ts_event,
+            latency_us=(now - vector.ts_init) / 1e3 if self.live and vector.ts_init else math.nan,
             ts_init=now,
             session=session,
             seq=vector.seq,

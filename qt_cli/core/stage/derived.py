@@ -23,14 +23,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from qt_cli.core.endpoints import Sink
+from qt_cli.core.events import NS_PER_MS, Event
 from qt_cli.core.keys import parse_id
 from qt_cli.core.stage.lifecycle import StopFlag
 from qt_cli.core.stage.stats import RateMeter, StatsPublisher
 from qt_cli.core.store import ConnectionFailure
 from qt_cli.core.store.reader import SourceEntry, StreamSource
-from qt_cli.core.store.writer import StreamBatch, StreamWriter
+from qt_cli.core.store.writer import StreamBatch, StreamWriter, event_key, event_values
+
+if TYPE_CHECKING:
+    from qt_cli.core.stage.inputs import ZmqInput
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +83,20 @@ def input_id(seq: int) -> str:
 
 @dataclass(frozen=True)
 class Derived:
-    """One derived entry: its stream, field names (with `session` and `seq`), values, event ms."""
+    """One derived entry: its stream, field names (with `session` and `seq`), values, event ms;
+    `event`, when given, is also sent to the stage's ZeroMQ/file sinks once stored."""
 
     key: str
     names: tuple[str, ...]
     values: tuple[Any, ...]
     event_ms: int
+    event: Event | None = None
+
+    @classmethod
+    def of(cls, event: Event) -> Derived:
+        """The entry storing `event` in its stream, under its own (session, seq)."""
+        names, values = event_values(event)
+        return cls(event_key(event), names, values, event.ts_event // NS_PER_MS, event)
 
 
 # derive(entry, session, seq) -> the entries to write for one input entry (may be empty)
@@ -104,34 +117,39 @@ class WorkerStats:
 
 class GroupWorker(StopFlag):
     """A derived stage over a consumer-group `StreamSource`: read -> derive -> write in input order
-    (one `StreamWriter` path) -> acknowledge after the write is confirmed; stats published as
-    `qt:stats:<stage>:<name>`. Driven by `stage.run_stage` (open/run/stop/close)."""
+    (one `StreamWriter` path) -> acknowledge after the write is confirmed -> send the derived
+    events to `sinks`; stats published as `qt:stats:<stage>:<name>` (plus `describe()`'s fields).
+    Driven by `stage.run_stage` (open/run/stop/close). The source may also be a `ZmqInput`
+    (nothing to acknowledge) and the writer None (ZeroMQ/file outputs only)."""
 
     def __init__(
         self,
-        source: StreamSource,
-        writer: StreamWriter,
+        source: StreamSource | ZmqInput,
+        writer: StreamWriter | None,
         derive: Derive,
         *,
         stage: str,
         name: str,
+        sinks: Sequence[Sink] = (),
         stats_client: Any | None = None,
+        describe: Callable[[], dict[str, Any]] | None = None,
         duration_s: float | None = None,
         max_held: int = 1_000,
         warn: Callable[[str], None] | None = None,
     ) -> None:
-        if source.group is None:
-            raise ValueError("GroupWorker needs a StreamSource with a consumer group")
         self.source = source
         self.writer = writer
         self.derive = derive
         self.stage = stage
         self.name = name
+        self.sinks = list(sinks)
+        self.describe = describe or dict
         self.duration_s = duration_s
         self.max_held = max_held
         self.warn = warn or log.warning
         self.stats = WorkerStats()
-        self.publisher = StatsPublisher(stats_client or writer.client, stage, name)
+        client = stats_client if stats_client is not None else getattr(writer, "client", None)
+        self.publisher = StatsPublisher(client, stage, name) if client is not None else None
         self._rate = RateMeter()
         self._stop = threading.Event()
         self._held: dict[str, list[SourceEntry]] = {}  # input stream -> entries in id order
@@ -167,7 +185,8 @@ class GroupWorker(StopFlag):
             backoff = BACKOFF_START_S
         with contextlib.suppress(*ConnectionFailure):
             self._write_ready()  # what may go now; the rest stays pending for a restart or claim
-            self.publish_stats()
+            if self.publisher is not None:
+                self.publish_stats()
         return self.stats
 
     def _step(self) -> None:
@@ -179,12 +198,14 @@ class GroupWorker(StopFlag):
             self._hold(self.source.claim())
             self._stop.wait(0.01)
         self._write_ready()
-        if self.publisher.due():
+        if self.publisher is not None and self.publisher.due():
             self.publish_stats()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            for sink in self.sinks:
+                sink.close()
             self.source.close()
 
     # -- writing in input order --
@@ -236,18 +257,25 @@ class GroupWorker(StopFlag):
             raise
 
     def _write(self, ready: list[SourceEntry]) -> None:
-        batches: dict[str, StreamBatch] = {}
+        derived: list[Derived] = []
         for entry in ready:
             session, seq = derived_identity(self.stage, entry)
-            for out in self.derive(entry, session, seq):
+            derived += self.derive(entry, session, seq)
+        if self.writer is not None:
+            batches: dict[str, StreamBatch] = {}
+            for out in derived:
                 batch = batches.get(out.key)
                 if batch is None:
                     batch = batches[out.key] = self.writer.batch(out.key)
                 batch.add(out.names, out.values, out.event_ms)
-        for result in self.writer.append_many(batches.values()):  # raises unless all stored
-            self.stats.written += result.written
-            self.stats.duplicates += result.duplicates
+            for result in self.writer.append_many(batches.values()):  # raises unless all stored
+                self.stats.written += result.written
+                self.stats.duplicates += result.duplicates
         self.stats.acked += self.source.ack(ready)
+        events = [out.event for out in derived if out.event is not None]
+        if events:
+            for sink in self.sinks:
+                sink.send(events)
         for entry in ready:
             self._held_ids.discard((entry.key, entry.id))
         ts_init = getattr(ready[-1].event, "ts_init", 0)
@@ -255,6 +283,7 @@ class GroupWorker(StopFlag):
             self.stats.lag_ms = max(time.time_ns() - ts_init, 0) / 1e6
 
     def publish_stats(self) -> None:
+        assert self.publisher is not None
         s = self.stats
         fields = self.publisher.common(
             received=s.received,
@@ -270,6 +299,7 @@ class GroupWorker(StopFlag):
             group=self.source.group or "",
             consumer=self.source.consumer,
         )
+        fields.update({k: str(v) for k, v in self.describe().items()})
         self.publisher.publish(fields)
 
     def totals(self) -> dict[str, Any]:
@@ -285,6 +315,7 @@ class GroupWorker(StopFlag):
             "rejected": self.source.rejected,
             "waits": s.waits,
             "outages": s.outages,
+            **self.describe(),
             "stopped_by": s.stopped_by or "end",
         }
 

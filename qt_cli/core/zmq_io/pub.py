@@ -23,7 +23,9 @@ class PubSink:
 
     `PubSink(endpoint, channel="ticks", session=None, journal=None)`: binds at once; `session`
     defaults to `<process run id>.<channel>`. `send(events)` stamps session/seq, appends the batch
-    to `journal` (if any) and commits it, then sends each `[topic, payload]`. A PUB never blocks:
+    to `journal` (if any) and commits it, then sends each `[topic, payload]`. With
+    `keep_identity` an event's own (session, seq) travels as `origin`/`origin_seq` (a derived
+    stage's vectors, predictions and signals: a reader gets the identity they are stored under). A PUB never blocks:
     with no subscriber a message is dropped, past `sndhwm` queued messages per subscriber too
     (the subscriber recovers them from the replay endpoint).
     """
@@ -35,12 +37,15 @@ class PubSink:
         channel: str = "pub",
         session: str | None = None,
         journal: JournalWriter | None = None,
+        keep_identity: bool = False,
         sndhwm: int = DEFAULT_SNDHWM,
         context: zmq.Context[Any] | None = None,
     ) -> None:
         self.endpoint = _endpoint(endpoint)
         self.channel = channel
-        self.sequencer = Sequencer(session or f"{process_run_id()}.{channel}", journal)
+        self.sequencer = Sequencer(
+            session or f"{process_run_id()}.{channel}", journal, keep_identity=keep_identity
+        )
         self._sock = (context or _context()).socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, 500)
