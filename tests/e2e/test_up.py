@@ -18,7 +18,7 @@ import valkey
 from qt_cli.core import keys
 from tests.core.test_models_bundle import write as write_model
 from tests.e2e.test_bridge import event_streams, expected_pairs
-from tests.helpers import QtProcesses, eventually, free_port, tcp_endpoint
+from tests.helpers import Finished, QtProcesses, eventually, free_port, tcp_endpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -355,3 +355,42 @@ def test_a_pipeline_file_replaying_a_recording_ends_at_its_end(
     assert len(stored) == len(set(stored)) == 3000
     assert summary["stages"]["bridge"]["drained"] is True
     assert vk.xlen(keys.stream_key("features", "AAAA3")) > 0
+
+
+def test_with_a_model_predict_scores_every_warm_vector_once_across_a_sigkill(
+    qt: QtProcesses, tmp_path: Path, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    model, _, _ = write_model(tmp_path, "logreg")
+    proc = qt.start(
+        *up_args("--model", str(model), "--every", "250ms", duration="8s"), env=endpoints_env()
+    )
+    stats = keys.stats_key("predict", "predict")
+    eventually(lambda: int(vk.hget(stats, "written") or 0) > 5, timeout=30, message="signals")
+    first_pid = int(vk.hget(stats, "pid"))
+    os.kill(first_pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    finished = Finished([], proc.returncode, out.decode(), err.decode())
+    summary = summary_of(finished)
+    stages = summary["stages"]
+    assert summary["stopped_by"] == "feed ended"
+    assert summary["stop_order"] == [*STAGES, "predict"] == list(stages)
+    assert all(s["exit_code"] == 0 for s in stages.values()), stages
+    assert stages["predict"]["restarts"] == 1 and stages["predict"]["pids"][0] == first_pid
+    assert "[up] predict crashed (killed by SIGKILL)" in finished.stderr
+    assert stages["predict"]["drained"] is True
+    assert_every_event_once(vk, stages["feed"]["totals"])
+    predict = stages["predict"]["totals"]
+    vectors = sum(vk.xlen(keys.stream_key("features", s)) for s in SYMBOLS)
+    signals = sum(vk.xlen(keys.stream_key("signals", s)) for s in SYMBOLS)
+    warm = 0
+    for symbol in SYMBOLS:
+        for _, fields in vk.xrange(keys.stream_key("features", symbol)):
+            warm += fields[b"warm"] in (b"1", b"true", b"True")
+    assert 0 < predict["vectors"] <= vectors  # the totals are the restarted run's
+    assert signals == warm > 0  # every warm vector scored, once, across the kill
+    for symbol in SYMBOLS:
+        ids = [(f[b"session"], f[b"seq"]) for _, f in vk.xrange(keys.stream_key("signals", symbol))]
+        assert len(ids) == len(set(ids)), symbol
+    for symbol in SYMBOLS:
+        assert vk.xlen(keys.stream_key("predictions", symbol)) > 0, symbol
+    assert "[predict] " in finished.stderr
