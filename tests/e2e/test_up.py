@@ -298,15 +298,16 @@ def test_a_stage_failing_on_its_arguments_is_not_restarted_and_stops_the_pipelin
     assert bridge["exit_code"] == 2 and bridge["restarts"] == 0
     assert "[bridge] Error:" in finished.stderr
     assert "[up] bridge failed (exit 2); a restart would too" in finished.stderr
-    assert summary["stages"]["feed"]["exit_code"] == 0  # stopped cleanly all the same
+    assert summary["stages"]["feed"]["pids"] == []  # the feed is started once the others run
+    assert summary["stages"]["features"]["exit_code"] == 0  # stopped cleanly all the same
 
 
 def test_no_stage_outlives_a_killed_qt_up(
     qt: QtProcesses, vk: valkey.Valkey, valkey_url: str
 ) -> None:
     proc = qt.start(*up_args(duration=None, rate=500), env=endpoints_env())
-    stats = keys.stats_key("features", "features")
-    eventually(lambda: vk.hget(stats, "pid"), timeout=30, message="features running")
+    stats = keys.stats_key("bridge", "default")
+    eventually(lambda: int(vk.hget(stats, "written") or 0) > 0, timeout=30, message="flowing")
     proc.send_signal(signal.SIGKILL)  # no ordered stop: the stages must not be left running
     _, err = proc.communicate(timeout=10)
     pids = [int(line.split()[-1]) for line in err.decode().splitlines() if " pid " in line]

@@ -172,7 +172,8 @@ class Supervisor:
                 for child in reversed(self.children[1:]):
                     self._start(child)
                 self._wait_ready(self.children[1:])
-                self._start(self.children[0])
+                if not self.stopped_by:  # a stage failed on its arguments: no feed at all
+                    self._start(self.children[0])
                 if self.monitor_argv:
                     self.monitor = subprocess.Popen(self.monitor_argv, env=self.env)
                 while not self.stopped_by:
