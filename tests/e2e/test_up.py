@@ -395,3 +395,33 @@ def test_with_a_model_predict_scores_every_warm_vector_once_across_a_sigkill(
     for symbol in SYMBOLS:
         assert vk.xlen(keys.stream_key("predictions", symbol)) > 0, symbol
     assert "[predict] " in finished.stderr
+
+
+def test_the_valkey_password_reaches_the_stages_through_the_environment_only(
+    qt: QtProcesses, vk: valkey.Valkey, valkey_url: str, valkey_server
+) -> None:
+    secret = "pw-9f1c"
+    vk.config_set("requirepass", secret)
+    authed = valkey.Valkey(host="127.0.0.1", port=valkey_server.port, password=secret)
+    try:
+        env = {
+            **endpoints_env(),
+            "QT_VALKEY_URL": f"valkey://:{secret}@127.0.0.1:{valkey_server.port}/0",
+        }
+        proc = qt.start(*up_args(duration=None, rate=500), env=env)
+        stats = keys.stats_key("features", "features")
+        eventually(lambda: int(authed.hget(stats, "written") or 0) > 0, timeout=30, message="up")
+        pids = [int(authed.hget(keys.stats_key(s, n), "pid")) for s, n in
+                (("bridge", "default"), ("features", "features"))]  # fmt: skip
+        for pid in pids:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"--valkey" in argv and not any(secret.encode() in a for a in argv), argv
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"QT_VALKEY_PASSWORD={secret}".encode() in environ
+        finished = qt.stop(proc, signal.SIGTERM, timeout=60)
+        summary = summary_of(finished)
+        assert secret not in finished.stderr + finished.stdout
+        assert summary["stop_order"] == STAGES
+    finally:
+        authed.config_set("requirepass", "")
+        authed.close()
