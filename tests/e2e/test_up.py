@@ -235,6 +235,7 @@ def test_check_names_each_problem_on_one_line(qt: QtProcesses, tmp_path: Path) -
             ticks="tcp://127.0.0.1:notaport",
             book=f"tcp://127.0.0.1:{busy_port}",
         )
+        path.write_text(path.read_text().replace('set = "qt"', 'set = "qt9"'))
         started = time.monotonic()
         finished = qt.run("up", "-f", str(path), "--check")
         assert time.monotonic() - started < 20
@@ -242,11 +243,12 @@ def test_check_names_each_problem_on_one_line(qt: QtProcesses, tmp_path: Path) -
         busy.close()
     assert finished.returncode != 0
     errors = [line for line in finished.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 4, finished.stderr
-    assert "port 'notaport' is not a number" in errors[0]
-    assert f"port {busy_port} is in use" in errors[1]
-    assert "cannot reach Valkey" in errors[2]
-    assert errors[3].startswith(f"Error: model {junk}: ")
+    assert len(errors) == 5, finished.stderr
+    assert errors[0].startswith("Error: feature set: unknown feature set 'qt9'")
+    assert "port 'notaport' is not a number" in errors[1]
+    assert f"port {busy_port} is in use" in errors[2]
+    assert "cannot reach Valkey" in errors[3]
+    assert errors[4].startswith(f"Error: model {junk}: ")
     assert not (tmp_path / "qt-data" / "journal").exists()  # nothing was started
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from qt_cli.core import keys
 from qt_cli.core.errors import ExitCode, QtError
+from qt_cli.core.features.backfill import every_ns
+from qt_cli.core.features.catalog import feature_set
 from qt_cli.core.pipeline.spec import PipelineSpec, resolved_endpoints, split_password
 
 CHECK_TIMEOUT_S = 2.0
@@ -43,6 +45,8 @@ def check(spec: PipelineSpec, settings: Any, url: str | None) -> tuple[list[str]
 
     run("source", lambda: _source(spec))
     run("symbols", lambda: _symbols(spec))
+    run("feature set", lambda: f"{spec.set_name} ({len(feature_set(spec.set_name))} features)")
+    run("every", lambda: (every_ns(spec.every), spec.every)[1])
     ends = resolved_endpoints(spec, settings)
     bound = dict(BOUND)
     if spec.model:
