@@ -61,6 +61,11 @@ def shell_lines(spec: PipelineSpec, settings: Any) -> list[str]:
     lines = []
     if secret or settings.valkey_password:
         lines.append(f"# every stage needs {PASSWORD_ENV} in its environment")
+    if spec.source == "dll":
+        lines.append(
+            "# the feed needs PROFIT_ACTIVATION_KEY, PROFIT_USER and PROFIT_PASSWORD in its "
+            "environment (or a terminal to be prompted)"
+        )
     for command in stage_commands(spec, bare, settings, as_json=False):
         lines.append(command.shell())
     return lines
@@ -75,7 +80,7 @@ class LineSink:
         self.colour = colour
         self.log_dir = log_dir
         self._files: dict[str, IO[str]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: qt up's signal handler may write a line
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
 
