@@ -7,7 +7,7 @@ _qt_completion() {
         word="${COMP_WORDS[i]}"
         [[ "$word" == -* ]] && continue
         case "$path" in
-            "") case "$word" in config|feed|bridge|query|train|predict|cleanup|monitor|valkey|features|models) path="$word" ;; esac ;;
+            "") case "$word" in config|up|feed|bridge|query|train|predict|cleanup|monitor|valkey|features|models) path="$word" ;; esac ;;
             "valkey") case "$word" in start|stop|status) path="valkey $word" ;; esac ;;
             "features") case "$word" in catalog) path="features $word" ;; esac ;;
             "models") case "$word" in list|show|verify|import) path="models $word" ;; esac ;;
@@ -15,8 +15,9 @@ _qt_completion() {
     done
     local words=""
     case "$path" in
-        "") words="config feed bridge query train predict cleanup monitor valkey features models --help --log-level --valkey --version" ;;
+        "") words="config up feed bridge query train predict cleanup monitor valkey features models --help --log-level --valkey --version" ;;
         "config") words="--help --json" ;;
+        "up") words="--check --dll --duration --every --file --help --json --model --monitor --print --rate --replay --seed --set --sim --symbol -f -m -s" ;;
         "feed") words="--alpha --dll --duration --fsync --help --history-from --history-to --hwm --journal --journal-retention --json --linger --out --rate --replay --replay-journal --seed --sim --speed --start --stop-after --strict --symbol --time-unit -o -s" ;;
         "bridge") words="--batch-ms --batch-size --buffer --candles --catch-up --chunks --duration --help --hwm --in --json --maxlen --name --no-candles --no-catch-up --no-chunks --out --replay --replay-timeout --stop-after --symbol --time-unit --timeframe -i -o -s -t" ;;
         "query") words="--as-of --format --from --help --json --kind --limit --output --partial --set --symbol --to --tz -O -f -k -n -s" ;;

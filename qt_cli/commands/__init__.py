@@ -8,6 +8,11 @@ so `qt --help` stays instant.
 COMMANDS: list[tuple[str, str, str]] = [
     ("valkey", "valkey", "Start, stop and inspect the managed local Valkey server."),
     ("config", "config_cmd", "Show the resolved settings (flags > QT_* env > .env > defaults)."),
+    (
+        "up",
+        "up",
+        "The whole pipeline in one command: feed, bridge, features, predict, supervised.",
+    ),
     ("feed", "feed", "Capture DLL, replay or simulated market data; journal and publish it."),
     ("bridge", "bridge", "Store ZeroMQ events in Valkey streams exactly once, with candles."),
     ("query", "query", "Time travel: stored ticks, book, candles, features… by range or instant."),
