@@ -397,6 +397,43 @@ def test_with_a_model_predict_scores_every_warm_vector_once_across_a_sigkill(
     for symbol in SYMBOLS:
         assert vk.xlen(keys.stream_key("predictions", symbol)) > 0, symbol
     assert "[predict] " in finished.stderr
+    latencies = assert_lineage(vk)
+    assert len(latencies) == signals
+    # Every signal comes after its tick; half within a few seconds, though the predict stage
+    # was killed and restarted (0.5 s backoff, a second of start-up) and vectors close every
+    # 250 ms of event time.
+    assert min(latencies) > 0 and sorted(latencies)[len(latencies) // 2] < 5_000
+
+
+def assert_lineage(vk: valkey.Valkey) -> list[float]:
+    """Each signal traces back to its feature vector and its tick, every derived stream is in
+    event-time order; returns each signal's tick -> signal latency in ms (signal ts_init - tick
+    ts_init, both stamped on this host)."""
+    from qt_cli.core.events import decode_fields
+
+    out = []
+    for symbol in SYMBOLS:
+        for kind in ("candles:1m", "features", "predictions", "signals"):
+            times = [int(f[b"ts_event"]) for _, f in vk.xrange(keys.stream_key(kind, symbol))]
+            assert times == sorted(times), (kind, symbol)
+        ticks = {}
+        for _, f in vk.xrange(keys.stream_key("ticks", symbol)):
+            tick = decode_fields(f)
+            ticks[(tick.session, tick.seq)] = tick
+        vectors = {}
+        for _, f in vk.xrange(keys.stream_key("features", symbol)):
+            vector = decode_fields(f)
+            vectors[(vector.session, vector.seq)] = vector
+        for _, f in vk.xrange(keys.stream_key("signals", symbol)):
+            sig = decode_fields(f)
+            vector_session, rest = sig.session.rsplit("/", 1)  # <vector session>/<model>.signal
+            assert rest.endswith(".signal"), sig.session
+            vector = vectors[(vector_session, sig.seq)]
+            assert vector.warm and vector.ts_event == sig.ts_event
+            tick = ticks[(vector_session.removeprefix("features."), sig.seq)]
+            assert tick.ts_event == vector.ts_event and tick.symbol == symbol
+            out.append((sig.ts_init - tick.ts_init) / 1e6)
+    return out
 
 
 def test_the_valkey_password_reaches_the_stages_through_the_environment_only(
