@@ -14,7 +14,7 @@ from qt_cli.output import emit_json, is_terminal, out_console, say, warn
 BACKFILL_HELP = """\
 Compute feature vectors over stored history (trades and price-book events read back from Valkey).
 
-`qt features --from T --to T --symbol SYM --output FILE` reads the symbols' (default: every symbol with stored trades) stored trades and price-book events in [--from, --to] through the query API, merges them in the order the live stage receives them (event time; trades before book events at equal times; stored order), feeds the incremental engine and writes the vectors of --set (default qt) to --output: .parquet or .csv (one row per vector: symbol, ts_event, time, feature_set, catalog_version, warm, then one column per feature in the set's order) or .jsonl (the wire FeatureVector event, one per line).
+`qt features --from T --to T --symbol SYM --output FILE` reads the symbols' (default: every symbol with stored trades) stored trades and price-book events in [--from, --to] through the query API, merges them in the order the live stage receives them (event time; trades before book events at equal times; stored order), feeds the incremental engine and writes the vectors of --set (default qt) to --output: .parquet or .csv (one row per vector: symbol, ts_event, time, feature_set, catalog_version, warm, then one column per feature in the set's order) or .jsonl (the wire FeatureVector event, one per line). With --out valkey://HOST:6379 instead of --output, the vectors go to stream:features:{SYMBOL} exactly once, under the identities the live stage gives them (so a backfill and a live stage over the same range store each vector once; the last period's vector is written once a later trade closes it, as live).
 
 --every picks which vectors are kept: trade (every trade's vector, the training granularity), candle (the last vector of each 1-minute period), or a period such as 250ms, 1s (the default: at most one vector per symbol and second), 5s, 1m. Times as in qt query (--tz, default America/Sao_Paulo). A progress bar shows on a terminal (stderr); --json prints the summary (counts, bytes, seconds).
 
@@ -25,6 +25,8 @@ Subcommands: catalog (the feature catalog and its sets).
 Example: qt features --in valkey://127.0.0.1:6379 --symbol WDOQ25 --every 1s
 
 Example: qt features --from 2025-08-04T09:00 --to 2025-08-04T18:00 --symbol WDOQ25 --every 1s --output features.parquet
+
+Example: qt features --from 2025-08-04 --to 2025-08-05 --symbol WDOQ25 --out valkey://127.0.0.1:6379   (then qt train reads them)
 """
 
 CATALOG_HELP = """\
@@ -201,19 +203,31 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 emit_json(totals)
             return
 
-        if start is None and output is None:
+        if start is None and output is None and not outputs:
             typer.echo(ctx.get_help())
             raise typer.Exit(0)
-        if start is None or output is None:
+        if start is None or (output is None) == (not outputs):
             raise UsageError(
-                "a backfill needs --from and --output, e.g. qt features --from 2025-08-04 "
-                "--to 2025-08-05 --symbol WDOQ25 --output features.parquet"
+                "a backfill needs --from and one of --output FILE or --out valkey://…, e.g. qt "
+                "features --from 2025-08-04 --to 2025-08-05 --symbol WDOQ25 --output features.parquet"
             )
         from qt_cli.commands.query import _Bar
         from qt_cli.core import config, store
         from qt_cli.core.features import backfill
 
         settings = config.current()
+        writer = None
+        if outputs:
+            from qt_cli.core.endpoints import parse_endpoint
+            from qt_cli.core.store.writer import StreamWriter
+
+            eps = [parse_endpoint(x) for x in outputs]
+            if len(eps) != 1 or eps[0].kind != "valkey":
+                raise UsageError("a backfill writes to one --out valkey://… (or --output FILE)")
+            writer = StreamWriter(
+                store.connect(eps[0], password=settings.valkey_password or ""),
+                maxlen=settings.maxlen,
+            )
         client = store.connect_settings(settings, say=say)
         bar = _Bar(is_terminal(sys.stderr), "features")
         try:
@@ -223,6 +237,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 start=start,
                 end=end,
                 output=output,
+                writer=writer,
                 set_name=set_name,
                 every=every,
                 tz=tz or settings.timezone,
@@ -234,11 +249,16 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         if as_json:
             emit_json(summary)
         else:
+            where = (
+                f"to {output} ({summary['bytes']:,} bytes)"
+                if output is not None
+                else f"to stream:features:{{SYM}} (written {summary['written']:,}, duplicates "
+                f"{summary['duplicates']:,})"
+            )
             say(
                 f"{summary['vectors']:,} vectors ({summary['warm_vectors']:,} warm) of "
                 f"{summary['feature_set']} from {summary['trades']:,} trades and "
-                f"{summary['book_events']:,} book events to {output} "
-                f"({summary['bytes']:,} bytes), {summary['seconds']:.2f} s"
+                f"{summary['book_events']:,} book events {where}, {summary['seconds']:.2f} s"
             )
 
     @group.command("catalog", help=CATALOG_HELP)

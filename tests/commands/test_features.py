@@ -59,3 +59,22 @@ def test_live_stage_usage_errors_are_one_line() -> None:
         assert result.exit_code == 2, (args, result.output)
         assert result.stderr.startswith(start), (args, result.stderr)
         assert "Traceback" not in result.output
+
+
+def test_backfill_output_usage_errors_are_one_line() -> None:
+    cases = [
+        (["--from", "2025-08-04"], "Error: a backfill needs --from and one of --output"),
+        (["--out", "valkey://127.0.0.1:1"], "Error: a backfill needs --from"),
+        (
+            ["--from", "2025-08-04", "--output", "f.parquet", "--out", "valkey://127.0.0.1:1"],
+            "Error: a backfill needs --from and one of --output",
+        ),
+        (
+            ["--from", "2025-08-04", "--out", "tcp://127.0.0.1:1"],
+            "Error: a backfill writes to one --out valkey://",
+        ),
+    ]
+    for args, start in cases:
+        result = runner.invoke(app, ["features", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.startswith(start), (args, result.stderr)

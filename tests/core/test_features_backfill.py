@@ -145,7 +145,7 @@ def test_backfill_command_writes_parquet_csv_and_jsonl(stored, vk, cli, tmp_path
 def test_backfill_command_errors(valkey_url, cli, tmp_path):
     result = cli.invoke(app, ["features", "--from", "2025-07-01", "-s", "WDOQ25"])
     assert result.exit_code != 0
-    assert "a backfill needs --from and --output" in result.stderr
+    assert "a backfill needs --from and one of --output" in result.stderr
     result = cli.invoke(
         app,
         ["features", "--from", "2025-07-01", "-s", "WDOQ25", "--output", str(tmp_path / "x.txt")],

@@ -117,6 +117,14 @@ def test_live_vectors_equal_the_backfill_of_the_same_stored_range(
     assert_once_each(live)
     assert totals["stopped_by"] == "SIGINT"
     assert totals["written"] == totals["vectors"] == len(live)
+    # A backfill into the stream gives each vector the live stage's identity: nothing new.
+    filled = qt.run(
+        "features", "--from", "2000-01-01", "--to", "2100-01-01", "--symbol", SYMBOL,
+        "--every", "1s", "--out", valkey_url, "--json",
+    )  # fmt: skip
+    assert filled.returncode == 0, filled.output
+    summary = json.loads(filled.stdout)
+    assert summary["written"] == 0 and summary["duplicates"] == len(live) == summary["vectors"]
     assert totals["trades"] == feed["by_kind"]["tick"]
     assert totals["not_warm"] == sum(1 for e, _ in live if not e.warm)
     assert totals["counters"]["trades"] == totals["trades"]

@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import time_ns
 from typing import Any
 
 from qt_cli.core import events, keys, query
@@ -33,6 +34,7 @@ from qt_cli.core.chunks import AGGRESSOR_NAMES
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_MS, NS_PER_S, BookUpdate, Trade
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
+from qt_cli.core.store.writer import event_values
 
 TRADE, BOOK = 0, 1
 DEFAULT_EVERY = "1s"
@@ -217,8 +219,11 @@ def backfill(
     stats: BackfillStats | None = None,
     progress: Progress | None = None,
     events: Iterator[Trade | BookUpdate] | None = None,
+    flush: bool = True,
 ) -> Iterator[FeatureVector]:
-    """Vectors of `engine`'s set over the stored range, sampled by `every` (see the module doc)."""
+    """Vectors of `engine`'s set over the stored range, sampled by `every` (see the module doc).
+    `flush=False` leaves out the last period's vector when no event of a later period closed it
+    (a live stage writes that one only once its period closes)."""
     period = every_ns(every)
     stats = stats if stats is not None else BackfillStats()
     kinds = ("ticks", "book") if engine.uses_book else ("ticks",)
@@ -246,7 +251,7 @@ def backfill(
         stats.last_ns = ts
         if progress is not None and n % 4096 == 0:
             progress(ts, n)
-    for kept, _ in sampler.flush():
+    for kept, _ in sampler.flush() if flush else ():
         yield _count(stats, kept)
     stats.counters = dict(engine.counters)
     if progress is not None:
@@ -263,6 +268,61 @@ def _count(stats: BackfillStats, vector: FeatureVector) -> FeatureVector:
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 WRITE_BATCH = 20_000
+
+
+def store_events(writer: Any, out: Sequence[events.FeatureVector]) -> tuple[int, int]:
+    """Store vectors in their `stream:features:{SYM}` through the one writer path (`qt_append`,
+    deduplicated on each vector's session/seq); also `timestamp_ms`, which the seed guide's
+    readers take. Returns (written, duplicates); raises unless all were stored."""
+    batches: dict[str, Any] = {}
+    for event in out:
+        key = keys.stream_key("features", event.symbol)
+        batch = batches.get(key)
+        if batch is None:
+            batch = batches[key] = writer.batch(key)
+        names, values = event_values(event)
+        ms = event.ts_event // NS_PER_MS
+        batch.add((*names, "timestamp_ms"), (*values, str(ms)), ms)
+    written = duplicates = 0
+    for result in writer.append_many(batches.values()):
+        written += result.written
+        duplicates += result.duplicates
+    return written, duplicates
+
+
+def write_stream(
+    vectors: Iterator[FeatureVector], writer: Any, batch: int = 2_000
+) -> tuple[int, int]:
+    """Store backfilled vectors as the live stage does (`store_events`, `stream_identity`)."""
+    from dataclasses import replace
+
+    written = duplicates = 0
+    pending: list[events.FeatureVector] = []
+    for vector in vectors:
+        session, seq = stream_identity(vector)
+        pending.append(replace(to_event(vector, ts_init=time_ns()), session=session, seq=seq))
+        if len(pending) >= batch:
+            w, d = store_events(writer, pending)
+            written, duplicates, pending = written + w, duplicates + d, []
+    if pending:
+        w, d = store_events(writer, pending)
+        written, duplicates = written + w, duplicates + d
+    return written, duplicates
+
+
+def stream_identity(vector: FeatureVector) -> tuple[str, int]:
+    """The (session, seq) the live stage stores `vector` under: derived from the trade it was
+    computed at (`stage.derived.derived_identity` of that trade's entry)."""
+    from qt_cli.core.stage.derived import derived_session
+
+    trade = vector.lineage.get("trade") or {}
+    session, seq = trade.get("session") or "", int(trade.get("seq") or 0)
+    if not session or seq <= 0:
+        raise UsageError(
+            "the stored trades carry no session/seq (written by a seed-era tool): their vectors "
+            "cannot take the live stage's identities; write them to a file with --output"
+        )
+    return derived_session("features", session), seq
 
 
 def to_event(vector: FeatureVector, *, ts_init: int = 0) -> events.FeatureVector:
@@ -373,17 +433,23 @@ def run(
     symbols: Sequence[str],
     start: query.TimeInput,
     end: query.TimeInput,
-    output: Path,
+    output: Path | None = None,
+    writer: Any = None,
     set_name: str = "qt",
     every: str = DEFAULT_EVERY,
     tz: str | None = None,
     progress: Callable[[float, int], None] | None = None,
 ) -> dict[str, Any]:
-    """`qt features --from … --to …`: vectors over stored history into a file; the summary."""
+    """`qt features --from … --to …`: vectors over stored history into a file (`output`) or into
+    the features streams (`writer`, a StreamWriter: exactly once, under the live stage's
+    identities; the last period's vector only once a later trade in the range closed it, as
+    live); the summary."""
     import time
 
     request = query.make_request("ticks", symbols=symbols, start=start, end=end, tz=tz)
-    fmt = output_format(output)
+    if (output is None) == (writer is None):
+        raise UsageError("a backfill writes to --output FILE or to --out valkey://…")
+    fmt = output_format(output) if output is not None else "stream"
     every_ns(every)
     chosen = tuple(query.resolve_symbols(client, request))  # UsageError naming what is stored
     if not chosen:
@@ -408,8 +474,14 @@ def run(
         every=every,
         stats=stats,
         progress=on_progress,
+        flush=writer is None,
     )
-    written = write_vectors(vectors, output, engine.names, fmt=fmt)
+    stored = (0, 0)
+    if output is not None:
+        written = write_vectors(vectors, output, engine.names, fmt=fmt)
+    else:
+        written = Written()
+        stored = write_stream(vectors, writer)
     seconds = time.perf_counter() - started
     return {
         "symbols": list(chosen),
@@ -425,9 +497,11 @@ def run(
         "warm_vectors": stats.warm_vectors,
         "first_ns": stats.first_ns,
         "last_ns": stats.last_ns,
-        "output": str(output),
+        "output": str(output) if output is not None else "stream:features:{SYMBOL}",
         "format": fmt,
         "bytes": written.bytes,
+        "written": stored[0] if writer is not None else written.rows,
+        "duplicates": stored[1],
         "seconds": round(seconds, 3),
         "events_per_s": round((stats.trades + stats.book_events) / seconds, 1) if seconds else None,
         "counters": stats.counters,

@@ -81,6 +81,13 @@ receives them in:
 Tests prove that the backfill over a session stored through the real bridge equals feeding the
 same events to the engine directly (same timestamps, values within 1e-9, same warm flags).
 
+Output: `--output FILE` (parquet, csv, jsonl), or `--out valkey://…`: the vectors go to
+`stream:features:{{SYM}}` through the live stage's writer path (`backfill.store_events`), each
+under the identity the live stage gives it (`backfill.stream_identity`: session
+`features.<trade session>`, the trade's seq, from the vector's lineage), so a backfill and a live
+stage over the same range store each vector once (`qt train` then reads them). The last
+period's vector is written only once a later trade in the range closes its period, as live.
+
 `--every` picks the vectors kept: `trade` (every trade's vector: the training granularity of
 the users' models), `candle` (the last vector of each 1-minute period) or a period (`250ms`,
 `1s`, `5s`, …; the last vector of each period per symbol, emitted when a later event arrives or

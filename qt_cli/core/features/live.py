@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qt_cli.core import keys
-from qt_cli.core.events import NS_PER_MS, BookUpdate, Trade
-from qt_cli.core.features.backfill import Sampler, every_ns, to_event
+from qt_cli.core.events import BookUpdate, Trade
+from qt_cli.core.features.backfill import Sampler, every_ns, store_events, to_event
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
 from qt_cli.core.stage.derived import derived_identity
 from qt_cli.core.stage.inputs import ZmqInput
@@ -34,7 +34,7 @@ from qt_cli.core.stage.lifecycle import StopFlag
 from qt_cli.core.stage.stats import RateMeter, StatsPublisher
 from qt_cli.core.store import ConnectionFailure
 from qt_cli.core.store.reader import SourceEntry
-from qt_cli.core.store.writer import StreamWriter, event_values
+from qt_cli.core.store.writer import StreamWriter
 
 STAGE = "features"
 TRADE, BOOK = 0, 1
@@ -276,18 +276,9 @@ class LiveFeatures(StopFlag):
             session, seq = derived_identity(STAGE, entry)
             out.append(replace(to_event(vector, ts_init=now), session=session, seq=seq))
         if self.writer is not None:
-            batches: dict[str, Any] = {}
-            for event in out:
-                key = keys.stream_key("features", event.symbol)
-                batch = batches.get(key)
-                if batch is None:
-                    batch = batches[key] = self.writer.batch(key)
-                names, values = event_values(event)
-                ms = event.ts_event // NS_PER_MS  # the seed guide's readers take timestamp_ms
-                batch.add((*names, "timestamp_ms"), (*values, str(ms)), ms)
-            for result in self.writer.append_many(batches.values()):  # raises unless all stored
-                self.stats.written += result.written
-                self.stats.duplicates += result.duplicates
+            written, duplicates = store_events(self.writer, out)  # raises unless all stored
+            self.stats.written += written
+            self.stats.duplicates += duplicates
         for sink in self.sinks:
             sink.send(out)
         self.stats.vectors += len(out)
