@@ -17,7 +17,7 @@ _qt_completion() {
     case "$path" in
         "") words="config up feed bridge query train predict cleanup monitor valkey features models --help --log-level --valkey --version" ;;
         "config") words="--help --json" ;;
-        "up") words="--check --dll --duration --every --file --help --json --model --monitor --print --rate --replay --seed --set --sim --symbol -f -m -s" ;;
+        "up") words="--alpha --check --dll --duration --every --file --help --json --model --monitor --print --rate --replay --seed --set --sim --symbol -f -m -s" ;;
         "feed") words="--alpha --dll --duration --fsync --help --history-from --history-to --hwm --journal --journal-retention --json --linger --out --rate --replay --replay-journal --seed --sim --speed --start --stop-after --strict --symbol --time-unit -o -s" ;;
         "bridge") words="--batch-ms --batch-size --buffer --candles --catch-up --chunks --duration --help --hwm --in --json --maxlen --name --no-candles --no-catch-up --no-chunks --out --replay --replay-timeout --stop-after --symbol --time-unit --timeframe -i -o -s -t" ;;
         "query") words="--as-of --format --from --help --json --kind --limit --output --partial --set --symbol --to --tz -O -f -k -n -s" ;;

@@ -18,6 +18,7 @@ complete -c qt -n '__fish_use_subcommand' -l valkey
 complete -c qt -n '__fish_use_subcommand' -l version
 complete -c qt -n '__fish_seen_subcommand_from config' -l help
 complete -c qt -n '__fish_seen_subcommand_from config' -l json
+complete -c qt -n '__fish_seen_subcommand_from up' -l alpha
 complete -c qt -n '__fish_seen_subcommand_from up' -l check
 complete -c qt -n '__fish_seen_subcommand_from up' -l dll
 complete -c qt -n '__fish_seen_subcommand_from up' -l duration

@@ -58,6 +58,14 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             int | None,
             typer.Option("--seed", help="--sim: random seed.", show_default=False),
         ] = None,
+        alpha: Annotated[
+            float | None,
+            typer.Option(
+                "--alpha",
+                help="--sim: plant an order-flow signal of this strength (as qt feed --alpha).",
+                show_default=False,
+            ),
+        ] = None,
         set_name: Annotated[
             str | None,
             typer.Option("--set", help="Feature set (default qt).", show_default=False),
@@ -103,13 +111,16 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             duration=duration,
             rate=rate,
             seed=seed,
+            alpha=alpha,
             set_name=set_name,
             every=every,
         )
         if monitor and as_json:
             raise UsageError("--monitor draws on stdout; --json would mix with it: choose one")
-        if spec.source != "sim" and (spec.rate is not None or spec.seed is not None):
-            raise UsageError("--rate and --seed apply to --sim only")
+        if spec.source != "sim" and (
+            spec.rate is not None or spec.seed is not None or spec.alpha is not None
+        ):
+            raise UsageError("--rate, --seed and --alpha apply to --sim only")
         if print_only:
             for line in pipeline.shell_lines(spec, settings):
                 sys.stdout.write(line + "\n")

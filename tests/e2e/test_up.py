@@ -159,7 +159,7 @@ def test_print_shows_one_shell_command_per_stage_and_starts_nothing(
 ) -> None:
     env = {**endpoints_env(), "QT_VALKEY_URL": "valkey://qt:s3cret@127.0.0.1:1/0"}
     model = tmp_path / "my model.qtm"
-    finished = qt.run(*up_args("--print", "--model", str(model)), env=env)
+    finished = qt.run(*up_args("--print", "--model", str(model), "--alpha", "0.3"), env=env)
     assert finished.returncode == 0, finished.output
     lines = finished.stdout.splitlines()
     assert lines[0] == "# every stage needs QT_VALKEY_PASSWORD in its environment"
@@ -168,7 +168,7 @@ def test_print_shows_one_shell_command_per_stage_and_starts_nothing(
     assert all(c[:3] == ["qt", "--valkey", "valkey://qt@127.0.0.1:1/0"] for c in commands)
     assert "s3cret" not in finished.stdout + finished.stderr
     feed, bridge, features, predict = commands
-    assert feed[4:10] == ["--sim", "--rate", "2000", "--seed", "3", "--symbol"]
+    assert feed[4:12] == ["--sim", "--rate", "2000", "--seed", "3", "--alpha", "0.3", "--symbol"]
     assert f"ticks={env['QT_TICKS_ENDPOINT']}" in feed
     assert bridge[bridge.index("--replay") + 1] == env["QT_REPLAY_ENDPOINT"]
     assert features[features.index("--in") + 1] == "valkey://qt@127.0.0.1:1/0"

@@ -38,6 +38,7 @@ FILE_KEYS = (
     "duration",
     "rate",
     "seed",
+    "alpha",
     "endpoints",
     "args",
 )
@@ -57,6 +58,7 @@ class PipelineSpec:
     duration: str = ""
     rate: float | None = None
     seed: int | None = None
+    alpha: float | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
     args: dict[str, tuple[str, ...]] = field(default_factory=dict)
     origin: str = "flags"  # the file it came from, for messages
@@ -144,6 +146,9 @@ def spec_from_file(path: Path) -> PipelineSpec:
         raise UsageError(f"{where}: rate: expected a number, got {rate!r}")
     if seed is not None and not isinstance(seed, int):
         raise UsageError(f"{where}: seed: expected a whole number, got {seed!r}")
+    alpha = data.get("alpha")
+    if alpha is not None and not isinstance(alpha, int | float):
+        raise UsageError(f"{where}: alpha: expected a number, got {alpha!r}")
     duration = data.get("duration", "")
     return PipelineSpec(
         source=source,
@@ -156,6 +161,7 @@ def spec_from_file(path: Path) -> PipelineSpec:
         duration=str(duration) if duration else "",
         rate=float(rate) if rate is not None else None,
         seed=seed,
+        alpha=float(alpha) if alpha is not None else None,
         endpoints={k: str(v) for k, v in endpoints.items()},
         args=extra,
         origin=where,
@@ -243,6 +249,8 @@ def stage_commands(
             feed += ["--rate", f"{spec.rate:g}"]
         if spec.seed is not None:
             feed += ["--seed", str(spec.seed)]
+        if spec.alpha is not None:
+            feed += ["--alpha", f"{spec.alpha:g}"]
     else:
         feed += [f"--{spec.source}", spec.path]
     if spec.symbols:
