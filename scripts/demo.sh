@@ -81,10 +81,11 @@ import json, sys
 summary = json.load(open(sys.argv[1]))
 for name, stage in summary["stages"].items():
     totals = stage.get("totals") or {}
-    keys = ("published", "written", "vectors", "predictions", "signals")
+    keys = ("events", "written", "vectors", "predictions", "signals")
     shown = ", ".join(f"{k} {totals[k]:,}" for k in keys if isinstance(totals.get(k), int))
     print(f"  {name:9} exit {stage['exit_code']}, restarts {stage['restarts']}: {shown}")
 EOF
 
 say "qt query: the last minute of WDOQ25 signals (simulated market; not trading advice)"
-qt query --symbol WDOQ25 --kind signals --from -1m --to now --format csv | tail -n 8
+qt query --symbol WDOQ25 --kind signals --from -1m --to now --format csv >"$work/signals.csv"
+cut -d, -f1,5-9 "$work/signals.csv" | { head -n 1; tail -n 8; }

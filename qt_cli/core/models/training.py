@@ -22,6 +22,7 @@ frequent class, with its class frequencies as probabilities).
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,9 +253,14 @@ def metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     precision, recall, _, support = precision_recall_fscore_support(
         y, pred, labels=list(CLASS_VALUES), zero_division=0
     )
+    with warnings.catch_warnings():
+        # A test fold without one of the classes: balanced accuracy averages the recall of the
+        # classes present (scikit-learn says so in a warning on every such fold).
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        balanced = float(balanced_accuracy_score(y, pred))
     return {
         "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "balanced_accuracy": balanced,
         "log_loss": float(log_loss(y, clipped, labels=list(CLASS_VALUES))),
         "per_class": {
             bundles.CLASS_NAMES[c]: {
