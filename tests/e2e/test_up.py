@@ -259,7 +259,7 @@ def test_a_bad_pipeline_file_is_one_line(qt: QtProcesses, tmp_path: Path) -> Non
     assert finished.returncode == 2
     assert finished.stderr.strip().splitlines() == [
         f"Error: {path}: unknown key 'symbol' (known: source, dll, replay, symbols, valkey, set, "
-        "every, model, duration, rate, seed, endpoints, args; see docs/up.md)"
+        "every, model, duration, rate, seed, alpha, endpoints, args; see docs/up.md)"
     ]
     path.write_text("source = \n")
     finished = qt.run("up", "-f", str(path), "--print")
