@@ -252,7 +252,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             where = (
                 f"to {output} ({summary['bytes']:,} bytes)"
                 if output is not None
-                else f"to stream:features:{{SYM}} (written {summary['written']:,}, duplicates "
+                else f"to {summary['output']} (written {summary['written']:,}, duplicates "
                 f"{summary['duplicates']:,})"
             )
             say(

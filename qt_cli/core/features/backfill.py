@@ -497,7 +497,7 @@ def run(
         "warm_vectors": stats.warm_vectors,
         "first_ns": stats.first_ns,
         "last_ns": stats.last_ns,
-        "output": str(output) if output is not None else "stream:features:{SYMBOL}",
+        "output": str(output) if output is not None else keys.stream_key("features", "SYMBOL"),
         "format": fmt,
         "bytes": written.bytes,
         "written": stored[0] if writer is not None else written.rows,
