@@ -1,11 +1,15 @@
 """Benchmarks write their section of BENCHMARKS.md through here, one marked section each.
 
 Usage inside a benchmark: `write_section("bridge", markdown_text)`. A re-run replaces only its
-own section, so benchmarks can run alone or all together (`make bench`).
+own section, so benchmarks can run alone or all together (`make bench`). Each benchmark also
+`record`s its headline figures (ours, the raw ceiling measured in the same run, the target, the
+seed guide's target) in benchmarks/results.json; `python -m benchmarks.summary` (the last step
+of `make bench`) writes them as the summary table at the top of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -15,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "BENCHMARKS.md"
+RESULTS = ROOT / "benchmarks" / "results.json"
 HEADER = """# Benchmarks
 
 Measured by `make bench` (or one `python -m benchmarks.bench_<name>`); each section compares qt
@@ -56,3 +61,34 @@ def write_section(name: str, body: str) -> None:
         else f"{text.rstrip()}\n\n{block}\n"
     )
     REPORT.write_text(text)
+
+
+def record(
+    bench: str,
+    figure: str,
+    ours: float,
+    unit: str,
+    *,
+    ceiling: float | None = None,
+    target: str = "",
+    met: bool | None = None,
+    seed_target: str = "",
+) -> None:
+    """One headline figure of `bench` for the summary: ours and the raw ceiling (same unit,
+    same run), the target and whether it is met, the seed guide's target where it has one."""
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    rows = [r for r in data.get(bench, []) if r["figure"] != figure]
+    rows.append(
+        {
+            "figure": figure,
+            "ours": ours,
+            "unit": unit,
+            "ceiling": ceiling,
+            "target": target,
+            "met": met,
+            "seed_target": seed_target,
+            "measured": datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+    )
+    data[bench] = rows
+    RESULTS.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
