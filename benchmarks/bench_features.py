@@ -629,6 +629,142 @@ def measure_backfill() -> dict:
     return out
 
 
+# --- live throughput of one worker ----------------------------------------------------------------
+
+LIVE_TRADES = 60_000
+
+
+def _store_day(directory, n_trades: int, url: str) -> tuple[int, int, float]:
+    """A seeded simulated day's first `n_trades` trades and their price-book events, stored
+    through the real bridge (`maxlen 0`) into the valkey-server at `url`; (trades, book, s)."""
+    from qt_cli.core.bridge import BridgeConfig, run_bridge
+    from qt_cli.core.files import JsonLinesSink
+    from qt_cli.core.sources.sim import SimConfig
+
+    start = int(pd.Timestamp("2025-08-04T09:00", tz="America/Sao_Paulo").value)
+    path = directory / "day.jsonl"
+    sink = JsonLinesSink(path)
+    trades = book = 0
+    config = SimConfig(symbols=(SYMBOL,), seed=42, rate=0, start_ns=start, duration_s=9 * 3600)
+    for batch in _numbered_sim(config):
+        kept = []
+        for event in batch:
+            if trades >= n_trades:
+                break
+            if isinstance(event, Trade):
+                trades += 1
+            elif isinstance(event, BookUpdate):
+                book += 1
+            kept.append(event)
+        sink.send(kept)
+        if trades >= n_trades:
+            break
+    sink.close()
+    spill = directory / "spill"
+    spill.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    bridge = run_bridge(BridgeConfig(inputs=(str(path),), output=url, spill_dir=spill, maxlen=0))
+    try:
+        bridge.run()
+    finally:
+        bridge.close()
+    return trades, book, time.perf_counter() - t0
+
+
+def _drain(step, received) -> tuple[float, float]:
+    """Call `step` until a call receives nothing more; (wall s, CPU s) up to the last entry."""
+    gc.collect()
+    w0, c0 = time.perf_counter(), time.process_time()
+    w1, c1 = w0, c0
+    while True:
+        before = received()
+        step()
+        if received() == before:
+            return w1 - w0, c1 - c0
+        w1, c1 = time.perf_counter(), time.process_time()
+
+
+def measure_live() -> dict:
+    """One worker's live throughput (`LiveFeatures`, `--every trade`) over a stored session,
+    read from the start of its streams, against a bare XREAD + decode loop over the same
+    streams (`StreamSource.read_entries`, no features) in the same run."""
+    import tempfile
+    from pathlib import Path
+
+    import valkey
+
+    from qt_cli.core import keys
+    from qt_cli.core.features.live import LiveFeatures, open_live
+    from qt_cli.core.io import open_source
+    from qt_cli.core.store.managed import ManagedValkey, free_port
+
+    out: dict = {"rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        server = ManagedValkey(directory / "valkey", port=free_port())
+        status = server.start()
+        try:
+            url = status.url
+            trades, book, store_s = _store_day(directory, LIVE_TRADES, url)
+            out.update(trades=trades, book=book, store_s=store_s)
+            client = valkey.Valkey(host="127.0.0.1", port=status.port)
+            features_key = keys.stream_key("features", SYMBOL)
+            for set_name in ("qt", "seed65"):
+                engine = FeatureEngine(set_name)
+                kinds = ("ticks", "book") if engine.uses_book else ("ticks",)
+                # the raw baseline: XREAD + decode of the same streams, nothing else
+                source = open_source(url, symbols=[SYMBOL], kinds=kinds, start="0")
+                n = {"entries": 0}
+
+                def read(source=source, n=n) -> None:
+                    n["entries"] += len(source.read_entries(0.001))
+
+                raw_s, raw_cpu = _drain(read, lambda n=n: n["entries"])
+                source.close()
+                row = {
+                    "set": set_name,
+                    "kinds": kinds,
+                    "entries": n["entries"],
+                    "raw_s": raw_s,
+                    "raw_cpu": raw_cpu,
+                }
+                for out_name in ("none", "valkey"):
+                    client.delete(features_key, keys.hwm_key(features_key))
+                    if out_name == "valkey":
+                        stage = open_live(
+                            [url], [url], symbols=[SYMBOL], set_name=set_name, every="trade"
+                        )
+                    else:
+                        stage = LiveFeatures(
+                            open_source(url, symbols=[SYMBOL], kinds=kinds, start="0"),
+                            None,
+                            engine=FeatureEngine(set_name, symbols=(SYMBOL,)),
+                            symbols=[SYMBOL],
+                            every="trade",
+                        )
+                    try:
+                        wall, cpu = _drain(stage._step, lambda stage=stage: stage.stats.received)
+                    finally:
+                        stage.close()
+                        if stage.writer is not None:
+                            stage.writer.client.close()
+                    row[out_name] = {
+                        "s": wall,
+                        "cpu": cpu,
+                        "trades": stage.stats.trades,
+                        "book": stage.stats.book_events,
+                        "vectors": stage.stats.vectors,
+                        "written": stage.stats.written,
+                    }
+                out["rows"].append(row)
+                print("live", set_name, row)
+            out["load"] = os.getloadavg()[0]
+            client.close()
+        finally:
+            server.stop()
+    return out
+
+
 def main() -> None:
     history = measure_history()
     print("history", history)

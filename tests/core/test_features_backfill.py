@@ -16,7 +16,14 @@ from qt_cli.core import keys, query
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import FeatureVector as WireVector
 from qt_cli.core.events import decode_fields
-from qt_cli.core.features.backfill import backfill, every_ns, stored_events, to_event
+from qt_cli.core.features.backfill import (
+    _book_events,
+    _books,
+    backfill,
+    every_ns,
+    stored_events,
+    to_event,
+)
 from qt_cli.core.features.catalog import SETS
 from qt_cli.core.features.engine import FeatureEngine
 from tests.core.features_stored import SYMBOLS, engine_order, simulate, store
@@ -69,6 +76,45 @@ def test_stored_events_come_back_in_engine_order(stored, vk):
         a[0] == b[0] and a[1] == "BookUpdate" and b[1] == "Trade"
         for a, b in zip(kinds, kinds[1:], strict=False)
     )
+
+
+def _frame_way_book_events(vk, symbol):
+    """The price-book events as the query API's frames give them (the backfill's former read)."""
+    request = query.make_request("book", symbols=[symbol], start=ALL[0], end=ALL[1])
+    return [e for frame, _ in query.pages(vk, request) for _, _, _, e in _books(frame)]
+
+
+def test_book_read_gives_the_events_of_the_query_frames(stored, vk):
+    """The direct read of the book stream (no DataFrame) gives what the query frames gave: the
+    same entries in the same order, the same values, also for entries of other kinds, another
+    program's entry, an entry missing fields or with unreadable ones, and a late entry."""
+    symbol = SYMBOLS[0]
+    key = keys.stream_key("book", symbol)
+    last_id, last = vk.xrevrange(key, count=1)[0]
+    ts = int(last[b"ts_event"])
+    base = {
+        k.decode(): v
+        for k, v in vk.xrange(key, count=1)[0][1].items()
+        if k != b"levels" or v  # the first entry is a full book
+    }
+    late = {**base, "action": b"add", "levels": b"", "price": b"5100.5", "seq": b"900001"}
+    late["ts_event"] = str(int(base["ts_event"]) + 1).encode()  # far older than the stream's end
+    vk.xadd(key, late)
+    vk.xadd(key, {"init": "true"})  # the seed guide's marker
+    missing = {k: v for k, v in late.items() if k not in ("count", "session")}
+    vk.xadd(key, {**missing, "ts_event": str(ts).encode(), "seq": b"900002"})
+    odd = {**late, "ts_event": str(ts).encode(), "quantity": b"1.5", "price": b"x", "seq": b"3"}
+    vk.xadd(key, {**odd, "levels": b"[[1.0, 2, 3]"})  # position unreadable, levels not JSON
+    vk.xadd(key, {**late, "ts_event": str(ts).encode(), "levels": b"{}", "seq": b"900004"})
+    assert last_id < vk.xrevrange(key, count=1)[0][0]
+
+    got = [e for _, _, _, e in _book_events(vk, symbol, *ALL)]
+    want = _frame_way_book_events(vk, symbol)
+    assert len(got) == len(want) > 100
+    assert [repr(e) for e in got] == [repr(e) for e in want]
+    assert [type(e.quantity) for e in got] == [type(e.quantity) for e in want]
+    assert sum(e.seq >= 900001 for e in got) == 3  # the added book entries are there
+    assert len(list(stored_events(vk, [symbol], *ALL, kinds=("book",)))) == len(want)
 
 
 @pytest.mark.parametrize("set_name", ["qt", "seed65"])

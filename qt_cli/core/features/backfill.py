@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from qt_cli.core import events, keys, query
 from qt_cli.core.chunks import AGGRESSOR_NAMES
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import NS_PER_MS, NS_PER_S, BookUpdate, Trade
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
+from qt_cli.core.store import reader
 
 TRADE, BOOK = 0, 1
 DEFAULT_EVERY = "1s"
@@ -128,12 +131,79 @@ def _books(frame: Any) -> Iterator[tuple[int, int, int, BookUpdate]]:
         yield event.ts_event, BOOK, i, event
 
 
+_BOOK_TYPE = BookUpdate.TYPE.encode()
+_NAN = float("nan")
+
+
+def _book_event(fields: dict[bytes, bytes]) -> BookUpdate | None:
+    """A stored price-book entry as the event `_books` makes of its query frame row, without the
+    frame; None when a field is missing or unreadable (`_book_events` then takes the frame way)."""
+    get = fields.get
+    try:
+        price = get(b"price")
+        levels = get(b"levels")
+        if levels:
+            levels = orjson.loads(levels)
+            if not isinstance(levels, list):
+                levels = []
+        else:
+            levels = []
+        return BookUpdate(
+            fields[b"symbol"].decode(errors="replace"),
+            int(fields[b"ts_event"]),
+            fields[b"side"].decode(errors="replace"),
+            fields[b"action"].decode(errors="replace"),
+            int(fields[b"position"]),
+            float(price) if price else _NAN,
+            int(fields[b"quantity"]),
+            int(fields[b"count"]),
+            int(fields[b"agent"]),
+            int(fields[b"order_id"]),
+            fields[b"book"].decode(errors="replace"),
+            levels,
+            int(fields[b"ts_init"]),
+            fields[b"session"].decode(errors="replace"),
+            int(fields[b"seq"]),
+        )
+    except (KeyError, ValueError, orjson.JSONDecodeError):
+        return None
+
+
+def _book_events(
+    client: Any, symbol: str, from_ns: int, to_ns: int
+) -> Iterator[tuple[int, int, int, BookUpdate]]:
+    """The price-book events of the query API's book read (`query.pages`: its entries, order
+    and per-field conversion, then `_books`), read from the stream's entries directly: no
+    DataFrame per page, no dict parsed by the client (the book has no columnar history, so
+    this per-event read is what a backfill of a set using the book spends most on)."""
+    key = keys.stream_key("book", symbol)
+    offset = 0
+    for page in reader.iter_entries(
+        client, key, from_ns, to_ns, time_field=query.time_field("book"), raw=True
+    ):
+        for entry in page.entries:
+            fields = entry[1]
+            if fields.get(b"type") != _BOOK_TYPE:  # top of book, another program's entry
+                continue
+            stamp = fields.get(b"ts_event")
+            if not (stamp and stamp.lstrip(b"-").isdigit()):
+                continue  # not a book entry to the query either
+            event = _book_event(fields)
+            if event is None:  # what the frame makes of a field missing or unreadable
+                event = next(_books(query.entries_frame("book", [entry])))[3]
+            offset += 1
+            yield event.ts_event, BOOK, offset, event
+
+
 def _kind_events(
     client: Any, kind: str, symbol: str, from_ns: int, to_ns: int
 ) -> Iterator[tuple[int, int, int, Any]]:
     if not client.exists(keys.stream_key(kind, symbol)) and not (
         kind == "ticks" and client.exists(keys.history_key("ticks", symbol))
     ):
+        return
+    if kind == "book":
+        yield from _book_events(client, symbol, from_ns, to_ns)
         return
     request = query.make_request(kind, symbols=[symbol], start=from_ns, end=to_ns)
     offset = 0
