@@ -335,8 +335,11 @@ OUTPUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndj
 WRITE_BATCH = 20_000
 
 
-def to_event(vector: FeatureVector, *, ts_init: int = 0) -> events.FeatureVector:
-    """The vector as the wire/stream event (`events.FeatureVector`), as the live stage stores it."""
+def to_event(
+    vector: FeatureVector, *, ts_init: int = 0, session: str = "", seq: int = 0
+) -> events.FeatureVector:
+    """The vector as the wire/stream event (`events.FeatureVector`), as the live stage stores it
+    (with the identity it derives from the trade: `session`, `seq`)."""
     return events.FeatureVector(
         symbol=vector.symbol,
         ts_event=vector.ts_event,
@@ -346,6 +349,8 @@ def to_event(vector: FeatureVector, *, ts_init: int = 0) -> events.FeatureVector
         reasons=vector.reasons,
         warm=vector.warm,
         ts_init=ts_init,
+        session=session,
+        seq=seq,
     )
 
 

@@ -10,6 +10,7 @@ and counted (`FeatureEngine.counters`), never raised. Definitions: docs/FEATURES
 from __future__ import annotations
 
 import math
+import operator
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
@@ -759,6 +760,7 @@ class FeatureEngine:
         self.history = history
         self.subscribed = tuple(symbols)
         self.names = feature_set(set_name)
+        self._pick = operator.itemgetter(*self.names)  # the values in the set's order
         if (top_buyers is None) != (top_sellers is None):
             raise UsageError("give both top_buyers and top_sellers (the training file's rankings)")
         for label, ranking in (("top_buyers", top_buyers), ("top_sellers", top_sellers)):
@@ -865,10 +867,15 @@ class FeatureEngine:
                 counters["crossed_book" if problem == CROSSED_BOOK else "no_book"] += 1
         if state.history is not None:
             state.history.update(trade, clock, values, reasons)
-        out = [values[n] for n in self.names]
+        out = [*self._pick(values)] if len(self.names) > 1 else [values[self.names[0]]]
         if state.seed is not None and state.trades is None:
             out = array("f", out).tolist()  # the training code's final float32 cast
-        missing = tuple(n for n, x in zip(self.names, out, strict=True) if x != x)
+        total = sum(out)  # NaN when a value is NaN (also for inf - inf: then look)
+        missing = (
+            ()
+            if total == total
+            else tuple(n for n, x in zip(self.names, out, strict=True) if x != x)
+        )
         state.last_trade = {"session": trade.session, "seq": trade.seq, "trade_id": trade.trade_id}
         counters["vectors"] += 1
         if not missing:

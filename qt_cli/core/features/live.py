@@ -21,7 +21,7 @@ import heapq
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from qt_cli.core import keys
@@ -294,11 +294,22 @@ class LiveFeatures(StopFlag):
             kept = [(v, e) for v, e in kept if v.symbol in mine]
             if not kept:
                 return
+        if self.writer is not None or self.sinks:  # computing only (neither): no event built
+            self._send(kept)
+        stats = self.stats
+        stats.vectors += len(kept)
+        stats.not_warm += sum(1 for v, _ in kept if not v.warm)
+        stats.last_event_ns = max(stats.last_event_ns, kept[-1][0].ts_event)
+        stats.lag_ms = max(time.time_ns() - stats.last_event_ns, 0) / 1e6
+
+    def _send(self, kept: list[tuple[FeatureVector, SourceEntry]]) -> None:
+        """The kept vectors as events, each with the identity derived from its trade, stored
+        once (`--out valkey://…`) and sent to the other outputs."""
         now = time.time_ns()
         out = []
         for vector, entry in kept:
             session, seq = derived_identity(STAGE, entry)
-            out.append(replace(to_event(vector, ts_init=now), session=session, seq=seq))
+            out.append(to_event(vector, ts_init=now, session=session, seq=seq))
         if self.writer is not None:
             batches: dict[str, Any] = {}
             for event in out:
@@ -314,11 +325,6 @@ class LiveFeatures(StopFlag):
                 self.stats.duplicates += result.duplicates
         for sink in self.sinks:
             sink.send(out)
-        self.stats.vectors += len(out)
-        self.stats.not_warm += sum(1 for e in out if not e.warm)
-        last = out[-1].ts_event
-        self.stats.last_event_ns = max(self.stats.last_event_ns, last)
-        self.stats.lag_ms = max(time.time_ns() - self.stats.last_event_ns, 0) / 1e6
 
     def publish_stats(self) -> None:
         assert self.publisher is not None
