@@ -22,6 +22,8 @@ range ends), as a live stage emitting on a timer would.
 from __future__ import annotations
 
 import heapq
+import multiprocessing
+import pickle
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ import orjson
 
 from qt_cli.core import events, keys, query
 from qt_cli.core.chunks import AGGRESSOR_NAMES
-from qt_cli.core.errors import UsageError
+from qt_cli.core.errors import DataError, UsageError
 from qt_cli.core.events import NS_PER_MS, NS_PER_S, BookUpdate, Trade
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
 from qt_cli.core.store import reader
@@ -135,9 +137,13 @@ _BOOK_TYPE = BookUpdate.TYPE.encode()
 _NAN = float("nan")
 
 
-def _book_event(fields: dict[bytes, bytes]) -> BookUpdate | None:
-    """A stored price-book entry as the event `_books` makes of its query frame row, without the
-    frame; None when a field is missing or unreadable (`_book_events` then takes the frame way)."""
+_BOOK_FIELDS = tuple(name for name, _, _ in BookUpdate._spec)
+
+
+def _book_row(fields: dict[bytes, bytes]) -> tuple | None:
+    """A stored price-book entry as the values (`BookUpdate(*row)`) of the event `_books` makes
+    of its query frame row, without the frame; None when a field is missing or unreadable
+    (`_book_rows` then takes the frame way)."""
     get = fields.get
     try:
         price = get(b"price")
@@ -148,7 +154,7 @@ def _book_event(fields: dict[bytes, bytes]) -> BookUpdate | None:
                 levels = []
         else:
             levels = []
-        return BookUpdate(
+        return (
             fields[b"symbol"].decode(errors="replace"),
             int(fields[b"ts_event"]),
             fields[b"side"].decode(errors="replace"),
@@ -169,15 +175,15 @@ def _book_event(fields: dict[bytes, bytes]) -> BookUpdate | None:
         return None
 
 
-def _book_events(
-    client: Any, symbol: str, from_ns: int, to_ns: int
-) -> Iterator[tuple[int, int, int, BookUpdate]]:
+def _book_rows(client: Any, symbol: str, from_ns: int, to_ns: int) -> Iterator[tuple]:
     """The price-book events of the query API's book read (`query.pages`: its entries, order
-    and per-field conversion, then `_books`), read from the stream's entries directly: no
-    DataFrame per page, no dict parsed by the client (the book has no columnar history, so
-    this per-event read is what a backfill of a set using the book spends most on)."""
+    and per-field conversion, then `_books`) as `BookUpdate` values, read from the stream's
+    entries directly: no DataFrame per page, no dict parsed by the client (the book has no
+    columnar history, so this per-event read is what a backfill of a set using the book
+    spends most on)."""
     key = keys.stream_key("book", symbol)
-    offset = 0
+    if not client.exists(key):
+        return
     for page in reader.iter_entries(
         client, key, from_ns, to_ns, time_field=query.time_field("book"), raw=True
     ):
@@ -188,11 +194,105 @@ def _book_events(
             stamp = fields.get(b"ts_event")
             if not (stamp and stamp.lstrip(b"-").isdigit()):
                 continue  # not a book entry to the query either
-            event = _book_event(fields)
-            if event is None:  # what the frame makes of a field missing or unreadable
+            row = _book_row(fields)
+            if row is None:  # what the frame makes of a field missing or unreadable
                 event = next(_books(query.entries_frame("book", [entry])))[3]
-            offset += 1
-            yield event.ts_event, BOOK, offset, event
+                row = tuple(getattr(event, name) for name in _BOOK_FIELDS)
+            yield row
+
+
+def _merged_book_rows(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int
+) -> Iterator[tuple]:
+    """The book rows of several symbols in event-time order (at equal times, in `symbols`
+    order: as `stored_events` merges them)."""
+    sources = [_book_rows(client, symbol, from_ns, to_ns) for symbol in symbols]
+    if len(sources) == 1:
+        return sources[0]
+    return heapq.merge(*sources, key=lambda row: row[1])
+
+
+def _book_events(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int
+) -> Iterator[tuple[int, int, int, BookUpdate]]:
+    """(time, BOOK, order, event) of the symbols' price-book events, read here."""
+    for i, row in enumerate(_merged_book_rows(client, symbols, from_ns, to_ns)):
+        event = BookUpdate(*row)
+        yield event.ts_event, BOOK, i, event
+
+
+# A book read of more entries than this is done by a helper process (`_book_events_aside`).
+ASIDE_ENTRIES = 100_000
+_ASIDE_BATCH = 2048
+
+
+def _read_book_aside(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int, conn: Any
+) -> None:
+    """The helper process: the book rows, pickled in batches down `conn`, then "end" (or the
+    error that stopped it)."""
+    try:
+        batch: list[tuple] = []
+        for row in _merged_book_rows(client, symbols, from_ns, to_ns):
+            batch.append(row)
+            if len(batch) >= _ASIDE_BATCH:
+                conn.send_bytes(pickle.dumps(("rows", batch), protocol=pickle.HIGHEST_PROTOCOL))
+                batch = []
+        conn.send_bytes(pickle.dumps(("rows", batch), protocol=pickle.HIGHEST_PROTOCOL))
+        conn.send_bytes(pickle.dumps(("end", None)))
+    except Exception as exc:  # handed to the reading process, which raises it
+        try:
+            payload = pickle.dumps(("error", exc))
+        except Exception:
+            payload = pickle.dumps(("error", DataError(f"reading the stored book: {exc}")))
+        conn.send_bytes(payload)
+    finally:
+        conn.close()
+
+
+def _book_events_aside(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int
+) -> Iterator[tuple[int, int, int, BookUpdate]]:
+    """`_book_events`, the stream read and its decoding done by a forked helper process (with
+    its own connection: the client's pool reconnects in a forked child) on another core, while
+    this one computes; the same events in the same order. The helper stops when this does."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    helper = context.Process(
+        target=_read_book_aside, args=(client, symbols, from_ns, to_ns, sender), daemon=True
+    )
+    helper.start()
+    sender.close()
+    try:
+        i = 0
+        while True:
+            try:
+                kind, payload = pickle.loads(receiver.recv_bytes())
+            except EOFError:
+                raise DataError(
+                    "the process reading the stored book stopped before the end "
+                    f"(exit code {helper.exitcode}); run the backfill again"
+                ) from None
+            if kind == "end":
+                return
+            if kind == "error":
+                raise payload
+            for row in payload:
+                event = BookUpdate(*row)
+                yield event.ts_event, BOOK, i, event
+                i += 1
+    finally:
+        receiver.close()
+        if helper.is_alive():
+            helper.terminate()
+        helper.join()
+
+
+def _book_entries(client: Any, symbols: Sequence[str]) -> int:
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.xlen(keys.stream_key("book", symbol))
+    return sum(int(n) for n in pipe.execute())
 
 
 def _kind_events(
@@ -201,9 +301,6 @@ def _kind_events(
     if not client.exists(keys.stream_key(kind, symbol)) and not (
         kind == "ticks" and client.exists(keys.history_key("ticks", symbol))
     ):
-        return
-    if kind == "book":
-        yield from _book_events(client, symbol, from_ns, to_ns)
         return
     request = query.make_request(kind, symbols=[symbol], start=from_ns, end=to_ns)
     offset = 0
@@ -221,12 +318,20 @@ def stored_events(
     to_ns: int,
     *,
     kinds: Sequence[str] = ("ticks", "book"),
+    aside: bool | None = None,
 ) -> Iterator[Trade | BookUpdate]:
     """Stored trades and price-book events of `symbols` in [from_ns, to_ns], in engine order
-    (`kinds`: leave out "book" for a set that uses no book feature)."""
+    (`kinds`: leave out "book" for a set that uses no book feature). The book is read by a
+    helper process (`aside`) when its streams hold more than `ASIDE_ENTRIES` entries (None),
+    always (True) or never (False): the same events either way."""
     sources = [
-        _kind_events(client, kind, symbol, from_ns, to_ns) for symbol in symbols for kind in kinds
+        _kind_events(client, "ticks", s, from_ns, to_ns) for s in symbols if "ticks" in kinds
     ]
+    if "book" in kinds:
+        if aside is None:
+            aside = _book_entries(client, symbols) > ASIDE_ENTRIES
+        read = _book_events_aside if aside else _book_events
+        sources.append(read(client, symbols, from_ns, to_ns))
     for _, _, _, event in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
         yield event
 
