@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import multiprocessing
+import operator
 import pickle
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -134,6 +135,7 @@ def _books(frame: Any) -> Iterator[tuple[int, int, int, BookUpdate]]:
 
 
 _BOOK_TYPE = BookUpdate.TYPE.encode()
+_ORDER = operator.itemgetter(0, 1)  # (event time, trade before book)
 _NAN = float("nan")
 
 
@@ -332,7 +334,7 @@ def stored_events(
             aside = _book_entries(client, symbols) > ASIDE_ENTRIES
         read = _book_events_aside if aside else _book_events
         sources.append(read(client, symbols, from_ns, to_ns))
-    for _, _, _, event in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
+    for _, _, _, event in heapq.merge(*sources, key=_ORDER):
         yield event
 
 
@@ -414,8 +416,12 @@ def backfill(
             stats.book_events += 1
             engine.on_book(event)
             vector = None
-        for kept, _ in sampler.add(ts, vector):
-            yield _count(stats, kept)
+        if not period:  # every trade's vector (what the sampler keeps for period 0)
+            if vector is not None:
+                yield _count(stats, vector)
+        else:
+            for kept, _ in sampler.add(ts, vector):
+                yield _count(stats, kept)
         if stats.first_ns is None:
             stats.first_ns = ts
         stats.last_ns = ts
