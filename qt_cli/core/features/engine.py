@@ -15,6 +15,7 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -871,11 +872,7 @@ class FeatureEngine:
         if state.seed is not None and state.trades is None:
             out = array("f", out).tolist()  # the training code's final float32 cast
         total = sum(out)  # NaN when a value is NaN (also for inf - inf: then look)
-        missing = (
-            ()
-            if total == total
-            else tuple(n for n, x in zip(self.names, out, strict=True) if x != x)
-        )
+        missing = () if total == total else tuple(compress(self.names, map(math.isnan, out)))
         state.last_trade = {"session": trade.session, "seq": trade.seq, "trade_id": trade.trade_id}
         counters["vectors"] += 1
         if not missing:
