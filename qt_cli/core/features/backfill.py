@@ -26,6 +26,7 @@ import multiprocessing
 import operator
 import pickle
 import re
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,7 +233,8 @@ def _read_book_aside(
     client: Any, symbols: Sequence[str], from_ns: int, to_ns: int, conn: Any
 ) -> None:
     """The helper process: the book rows, pickled in batches down `conn`, then "end" (or the
-    error that stopped it)."""
+    error that stopped it). Ctrl+C is the reading process's to handle: it stops this one."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         batch: list[tuple] = []
         for row in _merged_book_rows(client, symbols, from_ns, to_ns):
@@ -330,8 +332,11 @@ def stored_events(
         _kind_events(client, "ticks", s, from_ns, to_ns) for s in symbols if "ticks" in kinds
     ]
     if "book" in kinds:
-        if aside is None:
-            aside = _book_entries(client, symbols) > ASIDE_ENTRIES
+        if aside is None:  # a helper process needs fork (not on Windows)
+            aside = (
+                "fork" in multiprocessing.get_all_start_methods()
+                and _book_entries(client, symbols) > ASIDE_ENTRIES
+            )
         read = _book_events_aside if aside else _book_events
         sources.append(read(client, symbols, from_ns, to_ns))
     for _, _, _, event in heapq.merge(*sources, key=_ORDER):
