@@ -297,3 +297,28 @@ def test_wire_vector_round_trips_through_the_stream_fields(stored):
         _same(back.features[n], x) or (math.isnan(x) and math.isnan(back.features[n]))
         for n, x in zip(vector.names, vector.values, strict=True)
     )
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_write_stopped_midway_closes_its_writer_first(stored, monkeypatch, tmp_path, suffix):
+    """Ctrl+C (or any error) in the middle of `qt features --from … --output x.parquet`: the
+    file writer is closed before its file, so nothing is reported later from its finaliser
+    ("Exception ignored … write to closed file")."""
+    import gc
+    import sys
+
+    from qt_cli.core.features.backfill import write_vectors
+
+    monkeypatch.setattr(backfill_module, "WRITE_BATCH", 10)
+    vectors = _direct(stored)[:25]
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    def stopped():
+        yield from vectors
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_vectors(stopped(), tmp_path / f"v{suffix}", FeatureEngine("qt").names)
+    gc.collect()
+    assert not unraisable, [str(u.exc_value) for u in unraisable]

@@ -21,6 +21,7 @@ range ends), as a live stage emitting on a timer would.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import multiprocessing
 import operator
@@ -533,6 +534,11 @@ def write_vectors(
         flush()
         if writer is not None:
             writer.close()
+    except BaseException:
+        if writer is not None:  # before its file: its finaliser would write to a closed one
+            with contextlib.suppress(Exception):
+                writer.close()
+        raise
     finally:
         out.close()
     written.bytes = path.stat().st_size
