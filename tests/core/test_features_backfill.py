@@ -15,12 +15,12 @@ import pytest
 from qt_cli.app import app
 from qt_cli.core import keys, query
 from qt_cli.core.errors import UsageError
+from qt_cli.core.events import BookUpdate, decode_fields
 from qt_cli.core.events import FeatureVector as WireVector
-from qt_cli.core.events import decode_fields
 from qt_cli.core.features import backfill as backfill_module
 from qt_cli.core.features.backfill import (
-    _book_events,
     _books,
+    _merged_book_rows,
     backfill,
     every_ns,
     stored_events,
@@ -110,7 +110,7 @@ def test_book_read_gives_the_events_of_the_query_frames(stored, vk):
     vk.xadd(key, {**late, "ts_event": str(ts).encode(), "levels": b"{}", "seq": b"900004"})
     assert last_id < vk.xrevrange(key, count=1)[0][0]
 
-    got = [e for _, _, _, e in _book_events(vk, [symbol], *ALL)]
+    got = [BookUpdate(*row) for row in _merged_book_rows(vk, [symbol], *ALL)]
     want = _frame_way_book_events(vk, symbol)
     assert len(got) == len(want) > 100
     assert [repr(e) for e in got] == [repr(e) for e in want]
@@ -120,19 +120,18 @@ def test_book_read_gives_the_events_of_the_query_frames(stored, vk):
     assert [repr(e) for e in aside] == [repr(e) for e in want]
 
 
-def test_book_read_aside_gives_the_same_events_in_the_same_order(stored, vk, monkeypatch):
-    """The book read by a helper process (a long book) gives what the read here gives; a
-    backfill over a book longer than the threshold takes it, with the same vectors."""
+def test_read_aside_gives_the_same_events_in_the_same_order(stored, vk, monkeypatch):
+    """The events read, decoded and merged by a helper process (a long book) are those of the
+    read here, in the same order; a backfill over a book longer than the threshold takes it,
+    with the same vectors."""
     here = list(stored_events(vk, SYMBOLS, *ALL, aside=False))
     aside = list(stored_events(vk, SYMBOLS, *ALL, aside=True))
     assert len(here) == len(aside) > 1000
     assert [repr(e) for e in aside] == [repr(e) for e in here]
     monkeypatch.setattr(backfill_module, "ASIDE_ENTRIES", 10)
     started = []
-    real = backfill_module._book_events_aside
-    monkeypatch.setattr(
-        backfill_module, "_book_events_aside", lambda *a: started.append(1) or real(*a)
-    )
+    real = backfill_module._events_aside
+    monkeypatch.setattr(backfill_module, "_events_aside", lambda *a: started.append(1) or real(*a))
     got = list(backfill(vk, SYMBOLS, *ALL, engine=FeatureEngine("qt"), every="trade"))
     assert started
     direct = _direct(stored, "qt")
@@ -142,7 +141,7 @@ def test_book_read_aside_gives_the_same_events_in_the_same_order(stored, vk, mon
         assert all(_same(x, y) for x, y in zip(a.values, b.values, strict=True))
 
 
-def test_book_read_aside_stops_with_its_reader_and_reports_its_error(stored, vk, valkey_url):
+def test_read_aside_stops_with_its_reader_and_reports_its_error(stored, vk, valkey_url):
     """Closing the read early stops the helper process; a helper that cannot read raises here."""
     events = stored_events(vk, SYMBOLS, *ALL, aside=True)
     next(events)
@@ -152,7 +151,7 @@ def test_book_read_aside_stops_with_its_reader_and_reports_its_error(stored, vk,
     import valkey as valkey_client
 
     gone = valkey_client.Valkey(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
-    gone_events = backfill_module._book_events_aside(gone, SYMBOLS, *ALL)
+    gone_events = backfill_module._events_aside(gone, SYMBOLS, *ALL, ("ticks", "book"))
     with pytest.raises(Exception, match="(?i)connect"):
         next(gone_events)
 

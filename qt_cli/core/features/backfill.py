@@ -22,6 +22,7 @@ range ends), as a live stage emitting on a timer would.
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import multiprocessing
 import operator
@@ -64,34 +65,22 @@ def every_ns(every: str) -> int:
     raise UsageError(f"--every {every!r}: use {EVERY_HELP}")
 
 
-def _trades(frame: Any) -> Iterator[tuple[int, int, int, Trade]]:
-    cols = {name: frame[name].to_numpy().tolist() for name in _TRADE_COLUMNS}
+_TRADE_DEFAULTS = {name: default for name, _, default in Trade._spec}
+
+
+def _trade_rows(frame: Any) -> Iterator[tuple[int, int, int, tuple]]:
+    """(time, TRADE, order, values) of a query ticks frame's trades (`Trade(*values)`)."""
+    cols: dict[str, list] = {name: frame[name].to_numpy().tolist() for name in _TRADE_COLUMNS}
     cols["symbol"] = frame["symbol"].astype(str).tolist()
     cols["session"] = frame["session"].astype(str).tolist()
-    aggressor = (frame["aggressor"].cat.codes.to_numpy() - 1).tolist()
-    for i, ts in enumerate(cols["ts_event"]):
-        yield (
-            ts,
-            TRADE,
-            i,
-            Trade(
-                symbol=cols["symbol"][i],
-                ts_event=ts,
-                price=cols["price"][i],
-                quantity=cols["quantity"][i],
-                volume=cols["volume"][i],
-                trade_id=cols["trade_id"][i],
-                buyer=cols["buyer"][i],
-                seller=cols["seller"][i],
-                trade_type=cols["trade_type"][i],
-                aggressor=AGGRESSOR_NAMES[aggressor[i]],
-                is_edit=cols["is_edit"][i],
-                history=cols["history"][i],
-                ts_init=cols["ts_init"][i],
-                session=cols["session"][i],
-                seq=cols["seq"][i],
-            ),
-        )
+    codes = (frame["aggressor"].cat.codes.to_numpy() - 1).tolist()
+    cols["aggressor"] = [AGGRESSOR_NAMES[code] for code in codes]
+    n = len(cols["ts_event"])
+    columns = [
+        cols[name] if name in cols else [_TRADE_DEFAULTS[name]] * n for name, _, _ in Trade._spec
+    ]
+    for i, row in enumerate(zip(*columns, strict=True)):
+        yield row[1], TRADE, i, row
 
 
 _TRADE_COLUMNS = (
@@ -216,30 +205,69 @@ def _merged_book_rows(
     return heapq.merge(*sources, key=lambda row: row[1])
 
 
-def _book_events(
-    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int
-) -> Iterator[tuple[int, int, int, BookUpdate]]:
-    """(time, BOOK, order, event) of the symbols' price-book events, read here."""
-    for i, row in enumerate(_merged_book_rows(client, symbols, from_ns, to_ns)):
-        event = BookUpdate(*row)
-        yield event.ts_event, BOOK, i, event
+def _tick_rows(
+    client: Any, symbol: str, from_ns: int, to_ns: int
+) -> Iterator[tuple[int, int, int, tuple]]:
+    """(time, TRADE, order, values) of a symbol's stored trades, through the query API."""
+    if not client.exists(keys.stream_key("ticks", symbol)) and not client.exists(
+        keys.history_key("ticks", symbol)
+    ):
+        return
+    request = query.make_request("ticks", symbols=[symbol], start=from_ns, end=to_ns)
+    offset = 0
+    for frame, _ in query.pages(client, request):
+        for ts, rank, i, row in _trade_rows(frame):
+            yield ts, rank, offset + i, row
+        offset += len(frame)
 
 
-# A book read of more entries than this is done by a helper process (`_book_events_aside`).
+def _merged_rows(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int, kinds: Sequence[str]
+) -> Iterator[tuple[int, int, int, tuple]]:
+    """(time, kind, order, values) of the symbols' trades and book events in engine order."""
+    sources: list[Iterator[tuple[int, int, int, tuple]]] = []
+    if "ticks" in kinds:
+        sources += [_tick_rows(client, symbol, from_ns, to_ns) for symbol in symbols]
+    if "book" in kinds:
+        rows = _merged_book_rows(client, symbols, from_ns, to_ns)
+        sources.append((row[1], BOOK, i, row) for i, row in enumerate(rows))
+    return heapq.merge(*sources, key=_ORDER)
+
+
+_EVENT_OF = {TRADE: Trade, BOOK: BookUpdate}
+
+
+def _events_here(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int, kinds: Sequence[str]
+) -> Iterator[Trade | BookUpdate]:
+    for _, kind, _, row in _merged_rows(client, symbols, from_ns, to_ns, kinds):
+        yield _EVENT_OF[kind](*row)
+
+
+# A read of more book entries than this is done by a helper process (`_events_aside`).
 ASIDE_ENTRIES = 100_000
 _ASIDE_BATCH = 2048
 
 
-def _read_book_aside(
-    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int, conn: Any
+def _read_aside(
+    client: Any,
+    symbols: Sequence[str],
+    from_ns: int,
+    to_ns: int,
+    kinds: Sequence[str],
+    conn: Any,
 ) -> None:
-    """The helper process: the book rows, pickled in batches down `conn`, then "end" (or the
-    error that stopped it). Ctrl+C is the reading process's to handle: it stops this one."""
+    """The helper process: the merged (kind, values) rows, pickled in batches down `conn`, then
+    "end" (or the error that stopped it). Ctrl+C is the reading process's to handle: it stops
+    this one. No cyclic garbage collection: this loop makes none, and a collection would walk
+    (and copy, page by page) every object inherited from the reading process (a third of the
+    helper's time)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.disable()
     try:
-        batch: list[tuple] = []
-        for row in _merged_book_rows(client, symbols, from_ns, to_ns):
-            batch.append(row)
+        batch: list[tuple[int, tuple]] = []
+        for _, kind, _, row in _merged_rows(client, symbols, from_ns, to_ns, kinds):
+            batch.append((kind, row))
             if len(batch) >= _ASIDE_BATCH:
                 conn.send_bytes(pickle.dumps(("rows", batch), protocol=pickle.HIGHEST_PROTOCOL))
                 batch = []
@@ -249,43 +277,41 @@ def _read_book_aside(
         try:
             payload = pickle.dumps(("error", exc))
         except Exception:
-            payload = pickle.dumps(("error", DataError(f"reading the stored book: {exc}")))
+            payload = pickle.dumps(("error", DataError(f"reading the stored events: {exc}")))
         conn.send_bytes(payload)
     finally:
         conn.close()
 
 
-def _book_events_aside(
-    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int
-) -> Iterator[tuple[int, int, int, BookUpdate]]:
-    """`_book_events`, the stream read and its decoding done by a forked helper process (with
+def _events_aside(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int, kinds: Sequence[str]
+) -> Iterator[Trade | BookUpdate]:
+    """`_events_here`, the reads, their decoding and merge done by a forked helper process (with
     its own connection: the client's pool reconnects in a forked child) on another core, while
     this one computes; the same events in the same order. The helper stops when this does."""
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
     helper = context.Process(
-        target=_read_book_aside, args=(client, symbols, from_ns, to_ns, sender), daemon=True
+        target=_read_aside, args=(client, symbols, from_ns, to_ns, kinds, sender), daemon=True
     )
     helper.start()
     sender.close()
+    make = _EVENT_OF
     try:
-        i = 0
         while True:
             try:
-                kind, payload = pickle.loads(receiver.recv_bytes())
+                what, payload = pickle.loads(receiver.recv_bytes())
             except EOFError:
                 raise DataError(
-                    "the process reading the stored book stopped before the end "
+                    "the process reading the stored events stopped before the end "
                     f"(exit code {helper.exitcode}); run the backfill again"
                 ) from None
-            if kind == "end":
+            if what == "end":
                 return
-            if kind == "error":
+            if what == "error":
                 raise payload
-            for row in payload:
-                event = BookUpdate(*row)
-                yield event.ts_event, BOOK, i, event
-                i += 1
+            for kind, row in payload:
+                yield make[kind](*row)
     finally:
         receiver.close()
         if helper.is_alive():
@@ -300,22 +326,6 @@ def _book_entries(client: Any, symbols: Sequence[str]) -> int:
     return sum(int(n) for n in pipe.execute())
 
 
-def _kind_events(
-    client: Any, kind: str, symbol: str, from_ns: int, to_ns: int
-) -> Iterator[tuple[int, int, int, Any]]:
-    if not client.exists(keys.stream_key(kind, symbol)) and not (
-        kind == "ticks" and client.exists(keys.history_key("ticks", symbol))
-    ):
-        return
-    request = query.make_request(kind, symbols=[symbol], start=from_ns, end=to_ns)
-    offset = 0
-    convert = _trades if kind == "ticks" else _books
-    for frame, _ in query.pages(client, request):
-        for ts, rank, i, event in convert(frame):
-            yield ts, rank, offset + i, event
-        offset += len(frame)
-
-
 def stored_events(
     client: Any,
     symbols: Sequence[str],
@@ -326,22 +336,18 @@ def stored_events(
     aside: bool | None = None,
 ) -> Iterator[Trade | BookUpdate]:
     """Stored trades and price-book events of `symbols` in [from_ns, to_ns], in engine order
-    (`kinds`: leave out "book" for a set that uses no book feature). The book is read by a
-    helper process (`aside`) when its streams hold more than `ASIDE_ENTRIES` entries (None),
-    always (True) or never (False): the same events either way."""
-    sources = [
-        _kind_events(client, "ticks", s, from_ns, to_ns) for s in symbols if "ticks" in kinds
-    ]
-    if "book" in kinds:
-        if aside is None:  # a helper process needs fork (not on Windows)
-            aside = (
-                "fork" in multiprocessing.get_all_start_methods()
-                and _book_entries(client, symbols) > ASIDE_ENTRIES
-            )
-        read = _book_events_aside if aside else _book_events
-        sources.append(read(client, symbols, from_ns, to_ns))
-    for _, _, _, event in heapq.merge(*sources, key=_ORDER):
-        yield event
+    (`kinds`: leave out "book" for a set that uses no book feature). They are read, decoded and
+    merged by a helper process on another core (`aside`) when the book is read and its streams
+    hold more than `ASIDE_ENTRIES` entries (None), always (True) or never (False): the same
+    events either way."""
+    if aside is None:  # a helper process needs fork (not on Windows)
+        aside = (
+            "book" in kinds
+            and "fork" in multiprocessing.get_all_start_methods()
+            and _book_entries(client, symbols) > ASIDE_ENTRIES
+        )
+    read = _events_aside if aside else _events_here
+    yield from read(client, symbols, from_ns, to_ns, tuple(kinds))
 
 
 @dataclass
