@@ -830,9 +830,10 @@ def report(history: dict, stored: dict, rows: list[tuple[str, dict]], live: dict
         f"{stored['stored_trades']:,} trades of {SYMBOL} and {stored['stored_book']:,} price-book "
         "events of a simulated day, stored through the real bridge (`maxlen 0`) into a "
         f"benchmark-owned valkey-server in {stored['store_s']:.0f} s; then "
-        "`features.backfill.backfill` (trades through the query API, the book read from its "
-        "stream's entries by a helper process on the other core, merge, engine, every trade's "
-        "vector); wall "
+        "`features.backfill.backfill` (trades through the query API and the book from its "
+        "stream's entries, read, decoded and merged by a helper process on the other core when "
+        "the book is read; "
+        "engine; every trade's vector); wall "
         f"time on this 2-core machine (load average {stored['load']:.1f} when the backfills "
         "ended):",
         "",
@@ -855,9 +856,9 @@ def report(history: dict, stored: dict, rows: list[tuple[str, dict]], live: dict
             for name in ("qt", "seed65")
         )
         + ". The qt set also reads the book back: per-event entries (the book has no columnar "
-        f"history), {stored['stored_book'] / stored['stored_trades']:.1f} per trade here, decoded by the helper process while the engine computes "
-        "(`python -m benchmarks.bench_features` measures it; before that helper and the direct "
-        "read, the qt backfill took 70 s on an idle machine, 2026-12-06). "
+        f"history), {stored['stored_book'] / stored['stored_trades']:.1f} per trade here; the "
+        "helper process reads and decodes them while the engine computes (before the helper "
+        "and the direct book read, this qt backfill took 70 s on an idle machine). "
         "Bytes per stored qt vector (warm, mean of 20,000): "
         f"wire event (`events.FeatureVector.to_wire()`, orjson) {b['wire']:.0f} B; "
         f"its flat stream fields {b['fields']:.0f} B; parquet (zstd, every trade) "

@@ -71,10 +71,10 @@ history source as a parameter (`FeatureEngine(..., history=StoredHistory(client)
 `qt_cli/core/features/backfill.py` reads the symbols' stored trades (history chunks, the
 per-event tail and late entries, through `qt_cli.core.query`) and price-book events (only when
 the set uses the book: the entries, order and values the query gives, read from the book
-stream's entries directly, without a DataFrame per page; when the symbols' book streams hold
-more than 100,000 entries, by a forked helper process on another core that hands the decoded
-events over a pipe, while this one computes) and feeds them to the same engine in this order,
-the one the live stage receives them in:
+stream's entries directly, without a DataFrame per page) and feeds them to the same engine in
+this order, the one the live stage receives them in (when the symbols' book streams hold more
+than 100,000 entries, a forked helper process on another core reads, decodes and merges both
+and hands the events' values over a pipe, while this one computes):
 
 1. by `ts_event`;
 2. at equal `ts_event`, trades before book events (the book change a trade causes carries the
