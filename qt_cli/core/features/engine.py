@@ -61,6 +61,16 @@ _ONE32 = np.float32(1.0)
 _LOG_AT = [0, 2, 4]  # returns lags 1, 5 and 20 among SeedBlock.RETURN_LAGS
 
 NO_RANKING = "no agent ranking (pass top_buyers and top_sellers)"
+# The reasons of the top_* features without a ranking, in the order they are given.
+_NO_RANKING_REASONS = {
+    **{
+        name: NO_RANKING
+        for i in range(5)
+        for name in (f"top_buyer_{i}_active", f"top_seller_{i}_active")
+    },
+    "top_buyers_count": NO_RANKING,
+    "top_sellers_count": NO_RANKING,
+}
 NO_BOOK = "no book"
 CROSSED_BOOK = "crossed book"
 
@@ -591,6 +601,14 @@ class TradeBlock:
         v["day_of_week"] = weekday
 
 
+def _reasons_of(reasons: dict[str, str], missing: tuple[str, ...]) -> dict[str, str]:
+    """The reasons of the missing values, in the order they were given."""
+    if not reasons or not missing:
+        return {}
+    keep = set(missing)
+    return {n: r for n, r in reasons.items() if n in keep}
+
+
 def _vol_ratio(a: float, b: float) -> float:
     if b != b:
         return NAN
@@ -856,10 +874,7 @@ class FeatureEngine:
         if state.seed is not None:
             state.seed.update(trade, clock, values)
             if self._ranking_missing:
-                for i in range(5):
-                    reasons[f"top_buyer_{i}_active"] = NO_RANKING
-                    reasons[f"top_seller_{i}_active"] = NO_RANKING
-                reasons["top_buyers_count"] = reasons["top_sellers_count"] = NO_RANKING
+                reasons.update(_NO_RANKING_REASONS)
         if state.trades is not None:
             state.trades.update(trade, clock, values)
         if state.book is not None:
@@ -885,7 +900,7 @@ class FeatureEngine:
             values=out,
             warm=not missing,
             missing=missing,
-            reasons={n: r for n, r in reasons.items() if n in missing},
+            reasons=_reasons_of(reasons, missing),
             lineage={"trade": state.last_trade, "book": state.last_book},
             catalog_version=self.version,
         )
