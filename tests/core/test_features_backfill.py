@@ -321,3 +321,42 @@ def test_a_write_stopped_midway_closes_its_writer_first(stored, monkeypatch, tmp
         write_vectors(stopped(), tmp_path / f"v{suffix}", FeatureEngine("qt").names)
     gc.collect()
     assert not unraisable, [str(u.exc_value) for u in unraisable]
+
+
+def test_live_catch_up_holds_a_bounded_backlog_and_equals_the_backfill(
+    stored, vk, valkey_url, monkeypatch
+):
+    """The live stage reading a stored session from its start: the ticks stream, read faster
+    than the book it waits for, pauses while its symbol's merge holds HOLD_MAX entries (they
+    wait in Valkey, not in memory), and every trade's vector is the backfill's."""
+    from qt_cli.core.features import live
+    from qt_cli.core.io import open_source
+
+    monkeypatch.setattr(live, "HOLD_MAX", 40)
+    engine = FeatureEngine("qt", symbols=SYMBOLS)
+    source = open_source(valkey_url, symbols=SYMBOLS, kinds=("ticks", "book"), start="0", count=50)
+    stage = live.LiveFeatures(source, None, engine=engine, symbols=SYMBOLS, every="trade")
+    held = []
+    got = []
+    real_emit = stage._emit
+    monkeypatch.setattr(
+        stage, "_emit", lambda kept: got.extend(v for v, _ in kept) or real_emit(kept)
+    )
+    try:
+        while True:
+            before = stage.stats.received
+            stage._step()
+            held.append(max(len(m) for m in stage._merges.values()))
+            if stage.stats.received == before:
+                break
+    finally:
+        stage.close()
+    assert max(held) <= 40 + 2 * 50  # the cap, plus one read of each stream
+    want = list(backfill(vk, SYMBOLS, *ALL, engine=FeatureEngine("qt"), every="trade"))
+    assert len(got) > 500 and len(want) - len(got) < 10  # the last trades wait for the book
+    for symbol in SYMBOLS:  # each symbol's vectors in order (symbols interleave differently)
+        mine = [v for v in got if v.symbol == symbol]
+        theirs = [v for v in want if v.symbol == symbol][: len(mine)]
+        assert [v.ts_event for v in mine] == [v.ts_event for v in theirs]
+        for x, y in zip(mine, theirs, strict=True):
+            assert all(_same(a, b) for a, b in zip(x.values, y.values, strict=True))

@@ -843,6 +843,10 @@ class StreamSource:
         self.problems: list[str] = []
         self._clock = clock
         self._positions: dict[str, str] = {}
+        # Streams not read for now (without a group): a reader holding more of their entries
+        # than it can use yet (waiting for another stream) pauses them; they resume where they
+        # were.
+        self.paused: set[str] = set()
         self._closed = False
         self._next_scan = 0.0
         self._next_claim = 0.0
@@ -890,8 +894,14 @@ class StreamSource:
             time.sleep(min(timeout_s, 0.1))
             return []
         if self.group is None:
+            positions = self._positions
+            if self.paused:
+                positions = {k: v for k, v in positions.items() if k not in self.paused}
+                if not positions:
+                    time.sleep(min(timeout_s, 0.1))
+                    return []
             reply = self.client.xread(
-                self._positions, count=self.count, block=max(1, int(timeout_s * 1000))
+                positions, count=self.count, block=max(1, int(timeout_s * 1000))
             )
             return self._decode(reply, advance=True)
         entries = self.claim()
