@@ -111,6 +111,9 @@ from their start, merges them in the backfill's order above (an entry is release
 other stream has read past it: each stream is in event-time order), feeds the same engine and
 keeps the vectors of the same `--every` rule (`backfill.Sampler`, shared by both; default
 `1s`). The vector of a period still open is written once a later event closes it, never at stop.
+Catching up (a start or restart over a stored day), the ticks are read faster than the book they
+wait for: once a symbol's merge holds 10,000 entries the stream read ahead pauses (its entries
+wait in Valkey) until the other catches up. One worker's throughput is in BENCHMARKS.md.
 
 - Exactly once (Valkey input): each vector goes to `stream:features:{{SYM}}` through the one writer path
   (`qt_append`) with the identity of the trade that produced it (`stage.derived`: session
