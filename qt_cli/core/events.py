@@ -259,18 +259,13 @@ class Event:
     def _validate(self) -> None:
         if not self.symbol:
             raise DecodeError("field 'symbol' is empty", field="symbol")
-        if self.symbol not in _VALID_SEEN and not keys.valid_symbol(self.symbol):
+        if self.symbol != "*" and not keys.valid_symbol(self.symbol):
             raise DecodeError(
                 f"field 'symbol': {self.symbol!r} is not a ticker (letters, digits, '.', '_', '-')",
                 field="symbol",
             )
         if self.ts_event <= 0:
             raise DecodeError(f"field 'ts_event': not a time ({self.ts_event})", field="ts_event")
-        if len(_VALID_SEEN) < 10_000:
-            _VALID_SEEN.add(self.symbol)
-
-
-_VALID_SEEN = {"*"}  # symbols already validated (bounded): the check is a regex
 
 
 def _finish(cls: type[Event]) -> type[Event]:
@@ -721,8 +716,77 @@ def decode(payload: bytes | str) -> Event:
     return decode_dict(data)
 
 
+_INT, _FLOAT, _STR, _OTHER = range(4)
+
+
+def _bytes_decoder(cls: type[Event]) -> Any:
+    """For a class whose fields decode as `Event.from_dict` decodes them (None for a class with
+    its own `from_dict`, Trade aside): a function making it from an entry's bytes fields in one
+    call, one expression per field (compiled once, at import). Ints, floats and text are read
+    from the bytes (`int(b"12")` is `int("12")`; what does not read so raises, and the general
+    path decides); a missing field with a default takes it, one without raises KeyError."""
+    if cls.from_dict.__func__ is not Event.from_dict.__func__ and cls is not Trade:  # type: ignore[attr-defined]
+        return None
+    exprs = []
+    env: dict[str, Any] = {"cls": cls, "nan": math.nan}
+    for i, (name, typ, default) in enumerate(cls._spec):
+        v = f"v{i}"
+        if typ is int:
+            convert = f"int({v})"
+        elif typ is float:
+            convert = f"(float({v}) if {v} else nan)"
+        elif typ is str:
+            convert = f"{v}.decode()"
+        else:
+            env[f"c{i}"] = _CONVERT.get(typ, _to_json)
+            convert = f"c{i}({name!r}, {v})"
+        if default is _MISSING:
+            exprs.append(f"{name}=({convert} if ({v} := f[{name.encode()!r}]) is not None else 0)")
+            continue
+        env[f"d{i}"] = default
+        fallback = f"d{i}()" if callable(default) else f"d{i}"
+        exprs.append(
+            f"{name}=({convert} if ({v} := f.get({name.encode()!r})) is not None else {fallback})"
+        )
+    source = f"def decode(f):\n    return cls({', '.join(exprs)})\n"
+    exec(compile(source, f"<decode {cls.__name__} fields>", "exec"), env)  # noqa: S102
+    return env["decode"]
+
+
+_BYTES_DECODERS = {cls: _bytes_decoder(cls) for cls in dict.fromkeys(EVENT_TYPES.values())}
+_BYTES_TYPES: dict[bytes, tuple[type[Event], Any]] = {
+    kind.encode(): (cls, _BYTES_DECODERS[cls])
+    for kind, cls in EVENT_TYPES.items()
+    if _BYTES_DECODERS[cls] is not None
+}
+# Trade.from_dict rewrites seed-era ticks that lack these; with them all it is Event.from_dict.
+_TRADE_NEEDS = (b"ts_event", b"ts_init", b"aggressor")
+
+
+def _decode_bytes_fields(fields_: Mapping[Any, Any]) -> Event | None:
+    """`decode_fields` of an entry as XRANGE returns it (bytes names and values), without
+    decoding every name and value first (`_bytes_decoder`). None when the general path must
+    decide: an unknown or missing type, a missing field, a replayed record, a seed-era tick,
+    any conversion or validation error (the general path raises it, as it always did)."""
+    found = _BYTES_TYPES.get(fields_.get(b"type"))  # type: ignore[arg-type]
+    if found is None or b"origin" in fields_:
+        return None
+    cls, decode = found
+    if cls is Trade and not all(name in fields_ for name in _TRADE_NEEDS):
+        return None
+    try:
+        event = decode(fields_)
+        event._validate()
+    except (KeyError, DecodeError, ValueError, TypeError, AttributeError):
+        return None
+    return event
+
+
 def decode_fields(fields_: Mapping[Any, bytes | str]) -> Event:
     """Decode flat Valkey stream fields (as XRANGE returns them)."""
+    event = _decode_bytes_fields(fields_)
+    if event is not None:
+        return event
     data = {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
         for k, v in fields_.items()

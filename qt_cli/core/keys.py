@@ -6,6 +6,7 @@ lives in one cluster slot and a server-side function may touch them together.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Per-symbol stream kinds: events.STREAM_KINDS (`candles:<tf>` is built with candle_kind()).
@@ -39,6 +40,7 @@ def stream_pattern(kind: str) -> str:
     return f"{STREAM_PREFIX}{kind}:*"
 
 
+@functools.lru_cache(maxsize=4096)  # every decoded event asks: the same few tickers
 def valid_symbol(symbol: str) -> bool:
     """True for a ticker we accept in keys and topics (letters, digits, . _ -)."""
     return bool(_SYMBOL_RE.match(symbol))

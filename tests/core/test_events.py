@@ -365,3 +365,42 @@ def test_stream_kinds() -> None:
         "daily",
         "state",
     ]
+
+
+def _general_path(fields: dict) -> Event:
+    """decode_fields' general path: every name and value decoded, then decode_dict."""
+    return decode_dict({k.decode(): v.decode() for k, v in fields.items()})
+
+
+def _outcome(fn, fields: dict) -> str:
+    try:
+        return repr(fn(fields))
+    except (DecodeError, UnicodeDecodeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_bytes_fields_decode_as_the_general_path(event: Event) -> None:
+    """decode_fields reads bytes entries without decoding them first; every entry, and every
+    altered one (a field missing, emptied, unreadable; a seed-era tick; a replayed record;
+    str names), decodes to the same event or fails with the same error as the general path.
+    One difference: bytes that are not UTF-8 in a field the event does not read (`timestamp`,
+    say) made the general path raise UnicodeDecodeError (not a DecodeError: a reader stopped
+    there); the event is decoded as if that field were absent."""
+    base = {k.encode(): v.encode() for k, v in event.to_fields().items()}
+    variants = [(base, None)]
+    for name in base:
+        variants.append(({k: v for k, v in base.items() if k != name}, None))
+        for odd in (b"", b"x", b"1.5", b"-3", b"\xff", b"\xd9\xa3", b"nan", b" 7 "):
+            variants.append(({**base, name: odd}, name))
+    variants.append(({**base, b"origin": b"other.ticks", b"origin_seq": b"4"}, None))
+    variants.append(({**base, b"extra": b"ignored", b"late": b"\xff"}, b"late"))
+    for fields, name in variants:
+        want = _outcome(_general_path, fields)
+        got = _outcome(decode_fields, fields)
+        if got != want and want.startswith("UnicodeDecodeError") and name is not None:
+            want = _outcome(_general_path, {k: v for k, v in fields.items() if k != name})
+            assert name.decode() not in {n for n, _, _ in type(event)._spec}
+        assert got == want, fields
+    as_text = {k.decode(): v.decode() for k, v in base.items()}
+    assert repr(decode_fields(as_text)) == repr(_general_path(base))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 
 import numpy as np
 import orjson
@@ -14,9 +15,17 @@ import pytest
 from qt_cli.app import app
 from qt_cli.core import keys, query
 from qt_cli.core.errors import UsageError
+from qt_cli.core.events import BookUpdate, decode_fields
 from qt_cli.core.events import FeatureVector as WireVector
-from qt_cli.core.events import decode_fields
-from qt_cli.core.features.backfill import backfill, every_ns, stored_events, to_event
+from qt_cli.core.features import backfill as backfill_module
+from qt_cli.core.features.backfill import (
+    _books,
+    _merged_book_rows,
+    backfill,
+    every_ns,
+    stored_events,
+    to_event,
+)
 from qt_cli.core.features.catalog import SETS
 from qt_cli.core.features.engine import FeatureEngine
 from tests.core.features_stored import SYMBOLS, engine_order, simulate, store
@@ -69,6 +78,82 @@ def test_stored_events_come_back_in_engine_order(stored, vk):
         a[0] == b[0] and a[1] == "BookUpdate" and b[1] == "Trade"
         for a, b in zip(kinds, kinds[1:], strict=False)
     )
+
+
+def _frame_way_book_events(vk, symbol):
+    """The price-book events as the query API's frames give them (the backfill's former read)."""
+    request = query.make_request("book", symbols=[symbol], start=ALL[0], end=ALL[1])
+    return [e for frame, _ in query.pages(vk, request) for _, _, _, e in _books(frame)]
+
+
+def test_book_read_gives_the_events_of_the_query_frames(stored, vk):
+    """The direct read of the book stream (no DataFrame) gives what the query frames gave: the
+    same entries in the same order, the same values, also for entries of other kinds, another
+    program's entry, an entry missing fields or with unreadable ones, and a late entry."""
+    symbol = SYMBOLS[0]
+    key = keys.stream_key("book", symbol)
+    last_id, last = vk.xrevrange(key, count=1)[0]
+    ts = int(last[b"ts_event"])
+    base = {
+        k.decode(): v
+        for k, v in vk.xrange(key, count=1)[0][1].items()
+        if k != b"levels" or v  # the first entry is a full book
+    }
+    late = {**base, "action": b"add", "levels": b"", "price": b"5100.5", "seq": b"900001"}
+    late["ts_event"] = str(int(base["ts_event"]) + 1).encode()  # far older than the stream's end
+    vk.xadd(key, late)
+    vk.xadd(key, {"init": "true"})  # the seed guide's marker
+    missing = {k: v for k, v in late.items() if k not in ("count", "session")}
+    vk.xadd(key, {**missing, "ts_event": str(ts).encode(), "seq": b"900002"})
+    odd = {**late, "ts_event": str(ts).encode(), "quantity": b"1.5", "price": b"x", "seq": b"3"}
+    vk.xadd(key, {**odd, "levels": b"[[1.0, 2, 3]"})  # position unreadable, levels not JSON
+    vk.xadd(key, {**late, "ts_event": str(ts).encode(), "levels": b"{}", "seq": b"900004"})
+    assert last_id < vk.xrevrange(key, count=1)[0][0]
+
+    got = [BookUpdate(*row) for row in _merged_book_rows(vk, [symbol], *ALL)]
+    want = _frame_way_book_events(vk, symbol)
+    assert len(got) == len(want) > 100
+    assert [repr(e) for e in got] == [repr(e) for e in want]
+    assert [type(e.quantity) for e in got] == [type(e.quantity) for e in want]
+    assert sum(e.seq >= 900001 for e in got) == 3  # the added book entries are there
+    aside = list(stored_events(vk, [symbol], *ALL, kinds=("book",), aside=True))
+    assert [repr(e) for e in aside] == [repr(e) for e in want]
+
+
+def test_read_aside_gives_the_same_events_in_the_same_order(stored, vk, monkeypatch):
+    """The events read, decoded and merged by a helper process (a long book) are those of the
+    read here, in the same order; a backfill over a book longer than the threshold takes it,
+    with the same vectors."""
+    here = list(stored_events(vk, SYMBOLS, *ALL, aside=False))
+    aside = list(stored_events(vk, SYMBOLS, *ALL, aside=True))
+    assert len(here) == len(aside) > 1000
+    assert [repr(e) for e in aside] == [repr(e) for e in here]
+    monkeypatch.setattr(backfill_module, "ASIDE_ENTRIES", 10)
+    started = []
+    real = backfill_module._events_aside
+    monkeypatch.setattr(backfill_module, "_events_aside", lambda *a: started.append(1) or real(*a))
+    got = list(backfill(vk, SYMBOLS, *ALL, engine=FeatureEngine("qt"), every="trade"))
+    assert started
+    direct = _direct(stored, "qt")
+    assert len(got) == len(direct)
+    for a, b in zip(direct, got, strict=True):
+        assert (a.symbol, a.ts_event, a.missing) == (b.symbol, b.ts_event, b.missing)
+        assert all(_same(x, y) for x, y in zip(a.values, b.values, strict=True))
+
+
+def test_read_aside_stops_with_its_reader_and_reports_its_error(stored, vk, valkey_url):
+    """Closing the read early stops the helper process; a helper that cannot read raises here."""
+    events = stored_events(vk, SYMBOLS, *ALL, aside=True)
+    next(events)
+    assert multiprocessing.active_children()
+    events.close()
+    assert not multiprocessing.active_children()
+    import valkey as valkey_client
+
+    gone = valkey_client.Valkey(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    gone_events = backfill_module._events_aside(gone, SYMBOLS, *ALL, ("ticks", "book"))
+    with pytest.raises(Exception, match="(?i)connect"):
+        next(gone_events)
 
 
 @pytest.mark.parametrize("set_name", ["qt", "seed65"])
@@ -211,3 +296,67 @@ def test_wire_vector_round_trips_through_the_stream_fields(stored):
         _same(back.features[n], x) or (math.isnan(x) and math.isnan(back.features[n]))
         for n, x in zip(vector.names, vector.values, strict=True)
     )
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_write_stopped_midway_closes_its_writer_first(stored, monkeypatch, tmp_path, suffix):
+    """Ctrl+C (or any error) in the middle of `qt features --from … --output x.parquet`: the
+    file writer is closed before its file, so nothing is reported later from its finaliser
+    ("Exception ignored … write to closed file")."""
+    import gc
+    import sys
+
+    from qt_cli.core.features.backfill import write_vectors
+
+    monkeypatch.setattr(backfill_module, "WRITE_BATCH", 10)
+    vectors = _direct(stored)[:25]
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    def stopped():
+        yield from vectors
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_vectors(stopped(), tmp_path / f"v{suffix}", FeatureEngine("qt").names)
+    gc.collect()
+    assert not unraisable, [str(u.exc_value) for u in unraisable]
+
+
+def test_live_catch_up_holds_a_bounded_backlog_and_equals_the_backfill(
+    stored, vk, valkey_url, monkeypatch
+):
+    """The live stage reading a stored session from its start: the ticks stream, read faster
+    than the book it waits for, pauses while its symbol's merge holds HOLD_MAX entries (they
+    wait in Valkey, not in memory), and every trade's vector is the backfill's."""
+    from qt_cli.core.features import live
+    from qt_cli.core.io import open_source
+
+    monkeypatch.setattr(live, "HOLD_MAX", 40)
+    engine = FeatureEngine("qt", symbols=SYMBOLS)
+    source = open_source(valkey_url, symbols=SYMBOLS, kinds=("ticks", "book"), start="0", count=50)
+    stage = live.LiveFeatures(source, None, engine=engine, symbols=SYMBOLS, every="trade")
+    held = []
+    got = []
+    real_emit = stage._emit
+    monkeypatch.setattr(
+        stage, "_emit", lambda kept: got.extend(v for v, _ in kept) or real_emit(kept)
+    )
+    try:
+        while True:
+            before = stage.stats.received
+            stage._step()
+            held.append(max(len(m) for m in stage._merges.values()))
+            if stage.stats.received == before:
+                break
+    finally:
+        stage.close()
+    assert max(held) <= 40 + 2 * 50  # the cap, plus one read of each stream
+    want = list(backfill(vk, SYMBOLS, *ALL, engine=FeatureEngine("qt"), every="trade"))
+    assert len(got) > 500 and len(want) - len(got) < 10  # the last trades wait for the book
+    for symbol in SYMBOLS:  # each symbol's vectors in order (symbols interleave differently)
+        mine = [v for v in got if v.symbol == symbol]
+        theirs = [v for v in want if v.symbol == symbol][: len(mine)]
+        assert [v.ts_event for v in mine] == [v.ts_event for v in theirs]
+        for x, y in zip(mine, theirs, strict=True):
+            assert all(_same(a, b) for a, b in zip(x.values, y.values, strict=True))

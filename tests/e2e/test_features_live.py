@@ -137,6 +137,8 @@ def test_live_vectors_equal_the_backfill_of_the_same_stored_range(
     assert shown.returncode == 0, shown.output
     stages = [s for s in json.loads(shown.stdout)["stages"] if s.get("stage") == "features"]
     assert stages, shown.stdout
+    assert stages[0]["seen"] and stages[0]["lag_ms"] is not None and stages[0]["lag_ms"] >= 0
+    assert stages[0]["written"] == len(live) and stages[0]["fields"]["feature_set"] == "qt"
     stats = vk.hgetall(keys.stats_key("features", "features"))
     assert int(stats[b"written"]) == len(live) and stats[b"lag_ms"]
     # ZeroMQ: topic features_SYMBOL, the seed guide's {"type": "features", "symbol", "features"};

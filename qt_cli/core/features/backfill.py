@@ -21,19 +21,28 @@ range ends), as a live stage emitting on a timer would.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
+import multiprocessing
+import operator
+import pickle
 import re
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import time_ns
 from typing import Any
 
+import orjson
+
 from qt_cli.core import events, keys, query
 from qt_cli.core.chunks import AGGRESSOR_NAMES
-from qt_cli.core.errors import UsageError
+from qt_cli.core.errors import DataError, UsageError
 from qt_cli.core.events import NS_PER_MS, NS_PER_S, BookUpdate, Trade
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
+from qt_cli.core.store import reader
 from qt_cli.core.store.writer import event_values
 
 TRADE, BOOK = 0, 1
@@ -58,34 +67,22 @@ def every_ns(every: str) -> int:
     raise UsageError(f"--every {every!r}: use {EVERY_HELP}")
 
 
-def _trades(frame: Any) -> Iterator[tuple[int, int, int, Trade]]:
-    cols = {name: frame[name].to_numpy().tolist() for name in _TRADE_COLUMNS}
+_TRADE_DEFAULTS = {name: default for name, _, default in Trade._spec}
+
+
+def _trade_rows(frame: Any) -> Iterator[tuple[int, int, int, tuple]]:
+    """(time, TRADE, order, values) of a query ticks frame's trades (`Trade(*values)`)."""
+    cols: dict[str, list] = {name: frame[name].to_numpy().tolist() for name in _TRADE_COLUMNS}
     cols["symbol"] = frame["symbol"].astype(str).tolist()
     cols["session"] = frame["session"].astype(str).tolist()
-    aggressor = (frame["aggressor"].cat.codes.to_numpy() - 1).tolist()
-    for i, ts in enumerate(cols["ts_event"]):
-        yield (
-            ts,
-            TRADE,
-            i,
-            Trade(
-                symbol=cols["symbol"][i],
-                ts_event=ts,
-                price=cols["price"][i],
-                quantity=cols["quantity"][i],
-                volume=cols["volume"][i],
-                trade_id=cols["trade_id"][i],
-                buyer=cols["buyer"][i],
-                seller=cols["seller"][i],
-                trade_type=cols["trade_type"][i],
-                aggressor=AGGRESSOR_NAMES[aggressor[i]],
-                is_edit=cols["is_edit"][i],
-                history=cols["history"][i],
-                ts_init=cols["ts_init"][i],
-                session=cols["session"][i],
-                seq=cols["seq"][i],
-            ),
-        )
+    codes = (frame["aggressor"].cat.codes.to_numpy() - 1).tolist()
+    cols["aggressor"] = [AGGRESSOR_NAMES[code] for code in codes]
+    n = len(cols["ts_event"])
+    columns = [
+        cols[name] if name in cols else [_TRADE_DEFAULTS[name]] * n for name, _, _ in Trade._spec
+    ]
+    for i, row in enumerate(zip(*columns, strict=True)):
+        yield row[1], TRADE, i, row
 
 
 _TRADE_COLUMNS = (
@@ -130,20 +127,202 @@ def _books(frame: Any) -> Iterator[tuple[int, int, int, BookUpdate]]:
         yield event.ts_event, BOOK, i, event
 
 
-def _kind_events(
-    client: Any, kind: str, symbol: str, from_ns: int, to_ns: int
-) -> Iterator[tuple[int, int, int, Any]]:
-    if not client.exists(keys.stream_key(kind, symbol)) and not (
-        kind == "ticks" and client.exists(keys.history_key("ticks", symbol))
+_BOOK_TYPE = BookUpdate.TYPE.encode()
+_ORDER = operator.itemgetter(0, 1)  # (event time, trade before book)
+_NAN = float("nan")
+
+
+_BOOK_FIELDS = tuple(name for name, _, _ in BookUpdate._spec)
+
+
+def _book_row(fields: dict[bytes, bytes]) -> tuple | None:
+    """A stored price-book entry as the values (`BookUpdate(*row)`) of the event `_books` makes
+    of its query frame row, without the frame; None when a field is missing or unreadable
+    (`_book_rows` then takes the frame way)."""
+    get = fields.get
+    try:
+        price = get(b"price")
+        raw_levels = get(b"levels")
+        levels = orjson.loads(raw_levels) if raw_levels else []
+        if not isinstance(levels, list):
+            levels = []
+        return (
+            fields[b"symbol"].decode(errors="replace"),
+            int(fields[b"ts_event"]),
+            fields[b"side"].decode(errors="replace"),
+            fields[b"action"].decode(errors="replace"),
+            int(fields[b"position"]),
+            float(price) if price else _NAN,
+            int(fields[b"quantity"]),
+            int(fields[b"count"]),
+            int(fields[b"agent"]),
+            int(fields[b"order_id"]),
+            fields[b"book"].decode(errors="replace"),
+            levels,
+            int(fields[b"ts_init"]),
+            fields[b"session"].decode(errors="replace"),
+            int(fields[b"seq"]),
+        )
+    except (KeyError, ValueError, orjson.JSONDecodeError):
+        return None
+
+
+def _book_rows(client: Any, symbol: str, from_ns: int, to_ns: int) -> Iterator[tuple]:
+    """The price-book events of the query API's book read (`query.pages`: its entries, order
+    and per-field conversion, then `_books`) as `BookUpdate` values, read from the stream's
+    entries directly: no DataFrame per page, no dict parsed by the client (the book has no
+    columnar history, so this per-event read is what a backfill of a set using the book
+    spends most on)."""
+    key = keys.stream_key("book", symbol)
+    if not client.exists(key):
+        return
+    for page in reader.iter_entries(
+        client, key, from_ns, to_ns, time_field=query.time_field("book"), raw=True
+    ):
+        for entry in page.entries:
+            fields = entry[1]
+            if fields.get(b"type") != _BOOK_TYPE:  # top of book, another program's entry
+                continue
+            stamp = fields.get(b"ts_event")
+            if not (stamp and stamp.lstrip(b"-").isdigit()):
+                continue  # not a book entry to the query either
+            row = _book_row(fields)
+            if row is None:  # what the frame makes of a field missing or unreadable
+                event = next(_books(query.entries_frame("book", [entry])))[3]
+                row = tuple(getattr(event, name) for name in _BOOK_FIELDS)
+            yield row
+
+
+def _merged_book_rows(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int
+) -> Iterator[tuple]:
+    """The book rows of several symbols in event-time order (at equal times, in `symbols`
+    order: as `stored_events` merges them)."""
+    sources = [_book_rows(client, symbol, from_ns, to_ns) for symbol in symbols]
+    if len(sources) == 1:
+        return sources[0]
+    return heapq.merge(*sources, key=lambda row: row[1])
+
+
+def _tick_rows(
+    client: Any, symbol: str, from_ns: int, to_ns: int
+) -> Iterator[tuple[int, int, int, tuple]]:
+    """(time, TRADE, order, values) of a symbol's stored trades, through the query API."""
+    if not client.exists(keys.stream_key("ticks", symbol)) and not client.exists(
+        keys.history_key("ticks", symbol)
     ):
         return
-    request = query.make_request(kind, symbols=[symbol], start=from_ns, end=to_ns)
+    request = query.make_request("ticks", symbols=[symbol], start=from_ns, end=to_ns)
     offset = 0
-    convert = _trades if kind == "ticks" else _books
     for frame, _ in query.pages(client, request):
-        for ts, rank, i, event in convert(frame):
-            yield ts, rank, offset + i, event
+        for ts, rank, i, row in _trade_rows(frame):
+            yield ts, rank, offset + i, row
         offset += len(frame)
+
+
+def _merged_rows(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int, kinds: Sequence[str]
+) -> Iterator[tuple[int, int, int, tuple]]:
+    """(time, kind, order, values) of the symbols' trades and book events in engine order."""
+    sources: list[Iterator[tuple[int, int, int, tuple]]] = []
+    if "ticks" in kinds:
+        sources += [_tick_rows(client, symbol, from_ns, to_ns) for symbol in symbols]
+    if "book" in kinds:
+        rows = _merged_book_rows(client, symbols, from_ns, to_ns)
+        sources.append((row[1], BOOK, i, row) for i, row in enumerate(rows))
+    return heapq.merge(*sources, key=_ORDER)
+
+
+_EVENT_OF = {TRADE: Trade, BOOK: BookUpdate}
+
+
+def _events_here(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int, kinds: Sequence[str]
+) -> Iterator[Trade | BookUpdate]:
+    for _, kind, _, row in _merged_rows(client, symbols, from_ns, to_ns, kinds):
+        yield _EVENT_OF[kind](*row)
+
+
+# A read of more book entries than this is done by a helper process (`_events_aside`).
+ASIDE_ENTRIES = 100_000
+_ASIDE_BATCH = 2048
+
+
+def _read_aside(
+    client: Any,
+    symbols: Sequence[str],
+    from_ns: int,
+    to_ns: int,
+    kinds: Sequence[str],
+    conn: Any,
+) -> None:
+    """The helper process: the merged (kind, values) rows, pickled in batches down `conn`, then
+    "end" (or the error that stopped it). Ctrl+C is the reading process's to handle: it stops
+    this one. No cyclic garbage collection: this loop makes none, and a collection would walk
+    (and copy, page by page) every object inherited from the reading process (a third of the
+    helper's time)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.disable()
+    try:
+        batch: list[tuple[int, tuple]] = []
+        for _, kind, _, row in _merged_rows(client, symbols, from_ns, to_ns, kinds):
+            batch.append((kind, row))
+            if len(batch) >= _ASIDE_BATCH:
+                conn.send_bytes(pickle.dumps(("rows", batch), protocol=pickle.HIGHEST_PROTOCOL))
+                batch = []
+        conn.send_bytes(pickle.dumps(("rows", batch), protocol=pickle.HIGHEST_PROTOCOL))
+        conn.send_bytes(pickle.dumps(("end", None)))
+    except Exception as exc:  # handed to the reading process, which raises it
+        try:
+            payload = pickle.dumps(("error", exc))
+        except Exception:
+            payload = pickle.dumps(("error", DataError(f"reading the stored events: {exc}")))
+        conn.send_bytes(payload)
+    finally:
+        conn.close()
+
+
+def _events_aside(
+    client: Any, symbols: Sequence[str], from_ns: int, to_ns: int, kinds: Sequence[str]
+) -> Iterator[Trade | BookUpdate]:
+    """`_events_here`, the reads, their decoding and merge done by a forked helper process (with
+    its own connection: the client's pool reconnects in a forked child) on another core, while
+    this one computes; the same events in the same order. The helper stops when this does."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    helper = context.Process(
+        target=_read_aside, args=(client, symbols, from_ns, to_ns, kinds, sender), daemon=True
+    )
+    helper.start()
+    sender.close()
+    make = _EVENT_OF
+    try:
+        while True:
+            try:
+                what, payload = pickle.loads(receiver.recv_bytes())
+            except EOFError:
+                raise DataError(
+                    "the process reading the stored events stopped before the end "
+                    f"(exit code {helper.exitcode}); run the backfill again"
+                ) from None
+            if what == "end":
+                return
+            if what == "error":
+                raise payload
+            for kind, row in payload:
+                yield make[kind](*row)
+    finally:
+        receiver.close()
+        if helper.is_alive():
+            helper.terminate()
+        helper.join()
+
+
+def _book_entries(client: Any, symbols: Sequence[str]) -> int:
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.xlen(keys.stream_key("book", symbol))
+    return sum(int(n) for n in pipe.execute())
 
 
 def stored_events(
@@ -153,14 +332,21 @@ def stored_events(
     to_ns: int,
     *,
     kinds: Sequence[str] = ("ticks", "book"),
+    aside: bool | None = None,
 ) -> Iterator[Trade | BookUpdate]:
     """Stored trades and price-book events of `symbols` in [from_ns, to_ns], in engine order
-    (`kinds`: leave out "book" for a set that uses no book feature)."""
-    sources = [
-        _kind_events(client, kind, symbol, from_ns, to_ns) for symbol in symbols for kind in kinds
-    ]
-    for _, _, _, event in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
-        yield event
+    (`kinds`: leave out "book" for a set that uses no book feature). They are read, decoded and
+    merged by a helper process on another core (`aside`) when the book is read and its streams
+    hold more than `ASIDE_ENTRIES` entries (None), always (True) or never (False): the same
+    events either way."""
+    if aside is None:  # a helper process needs fork (not on Windows)
+        aside = (
+            "book" in kinds
+            and "fork" in multiprocessing.get_all_start_methods()
+            and _book_entries(client, symbols) > ASIDE_ENTRIES
+        )
+    read = _events_aside if aside else _events_here
+    yield from read(client, symbols, from_ns, to_ns, tuple(kinds))
 
 
 @dataclass
@@ -244,8 +430,12 @@ def backfill(
             stats.book_events += 1
             engine.on_book(event)
             vector = None
-        for kept, _ in sampler.add(ts, vector):
-            yield _count(stats, kept)
+        if not period:  # every trade's vector (what the sampler keeps for period 0)
+            if vector is not None:
+                yield _count(stats, vector)
+        else:
+            for kept, _ in sampler.add(ts, vector):
+                yield _count(stats, kept)
         if stats.first_ns is None:
             stats.first_ns = ts
         stats.last_ns = ts
@@ -294,13 +484,11 @@ def write_stream(
     vectors: Iterator[FeatureVector], writer: Any, batch: int = 2_000
 ) -> tuple[int, int]:
     """Store backfilled vectors as the live stage does (`store_events`, `stream_identity`)."""
-    from dataclasses import replace
-
     written = duplicates = 0
     pending: list[events.FeatureVector] = []
     for vector in vectors:
         session, seq = stream_identity(vector)
-        pending.append(replace(to_event(vector, ts_init=time_ns()), session=session, seq=seq))
+        pending.append(to_event(vector, ts_init=time_ns(), session=session, seq=seq))
         if len(pending) >= batch:
             w, d = store_events(writer, pending)
             written, duplicates, pending = written + w, duplicates + d, []
@@ -325,8 +513,11 @@ def stream_identity(vector: FeatureVector) -> tuple[str, int]:
     return derived_session("features", session), seq
 
 
-def to_event(vector: FeatureVector, *, ts_init: int = 0) -> events.FeatureVector:
-    """The vector as the wire/stream event (`events.FeatureVector`), as the live stage stores it."""
+def to_event(
+    vector: FeatureVector, *, ts_init: int = 0, session: str = "", seq: int = 0
+) -> events.FeatureVector:
+    """The vector as the wire/stream event (`events.FeatureVector`), as the live stage stores it
+    (with the identity it derives from the trade: `session`, `seq`)."""
     return events.FeatureVector(
         symbol=vector.symbol,
         ts_event=vector.ts_event,
@@ -336,6 +527,8 @@ def to_event(vector: FeatureVector, *, ts_init: int = 0) -> events.FeatureVector
         reasons=vector.reasons,
         warm=vector.warm,
         ts_init=ts_init,
+        session=session,
+        seq=seq,
     )
 
 
@@ -402,6 +595,11 @@ def write_vectors(
         flush()
         if writer is not None:
             writer.close()
+    except BaseException:
+        if writer is not None:  # before its file: its finaliser would write to a closed one
+            with contextlib.suppress(Exception):
+                writer.close()
+        raise
     finally:
         out.close()
     written.bytes = path.stat().st_size

@@ -70,8 +70,11 @@ history source as a parameter (`FeatureEngine(..., history=StoredHistory(client)
 
 `qt_cli/core/features/backfill.py` reads the symbols' stored trades (history chunks, the
 per-event tail and late entries, through `qt_cli.core.query`) and price-book events (only when
-the set uses the book) and feeds them to the same engine in this order, the one the live stage
-receives them in:
+the set uses the book: the entries, order and values the query gives, read from the book
+stream's entries directly, without a DataFrame per page) and feeds them to the same engine in
+this order, the one the live stage receives them in (when the symbols' book streams hold more
+than 100,000 entries, a forked helper process on another core reads, decodes and merges both
+and hands the events' values over a pipe, while this one computes):
 
 1. by `ts_event`;
 2. at equal `ts_event`, trades before book events (the book change a trade causes carries the
@@ -115,6 +118,9 @@ from their start, merges them in the backfill's order above (an entry is release
 other stream has read past it: each stream is in event-time order), feeds the same engine and
 keeps the vectors of the same `--every` rule (`backfill.Sampler`, shared by both; default
 `1s`). The vector of a period still open is written once a later event closes it, never at stop.
+Catching up (a start or restart over a stored day), the ticks are read faster than the book they
+wait for: once a symbol's merge holds 10,000 entries the stream read ahead pauses (its entries
+wait in Valkey) until the other catches up. One worker's throughput is in BENCHMARKS.md.
 
 - Exactly once (Valkey input): each vector goes to `stream:features:{{SYM}}` through the one writer path
   (`qt_append`) with the identity of the trade that produced it (`stage.derived`: session

@@ -10,10 +10,12 @@ and counted (`FeatureEngine.counters`), never raised. Definitions: docs/FEATURES
 from __future__ import annotations
 
 import math
+import operator
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,16 @@ _ONE32 = np.float32(1.0)
 _LOG_AT = [0, 2, 4]  # returns lags 1, 5 and 20 among SeedBlock.RETURN_LAGS
 
 NO_RANKING = "no agent ranking (pass top_buyers and top_sellers)"
+# The reasons of the top_* features without a ranking, in the order they are given.
+_NO_RANKING_REASONS = {
+    **{
+        name: NO_RANKING
+        for i in range(5)
+        for name in (f"top_buyer_{i}_active", f"top_seller_{i}_active")
+    },
+    "top_buyers_count": NO_RANKING,
+    "top_sellers_count": NO_RANKING,
+}
 NO_BOOK = "no book"
 CROSSED_BOOK = "crossed book"
 
@@ -589,6 +601,14 @@ class TradeBlock:
         v["day_of_week"] = weekday
 
 
+def _reasons_of(reasons: dict[str, str], missing: tuple[str, ...]) -> dict[str, str]:
+    """The reasons of the missing values, in the order they were given."""
+    if not reasons or not missing:
+        return {}
+    keep = set(missing)
+    return {n: r for n, r in reasons.items() if n in keep}
+
+
 def _vol_ratio(a: float, b: float) -> float:
     if b != b:
         return NAN
@@ -759,6 +779,7 @@ class FeatureEngine:
         self.history = history
         self.subscribed = tuple(symbols)
         self.names = feature_set(set_name)
+        self._pick = operator.itemgetter(*self.names)  # the values in the set's order
         if (top_buyers is None) != (top_sellers is None):
             raise UsageError("give both top_buyers and top_sellers (the training file's rankings)")
         for label, ranking in (("top_buyers", top_buyers), ("top_sellers", top_sellers)):
@@ -853,10 +874,7 @@ class FeatureEngine:
         if state.seed is not None:
             state.seed.update(trade, clock, values)
             if self._ranking_missing:
-                for i in range(5):
-                    reasons[f"top_buyer_{i}_active"] = NO_RANKING
-                    reasons[f"top_seller_{i}_active"] = NO_RANKING
-                reasons["top_buyers_count"] = reasons["top_sellers_count"] = NO_RANKING
+                reasons.update(_NO_RANKING_REASONS)
         if state.trades is not None:
             state.trades.update(trade, clock, values)
         if state.book is not None:
@@ -865,10 +883,11 @@ class FeatureEngine:
                 counters["crossed_book" if problem == CROSSED_BOOK else "no_book"] += 1
         if state.history is not None:
             state.history.update(trade, clock, values, reasons)
-        out = [values[n] for n in self.names]
+        out = [*self._pick(values)] if len(self.names) > 1 else [values[self.names[0]]]
         if state.seed is not None and state.trades is None:
             out = array("f", out).tolist()  # the training code's final float32 cast
-        missing = tuple(n for n, x in zip(self.names, out, strict=True) if x != x)
+        total = sum(out)  # NaN when a value is NaN (also for inf - inf: then look)
+        missing = () if total == total else tuple(compress(self.names, map(math.isnan, out)))
         state.last_trade = {"session": trade.session, "seq": trade.seq, "trade_id": trade.trade_id}
         counters["vectors"] += 1
         if not missing:
@@ -881,7 +900,7 @@ class FeatureEngine:
             values=out,
             warm=not missing,
             missing=missing,
-            reasons={n: r for n, r in reasons.items() if n in missing},
+            reasons=_reasons_of(reasons, missing),
             lineage={"trade": state.last_trade, "book": state.last_book},
             catalog_version=self.version,
         )
