@@ -33,8 +33,9 @@ test: venv valkey lint  ## everything CI runs
 demo: venv valkey  ## the main job on the embedded default: a simulated market through the whole pipeline
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
-bench: venv valkey  ## benchmarks, written to BENCHMARKS.md
+bench: venv valkey  ## every benchmark (about 10 minutes), written to BENCHMARKS.md with a summary table
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python -m benchmarks.$$(basename $$b .py) || exit 1; done
+	@$(BIN)/python -m benchmarks.summary >/dev/null
 
 completions: venv  ## regenerate completions/ (a test fails when they are stale)
 	$(BIN)/python -m qt_cli.completions completions

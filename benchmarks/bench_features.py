@@ -34,7 +34,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from benchmarks.report import write_section
+from benchmarks.report import record, write_section
 from qt_cli.core.events import EXCHANGE_TZ, BookUpdate, Trade
 from qt_cli.core.features.catalog import SETS
 from qt_cli.core.features.engine import Clock, FeatureEngine
@@ -882,6 +882,21 @@ def report(history: dict, stored: dict, rows: list[tuple[str, dict]], live: dict
     ]
     lines += live_lines(live)
     write_section("features", "\n".join(lines))
+    for set_name, r in rows:
+        record("features", f"{set_name}: update p99, whole set", r["p99"], "µs",
+               ceiling=r["scratch_p99"], target="≤ 100 µs, ≥ 4× from scratch",
+               met=r["p99"] <= 100 and r["scratch_p99"] >= 4 * r["p99"])  # fmt: skip
+    record("features", "time-travel features, amortised per trade", history["mean_us"], "µs",
+           target="≤ 20 µs", met=history["mean_us"] <= 20)  # fmt: skip
+    for set_name in ("qt", "seed65"):
+        seconds = stored[set_name]["seconds"]
+        record("features", f"{set_name}: backfill of {stored[set_name]['trades']:,} trades",
+               seconds, "s", target="≤ 30 s", met=seconds <= 30)  # fmt: skip
+    for r in live["rows"]:
+        tps = r["none"]["trades"] / r["none"]["s"]
+        record("features", f"{r['set']}: live, one worker, --every trade", tps, "trades/s",
+               ceiling=r["none"]["trades"] / r["raw_s"], target="≥ 20,000",
+               met=tps >= 20_000)  # fmt: skip
 
 
 def live_lines(live: dict) -> list[str]:

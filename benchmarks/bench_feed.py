@@ -22,7 +22,7 @@ from pathlib import Path
 
 import zmq
 
-from benchmarks.report import write_section
+from benchmarks.report import record, write_section
 from qt_cli.core.events import Event
 from qt_cli.core.feed import FeedOptions, run_feed
 from qt_cli.core.journal import JournalWriter
@@ -207,6 +207,16 @@ Nelogica tick-export parse (`NelogicaCsvSource`, rows -> Trade events, {parse["r
 """
     print(md)
     write_section("feed", md)
+    record("feed", "publish p99, one message per call", cost["single_p99"], "µs",
+           ceiling=cost["bare_p99"], target="≤ 50 µs", met=cost["single_p99"] <= 50,
+           seed_target="publish < 1 ms")  # fmt: skip
+    record("feed", "publish, batches of 1,024", cost["batch_rate"], "msgs/s",
+           ceiling=cost["bare_rate"], seed_target="> 10k msgs/s")  # fmt: skip
+    record("feed", "sustained qt feed --sim --rate 0", rate["feed_rate"], "msgs/s",
+           ceiling=rate["sim_rate"], target="≥ 100,000", met=rate["feed_rate"] >= 100_000,
+           seed_target="> 10k msgs/s")  # fmt: skip
+    record("feed", "Nelogica CSV parse", parse["parse_rate"], "rows/s",
+           target="≥ 200,000", met=parse["parse_rate"] >= 200_000)  # fmt: skip
 
 
 if __name__ == "__main__":

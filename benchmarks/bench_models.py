@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_bridge import own_server
-from benchmarks.report import write_section
+from benchmarks.report import record, write_section
 from qt_cli.core import keys
 from qt_cli.core.events import BookUpdate, FeatureVector, Trade, decode_fields
 from qt_cli.core.features.catalog import catalog_hash, feature_set
@@ -339,6 +339,17 @@ def run() -> None:
     text = "\n".join(lines)
     print(text)
     write_section("models", text)
+    for model, _sk, ort, _pred, stage, write, _diff in results:
+        end_to_end = p(stage, 99) + write
+        record("models", f"{model}: stage + write p99 per vector", end_to_end, "µs",
+               ceiling=p(ort, 99), target="≤ 200 µs", met=end_to_end <= 200)  # fmt: skip
+        overhead = p(stage, 50) - p(ort, 50)
+        record("models", f"{model}: stage overhead over ONNX p50", overhead, "µs",
+               target="≤ 30 µs", met=overhead <= 30)  # fmt: skip
+    for name, _serving, native, stage, write in legacy:
+        end_to_end = p(stage, 99) + write
+        record("models", f"{name}: stage + write p99 per vector", end_to_end, "µs",
+               ceiling=p(native, 99), target="≤ 2 ms", met=end_to_end <= 2000)  # fmt: skip
 
 
 if __name__ == "__main__":

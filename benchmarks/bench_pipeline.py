@@ -40,7 +40,7 @@ import zmq
 
 from benchmarks.bench_bridge import own_server
 from benchmarks.bench_models import save_bundle, vectors
-from benchmarks.report import write_section
+from benchmarks.report import record, write_section
 from qt_cli.core.models.training import choose_threshold, label, make_pipeline
 from qt_cli.core.store.managed import free_port
 
@@ -275,6 +275,12 @@ def main() -> None:
     for r in rows:
         print(r["mode"], r["rate"], "features:", r["features"], "predict:", r["predict"])
     write_section("pipeline", text)
+    for r in rows:
+        limit = 2.0 if r["mode"] == "zeromq" else 10.0
+        record("pipeline", f"tick -> signal p99, {r['mode']}, {r['trades_per_s']:,.0f} trades/s",
+               r["p99"], "ms", ceiling=hop[1] / 1000, target=f"≤ {limit:g} ms at 5k ticks/s",
+               met=r["p99"] <= limit if 4_000 <= r["trades_per_s"] <= 6_000 else None,
+               seed_target="< 100 ms")  # fmt: skip
 
 
 if __name__ == "__main__":

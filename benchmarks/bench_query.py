@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import valkey
 
-from benchmarks.report import write_section
+from benchmarks.report import record, write_section
 from qt_cli.core import keys, query
 from qt_cli.core.bridge.derive import FORMING_INTERVAL_S, ColumnChunker
 from qt_cli.core.chunks import (
@@ -410,6 +410,13 @@ def main() -> None:
     ]
     write_section("query", "\n".join(lines))
     print("\n".join(lines))
+    for (label, n, r), limit in zip(rows, (10.0, 80.0), strict=True):
+        ms = r["query"] * 1000
+        record("query", f"{label} ({n:,} ticks) -> DataFrame", ms, "ms",
+               ceiling=r["bare_chunks"] * 1000, target=f"≤ {limit:g} ms", met=ms <= limit,
+               seed_target="1 h query < 100 ms" if n <= 100_000 else "")  # fmt: skip
+        record("query", f"{label}: bytes per tick in Valkey", r["chunk_bytes_per_tick"], "B",
+               target="≤ 12", met=r["chunk_bytes_per_tick"] <= 12)  # fmt: skip
 
 
 if __name__ == "__main__":
