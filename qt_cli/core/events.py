@@ -599,12 +599,16 @@ class FeatureVector(Event):
     def from_dict(cls, data: dict[str, Any]) -> Event:
         event = super(FeatureVector, cls).from_dict(data)
         assert isinstance(event, FeatureVector)
-        if not isinstance(event.features, dict):
-            raise DecodeError("field 'features': expected an object", field="features")
-        values = event.features.values()
-        if None in values or not all(type(v) is float for v in values):
-            object.__setattr__(event, "features", _nan_to_float(event.features))
+        event._check_features()
         return event
+
+    def _check_features(self) -> None:
+        """`features` must be an object; JSON nulls (NaN on the wire) become NaN. The values
+        are kept as JSON gives them otherwise (floats as qt writes them; one C-level scan)."""
+        if not isinstance(self.features, dict):
+            raise DecodeError("field 'features': expected an object", field="features")
+        if None in self.features.values():
+            object.__setattr__(self, "features", _nan_to_float(self.features))
 
 
 @_finish
@@ -725,7 +729,10 @@ def _bytes_decoder(cls: type[Event]) -> Any:
     call, one expression per field (compiled once, at import). Ints, floats and text are read
     from the bytes (`int(b"12")` is `int("12")`; what does not read so raises, and the general
     path decides); a missing field with a default takes it, one without raises KeyError."""
-    if cls.from_dict.__func__ is not Event.from_dict.__func__ and cls is not Trade:  # type: ignore[attr-defined]
+    if cls.from_dict.__func__ is not Event.from_dict.__func__ and cls not in (  # type: ignore[attr-defined]
+        Trade,
+        FeatureVector,  # its from_dict adds `_check_features`, which _decode_bytes_fields calls
+    ):
         return None
     exprs = []
     env: dict[str, Any] = {"cls": cls, "nan": math.nan}
@@ -777,6 +784,8 @@ def _decode_bytes_fields(fields_: Mapping[Any, Any]) -> Event | None:
     try:
         event = decode(fields_)
         event._validate()
+        if cls is FeatureVector:
+            event._check_features()
     except (KeyError, DecodeError, ValueError, TypeError, AttributeError):
         return None
     return event
