@@ -883,9 +883,12 @@ def report(history: dict, stored: dict, rows: list[tuple[str, dict]], live: dict
     lines += live_lines(live)
     write_section("features", "\n".join(lines))
     for set_name, r in rows:
+        targeted = set_name in ("qt", "seed65")  # the targets name these two sets
         record("features", f"{set_name}: update p99, whole set", r["p99"], "µs",
-               ceiling=r["scratch_p99"], target="≤ 100 µs, ≥ 4× from scratch",
-               met=r["p99"] <= 100 and r["scratch_p99"] >= 4 * r["p99"])  # fmt: skip
+               ceiling=r["scratch_p99"],
+               target="≤ 100 µs, ≥ 4× from scratch" if targeted else "",
+               met=(r["p99"] <= 100 and r["scratch_p99"] >= 4 * r["p99"]) if targeted else None,
+               )  # fmt: skip
     record("features", "time-travel features, amortised per trade", history["mean_us"], "µs",
            target="≤ 20 µs", met=history["mean_us"] <= 20)  # fmt: skip
     for set_name in ("qt", "seed65"):

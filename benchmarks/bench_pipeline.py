@@ -49,8 +49,8 @@ from qt_cli.core.store.managed import free_port
 
 SYMBOL = "WDOQ25"
 RATES = tuple(int(x) for x in os.environ.get("QT_BENCH_RATES", "4500,23000,90000").split(","))
-SECONDS = int(os.environ.get("QT_BENCH_SECONDS", "15"))
-WARMUP_S = 4
+SECONDS = int(os.environ.get("QT_BENCH_SECONDS", "10"))
+WARMUP_S = 3
 MODES = tuple(os.environ.get("QT_BENCH_MODES", "zeromq,valkey").split(","))
 QT = str(Path(sys.executable).parent / "qt")
 
@@ -171,7 +171,7 @@ def run_once(rate: int, mode: str, model: Path, tmp: Path) -> dict:
                 )
             )  # fmt: skip
         collector = Collector(ticks, sigs)
-        time.sleep(3)  # every stage subscribed and its model loaded
+        time.sleep(2.5)  # every stage subscribed and its model loaded
         t0 = time.time_ns()
         feed = subprocess.run(
             [

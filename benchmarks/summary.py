@@ -11,7 +11,7 @@ ORDER = ("feed", "bridge", "query", "features", "models", "pipeline")
 
 
 def fmt(value: float | None) -> str:
-    if value is None:
+    if value is None or value != value:  # none, or NaN: nothing was measured
         return "—"
     if abs(value) >= 100:
         return f"{value:,.0f}"
@@ -33,7 +33,7 @@ def main() -> None:
     for bench in [*ORDER, *sorted(set(data) - set(ORDER))]:
         for r in data.get(bench, []):
             ceiling = r["ceiling"]
-            ratio = f"{r['ours'] / ceiling:.2f}×" if ceiling else "—"
+            ratio = f"{r['ours'] / ceiling:.2f}×" if ceiling and r["ours"] == r["ours"] else "—"
             met = {True: "yes", False: "**no**", None: "—"}[r["met"]]
             lines.append(
                 f"| {bench} | {r['figure']} | {fmt(r['ours'])} {r['unit']} "
