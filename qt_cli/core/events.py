@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING as _dataclass_missing
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from operator import attrgetter, call
 from typing import Any, ClassVar, get_type_hints
 
 import orjson
@@ -170,30 +169,6 @@ def _flat_value(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
-# `_flat_value` by a field's declared type: the exact type first, anything else the general way.
-def _flat_float(value: Any) -> str:
-    if type(value) is float:
-        return "" if value != value else float.__repr__(value)
-    return _flat_value(value)
-
-
-def _flat_int(value: Any) -> str:
-    return int.__repr__(value) if type(value) is int else _flat_value(value)
-
-
-def _flat_str(value: Any) -> str:
-    return value if type(value) is str else _flat_value(value)
-
-
-def _flat_bool(value: Any) -> str:
-    if value is True:
-        return "1"
-    return "0" if value is False else _flat_value(value)
-
-
-_FLAT = {float: _flat_float, int: _flat_int, str: _flat_str, bool: _flat_bool}
-
-
 # --- the base --------------------------------------------------------------------------------
 
 
@@ -204,9 +179,9 @@ class Event:
     TYPE: ClassVar[str] = ""
     STREAM: ClassVar[str] = ""
     _spec: ClassVar[tuple[tuple[str, Any, Any], ...]] = ()
-    # (field names, their `_flat_value` by declared type, attrgetter of their values); None for
-    # a class with its own to_dict
-    _flat: ClassVar[tuple[tuple[str, ...], tuple[Callable[[Any], str], ...], Any] | None] = None
+    # to_fields compiled for the class's fields (`_fields_function`); None for a class with its
+    # own to_dict (Trade)
+    _flat: ClassVar[Callable[[Any], dict[str, str]] | None] = None
 
     symbol: str
     ts_event: int
@@ -232,13 +207,10 @@ class Event:
 
     def to_fields(self) -> dict[str, str]:
         """Flat Valkey stream fields: every value a string (`_flat_value`)."""
-        flat = self._flat
+        flat = type(self)._flat  # from the class: a plain function, not a bound method
         if flat is None:  # a class with its own to_dict (Trade)
             return {k: _flat_value(v) for k, v in self.to_dict().items()}
-        names, converters, values = flat
-        out = {"type": self.TYPE}
-        out.update(zip(names, map(call, converters, values(self)), strict=True))
-        return out
+        return flat(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
@@ -284,10 +256,32 @@ def _finish(cls: type[Event]) -> type[Event]:
         spec.append((f.name, base, default))
     cls._spec = tuple(spec)
     if cls.to_dict is Event.to_dict:
-        names = tuple(name for name, _, _ in spec)
-        converters = tuple(_FLAT.get(base, _flat_value) for _, base, _ in spec)
-        cls._flat = (names, converters, attrgetter(*names))
+        cls._flat = _fields_function(cls)
     return cls
+
+
+def _fields_function(cls: type[Event]) -> Callable[[Any], dict[str, str]]:
+    """`to_fields` for `cls`, one expression per field by its declared type (what `_flat_value`
+    gives; any other type of value goes through `_flat_value`), compiled once at import."""
+    items = [f'"type": {cls.TYPE!r}']
+    for i, (name, base, _) in enumerate(cls._spec):
+        v = f"v{i}"
+        get = f"({v} := e.{name})"
+        if base is float:
+            expr = f"(('' if {v} != {v} else frepr({v})) if type({get}) is float else flat({v}))"
+        elif base is int:
+            expr = f"(irepr({v}) if type({get}) is int else flat({v}))"
+        elif base is str:
+            expr = f"({v} if type({get}) is str else flat({v}))"
+        elif base is bool:
+            expr = f"('1' if {get} is True else '0' if {v} is False else flat({v}))"
+        else:
+            expr = f"flat(e.{name})"
+        items.append(f"{name!r}: {expr}")
+    source = "def to_fields(e):\n    return {" + ", ".join(items) + "}\n"
+    env: dict[str, Any] = {"flat": _flat_value, "frepr": float.__repr__, "irepr": int.__repr__}
+    exec(compile(source, f"<fields of {cls.__name__}>", "exec"), env)  # noqa: S102
+    return env["to_fields"]
 
 
 def _check_price(name: str, value: float, *, allow_nan: bool = False) -> None:

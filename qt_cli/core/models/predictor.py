@@ -128,10 +128,11 @@ class Predictor:
     def build(
         self, vector: FeatureVector, p: np.ndarray, price: float = math.nan
     ) -> tuple[Prediction, Signal]:
-        best = int(np.argmax(p))
-        confidence = float(p[best])
-        up = float(p[self.up]) if self.up is not None else 0.0
-        down = float(p[self.down]) if self.down is not None else 0.0
+        q = p.tolist()  # Python floats: no numpy scalar per element below
+        best = q.index(max(q))  # the first of equal maxima, as np.argmax
+        confidence = q[best]
+        up = q[self.up] if self.up is not None else 0.0
+        down = q[self.down] if self.down is not None else 0.0
         now = time.time_ns()
         session = f"{vector.session}/{self.tag}"
         prediction = Prediction(
@@ -142,7 +143,7 @@ class Predictor:
             feature_set=self.feature_set,
             value=up - down,
             label=self.labels[best],
-            probabilities={label: float(q) for label, q in zip(self.labels, p, strict=True)},
+            probabilities=dict(zip(self.labels, q, strict=True)),
             ts_features=vector.ts_event,
             latency_us=(now - vector.ts_init) / 1e3 if self.live and vector.ts_init else math.nan,
             ts_init=now,
