@@ -22,7 +22,8 @@ vectors of the simulator; what it predicts does not matter here, every warm vect
 The simulator's rate counts events (trades and book events, about 22 % trades): 4,500, 23,000
 and 90,000 events/s are about 1,000, 5,000 and 20,000 trades (ticks) per second.
 Run: `python -m benchmarks.bench_pipeline` (about three minutes; QT_BENCH_RATES,
-QT_BENCH_SECONDS and QT_BENCH_MODES narrow it).
+QT_BENCH_SECONDS and QT_BENCH_MODES narrow it; QT_BENCH_EVERY=250ms runs the features stage
+with another trigger than every trade).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ SYMBOL = "WDOQ25"
 RATES = tuple(int(x) for x in os.environ.get("QT_BENCH_RATES", "4500,23000,90000").split(","))
 SECONDS = int(os.environ.get("QT_BENCH_SECONDS", "10"))
 WARMUP_S = 3
+EVERY = os.environ.get("QT_BENCH_EVERY", "trade")
 MODES = tuple(os.environ.get("QT_BENCH_MODES", "zeromq,valkey").split(","))
 QT = str(Path(sys.executable).parent / "qt")
 
@@ -148,7 +150,7 @@ def run_once(rate: int, mode: str, model: Path, tmp: Path) -> dict:
             procs.append(
                 start(
                     "features", "--in", ticks, "--in", book, "--replay", replay, "--symbol",
-                    SYMBOL, "--every", "trade", "--out", feats, "--json", log=log,
+                    SYMBOL, "--every", EVERY, "--out", feats, "--json", log=log,
                 )
             )  # fmt: skip
             procs.append(
@@ -160,7 +162,7 @@ def run_once(rate: int, mode: str, model: Path, tmp: Path) -> dict:
         else:
             procs.append(
                 start(
-                    "features", "--in", url, "--symbol", SYMBOL, "--every", "trade", "--out", url,
+                    "features", "--in", url, "--symbol", SYMBOL, "--every", EVERY, "--out", url,
                     "--json", log=log,
                 )
             )  # fmt: skip
