@@ -46,7 +46,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, valkey {valkey}"
 
 
-def write_section(name: str, body: str) -> None:
+def write_section(name: str, body: str, *, first: bool = False) -> None:
+    """Replace (or add) section `name`; `first` puts it right after the header."""
     text = REPORT.read_text() if REPORT.exists() else HEADER
     stamp = datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
     block = (
@@ -55,11 +56,18 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(
         rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S
     )
-    text = (
-        pattern.sub(lambda _: block, text)
-        if pattern.search(text)
-        else f"{text.rstrip()}\n\n{block}\n"
-    )
+    if first:
+        text = pattern.sub("", text)
+        head, marker, rest = text.partition("<!-- bench:")
+        text = f"{head.rstrip()}\n\n{block}\n\n{marker}{rest.lstrip()}" if marker else text
+        if not marker:
+            text = f"{text.rstrip()}\n\n{block}\n"
+    else:
+        text = (
+            pattern.sub(lambda _: block, text)
+            if pattern.search(text)
+            else f"{text.rstrip()}\n\n{block}\n"
+        )
     REPORT.write_text(text)
 
 

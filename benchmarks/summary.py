@@ -41,7 +41,7 @@ def main() -> None:
                 f"| {r['seed_target'] or '—'} | {r['measured']} |"
             )
     lines += ["", f"Machine: {machine()}."]
-    write_section("summary", "\n".join(lines))
+    write_section("summary", "\n".join(lines), first=True)
     print("\n".join(lines))
 
 
