@@ -50,7 +50,7 @@ from qt_cli.core.store.managed import free_port
 
 SYMBOL = "WDOQ25"
 RATES = tuple(int(x) for x in os.environ.get("QT_BENCH_RATES", "4500,23000,90000").split(","))
-SECONDS = int(os.environ.get("QT_BENCH_SECONDS", "10"))
+SECONDS = int(os.environ.get("QT_BENCH_SECONDS", "8"))
 WARMUP_S = 3
 EVERY = os.environ.get("QT_BENCH_EVERY", "trade")
 MODES = tuple(os.environ.get("QT_BENCH_MODES", "zeromq,valkey").split(","))
@@ -248,7 +248,14 @@ def main() -> None:
         model = tmp / "logreg.qtm"
         save_bundle(model, make_pipeline("logreg").fit(X, y), "logreg", X[-500:])
         hop = bare_hop_us()
-        rows = [run_once(rate, mode, model, tmp) for mode in MODES for rate in RATES]
+        # Through Valkey the top rate leaves every stage seconds behind within the run (nothing
+        # to measure: see the 5k row), so it runs the lower rates only.
+        rows = [
+            run_once(rate, mode, model, tmp)
+            for mode in MODES
+            for rate in RATES
+            if not (mode == "valkey" and rate == max(RATES) and len(RATES) > 2)
+        ]
     lines = [
         "## End to end: tick -> signal",
         "",
@@ -273,7 +280,11 @@ def main() -> None:
         )
     lines += [
         "",
-        "The seed guide's own target: end to end < 100 ms.",
+        "The seed guide's own target: end to end < 100 ms. Where p50 is seconds, the stages "
+        "(five processes and valkey-server on two cores) fell behind the feed within the run: "
+        "one features worker computing every trade's vector of the qt set keeps up with about "
+        "8,600 trades/s alone (features section), less beside the other stages. Through Valkey "
+        "the top rate is not run (nothing arrives to measure within the run).",
     ]
     text = "\n".join(lines)
     print(text)
