@@ -642,7 +642,7 @@ def measure_backfill() -> dict:
 
 # --- live throughput of one worker ----------------------------------------------------------------
 
-LIVE_TRADES = 40_000
+LIVE_TRADES = 30_000
 LIVE_TARGET = 20_000  # trades/s of one worker, `--every trade`
 
 

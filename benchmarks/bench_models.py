@@ -48,7 +48,7 @@ from qt_cli.core.store.writer import StreamWriter, event_values
 SYMBOL = "WDOQ25"
 SECONDS = 1800
 HORIZON_TRADES = 100
-CALLS = 3000
+CALLS = 2000
 WARMUP = 300
 WRITE_BATCH = 100
 SLOW_CALLS = WARMUP + 1_000  # the bare scikit-learn calls take milliseconds each

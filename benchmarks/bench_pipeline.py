@@ -50,8 +50,8 @@ from qt_cli.core.store.managed import free_port
 
 SYMBOL = "WDOQ25"
 RATES = tuple(int(x) for x in os.environ.get("QT_BENCH_RATES", "4500,23000,90000").split(","))
-SECONDS = int(os.environ.get("QT_BENCH_SECONDS", "8"))
-WARMUP_S = 3
+SECONDS = int(os.environ.get("QT_BENCH_SECONDS", "6"))
+WARMUP_S = 2
 EVERY = os.environ.get("QT_BENCH_EVERY", "trade")
 MODES = tuple(os.environ.get("QT_BENCH_MODES", "zeromq,valkey").split(","))
 QT = str(Path(sys.executable).parent / "qt")
@@ -173,7 +173,7 @@ def run_once(rate: int, mode: str, model: Path, tmp: Path) -> dict:
                 )
             )  # fmt: skip
         collector = Collector(ticks, sigs)
-        time.sleep(2.5)  # every stage subscribed and its model loaded
+        time.sleep(2)  # every stage subscribed and its model loaded
         t0 = time.time_ns()
         feed = subprocess.run(
             [
@@ -185,7 +185,7 @@ def run_once(rate: int, mode: str, model: Path, tmp: Path) -> dict:
             capture_output=True,
             check=True,
         )  # fmt: skip
-        time.sleep(2)  # the last signals
+        time.sleep(1.5)  # the last signals
         totals = [stop(p) for p in reversed(procs)]
         collector.stop()
         fed = json.loads(feed.stdout)
