@@ -545,48 +545,16 @@ def measure_backfill() -> dict:
     import orjson
     import valkey
 
-    from qt_cli.core.bridge import BridgeConfig, run_bridge
     from qt_cli.core.features.backfill import backfill, to_event, write_vectors
-    from qt_cli.core.files import JsonLinesSink
-    from qt_cli.core.sources.sim import SimConfig
     from qt_cli.core.store.managed import ManagedValkey, free_port
 
-    start = int(pd.Timestamp("2025-08-04T09:00", tz="America/Sao_Paulo").value)
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        path = directory / "day.jsonl"
-        sink = JsonLinesSink(path)
-        trades = book = 0
-        config = SimConfig(symbols=(SYMBOL,), seed=42, rate=0, start_ns=start, duration_s=9 * 3600)
-        for batch in _numbered_sim(config):
-            kept = []
-            for event in batch:
-                if trades >= BACKFILL_TRADES:
-                    break
-                if isinstance(event, Trade):
-                    trades += 1
-                elif isinstance(event, BookUpdate):
-                    book += 1
-                kept.append(event)
-            sink.send(kept)
-            if trades >= BACKFILL_TRADES:
-                break
-        sink.close()
         server = ManagedValkey(directory / "valkey", port=free_port())
         status = server.start()
         try:
-            t0 = time.perf_counter()
-            spill = directory / "spill"
-            spill.mkdir()
-            bridge = run_bridge(
-                BridgeConfig(inputs=(str(path),), output=status.url, spill_dir=spill, maxlen=0)
-            )
-            try:
-                bridge.run()
-            finally:
-                bridge.close()
-            out["store_s"] = time.perf_counter() - t0
+            trades, book, out["store_s"] = _store_day(directory, BACKFILL_TRADES, status.url)
             client = valkey.Valkey(host="127.0.0.1", port=status.port)
             for set_name in ("qt", "seed65"):
                 engine = (
