@@ -88,4 +88,4 @@ EOF
 
 say "qt query: the last minute of WDOQ25 signals (simulated market; not trading advice)"
 qt query --symbol WDOQ25 --kind signals --from -1m --to now --format csv >"$work/signals.csv"
-cut -d, -f1,5-9 "$work/signals.csv" | { head -n 1; tail -n 8; }
+{ head -n 1 "$work/signals.csv"; tail -n 8 "$work/signals.csv"; } | cut -d, -f1,5-9

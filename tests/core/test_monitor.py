@@ -564,3 +564,12 @@ def test_stale_is_judged_on_receive_time_not_event_time(
     assert "ahead of this machine's clock" in views["SIM3"].reasons["lag_ticks_ms"]
     assert (views["SLOW3"].stale, views["SLOW3"].state) == (True, "STALE")
     assert views["SLOW3"].received_age_ms == 60_000.0
+
+
+def test_a_lag_under_a_millisecond_ahead_is_no_lag() -> None:
+    from qt_cli.core.monitor.render import _lag_text
+
+    jitter = _lag_text(-0.4, 5 * 10**9)
+    assert not jitter.plain.startswith("-") and jitter.style == "green"
+    ahead = _lag_text(-250.0, 5 * 10**9)
+    assert ahead.plain.startswith("-") and ahead.style == "yellow"

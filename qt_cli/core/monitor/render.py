@@ -57,6 +57,8 @@ def fmt_price(value: float) -> str:
 def _lag_text(lag_ms: float, stale_ns: int) -> Text:
     if not math.isfinite(lag_ms):
         return Text("—", style="dim")
+    if -1.0 < lag_ms < 0:  # less than a millisecond ahead: clock jitter, not "-0ms"
+        lag_ms = 0.0
     if lag_ms < 0:  # event clock ahead of ours (simulation, replay, skew)
         return Text(fmt_age(lag_ms / 1000), style="yellow")
     stale = lag_ms * NS_PER_MS > stale_ns
