@@ -28,6 +28,7 @@ from qt_cli.core.models.errors import (
     SchemaMismatch,
     UntrustedModel,
 )
+from qt_cli.core.models.predictor import missing_and_extra
 
 LEGACY_EXTRA = "pip install 'qt-cli[legacy]'"
 
@@ -114,13 +115,7 @@ def check_order(found: list[str], expected: tuple[str, ...], source: str) -> Non
     """SchemaMismatch naming the missing, extra and moved features."""
     if list(found) == list(expected):
         return
-    missing = [n for n in expected if n not in found]
-    extra = [n for n in found if n not in expected]
-    parts = []
-    if missing:
-        parts.append(f"missing {', '.join(missing[:6])}" + (" …" if len(missing) > 6 else ""))
-    if extra:
-        parts.append(f"extra {', '.join(extra[:6])}" + (" …" if len(extra) > 6 else ""))
+    parts = missing_and_extra(found, expected)
     if not parts:
         moved = [
             f"{n} at {i} (set: {expected.index(n)})"

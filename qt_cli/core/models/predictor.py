@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from qt_cli.core.models.bundle import Bundle, load
 from qt_cli.core.models.errors import ModelUsageError, SchemaMismatch
 
 
-def schema_difference(found: tuple[str, ...], expected: tuple[str, ...]) -> str:
+def missing_and_extra(found: Sequence[str], expected: Sequence[str]) -> list[str]:
+    """`missing …` and `extra …` (six names at most each), for the names that differ."""
     missing = [n for n in expected if n not in found]
     extra = [n for n in found if n not in expected]
     parts = []
@@ -35,6 +37,11 @@ def schema_difference(found: tuple[str, ...], expected: tuple[str, ...]) -> str:
         parts.append(f"missing {', '.join(missing[:6])}" + (" …" if len(missing) > 6 else ""))
     if extra:
         parts.append(f"extra {', '.join(extra[:6])}" + (" …" if len(extra) > 6 else ""))
+    return parts
+
+
+def schema_difference(found: tuple[str, ...], expected: tuple[str, ...]) -> str:
+    parts = missing_and_extra(found, expected)
     if not parts:
         first = next(i for i, (a, b) in enumerate(zip(found, expected, strict=True)) if a != b)
         parts.append(f"same names in another order (first at {first}: {found[first]})")
