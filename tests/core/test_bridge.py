@@ -227,7 +227,8 @@ def test_a_file_is_stored_once_however_often_it_is_bridged(
 def test_a_restarted_bridge_continues_candles_and_chunks_exactly(
     vk: valkey.Valkey, valkey_url: str, tmp_path: Path
 ) -> None:
-    trades = make_trades(6000, symbols=("WDOQ25",), step_ms=53)
+    # 530 ms apart: a chunk seals on its 10-minute span every ~1,130 trades.
+    trades = make_trades(6000, symbols=("WDOQ25",), step_ms=530)
     whole = jsonl(tmp_path / "b.jsonl", trades, session="s.ticks")
     # stopped mid-minute (not the end of its input): the forming candle stays open and the
     # second run continues it
@@ -742,7 +743,8 @@ def test_cycles_are_collected_on_a_schedule_while_the_bridge_runs(
     assert gc.isenabled() and gc.get_freeze_count() == 0  # the interpreter is as it was
 
 
-@pytest.mark.parametrize(("n", "step_ms"), [(10_000, 3), (3_000, 40), (700, 100)])
+# The last two cases seal on the span limit (10 minutes of event time), the first on the count.
+@pytest.mark.parametrize(("n", "step_ms"), [(10_000, 3), (3_000, 400), (700, 1000)])
 def test_the_bridge_chunker_makes_the_same_chunks_as_chunk_builder(n: int, step_ms: int) -> None:
     from qt_cli.core.bridge import ColumnChunker
     from qt_cli.core.chunks import ChunkBuilder
@@ -792,7 +794,8 @@ def test_the_chunk_still_forming_is_stored_and_a_restart_after_a_crash_reads_it(
     stored ticks after the sealed chunk it follows. A bridge that died before sealing leaves it
     behind: queries read it, and the restarted bridge seals the same trades again."""
     monkeypatch.setattr(bridge_derive, "FORMING_INTERVAL_S", 0.0)
-    trades = make_trades(6000, symbols=("WDOQ25",), step_ms=53)
+    # 530 ms apart: a chunk seals on its 10-minute span every ~1,130 trades.
+    trades = make_trades(6000, symbols=("WDOQ25",), step_ms=530)
     whole = jsonl(tmp_path / "b.jsonl", trades, session="s.ticks")
     bridge = Bridge(config_for(valkey_url, tmp_path, str(whole), stop_after=2500))
     bridge.run()
@@ -817,7 +820,7 @@ def test_the_chunk_still_forming_is_stored_and_a_restart_after_a_crash_reads_it(
     vk.hset(forming_key, mapping={**last, b"after": before[b"src"]})
     stats = query.Stats()
     frame = query.query(
-        "ticks", symbols="WDOQ25", start=T0, end=T0 + 10**12, client=vk, stats=stats
+        "ticks", symbols="WDOQ25", start=T0, end=T0 + 10**13, client=vk, stats=stats
     )
     assert frame["trade_id"].tolist() == [t.trade_id for t in trades[:2500]]
     assert stats.read.forming_rows == int(last[b"n"]) and stats.read.tail_entries == 0
@@ -827,5 +830,5 @@ def test_the_chunk_still_forming_is_stored_and_a_restart_after_a_crash_reads_it(
     bridge.close()
     assert vk.xlen(keys.stream_key("ticks", "WDOQ25")) == 6000
     assert_derived_match(vk, "WDOQ25")
-    frame = query.query("ticks", symbols="WDOQ25", start=T0, end=T0 + 10**12, client=vk)
+    frame = query.query("ticks", symbols="WDOQ25", start=T0, end=T0 + 10**13, client=vk)
     assert frame["trade_id"].tolist() == [t.trade_id for t in trades]

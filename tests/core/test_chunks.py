@@ -283,7 +283,7 @@ def test_builder_with_single_event_chunks() -> None:
 
 def test_default_limits() -> None:
     assert CHUNK_MAX_EVENTS == 4096
-    assert CHUNK_MAX_SPAN_NS == 60 * NS_PER_S
+    assert CHUNK_MAX_SPAN_NS == 10 * 60 * NS_PER_S
 
 
 def test_bytes_per_tick_in_valkey(vk) -> None:
@@ -365,3 +365,72 @@ def test_page_decode_leaves_out_bad_chunks_and_says_which() -> None:
     assert [i for i, _ in problems] == [1]
     assert "cannot unpack" in str(problems[0][1])
     assert trades_of(page, "WDOQ25") == [t for g in groups for t in g]
+
+
+def _assert_page_equals_chunk_by_chunk(fields: list[dict]) -> TickColumns:
+    page, problems = chunks.decode_chunks(fields)
+    assert problems == []
+    expected = TickColumns.concat([decode_tick_columns(f) for f in fields])
+    assert page.n == expected.n
+    for name, values in expected.arrays.items():
+        assert page.arrays[name].dtype == values.dtype, name
+        np.testing.assert_array_equal(page.arrays[name], values, err_msg=name)
+    for name in chunks.STRING_COLUMNS:
+        assert page.strings(name).tolist() == expected.strings(name).tolist(), name
+    return page
+
+
+def test_page_decode_applies_each_chunks_own_factor_ratio_base_and_scale() -> None:
+    """A page whose chunks all use the same encodings with different parameters: prices with
+    1, 2 and 3 decimal places, volume at other contract multipliers, times at s / ms / ns
+    resolution, delta- and frame-coded broker ids in one column. Enough chunks that they are
+    inflated together on zstd's threads."""
+    base = make_trades(4500, seed=5)
+    groups = [base[i : i + 500] for i in range(0, 4500, 500)]
+    assert len(groups) >= chunks.INFLATE_THREADS_MIN_CHUNKS
+    price_step = {1: 0.01, 2: 0.001, 5: 0.01}
+    multiplier = {3: 0.2, 4: 50.0}
+    out = []
+    for g, group in enumerate(groups):
+        trades = []
+        for i, t in enumerate(group):
+            price = round(t.price + price_step.get(g, 0) * (i % 3), 3)
+            volume = price * t.quantity * multiplier.get(g, 10.0)
+            ts = t.ts_event
+            if g == 6:
+                ts = ts // NS_PER_S * NS_PER_S  # whole seconds
+            elif g == 7:
+                ts = ts + i % 1000  # nanoseconds
+            buyer = t.buyer if g != 8 else 100 + i  # a delta-coded column among frame-coded
+            trades.append(
+                Trade(
+                    **{
+                        **_kwargs(t),
+                        "price": price,
+                        "volume": volume,
+                        "ts_event": ts,
+                        "buyer": buyer,
+                    }
+                )
+            )
+        out.append(trades)
+    fields = [encode_ticks(g) for g in out]
+    specs = [chunks._parse_v2(f).specs for f in fields]
+    assert len({s["price"].get("k") for s in specs}) == 3  # the page really mixes them
+    assert len({s["volume"].get("r") for s in specs}) == 3
+    assert len({s["ts_event"].get("s") for s in specs}) >= 2
+    assert {s["buyer"]["m"] for s in specs} == {"d", "f"}
+    page = _assert_page_equals_chunk_by_chunk(fields)
+    assert [t.to_fields() for t in trades_of(page, "WDOQ25")] == [
+        t.to_fields() for g in out for t in g
+    ]
+
+
+def test_a_page_inflated_together_still_says_which_chunk_is_bad() -> None:
+    groups = [g for g in _awkward_pages() if len(g) > 1][:2] * 5
+    fields = [encode_ticks(g) for g in groups]
+    assert len(fields) >= chunks.INFLATE_THREADS_MIN_CHUNKS
+    fields.insert(3, {**fields[0], "cols": fields[0]["cols"][:-9]})  # a truncated frame
+    page, problems = chunks.decode_chunks(fields)
+    assert [i for i, _ in problems] == [3]
+    assert page.n == sum(map(len, groups))

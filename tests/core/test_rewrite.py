@@ -55,7 +55,7 @@ def test_chunks_appended_during_the_rewrite_are_kept(vk) -> None:
     and swaps then, so nothing appended meanwhile is lost."""
     trades = make_trades(3000)
     seed_ticks(vk, trades[:2000], max_events=500, versions=(1,))
-    extra = ChunkBuilder(max_events=1000)
+    extra = ChunkBuilder(max_events=2000)  # the 1,000 trades in one chunk, sealed below
     appended: list[bytes] = []
 
     def bridge_appends(done: int, total: int, key: str) -> None:

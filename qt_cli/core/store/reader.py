@@ -3,13 +3,13 @@
 Layout (docs/contracts.md): per-event streams `stream:<kind>:{SYM}` whose ids are `<event ms>-<n>`
 (a late event gets an id clamped to the stream's top, the field `late=1`, and keeps its true time in
 `ts_event`), and for ticks the columnar history `stream:hist:ticks:{SYM}` (chunks of up to 4,096
-trades and 60 s, id `<t_min ms>-<n>`, clamped chunks also listed in `idx:late:ticks:{SYM}`).
+trades and 10 min, id `<t_min ms>-<n>`, clamped chunks also listed in `idx:late:ticks:{SYM}`).
 
 Reading ticks for [from, to]:
 1. snapshot the last chunked per-event id (`src`);
-2. the late chunks whose t_min lies in [from - 60 s, to] (from the late index);
+2. the late chunks whose t_min lies in [from - 10 min, to] (from the late index);
 3. the per-event entries after `src` (the tail, not chunked yet);
-4. the chunks with ids in [from - 60 s, to], in pages (XRANGE … COUNT), skipping chunks sealed
+4. the chunks with ids in [from - 10 min, to], in pages (XRANGE … COUNT), skipping chunks sealed
    after the snapshot (their trades are in the tail already).
 Everything is filtered to [from, to] and merged into event-time order. Pages are released as soon
 as nothing later can sort before them (the "watermark": no chunk still to come has a t_min below
