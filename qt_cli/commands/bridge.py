@@ -7,7 +7,20 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Inputs, Outputs, StopAfter, Symbols, TimeUnit
+from qt_cli.options import (
+    AsJson,
+    CurveClients,
+    CurveSecretKey,
+    CurveServerKey,
+    Duration,
+    Inputs,
+    Insecure,
+    Outputs,
+    StopAfter,
+    Symbols,
+    TimeUnit,
+    apply_security,
+)
 from qt_cli.output import emit_json, is_terminal, say, warn
 
 HELP = """\
@@ -119,8 +132,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         time_unit: TimeUnit = None,
         duration: Duration = None,
         stop_after: StopAfter = None,
+        curve_secret_key: CurveSecretKey = None,
+        curve_server_key: CurveServerKey = None,
+        curve_clients: CurveClients = None,
+        insecure: Insecure = False,
         as_json: AsJson = False,
     ) -> None:
+        apply_security(curve_secret_key, curve_server_key, curve_clients, insecure)
         from qt_cli.core import config, store
         from qt_cli.core.bridge import (
             BridgeConfig,

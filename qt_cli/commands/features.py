@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Inputs, Outputs, Symbols
+from qt_cli.options import (
+    AsJson,
+    CurveClients,
+    CurveSecretKey,
+    CurveServerKey,
+    Duration,
+    Inputs,
+    Insecure,
+    Outputs,
+    Symbols,
+    apply_security,
+)
 from qt_cli.output import emit_json, is_terminal, out_console, say, warn
 
 BACKFILL_HELP = """\
@@ -178,8 +189,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             ),
         ] = None,
         duration: Duration = None,
+        curve_secret_key: CurveSecretKey = None,
+        curve_server_key: CurveServerKey = None,
+        curve_clients: CurveClients = None,
+        insecure: Insecure = False,
         as_json: AsJson = False,
     ) -> None:
+        apply_security(curve_secret_key, curve_server_key, curve_clients, insecure)
         if ctx.invoked_subcommand is not None:
             return
         from qt_cli.core.errors import UsageError

@@ -8,7 +8,19 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Outputs, StopAfter, Symbols, TimeUnit
+from qt_cli.options import (
+    AsJson,
+    CurveClients,
+    CurveSecretKey,
+    CurveServerKey,
+    Duration,
+    Insecure,
+    Outputs,
+    StopAfter,
+    Symbols,
+    TimeUnit,
+    apply_security,
+)
 from qt_cli.output import emit_json, err_console, is_terminal, say, warn
 
 HELP = """\
@@ -250,8 +262,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 "without a replay request, so subscribers still behind can recover (e.g. 10s).",
             ),
         ] = "0s",
+        curve_secret_key: CurveSecretKey = None,
+        curve_server_key: CurveServerKey = None,
+        curve_clients: CurveClients = None,
+        insecure: Insecure = False,
         as_json: AsJson = False,
     ) -> None:
+        apply_security(curve_secret_key, curve_server_key, curve_clients, insecure)
         from pathlib import Path
 
         from qt_cli.core import config

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Inputs, Outputs, Symbols
+from qt_cli.options import (
+    AsJson,
+    CurveClients,
+    CurveSecretKey,
+    CurveServerKey,
+    Duration,
+    Inputs,
+    Insecure,
+    Outputs,
+    Symbols,
+    apply_security,
+)
 from qt_cli.output import emit_json, say, warn
 
 HELP = """\
@@ -142,8 +153,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 "--output", "-o", help="Signals file: .parquet, .csv or .jsonl.", show_default=False
             ),
         ] = None,
+        curve_secret_key: CurveSecretKey = None,
+        curve_server_key: CurveServerKey = None,
+        curve_clients: CurveClients = None,
+        insecure: Insecure = False,
         as_json: AsJson = False,
     ) -> None:
+        apply_security(curve_secret_key, curve_server_key, curve_clients, insecure)
         from qt_cli.core.errors import UsageError
 
         if inputs:

@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Symbols
+from qt_cli.options import (
+    AsJson,
+    CurveClients,
+    CurveSecretKey,
+    CurveServerKey,
+    Duration,
+    Insecure,
+    Symbols,
+    apply_security,
+)
 from qt_cli.output import emit_json, is_terminal, say
 
 HELP = """\
@@ -87,8 +96,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             bool,
             typer.Option("--check", help="Validate the pipeline and its endpoints; start nothing."),
         ] = False,
+        curve_secret_key: CurveSecretKey = None,
+        curve_server_key: CurveServerKey = None,
+        curve_clients: CurveClients = None,
+        insecure: Insecure = False,
         as_json: AsJson = False,
     ) -> None:
+        apply_security(curve_secret_key, curve_server_key, curve_clients, insecure)
         import os
 
         from qt_cli.core import config, pipeline

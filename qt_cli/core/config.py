@@ -37,6 +37,12 @@ class Settings:
     replay_endpoint: str = "tcp://127.0.0.1:5559"
     maxlen: int = 100_000
     timezone: str = EXCHANGE_TZ_NAME
+    # security (docs/SECURITY.md): paths only, never a key or a password itself
+    valkey_ca: str = ""  # CA bundle that signed the valkeys:// server's certificate
+    curve_secret_key: str = ""  # this process's CURVE key pair (*.key_secret)
+    curve_server_key: str = ""  # the ZeroMQ servers' public key (*.key)
+    curve_clients: str = ""  # directory of the public keys a CURVE server accepts
+    insecure: bool = False  # allow binding plain TCP on a non-loopback address
 
     @property
     def journal_dir(self) -> Path:
