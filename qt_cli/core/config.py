@@ -76,7 +76,8 @@ def mask_url(url: str) -> str:
     scheme, rest = url.split("://", 1)
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://***@{host}"
+    # `user@host` names an ACL user only (its password comes from QT_VALKEY_PASSWORD)
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
