@@ -233,3 +233,32 @@ def test_a_whole_secured_run_leaks_no_secret(
         for path, data in files:
             assert secret.encode() not in data, f"{what} in {path}"
     assert "Traceback" not in "\n".join(outputs)
+
+
+# --- qt up --------------------------------------------------------------------------------------
+
+
+def every_interface_env() -> dict[str, str]:
+    return {
+        f"QT_{name}_ENDPOINT": f"tcp://0.0.0.0:{free_port()}"
+        for name in ("TICKS", "BOOK", "HISTORY", "REPLAY", "SIGNALS")
+    }
+
+
+def test_up_passes_its_curve_key_to_every_stage(
+    qt: QtProcesses, tmp_path: Path, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    env = every_interface_env()
+    args = ["up", "--sim", "--symbol", SYMBOL, "--rate", "1000", "--seed", "2"]
+    check = qt.run(*args, "--check", env=env)
+    assert check.returncode == 2, check.output
+    assert "refusing to bind plain TCP" in check.stderr and "--insecure" in check.stderr
+    secret = generate_keys(qt, tmp_path / "keys")
+    finished = qt.run(
+        *args, "--duration", "3s", "--json", "--curve-secret-key", str(secret), env=env, timeout=90
+    )
+    assert finished.returncode == 0, finished.output
+    summary = json.loads(finished.stdout)
+    feed = summary["stages"]["feed"]["totals"]
+    assert feed["events"] > 0
+    assert stream_events(vk) == feed["events"]  # the bridge heard the CURVE feed: every event

@@ -157,14 +157,22 @@ def serve(sock: zmq.Socket[Any], ep: Endpoint, keys: CurveKeys | None = None) ->
     """Before binding `sock` at `ep`: make it a CURVE server, or refuse plain TCP beyond
     loopback unless insecure was asked for."""
     keys = current() if keys is None else keys
+    check_bind(ep, keys)
     if keys.secret:
         if keys.clients_dir:
             _authenticate(sock.context, keys.clients_dir)
         sock.curve_secretkey = keys.secret
         sock.curve_publickey = keys.public
         sock.curve_server = True
+
+
+def check_bind(ep: Endpoint, keys: CurveKeys | None = None) -> None:
+    """UsageError when binding `ep` would expose plain TCP beyond loopback (no CURVE key pair,
+    no --insecure); `qt up --check` asks too."""
+    keys = current() if keys is None else keys
+    if keys.secret or keys.insecure or ep.scheme != "tcp":
         return
-    if ep.scheme == "tcp" and not keys.insecure and not is_loopback(ep.host):
+    if not is_loopback(ep.host):
         raise UsageError(
             f"refusing to bind plain TCP on {ep.uri}, which other hosts can reach: give CURVE "
             f"keys (--curve-secret-key, made by 'qt keys generate'; {GUIDE}), bind 127.0.0.1, "
@@ -204,4 +212,13 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
-__all__ = ["CurveKeys", "connect", "current", "generate", "is_loopback", "load", "serve"]
+__all__ = [
+    "CurveKeys",
+    "check_bind",
+    "connect",
+    "current",
+    "generate",
+    "is_loopback",
+    "load",
+    "serve",
+]
