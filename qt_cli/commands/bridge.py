@@ -30,7 +30,11 @@ Subscribes to the --in endpoints (default: the ticks and book endpoints of the s
 
 Files are read as qt feed --replay reads them (recorded events or a Nelogica tick export); times before 2000 or over a day ahead are dead-lettered unless --time-unit gives the file's unit, and a file with nothing valid in it exits 4.
 
+Across hosts: --curve-secret-key FILE (or QT_CURVE_SECRET_KEY; --curve-server-key for a feed with another key pair) makes the ZeroMQ inputs and the replay requests CURVE clients; Valkey over TLS with an ACL user is valkeys://USER@HOST:PORT/0 with QT_VALKEY_PASSWORD and QT_VALKEY_CA (docs/SECURITY.md).
+
 Example: qt bridge --in tcp://127.0.0.1:5555 --in tcp://127.0.0.1:5556 --timeframe 1m,5m
+
+Example: QT_CURVE_SECRET_KEY=keys/qt.key_secret qt bridge --in tcp://feedhost:5555 --replay tcp://feedhost:5559 --out valkeys://qt@valkeyhost:6379/0
 """
 
 

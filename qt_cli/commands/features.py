@@ -33,6 +33,8 @@ Live: `qt features --in tcp://127.0.0.1:5555 --in tcp://127.0.0.1:5556 --symbol 
 
 Subcommands: catalog (the feature catalog and its sets).
 
+Across hosts: --curve-secret-key FILE (or QT_CURVE_SECRET_KEY) encrypts the ZeroMQ inputs and a tcp:// --out with CURVE; a tcp:// --out on a non-loopback address needs it or --insecure (docs/SECURITY.md).
+
 Example: qt features --in valkey://127.0.0.1:6379 --symbol WDOQ25 --every 1s
 
 Example: qt features --from 2025-08-04T09:00 --to 2025-08-04T18:00 --symbol WDOQ25 --every 1s --output features.parquet

@@ -29,6 +29,8 @@ Live: reads the symbols' feature vectors (--in valkey://…: stream:features:{SY
 
 History: reads the symbol's vectors in [--from, --to] and backtests the signals (simulated, not live trading): each BUY/SELL held for the model's label horizon (or --hold) at stored trade prices; hit rate and PnL in points and ticks, less --cost points per trade. --output writes the signals (.parquet, .csv or .jsonl).
 
+Across hosts: --curve-secret-key FILE (or QT_CURVE_SECRET_KEY) encrypts the ZeroMQ inputs and outputs with CURVE; a tcp:// --out on a non-loopback address needs it or --insecure (docs/SECURITY.md).
+
 Example: qt predict --model models/wdo.qtm --in valkey://127.0.0.1:6379 --symbol WDOQ25 --out valkey://127.0.0.1:6379 --out tcp://127.0.0.1:5558 --min-confidence 0.5 --cooldown 30s
 
 Example: qt predict --model models/wdo.qtm --symbol WDOQ25 --from 2025-08-11 --to 2025-08-12 --cost 0.5 --output signals.parquet
