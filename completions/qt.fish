@@ -10,6 +10,7 @@ complete -c qt -n '__fish_use_subcommand' -a predict -d 'Score stored history wi
 complete -c qt -n '__fish_use_subcommand' -a cleanup -d 'Trim old stream entries by age or count, per kind, safely.'
 complete -c qt -n '__fish_use_subcommand' -a monitor -d 'Live dashboard of the pipeline - prices, volume, lags, stages, Valkey health.'
 complete -c qt -n '__fish_use_subcommand' -a valkey -d 'Start, stop and inspect the managed local Valkey server.'
+complete -c qt -n '__fish_use_subcommand' -a keys -d 'Generate ZeroMQ CURVE key pairs for endpoints that cross hosts.'
 complete -c qt -n '__fish_use_subcommand' -a features -d 'Feature vectors live (--in) or over stored history (--from/--to); the catalog.'
 complete -c qt -n '__fish_use_subcommand' -a models -d 'List, show, verify and import model bundles (.qtm).'
 complete -c qt -n '__fish_use_subcommand' -l help
@@ -20,11 +21,15 @@ complete -c qt -n '__fish_seen_subcommand_from config' -l help
 complete -c qt -n '__fish_seen_subcommand_from config' -l json
 complete -c qt -n '__fish_seen_subcommand_from up' -l alpha
 complete -c qt -n '__fish_seen_subcommand_from up' -l check
+complete -c qt -n '__fish_seen_subcommand_from up' -l curve-clients
+complete -c qt -n '__fish_seen_subcommand_from up' -l curve-secret-key
+complete -c qt -n '__fish_seen_subcommand_from up' -l curve-server-key
 complete -c qt -n '__fish_seen_subcommand_from up' -l dll
 complete -c qt -n '__fish_seen_subcommand_from up' -l duration
 complete -c qt -n '__fish_seen_subcommand_from up' -l every
 complete -c qt -n '__fish_seen_subcommand_from up' -l file
 complete -c qt -n '__fish_seen_subcommand_from up' -l help
+complete -c qt -n '__fish_seen_subcommand_from up' -l insecure
 complete -c qt -n '__fish_seen_subcommand_from up' -l json
 complete -c qt -n '__fish_seen_subcommand_from up' -l model
 complete -c qt -n '__fish_seen_subcommand_from up' -l monitor
@@ -39,6 +44,9 @@ complete -c qt -n '__fish_seen_subcommand_from up' -s f
 complete -c qt -n '__fish_seen_subcommand_from up' -s m
 complete -c qt -n '__fish_seen_subcommand_from up' -s s
 complete -c qt -n '__fish_seen_subcommand_from feed' -l alpha
+complete -c qt -n '__fish_seen_subcommand_from feed' -l curve-clients
+complete -c qt -n '__fish_seen_subcommand_from feed' -l curve-secret-key
+complete -c qt -n '__fish_seen_subcommand_from feed' -l curve-server-key
 complete -c qt -n '__fish_seen_subcommand_from feed' -l dll
 complete -c qt -n '__fish_seen_subcommand_from feed' -l duration
 complete -c qt -n '__fish_seen_subcommand_from feed' -l fsync
@@ -46,6 +54,7 @@ complete -c qt -n '__fish_seen_subcommand_from feed' -l help
 complete -c qt -n '__fish_seen_subcommand_from feed' -l history-from
 complete -c qt -n '__fish_seen_subcommand_from feed' -l history-to
 complete -c qt -n '__fish_seen_subcommand_from feed' -l hwm
+complete -c qt -n '__fish_seen_subcommand_from feed' -l insecure
 complete -c qt -n '__fish_seen_subcommand_from feed' -l journal
 complete -c qt -n '__fish_seen_subcommand_from feed' -l journal-retention
 complete -c qt -n '__fish_seen_subcommand_from feed' -l json
@@ -70,10 +79,14 @@ complete -c qt -n '__fish_seen_subcommand_from bridge' -l buffer
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l candles
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l catch-up
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l chunks
+complete -c qt -n '__fish_seen_subcommand_from bridge' -l curve-clients
+complete -c qt -n '__fish_seen_subcommand_from bridge' -l curve-secret-key
+complete -c qt -n '__fish_seen_subcommand_from bridge' -l curve-server-key
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l duration
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l help
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l hwm
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l in
+complete -c qt -n '__fish_seen_subcommand_from bridge' -l insecure
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l json
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l maxlen
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l name
@@ -126,12 +139,16 @@ complete -c qt -n '__fish_seen_subcommand_from train' -s s
 complete -c qt -n '__fish_seen_subcommand_from predict' -l consumer
 complete -c qt -n '__fish_seen_subcommand_from predict' -l cooldown
 complete -c qt -n '__fish_seen_subcommand_from predict' -l cost
+complete -c qt -n '__fish_seen_subcommand_from predict' -l curve-clients
+complete -c qt -n '__fish_seen_subcommand_from predict' -l curve-secret-key
+complete -c qt -n '__fish_seen_subcommand_from predict' -l curve-server-key
 complete -c qt -n '__fish_seen_subcommand_from predict' -l duration
 complete -c qt -n '__fish_seen_subcommand_from predict' -l from
 complete -c qt -n '__fish_seen_subcommand_from predict' -l group
 complete -c qt -n '__fish_seen_subcommand_from predict' -l help
 complete -c qt -n '__fish_seen_subcommand_from predict' -l hold
 complete -c qt -n '__fish_seen_subcommand_from predict' -l in
+complete -c qt -n '__fish_seen_subcommand_from predict' -l insecure
 complete -c qt -n '__fish_seen_subcommand_from predict' -l json
 complete -c qt -n '__fish_seen_subcommand_from predict' -l min-confidence
 complete -c qt -n '__fish_seen_subcommand_from predict' -l model
@@ -164,24 +181,36 @@ complete -c qt -n '__fish_seen_subcommand_from monitor' -l stale
 complete -c qt -n '__fish_seen_subcommand_from monitor' -l symbol
 complete -c qt -n '__fish_seen_subcommand_from monitor' -l window
 complete -c qt -n '__fish_seen_subcommand_from monitor' -s s
-complete -c qt -n '__fish_seen_subcommand_from valkey' -a start -d 'Start the managed server (AOF on, loopback and a 0700 unix socket). Example - qt valkey start'
+complete -c qt -n '__fish_seen_subcommand_from valkey' -a start -d 'Start the managed server (AOF on, loopback and a 0700 unix socket) with a generated'
 complete -c qt -n '__fish_seen_subcommand_from valkey' -a stop -d 'Stop the managed server; its data stays. Example - qt valkey stop'
 complete -c qt -n '__fish_seen_subcommand_from valkey' -a status -d 'Show whether the managed server runs, with AOF and memory. Example - qt valkey status --json'
 complete -c qt -n '__fish_seen_subcommand_from valkey' -l help
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from start' -l help
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from start' -l json
+complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from start' -l no-password
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from stop' -l help
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from stop' -l json
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l help
 complete -c qt -n '__fish_seen_subcommand_from valkey && __fish_seen_subcommand_from status' -l json
+complete -c qt -n '__fish_seen_subcommand_from keys' -a generate -d 'Write a new CURVE key pair - DIR/NAME.key (the public key, to copy to the other hosts) and DIR/NAME.key_secret (the secret key, mode 0600, never shared). Existing files are never overwritten.'
+complete -c qt -n '__fish_seen_subcommand_from keys' -l help
+complete -c qt -n '__fish_seen_subcommand_from keys && __fish_seen_subcommand_from generate' -l help
+complete -c qt -n '__fish_seen_subcommand_from keys && __fish_seen_subcommand_from generate' -l json
+complete -c qt -n '__fish_seen_subcommand_from keys && __fish_seen_subcommand_from generate' -l name
+complete -c qt -n '__fish_seen_subcommand_from keys && __fish_seen_subcommand_from generate' -l out
+complete -c qt -n '__fish_seen_subcommand_from keys && __fish_seen_subcommand_from generate' -s o
 complete -c qt -n '__fish_seen_subcommand_from features' -a catalog -d 'Print the feature catalog and its feature sets.'
 complete -c qt -n '__fish_seen_subcommand_from features' -l consumer
+complete -c qt -n '__fish_seen_subcommand_from features' -l curve-clients
+complete -c qt -n '__fish_seen_subcommand_from features' -l curve-secret-key
+complete -c qt -n '__fish_seen_subcommand_from features' -l curve-server-key
 complete -c qt -n '__fish_seen_subcommand_from features' -l duration
 complete -c qt -n '__fish_seen_subcommand_from features' -l every
 complete -c qt -n '__fish_seen_subcommand_from features' -l from
 complete -c qt -n '__fish_seen_subcommand_from features' -l group
 complete -c qt -n '__fish_seen_subcommand_from features' -l help
 complete -c qt -n '__fish_seen_subcommand_from features' -l in
+complete -c qt -n '__fish_seen_subcommand_from features' -l insecure
 complete -c qt -n '__fish_seen_subcommand_from features' -l json
 complete -c qt -n '__fish_seen_subcommand_from features' -l name
 complete -c qt -n '__fish_seen_subcommand_from features' -l out

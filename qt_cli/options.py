@@ -55,3 +55,66 @@ TimeUnit = Annotated[
         show_default=False,
     ),
 ]
+# ZeroMQ security (docs/SECURITY.md), on every command that binds or connects ZeroMQ. Only paths
+# travel on the command line, never a key.
+CurveSecretKey = Annotated[
+    str | None,
+    typer.Option(
+        "--curve-secret-key",
+        metavar="FILE",
+        help="CURVE: this process's key pair (a .key_secret file from 'qt keys generate'); "
+        "every ZeroMQ socket is then encrypted. Env: QT_CURVE_SECRET_KEY.",
+        show_default=False,
+    ),
+]
+CurveServerKey = Annotated[
+    str | None,
+    typer.Option(
+        "--curve-server-key",
+        metavar="FILE",
+        help="CURVE: the public key (.key) of the servers this process connects to "
+        "(default: its own). Env: QT_CURVE_SERVER_KEY.",
+        show_default=False,
+    ),
+]
+CurveClients = Annotated[
+    str | None,
+    typer.Option(
+        "--curve-clients",
+        metavar="DIR",
+        help="CURVE: accept only clients whose public key (.key) is in DIR. Env: QT_CURVE_CLIENTS.",
+        show_default=False,
+    ),
+]
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Allow binding plain (unencrypted) TCP on a non-loopback address. Env: QT_INSECURE.",
+    ),
+]
+
+
+def apply_security(
+    curve_secret_key: str | None,
+    curve_server_key: str | None,
+    curve_clients: str | None,
+    insecure: bool,
+) -> None:
+    """Fold the ZeroMQ security flags into the settings (over QT_* env) and check the key files
+    now, before anything starts."""
+    from dataclasses import replace
+
+    from qt_cli.core import config
+    from qt_cli.core.zmq_io import curve
+
+    given: dict[str, object] = {
+        "curve_secret_key": curve_secret_key,
+        "curve_server_key": curve_server_key,
+        "curve_clients": curve_clients,
+        "insecure": insecure or None,
+    }
+    overrides = {name: value for name, value in given.items() if value is not None}
+    if overrides:
+        config.set_current(replace(config.current(), **overrides))
+    curve.current()

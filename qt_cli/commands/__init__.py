@@ -7,6 +7,7 @@ so `qt --help` stays instant.
 
 COMMANDS: list[tuple[str, str, str]] = [
     ("valkey", "valkey", "Start, stop and inspect the managed local Valkey server."),
+    ("keys", "keys", "Generate ZeroMQ CURVE key pairs for endpoints that cross hosts."),
     ("config", "config_cmd", "Show the resolved settings (flags > QT_* env > .env > defaults)."),
     (
         "up",

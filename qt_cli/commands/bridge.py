@@ -7,7 +7,20 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Inputs, Outputs, StopAfter, Symbols, TimeUnit
+from qt_cli.options import (
+    AsJson,
+    CurveClients,
+    CurveSecretKey,
+    CurveServerKey,
+    Duration,
+    Inputs,
+    Insecure,
+    Outputs,
+    StopAfter,
+    Symbols,
+    TimeUnit,
+    apply_security,
+)
 from qt_cli.output import emit_json, is_terminal, say, warn
 
 HELP = """\
@@ -17,7 +30,11 @@ Subscribes to the --in endpoints (default: the ticks and book endpoints of the s
 
 Files are read as qt feed --replay reads them (recorded events or a Nelogica tick export); times before 2000 or over a day ahead are dead-lettered unless --time-unit gives the file's unit, and a file with nothing valid in it exits 4.
 
+Across hosts: --curve-secret-key FILE (or QT_CURVE_SECRET_KEY; --curve-server-key for a feed with another key pair) makes the ZeroMQ inputs and the replay requests CURVE clients; Valkey over TLS with an ACL user is valkeys://USER@HOST:PORT/0 with QT_VALKEY_PASSWORD and QT_VALKEY_CA (docs/SECURITY.md).
+
 Example: qt bridge --in tcp://127.0.0.1:5555 --in tcp://127.0.0.1:5556 --timeframe 1m,5m
+
+Example: QT_CURVE_SECRET_KEY=keys/qt.key_secret qt bridge --in tcp://feedhost:5555 --replay tcp://feedhost:5559 --out valkeys://qt@valkeyhost:6379/0
 """
 
 
@@ -119,8 +136,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         time_unit: TimeUnit = None,
         duration: Duration = None,
         stop_after: StopAfter = None,
+        curve_secret_key: CurveSecretKey = None,
+        curve_server_key: CurveServerKey = None,
+        curve_clients: CurveClients = None,
+        insecure: Insecure = False,
         as_json: AsJson = False,
     ) -> None:
+        apply_security(curve_secret_key, curve_server_key, curve_clients, insecure)
         from qt_cli.core import config, store
         from qt_cli.core.bridge import (
             BridgeConfig,

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Inputs, Outputs, Symbols
+from qt_cli.options import (
+    AsJson,
+    CurveClients,
+    CurveSecretKey,
+    CurveServerKey,
+    Duration,
+    Inputs,
+    Insecure,
+    Outputs,
+    Symbols,
+    apply_security,
+)
 from qt_cli.output import emit_json, is_terminal, out_console, say, warn
 
 BACKFILL_HELP = """\
@@ -21,6 +32,8 @@ Compute feature vectors over stored history (trades and price-book events read b
 Live: `qt features --in tcp://127.0.0.1:5555 --in tcp://127.0.0.1:5556 --symbol WDOQ25 --out valkey://HOST:6379` computes from the feed's ZeroMQ channels instead (from now, gaps recovered from --replay; each vector's identity from its trade's own session and seq, as the bridge stores it). `qt features --in valkey://HOST:6379 --symbol WDOQ25 --set qt --every 1s --out valkey://HOST:6379 --out tcp://127.0.0.1:5560` reads the symbols' stored trades and book events (from the start of their streams, so its state is warm and a restart recomputes the same vectors), keeps the vectors --every keeps (the backfill's rule) and writes each to stream:features:{SYMBOL} exactly once (its identity derived from the trade that produced it: a restart rewrites nothing and skips nothing); a tcp:// --out publishes them on ZeroMQ (topic features_SYMBOL). Default --out: the input's Valkey. --group G --consumer C shares the --symbol list between workers (each symbol computed by one worker, a dead worker's symbols taken over by the others). Stats go to qt:stats:features:<name> (qt monitor); Ctrl+C prints one line, --json the totals. See docs/FEATURES.md ("The live stage").
 
 Subcommands: catalog (the feature catalog and its sets).
+
+Across hosts: --curve-secret-key FILE (or QT_CURVE_SECRET_KEY) encrypts the ZeroMQ inputs and a tcp:// --out with CURVE; a tcp:// --out on a non-loopback address needs it or --insecure (docs/SECURITY.md).
 
 Example: qt features --in valkey://127.0.0.1:6379 --symbol WDOQ25 --every 1s
 
@@ -178,8 +191,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             ),
         ] = None,
         duration: Duration = None,
+        curve_secret_key: CurveSecretKey = None,
+        curve_server_key: CurveServerKey = None,
+        curve_clients: CurveClients = None,
+        insecure: Insecure = False,
         as_json: AsJson = False,
     ) -> None:
+        apply_security(curve_secret_key, curve_server_key, curve_clients, insecure)
         if ctx.invoked_subcommand is not None:
             return
         from qt_cli.core.errors import UsageError

@@ -8,7 +8,19 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Outputs, StopAfter, Symbols, TimeUnit
+from qt_cli.options import (
+    AsJson,
+    CurveClients,
+    CurveSecretKey,
+    CurveServerKey,
+    Duration,
+    Insecure,
+    Outputs,
+    StopAfter,
+    Symbols,
+    TimeUnit,
+    apply_security,
+)
 from qt_cli.output import emit_json, err_console, is_terminal, say, warn
 
 HELP = """\
@@ -24,9 +36,13 @@ Every message carries session (<run id>.<channel>) and seq (gap-free from 1). Th
 
 --sim runs never overlap in event time: a real-time run (no --rate) is stamped now; --rate 0 or N continues after what Valkey already holds of its symbols, at their last price; --start picks the first venue time.
 
+Across hosts: a tcp:// output on 0.0.0.0 or a LAN address needs CURVE (--curve-secret-key FILE from 'qt keys generate', or QT_CURVE_SECRET_KEY), which encrypts every channel and the replay endpoint, or --insecure; loopback and ipc:// need nothing (docs/SECURITY.md).
+
 Example: qt feed --sim --symbol WDOQ25 --rate 0 --duration 60s --out - | head
 
 Example: qt feed --sim --start 2025-07-01 --duration 270h --rate 0   (30 sessions)
+
+Example: qt feed --sim --out ticks=tcp://0.0.0.0:5555 --out replay=tcp://0.0.0.0:5559 --curve-secret-key keys/qt.key_secret
 """
 
 
@@ -250,8 +266,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 "without a replay request, so subscribers still behind can recover (e.g. 10s).",
             ),
         ] = "0s",
+        curve_secret_key: CurveSecretKey = None,
+        curve_server_key: CurveServerKey = None,
+        curve_clients: CurveClients = None,
+        insecure: Insecure = False,
         as_json: AsJson = False,
     ) -> None:
+        apply_security(curve_secret_key, curve_server_key, curve_clients, insecure)
         from pathlib import Path
 
         from qt_cli.core import config

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Inputs, Outputs, Symbols
+from qt_cli.options import (
+    AsJson,
+    CurveClients,
+    CurveSecretKey,
+    CurveServerKey,
+    Duration,
+    Inputs,
+    Insecure,
+    Outputs,
+    Symbols,
+    apply_security,
+)
 from qt_cli.output import emit_json, say, warn
 
 HELP = """\
@@ -17,6 +28,8 @@ Score feature vectors with a model bundle: live (--in) or over stored history (-
 Live: reads the symbols' feature vectors (--in valkey://…: stream:features:{SYM} through consumer group --group, from the first stored vector; or the features stage's --in tcp://… output), checks each against the model's schema (set, names, order, catalog hash: a mismatch stops the stage with one error naming the differences), skips and counts vectors that are not warm or of another set, predicts through the compiled (ONNX) path and writes a Prediction and a Signal (BUY/SELL/HOLD; HOLD below --min-confidence or within --cooldown of the last signal) to stream:predictions:{SYM} / stream:signals:{SYM} and --out tcp://… (topics prediction_SYM, signal_SYM), exactly once. Workers sharing --group split the vectors. SIGHUP, or a new file at --model, reloads the bundle without stopping; a bundle that does not verify or needs other features is refused and the old one keeps serving.
 
 History: reads the symbol's vectors in [--from, --to] and backtests the signals (simulated, not live trading): each BUY/SELL held for the model's label horizon (or --hold) at stored trade prices; hit rate and PnL in points and ticks, less --cost points per trade. --output writes the signals (.parquet, .csv or .jsonl).
+
+Across hosts: --curve-secret-key FILE (or QT_CURVE_SECRET_KEY) encrypts the ZeroMQ inputs and outputs with CURVE; a tcp:// --out on a non-loopback address needs it or --insecure (docs/SECURITY.md).
 
 Example: qt predict --model models/wdo.qtm --in valkey://127.0.0.1:6379 --symbol WDOQ25 --out valkey://127.0.0.1:6379 --out tcp://127.0.0.1:5558 --min-confidence 0.5 --cooldown 30s
 
@@ -142,8 +155,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 "--output", "-o", help="Signals file: .parquet, .csv or .jsonl.", show_default=False
             ),
         ] = None,
+        curve_secret_key: CurveSecretKey = None,
+        curve_server_key: CurveServerKey = None,
+        curve_clients: CurveClients = None,
+        insecure: Insecure = False,
         as_json: AsJson = False,
     ) -> None:
+        apply_security(curve_secret_key, curve_server_key, curve_clients, insecure)
         from qt_cli.core.errors import UsageError
 
         if inputs:

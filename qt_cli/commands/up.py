@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Symbols
+from qt_cli.options import (
+    AsJson,
+    CurveClients,
+    CurveSecretKey,
+    CurveServerKey,
+    Duration,
+    Insecure,
+    Symbols,
+    apply_security,
+)
 from qt_cli.output import emit_json, is_terminal, say
 
 HELP = """\
@@ -18,9 +27,13 @@ Every stage gets the same Valkey URL (--valkey, QT_VALKEY_URL, the file's `valke
 
 --print prints the equivalent shell commands, one per stage, to run them by hand on several hosts; -f pipeline.toml reads the pipeline from a file (flags override it; format in docs/up.md); --check validates it and every endpoint (grammar, ports free, Valkey answers, the model verifies) without starting anything. --monitor runs qt monitor in the foreground; the stages' logs then go to files (the directory is said on stderr).
 
+--curve-secret-key, --curve-server-key, --curve-clients and --insecure reach every stage through its environment (key paths only, docs/SECURITY.md); endpoints on 0.0.0.0 need a key or --insecure.
+
 Example: qt up --sim --symbol WDOQ25 --symbol WINQ25 --duration 60s
 
 Example: qt up -f pipeline.toml --check
+
+Example: qt up --sim --curve-secret-key keys/qt.key_secret
 """
 
 
@@ -87,8 +100,13 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             bool,
             typer.Option("--check", help="Validate the pipeline and its endpoints; start nothing."),
         ] = False,
+        curve_secret_key: CurveSecretKey = None,
+        curve_server_key: CurveServerKey = None,
+        curve_clients: CurveClients = None,
+        insecure: Insecure = False,
         as_json: AsJson = False,
     ) -> None:
+        apply_security(curve_secret_key, curve_server_key, curve_clients, insecure)
         import os
 
         from qt_cli.core import config, pipeline

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -10,11 +10,11 @@ from qt_cli.options import AsJson
 from qt_cli.output import emit_json, out_console, say
 
 
-def _managed() -> Any:
+def _managed(require_password: bool = True) -> Any:
     from qt_cli.core import config
     from qt_cli.core.store.managed import ManagedValkey
 
-    return ManagedValkey(config.current().valkey_dir)
+    return ManagedValkey(config.current().valkey_dir, require_password=require_password)
 
 
 def _render(status: Any, as_json: bool) -> None:
@@ -29,7 +29,10 @@ def _render(status: Any, as_json: bool) -> None:
         f"running   pid {status.pid}  {status.url}  socket {status.socket}\n"
         f"          valkey {status.version}  AOF {'on' if status.aof_enabled else 'off'} "
         f"(appendfsync {status.appendfsync})  memory {status.used_memory_human}  keys {status.keys}\n"
-        f"          data in {status.directory}",
+        f"          data in {status.directory}"
+        + (
+            f"\n          password in {status.password_file} (0600)" if status.password_file else ""
+        ),
         markup=False,
     )
 
@@ -38,9 +41,20 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
     group = typer.Typer(help=summary, no_args_is_help=True)
 
     @group.command("start")
-    def start(as_json: AsJson = False) -> None:
-        """Start the managed server (AOF on, loopback and a 0700 unix socket). Example: qt valkey start"""
-        managed = _managed()
+    def start(
+        no_password: Annotated[
+            bool,
+            typer.Option(
+                "--no-password",
+                help="Run without the generated password (any local user can then connect).",
+            ),
+        ] = False,
+        as_json: AsJson = False,
+    ) -> None:
+        """Start the managed server (AOF on, loopback and a 0700 unix socket) with a generated
+        password in <data dir>/valkey/password (0600), which qt commands read by themselves.
+        Example: qt valkey start"""
+        managed = _managed(require_password=not no_password)
         was_running = managed.status().running
         status = managed.start()
         if not as_json:

@@ -37,6 +37,12 @@ class Settings:
     replay_endpoint: str = "tcp://127.0.0.1:5559"
     maxlen: int = 100_000
     timezone: str = EXCHANGE_TZ_NAME
+    # security (docs/SECURITY.md): paths only, never a key or a password itself
+    valkey_ca: str = ""  # CA bundle that signed the valkeys:// server's certificate
+    curve_secret_key: str = ""  # this process's CURVE key pair (*.key_secret)
+    curve_server_key: str = ""  # the ZeroMQ servers' public key (*.key)
+    curve_clients: str = ""  # directory of the public keys a CURVE server accepts
+    insecure: bool = False  # allow binding plain TCP on a non-loopback address
 
     @property
     def journal_dir(self) -> Path:
@@ -70,7 +76,8 @@ def mask_url(url: str) -> str:
     scheme, rest = url.split("://", 1)
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://***@{host}"
+    # `user@host` names an ACL user only (its password comes from QT_VALKEY_PASSWORD)
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

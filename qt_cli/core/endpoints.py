@@ -4,6 +4,7 @@
 |--------------------------------------------------|--------|----------------------|------------------|
 | tcp://host:port, ipc:///path                     | zmq    | bind a PUB socket    | connect a SUB    |
 | valkey://[user:pass@]host[:port][/db], valkeys:// | valkey | XADD to streams      | XREAD streams    |
+| valkeys://user@host:port/0?ca=/path/ca.pem       | valkey | (same, TLS; the CA)  |                  |
 | unix:///path/valkey.sock[?db=N]                  | valkey | (same, unix socket)  |                  |
 | -                                                | stdio  | JSON lines to stdout | from stdin       |
 | file.jsonl, file.csv, file.parquet               | file   | record to the file   | replay the file  |
@@ -57,6 +58,7 @@ class Endpoint:
     username: str = ""
     password: str = field(default="", repr=False)
     format: str = ""
+    ca: str = ""  # valkeys://: the CA bundle to verify the server with (?ca=PATH)
 
     @property
     def zmq_address(self) -> str:
@@ -168,15 +170,16 @@ def _db_from_query(query: str, uri: str) -> int:
 
 
 def _parse_valkey(scheme: str, rest: str, uri: str) -> Endpoint:
-    netloc, _, tail = rest.partition("/")
-    path_db, _, _query = tail.partition("?")
+    rest, _, query = rest.partition("?")
+    netloc, _, path_db = rest.partition("/")
     username = password = ""
     if "@" in netloc:
         creds, netloc = netloc.rsplit("@", 1)
         if ":" in creds:
             username, password = (unquote(p) for p in creds.split(":", 1))
         else:
-            password = unquote(creds)
+            username = unquote(creds)  # user@host: an ACL user, its password from the env
+    ca = (parse_qs(query).get("ca") or [""])[0]
     host, port = _split_host_port(netloc, uri, default_port=DEFAULT_VALKEY_PORT)
     db = 0
     if path_db:
@@ -193,6 +196,7 @@ def _parse_valkey(scheme: str, rest: str, uri: str) -> Endpoint:
         db=db,
         username=username,
         password=password,
+        ca=ca,
     )
 
 

@@ -77,3 +77,16 @@ def test_password_never_in_error() -> None:
     with pytest.raises(EndpointError) as info:
         parse_endpoint("valkey://u:topsecret@host:6379/zz")
     assert "topsecret" not in str(info.value)
+
+
+def test_a_user_without_password_is_an_acl_user_and_ca_comes_from_the_query() -> None:
+    endpoint = parse_endpoint("valkeys://trader@10.0.0.5:6380/2?ca=/etc/qt/ca.pem")
+    assert (endpoint.username, endpoint.password) == ("trader", "")
+    assert (endpoint.scheme, endpoint.port, endpoint.db, endpoint.ca) == (
+        "valkeys",
+        6380,
+        2,
+        "/etc/qt/ca.pem",
+    )
+    assert parse_endpoint("valkey://trader@h:1?ca=/x/ca.pem").ca == "/x/ca.pem"
+    assert str(endpoint) == "valkeys://trader@10.0.0.5:6380/2?ca=/etc/qt/ca.pem"

@@ -93,6 +93,10 @@ def _endpoint(uri: str, binds: bool) -> str:
     endpoint = parse_endpoint(uri)
     if endpoint.kind != "zmq":
         raise EndpointError("expected a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
+    if binds:
+        from qt_cli.core.zmq_io import curve
+
+        curve.check_bind(endpoint)  # plain TCP beyond loopback needs CURVE keys or --insecure
     if binds and endpoint.scheme == "tcp":
         host = "0.0.0.0" if endpoint.host in ("*", "0.0.0.0") else endpoint.host.strip("[]")
         if not port_is_free(endpoint.port, host):

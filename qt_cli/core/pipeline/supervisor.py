@@ -517,4 +517,20 @@ def child_env(password: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if password:
         env["QT_VALKEY_PASSWORD"] = password
+    from qt_cli.core import config
+
+    settings = config.current()
+    for name in SECURITY_SETTINGS:  # the security flags of qt up reach every stage (paths only)
+        value = getattr(settings, name)
+        if value:
+            env[config.ENV_PREFIX + name.upper()] = "1" if value is True else str(value)
     return env
+
+
+SECURITY_SETTINGS = (
+    "curve_secret_key",
+    "curve_server_key",
+    "curve_clients",
+    "insecure",
+    "valkey_ca",
+)

@@ -7,6 +7,7 @@ Every Valkey call in qt goes through this package. `connect()` turns an endpoint
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import valkey
@@ -33,7 +34,7 @@ def client_for(endpoint: Endpoint, *, password: str = "", timeout_s: float | Non
     """A client for a parsed valkey endpoint; the password comes from the URL or `password`."""
     if endpoint.kind != "valkey":
         raise EndpointError(f"endpoint {endpoint.uri!r} is not a Valkey endpoint")
-    secret = endpoint.password or password or None
+    secret = endpoint.password or password or _managed_password(endpoint) or None
     common: dict[str, Any] = {
         "db": endpoint.db,
         "password": secret,
@@ -44,9 +45,35 @@ def client_for(endpoint: Endpoint, *, password: str = "", timeout_s: float | Non
     }
     if endpoint.scheme == "unix":
         return valkey.Valkey(unix_socket_path=endpoint.path, **common)
-    return valkey.Valkey(
-        host=endpoint.host, port=endpoint.port, ssl=endpoint.scheme == "valkeys", **common
-    )
+    if endpoint.scheme == "valkeys":
+        common.update(_tls_options(endpoint))
+    return valkey.Valkey(host=endpoint.host, port=endpoint.port, **common)
+
+
+def _tls_options(endpoint: Endpoint) -> dict[str, Any]:
+    """valkeys://: verify the server's certificate and host name against the CA of `?ca=` or
+    QT_VALKEY_CA (else the system's CAs)."""
+    from qt_cli.core import config
+
+    ca = endpoint.ca or config.current().valkey_ca
+    if ca and not Path(ca).expanduser().is_file():
+        raise EndpointError(f"Valkey CA {ca}: no such file (?ca= or QT_VALKEY_CA)")
+    return {
+        "ssl": True,
+        "ssl_ca_certs": str(Path(ca).expanduser()) if ca else None,
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+    }
+
+
+def _managed_password(endpoint: Endpoint) -> str:
+    """The managed server's generated password, when `endpoint` is that server."""
+    if endpoint.scheme != "valkey" or endpoint.host not in ("127.0.0.1", "localhost"):
+        return ""
+    from qt_cli.core import config
+    from qt_cli.core.store.managed import password_for
+
+    return password_for(config.current().valkey_dir, endpoint.port)
 
 
 def connect(
@@ -75,6 +102,11 @@ def connect(
             ) from None
         raise
     except ConnectionFailure as exc:
+        if "certificate verify failed" in str(exc).lower():
+            raise StoreUnavailable(
+                f"Valkey at {endpoint.uri}: its TLS certificate is not trusted ({_reason(exc)}); "
+                "give the CA that signed it with ?ca=PATH in the URL or QT_VALKEY_CA"
+            ) from None
         raise StoreUnavailable(
             f"cannot reach Valkey at {endpoint.uri} ({_reason(exc)}); start one with "
             "'qt valkey start' or point --valkey / QT_VALKEY_URL at a running server"
@@ -115,7 +147,7 @@ def resolve_url(settings: Settings, *, say: Callable[[str], None] | None = None)
         return DEFAULT_URL
     from qt_cli.core.store.managed import ManagedValkey
 
-    managed = ManagedValkey(settings.valkey_dir)
+    managed = ManagedValkey(settings.valkey_dir, require_password=True)
     status = managed.status()
     if not status.running:
         if say:

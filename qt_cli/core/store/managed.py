@@ -3,12 +3,18 @@
 Data lives in `<data dir>/valkey/data` (AOF on, appendfsync everysec); the server binds
 127.0.0.1 and a unix socket in a 0700 directory. Stopping shuts the server down cleanly (the
 AOF is flushed) and leaves the data.
+
+`qt valkey start` (and a command that starts the server on its own) gives it a generated
+password (`requirepass`), kept in `<data dir>/valkey/password` (0600; the config file that holds
+it too is 0600). qt reads that file whenever it talks to the managed server (`password_for`), so
+no command needs it on its command line or in its environment.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -71,6 +77,7 @@ class ManagedStatus:
     appendfsync: str = ""
     used_memory_human: str = ""
     keys: int = 0
+    password_file: str = ""  # the generated password's file (0600); empty: no password
 
     @property
     def url(self) -> str:
@@ -95,9 +102,12 @@ def _pid_alive(pid: int) -> bool:
 class ManagedValkey:
     """A valkey-server whose config, data, socket and pid live under one directory."""
 
-    def __init__(self, directory: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, port: int | None = None, require_password: bool = False
+    ) -> None:
         self.directory = Path(directory)
         self.requested_port = port
+        self.require_password = require_password  # on start: generate (or keep) the password
 
     @property
     def data_dir(self) -> Path:
@@ -122,6 +132,27 @@ class ManagedValkey:
     @property
     def log_path(self) -> Path:
         return self.directory / "valkey.log"
+
+    @property
+    def password_path(self) -> Path:
+        return self.directory / "password"
+
+    def password(self) -> str:
+        """The server's generated password ("" when it runs without one)."""
+        try:
+            return self.password_path.read_text().strip()
+        except OSError:
+            return ""
+
+    def _ensure_password(self) -> str:
+        """Keep the existing password (clients may hold it), or write a new one, 0600."""
+        current = self.password()
+        if current:
+            self.password_path.chmod(0o600)
+            return current
+        fresh = secrets.token_urlsafe(32)
+        _write_private(self.password_path, fresh + "\n")
+        return fresh
 
     def _state(self) -> dict[str, int | str]:
         try:
@@ -148,8 +179,14 @@ class ManagedValkey:
         for path in (self.directory, self.data_dir, self.run_dir):
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o700)
+        auth: list[str] = []
+        if self.require_password:
+            auth = [f"requirepass {self._ensure_password()}"]
+        else:
+            self.password_path.unlink(missing_ok=True)
         config = self.directory / "valkey.conf"
-        config.write_text(
+        _write_private(
+            config,
             "\n".join(
                 [
                     "# written by qt; edits are replaced on the next 'qt valkey start'",
@@ -166,9 +203,10 @@ class ManagedValkey:
                     "appendfsync everysec",
                     "maxmemory-policy noeviction",
                     "save 3600 1 300 100 60 10000",
+                    *auth,
                     "",
                 ]
-            )
+            ),
         )
         return config
 
@@ -215,8 +253,13 @@ class ManagedValkey:
         base = ManagedStatus(running=False, directory=str(self.directory), port=port)
         if not port or not _pid_alive(pid):
             return base
+        password = self.password()
         client: Client = valkey.Valkey(
-            host="127.0.0.1", port=port, socket_timeout=1.0, socket_connect_timeout=1.0
+            host="127.0.0.1",
+            port=port,
+            password=password or None,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
         )
         try:
             info = client.info()
@@ -239,6 +282,7 @@ class ManagedValkey:
             appendfsync=str(appendfsync),
             used_memory_human=str(info.get("used_memory_human", "")),
             keys=keys,
+            password_file=str(self.password_path) if password else "",
         )
 
     def stop(self) -> ManagedStatus:
@@ -256,6 +300,25 @@ class ManagedValkey:
                 return self.status()
             time.sleep(0.02)
         raise QtError(f"valkey-server (pid {pid}) did not stop within {STOP_TIMEOUT_S:.0f}s")
+
+
+def password_for(directory: Path, port: int) -> str:
+    """The generated password of the managed server kept in `directory`, when it is the one
+    listening on `port` ("" otherwise)."""
+    managed = ManagedValkey(directory)
+    if not port or int(managed._state().get("port", 0) or 0) != port:
+        return ""
+    return managed.password()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only, from the first byte (no window at 0644)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def _is_valkey(pid: int) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import zmq
 
 from qt_cli.core.endpoints import Endpoint, parse_endpoint
-from qt_cli.core.errors import EndpointError, UnavailableError
+from qt_cli.core.errors import EndpointError, QtError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ def _endpoint(value: Endpoint | str) -> Endpoint:
 
 
 def _bind(sock: zmq.Socket[Any], ep: Endpoint, what: str) -> None:
+    from qt_cli.core.zmq_io import curve
+
+    try:
+        curve.serve(sock, ep)  # CURVE server, or refuse plain TCP beyond loopback
+    except QtError:
+        sock.close(linger=0)
+        raise
     try:
         sock.bind(ep.zmq_address)
     except zmq.ZMQError as exc:

@@ -29,8 +29,9 @@ import orjson
 import zmq
 
 from qt_cli.core.endpoints import Endpoint
-from qt_cli.core.errors import UnavailableError
+from qt_cli.core.errors import QtError, UnavailableError
 from qt_cli.core.journal import JournalReader
+from qt_cli.core.zmq_io import curve
 from qt_cli.core.zmq_io.base import _SEQ, PROTOCOL, _bind, _context, _endpoint
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,11 @@ class ReplayClient:
         if self._sock is None:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            try:
+                curve.connect(sock)
+            except QtError:
+                sock.close(linger=0)
+                raise
             sock.connect(self.endpoint.zmq_address)
             self._sock = sock
         return self._sock

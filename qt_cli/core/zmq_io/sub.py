@@ -14,9 +14,10 @@ import orjson
 import zmq
 
 from qt_cli.core.endpoints import Endpoint
-from qt_cli.core.errors import DecodeError, EndpointError, UnavailableError
+from qt_cli.core.errors import DecodeError, EndpointError, QtError, UnavailableError
 from qt_cli.core.events import decode_dict, now_ns
 from qt_cli.core.records import MAX_RAW_BYTES, DeadLetter, Gap
+from qt_cli.core.zmq_io import curve
 from qt_cli.core.zmq_io.base import DEFAULT_RCVHWM, _context, _endpoint
 from qt_cli.core.zmq_io.replay import ReplayClient, ReplayPage, missing_ranges, not_journaled
 
@@ -129,6 +130,11 @@ class SubSource:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
+        try:
+            curve.connect(sock)
+        except QtError:
+            sock.close(linger=0)
+            raise
         try:
             sock.connect(self.endpoint.zmq_address)
         except zmq.ZMQError as exc:
