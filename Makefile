@@ -34,7 +34,10 @@ demo: venv valkey  ## the main job on the embedded default: a simulated market t
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 bench: venv valkey  ## every benchmark (about 10 minutes), written to BENCHMARKS.md with a summary table
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python -m benchmarks.$$(basename $$b .py) || exit 1; done
+	@start=$$(date +%s); for b in benchmarks/bench_*.py; do t=$$(date +%s); echo "== $$b"; \
+		$(BIN)/python -m benchmarks.$$(basename $$b .py) || exit 1; \
+		echo "== $$b: $$(( $$(date +%s) - t )) s"; done; \
+		echo "== make bench: $$(( $$(date +%s) - start )) s"
 	@$(BIN)/python -m benchmarks.summary >/dev/null
 
 completions: venv  ## regenerate completions/ (a test fails when they are stale)
