@@ -414,7 +414,16 @@ class Monitor:
         """Symbols with a ticks stream (SCAN, never KEYS); at startup and every 30 s."""
         found = set()
         cursor = 0
+        from qt_cli.core.store import cluster
+
         pattern = keys.stream_pattern("ticks")
+        if cluster.is_cluster(client):  # scan_iter walks every primary
+            self._commands += 1
+            for raw in client.scan_iter(match=pattern, count=1_000, _type="stream"):
+                parsed = keys.parse_stream_key(_text(raw))
+                if parsed and parsed[0] == "ticks":
+                    found.add(parsed[1])
+            return sorted(found)
         while True:
             cursor, batch = client.scan(cursor, match=pattern, count=1_000, _type="stream")
             self._commands += 1
