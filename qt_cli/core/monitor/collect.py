@@ -353,8 +353,14 @@ class Monitor:
             self._discovered_ns = now
         symbols = self._symbols
 
+        from qt_cli.core.store import cluster
+
+        # A cluster pipeline takes no keyless command: INFO (of the node the client asks
+        # first) goes on its own there.
+        on_cluster = cluster.is_cluster(client)
         pipe = client.pipeline(transaction=False)
-        pipe.info()
+        if not on_cluster:
+            pipe.info()
         pipe.smembers(keys.STAGES_SET)
         pipe.xlen(keys.stream_key("deadletter"))
         pipe.xlen(keys.stream_key("gaps"))
@@ -368,6 +374,9 @@ class Monitor:
                 pipe.xinfo_groups(keys.stream_key(kind, symbol))
         self._commands += len(pipe)
         replies = pipe.execute(raise_on_error=False)
+        if on_cluster:
+            self._commands += 1
+            replies = [client.info(), *replies]
         info, members, dead_len, gap_len = replies[:4]
         for reply in (info, members):
             if isinstance(reply, Exception):
