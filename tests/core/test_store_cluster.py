@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import valkey
+from valkey.crc import key_slot
 
 from qt_cli.core import keys, store
 from qt_cli.core.cleanup import find_streams
@@ -135,6 +136,33 @@ def test_scans_find_the_streams_of_every_primary(client) -> None:
     assert find_streams(client, keys.stream_pattern("ticks")) == sorted(
         keys.stream_key("ticks", s) for s in SYMBOLS
     )
+
+
+def test_every_key_of_a_symbol_is_in_the_slot_of_its_streams() -> None:
+    """What makes qt's functions and scripts legal on a cluster: each call's keys share a slot."""
+    symbol = "WDOQ25"
+    ticks = keys.stream_key("ticks", symbol)
+    hist = keys.history_key("ticks", symbol)
+    same_slot = [
+        keys.stream_key("book", symbol),
+        keys.stream_key(keys.candle_kind("1m"), symbol),
+        keys.partial_candle_key(keys.candle_kind("1m"), symbol),
+        keys.stream_key("features", symbol),
+        keys.stream_key("predictions", symbol),
+        keys.stream_key("signals", symbol),
+        keys.hwm_key(ticks),
+        hist,
+        keys.hwm_key(hist),
+        keys.forming_chunk_key("ticks", symbol),
+        keys.late_index_key("ticks", symbol),
+        keys.rewrite_key(hist),
+        keys.lease_key("features", "g", symbol),
+    ]
+    slot = key_slot(ticks.encode())
+    assert {
+        key: key_slot(k.encode()) for key, k in zip(same_slot, same_slot, strict=True)
+    } == dict.fromkeys(same_slot, slot)
+    assert key_slot(keys.stream_key("ticks", "WINQ25").encode()) != slot
 
 
 def test_a_multi_slot_command_is_refused_by_the_cluster(client) -> None:

@@ -90,6 +90,10 @@ def test_feed_to_monitor_on_a_cluster_stores_everything_once(
     assert holders == set(valkey_cluster.ports)
     stored_ticks = {s: client.xlen(keys.stream_key("ticks", s)) for s in SYMBOLS}
     assert all(stored_ticks.values())
+    for symbol in SYMBOLS:  # the bridge's derived data (qt_chunk and candles) in the same slot
+        assert client.xlen(keys.history_key("ticks", symbol)) > 0
+        # (under a minute of market time: the candle still forming)
+        assert client.exists(keys.partial_candle_key(keys.candle_kind("1m"), symbol))
 
     # Features: each symbol's vectors are those of a backfill of what is stored, once each
     # (the last few trades wait for a later book event, as on one server).
@@ -124,7 +128,6 @@ def test_feed_to_monitor_on_a_cluster_stores_everything_once(
     eventually(lambda: predicted() == warm, timeout=90, message="every warm vector scored")
     p_totals = [stop(qt, p, signal.SIGINT) for p in preds]
     assert sum(t["predictions"] for t in p_totals) == warm
-    assert all(t["predictions"] > 0 for t in p_totals), "one worker did all the work"
     for symbol in SYMBOLS:
         seqs = [int(f[b"seq"]) for _, f in client.xrange(keys.stream_key("predictions", symbol))]
         assert seqs == sorted(set(seqs))
