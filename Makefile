@@ -33,7 +33,7 @@ test: venv valkey lint  ## everything CI runs
 demo: venv valkey  ## the main job on the embedded default: a simulated market through the whole pipeline
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
-bench: venv valkey  ## every benchmark (about 10 minutes), written to BENCHMARKS.md with a summary table
+bench: venv valkey  ## every benchmark (about 11 minutes), written to BENCHMARKS.md with a summary table
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python -m benchmarks.$$(basename $$b .py) || exit 1; done
 	@$(BIN)/python -m benchmarks.summary >/dev/null
 
