@@ -11,6 +11,7 @@ from valkey.crc import key_slot
 from qt_cli.core import keys, store
 from qt_cli.core.cleanup import find_streams
 from qt_cli.core.events import Trade
+from qt_cli.core.monitor.collect import Monitor
 from qt_cli.core.store import cluster
 from qt_cli.core.store.reader import StreamSource, symbols_of
 from qt_cli.core.store.writer import StreamWriter
@@ -136,6 +137,22 @@ def test_scans_find_the_streams_of_every_primary(client) -> None:
     assert find_streams(client, keys.stream_pattern("ticks")) == sorted(
         keys.stream_key("ticks", s) for s in SYMBOLS
     )
+
+
+def test_the_monitor_shows_every_primarys_symbols_and_their_memory_together(
+    client, cluster_url: str, valkey_cluster: LocalCluster
+) -> None:
+    StreamWriter(client).append_events(trades(60))
+    with Monitor(cluster_url) as monitor:
+        snapshot = monitor.collect()
+    assert snapshot.reachable, snapshot.error
+    assert sorted(s.symbol for s in snapshot.symbols) == sorted(SYMBOLS)
+    nodes = []
+    for port in valkey_cluster.ports:
+        node = valkey_cluster.node(port)
+        nodes.append(node.info("memory")["used_memory"])
+        node.close()
+    assert snapshot.valkey.used_memory > 2 * min(nodes)  # about three primaries' worth
 
 
 def test_every_key_of_a_symbol_is_in_the_slot_of_its_streams() -> None:

@@ -355,8 +355,8 @@ class Monitor:
 
         from qt_cli.core.store import cluster
 
-        # A cluster pipeline takes no keyless command: INFO (of the node the client asks
-        # first) goes on its own there.
+        # A cluster pipeline takes no keyless command: INFO (of every primary, merged) goes
+        # on its own there.
         on_cluster = cluster.is_cluster(client)
         pipe = client.pipeline(transaction=False)
         if not on_cluster:
@@ -376,7 +376,7 @@ class Monitor:
         replies = pipe.execute(raise_on_error=False)
         if on_cluster:
             self._commands += 1
-            replies = [client.info(), *replies]
+            replies = [cluster.merged_info(client), *replies]
         info, members, dead_len, gap_len = replies[:4]
         for reply in (info, members):
             if isinstance(reply, Exception):

@@ -11,7 +11,8 @@ script or a read over one symbol's keys stays in one slot. What spans symbols is
   like one connection (commands go to their slot's node, replies come back in the order sent);
 - the function library: loaded on, and checked on, every primary (`on_primaries`);
 - SCAN: every primary (valkey-py's `scan_iter` on a cluster client does it);
-- the server identity the bridge watches for restarts: the run ids of all primaries.
+- the server identity the bridge watches for restarts: the run ids of all primaries;
+- the health `qt monitor` shows: every primary's INFO together (`merged_info`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,31 @@ def server_identity(client: Any) -> str:
         return _text(client.info("server").get("run_id", ""))
     infos = client.info("server", target_nodes=ValkeyCluster.PRIMARIES)
     return ",".join(sorted(_text(info.get("run_id", "")) for info in infos.values()))
+
+
+_SUMMED = ("used_memory", "connected_clients", "instantaneous_ops_per_sec")
+
+
+def merged_info(client: Any) -> dict[str, Any]:
+    """`INFO` of the server; of a cluster, its primaries' together: memory, clients and ops
+    summed, maxmemory summed (0, no limit, when any primary has none), the AOF on only when on
+    everywhere and its status the first one not ok, `cluster_primaries` their count."""
+    if not is_cluster(client):
+        return dict(client.info())
+    infos = list(client.info(target_nodes=ValkeyCluster.PRIMARIES).values())
+    merged = dict(infos[0])
+    for name in _SUMMED:
+        merged[name] = sum(int(info.get(name, 0) or 0) for info in infos)
+    limits = [int(info.get("maxmemory", 0) or 0) for info in infos]
+    merged["maxmemory"] = sum(limits) if all(limits) else 0
+    merged["used_memory_human"] = ""  # of one node: the sum is formatted where it is shown
+    merged["aof_enabled"] = min(int(info.get("aof_enabled", 0) or 0) for info in infos)
+    for name in ("aof_last_write_status", "aof_last_bgrewrite_status"):
+        failing = [info[name] for info in infos if info.get(name, "ok") != "ok"]
+        if failing:
+            merged[name] = failing[0]
+    merged["cluster_primaries"] = len(infos)
+    return merged
 
 
 def _text(value: Any) -> str:
@@ -215,6 +241,7 @@ __all__ = [
     "command_keys",
     "connection",
     "is_cluster",
+    "merged_info",
     "on_primaries",
     "packer",
     "release",
