@@ -165,8 +165,12 @@ def measure(count: Callable[[], int], target: int, *, stall_s: float = 10.0) -> 
         if n >= target or now - last_move > stall_s:
             break
         time.sleep(0.02)
+    if samples[-1][1] < 0.9 * target:
+        raise RuntimeError(
+            f"benchmark: {samples[-1][1]:,} of {target:,} stored, then nothing for {stall_s:.0f} s"
+        )
     lo = next(s for s in samples if s[1] >= 0.1 * target)
-    hi = next((s for s in samples if s[1] >= 0.9 * target), samples[-1])
+    hi = next(s for s in samples if s[1] >= 0.9 * target)
     rate = (hi[1] - lo[1]) / (hi[0] - lo[0]) if hi[0] > lo[0] else float("nan")
     return {"rate": rate, "stored": samples[-1][1], "target": target}
 
