@@ -7,7 +7,7 @@ import json
 
 from benchmarks.report import RESULTS, machine, write_section
 
-ORDER = ("feed", "bridge", "query", "features", "models", "pipeline")
+ORDER = ("feed", "bridge", "query", "features", "models", "pipeline", "scale")
 
 
 def fmt(value: float | None) -> str:

@@ -23,7 +23,7 @@ _qt_completion() {
         "bridge") words="--batch-ms --batch-size --buffer --candles --catch-up --chunks --curve-clients --curve-secret-key --curve-server-key --duration --help --hwm --in --insecure --json --maxlen --name --no-candles --no-catch-up --no-chunks --out --replay --replay-timeout --stop-after --symbol --time-unit --timeframe -i -o -s -t" ;;
         "query") words="--as-of --format --from --help --json --kind --limit --output --partial --set --symbol --to --tz -O -f -k -n -s" ;;
         "train") words="--embargo --folds --from --help --horizon --json --model --output --set --symbol --threshold --to -o -s" ;;
-        "predict") words="--consumer --cooldown --cost --curve-clients --curve-secret-key --curve-server-key --duration --from --group --help --hold --in --insecure --json --min-confidence --model --name --out --output --replay --symbol --to -i -m -o -s" ;;
+        "predict") words="--claim-idle --consumer --cooldown --cost --curve-clients --curve-secret-key --curve-server-key --duration --from --group --help --hold --in --insecure --json --min-confidence --model --name --out --output --replay --symbol --to -i -m -o -s" ;;
         "cleanup") words="--dry-run --help --journal --json --max-entries --pattern --retention --rewrite-chunks -p -r" ;;
         "monitor") words="--duration --help --json --once --refresh --stale --symbol --window -s" ;;
         "valkey") words="start stop status --help" ;;

@@ -136,6 +136,7 @@ complete -c qt -n '__fish_seen_subcommand_from train' -l threshold
 complete -c qt -n '__fish_seen_subcommand_from train' -l to
 complete -c qt -n '__fish_seen_subcommand_from train' -s o
 complete -c qt -n '__fish_seen_subcommand_from train' -s s
+complete -c qt -n '__fish_seen_subcommand_from predict' -l claim-idle
 complete -c qt -n '__fish_seen_subcommand_from predict' -l consumer
 complete -c qt -n '__fish_seen_subcommand_from predict' -l cooldown
 complete -c qt -n '__fish_seen_subcommand_from predict' -l cost

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from qt_cli.core import config
 from qt_cli.core.store.managed import INSTALL_HINT, ManagedValkey, find_server
 from tests.helpers import QtProcesses, free_port
+from tests.valkey_cluster import LocalCluster, start_cluster
 
 
 @dataclass
@@ -62,6 +63,28 @@ def vk(valkey_url: str, valkey_server: ValkeyServer) -> Iterator[valkey_lib.Valk
     client = valkey_server.client()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real 3-primary Valkey Cluster on loopback ports, for the whole run (started when a test
+    first asks for it)."""
+    try:
+        find_server()
+    except Exception:
+        pytest.fail(f"valkey-server is required for these tests. {INSTALL_HINT}")
+    cluster = start_cluster(tmp_path_factory.mktemp("valkey-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(valkey_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> str:
+    """One node's URL of the flushed cluster, exported as QT_VALKEY_URL."""
+    valkey_cluster.flush()
+    monkeypatch.setenv("QT_VALKEY_URL", valkey_cluster.url)
+    config.set_current(config.load_settings())
+    return valkey_cluster.url
 
 
 @pytest.fixture(autouse=True)

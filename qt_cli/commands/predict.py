@@ -33,6 +33,8 @@ Across hosts: --curve-secret-key FILE (or QT_CURVE_SECRET_KEY) encrypts the Zero
 
 Example: qt predict --model models/wdo.qtm --in valkey://127.0.0.1:6379 --symbol WDOQ25 --out valkey://127.0.0.1:6379 --out tcp://127.0.0.1:5558 --min-confidence 0.5 --cooldown 30s
 
+Example (three workers of one group, on any hosts; a dead one's vectors are taken over after 5 s): qt predict --model models/wdo.qtm --in valkey://10.0.0.5:6379 --symbol WDOQ25 --symbol WINQ25 --group predict --consumer worker-2 --claim-idle 5s
+
 Example: qt predict --model models/wdo.qtm --symbol WDOQ25 --from 2025-08-11 --to 2025-08-12 --cost 0.5 --output signals.parquet
 """
 
@@ -50,9 +52,10 @@ def _live(
     cooldown: str | None,
     duration: str | None,
     replay: str | None,
+    claim_idle: str | None = None,
 ) -> dict[str, Any]:
     from qt_cli.core import config
-    from qt_cli.core.models.live import open_live, summary_line
+    from qt_cli.core.models.live import CLAIM_IDLE_S, open_live, summary_line
     from qt_cli.core.stage import run_stage
     from qt_cli.core.timeparse import parse_duration_ns, parse_duration_s
 
@@ -71,6 +74,7 @@ def _live(
         maxlen=settings.maxlen,
         duration_s=parse_duration_s(duration) if duration else None,
         replay=None if (replay or "").strip().lower() in ("", "none", "off") else replay,
+        claim_idle_s=parse_duration_s(claim_idle) if claim_idle else CLAIM_IDLE_S,
         warn=warn,
     )
     p = stage.slot.predictor
@@ -130,6 +134,15 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 show_default=False,
             ),
         ] = None,
+        claim_idle: Annotated[
+            str | None,
+            typer.Option(
+                "--claim-idle",
+                help="Live, --group: take over vectors pending this long on another worker "
+                "(a dead one), e.g. 5s (default: 30s).",
+                show_default=False,
+            ),
+        ] = None,
         duration: Duration = None,
         min_confidence: Annotated[
             float, typer.Option("--min-confidence", help="HOLD below this probability.")
@@ -181,6 +194,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 cooldown=cooldown,
                 duration=duration,
                 replay=replay,
+                claim_idle=claim_idle,
             )
             if as_json:
                 emit_json(totals)

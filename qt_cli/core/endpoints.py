@@ -9,6 +9,9 @@
 | -                                                | stdio  | JSON lines to stdout | from stdin       |
 | file.jsonl, file.csv, file.parquet               | file   | record to the file   | replay the file  |
 
+A valkey:// URL may name a single server or any node of a Valkey Cluster: `store.connect` asks
+the server (INFO cluster) and returns a cluster client for a cluster node (docs/SCALING.md).
+
 Parsing is pure and this module knows no implementation: `qt_cli.core.io` opens a Source or
 Sink, through the module that owns the external system (zmq_io, store, files).
 """

@@ -15,7 +15,7 @@ import pytest
 import valkey
 import zmq
 
-from qt_cli.core import keys
+from qt_cli.core import keys, store
 from qt_cli.core.events import FeatureVector, decode_fields
 from qt_cli.core.features.backfill import backfill
 from qt_cli.core.features.engine import FeatureEngine
@@ -218,9 +218,14 @@ def test_zeromq_input_gives_the_same_vectors_as_the_stored_history(
     assert totals["trades"] == feed["by_kind"]["tick"]
 
 
+@pytest.mark.parametrize("server", ["valkey_url", "cluster_url"])
 def test_a_group_shares_symbols_and_takes_over_a_killed_workers(
-    qt: QtProcesses, pipeline: Pipeline, vk: valkey.Valkey, valkey_url: str
+    qt: QtProcesses, pipeline: Pipeline, request: pytest.FixtureRequest, server: str
 ) -> None:
+    """Leases and vectors on one server, and on a 3-primary cluster (the two symbols' keys on
+    two primaries)."""
+    valkey_url = request.getfixturevalue(server)
+    vk = store.connect(valkey_url)
     symbols = (SYMBOL, "WINQ25")
     bridge = qt.start(*pipeline.bridge_args(valkey_url))
     running(vk, ("bridge", "default"))
@@ -264,6 +269,7 @@ def test_a_group_shares_symbols_and_takes_over_a_killed_workers(
     assert holders() == {None}  # and gave the leases back when it stopped
     assert totals["duplicates"] > 0  # a's stored vectors recomputed by b and skipped
     assert feed["events"] == N
+    vk.close()
 
 
 def sym_args(symbols: tuple[str, ...]) -> list[str]:

@@ -20,7 +20,7 @@ import pytest
 import valkey
 import zmq
 
-from qt_cli.core import keys
+from qt_cli.core import keys, store
 from qt_cli.core.events import FeatureVector, Prediction, Signal, decode_fields
 from qt_cli.core.models.bundle import load
 from qt_cli.core.models.predictor import Predictor
@@ -136,6 +136,71 @@ def test_workers_of_one_group_share_the_vectors(
     assert ta["predictions"] + tb["predictions"] == counts["warm"]
     seqs = [p.seq for p in events(vk, PRED_KEY)]
     assert seqs == sorted(set(seqs)) and len(seqs) == counts["warm"]
+
+
+GROUP_SYMBOLS = ("MGLU3", "WEGE3", "WINQ25", "PETR4", "WDOQ25", "ITUB4")  # 2 per cluster primary
+
+
+@pytest.mark.parametrize("server", ["valkey_url", "cluster_url"])
+def test_a_killed_workers_vectors_over_six_symbols_are_claimed_by_the_others_once(
+    qt: QtProcesses, request: pytest.FixtureRequest, server: str, models: dict[str, Path]
+) -> None:
+    """Three workers of one group over six symbols (on one server, and on a 3-primary cluster);
+    one is SIGKILLed while it holds vectors it read and never acknowledged; the other two claim
+    them (`--claim-idle`) and every warm vector is scored exactly once.
+
+    So that the killed worker surely holds vectors when it dies, the test first reads the first
+    vector of each stream as consumer `x` and never acknowledges it (a worker that died earlier):
+    a worker then holds what it read (nothing of a stream is written before its older pending
+    entries) until x's vectors are claimed. Worker a (which never claims) reads and is killed;
+    b and c then start and claim."""
+    url = request.getfixturevalue(server)
+    client = store.connect(url)
+    counts = {
+        s: simulate_and_store(client, seconds=40, every=2, seed=i, symbol=s)
+        for i, s in enumerate(GROUP_SYMBOLS)
+    }
+    feat_keys = {s: keys.stream_key("features", s) for s in GROUP_SYMBOLS}
+    for key in feat_keys.values():
+        client.xgroup_create(key, "g", id="0")
+        assert len(client.xreadgroup("g", "x", {key: ">"}, count=1)[0][1]) == 1
+    args = [
+        "predict", "--model", str(models["logreg"]), "--in", url,
+        *[a for s in GROUP_SYMBOLS for a in ("--symbol", s)],
+        "--group", "g", "--json",
+    ]  # fmt: skip
+    # a never claims: it holds x's vectors back, and everything it reads behind them, until it
+    # dies; then b and c start and claim what was idle 1 s.
+    workers = {"a": qt.start(*args, "--consumer", "a", "--claim-idle", "5m")}
+
+    def held_by_a() -> int:
+        return sum(
+            len(client.xpending_range(k, "g", "-", "+", 10_000, "a")) for k in feat_keys.values()
+        )
+
+    eventually(held_by_a, timeout=60, message="worker a holds vectors")
+    workers["a"].send_signal(signal.SIGKILL)
+    workers["a"].wait(timeout=10)
+    pending_a = held_by_a()
+    assert pending_a > 0
+    workers.update({c: qt.start(*args, "--consumer", c, "--claim-idle", "1s") for c in "bc"})
+    warm = sum(c["warm"] for c in counts.values())
+
+    def signals() -> int:
+        return sum(client.xlen(keys.stream_key("signals", s)) for s in GROUP_SYMBOLS)
+
+    eventually(lambda: signals() == warm, timeout=90, message="every warm vector scored")
+    tb, tc = (stopped(qt, workers[c])["totals"] for c in ("b", "c"))
+    # Everything a held when killed was claimed (x's too: by a before it died, or by b and c).
+    assert tb["claimed"] + tc["claimed"] >= pending_a
+    # a wrote nothing (x's older vectors held everything back): b and c stored each result once.
+    assert tb["predictions"] + tc["predictions"] == warm
+    assert tb["written"] + tc["written"] == 2 * warm and tb["duplicates"] + tc["duplicates"] == 0
+    for symbol, key in feat_keys.items():
+        assert client.xpending(key, "g")["pending"] == 0  # a's and x's included
+        seqs = [int(f[b"seq"]) for _, f in client.xrange(keys.stream_key("predictions", symbol))]
+        assert seqs == sorted(set(seqs)) and len(seqs) == counts[symbol]["warm"]
+    client.close()
 
 
 def test_a_new_bundle_is_served_without_losing_a_vector_and_a_bad_one_is_refused(

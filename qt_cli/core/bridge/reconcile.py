@@ -8,13 +8,13 @@ import time
 
 import valkey
 
-from qt_cli.core.bridge.config import _text
 from qt_cli.core.bridge.rows import Item, Refill, _add_range
 from qt_cli.core.bridge.state import _BridgeState
 from qt_cli.core.events import (
     now_ns,
 )
 from qt_cli.core.records import Gap
+from qt_cli.core.store import cluster
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,10 @@ class _Reconciler(_BridgeState):
             self.queue.push_front([refill])
 
     def _server_run_id(self) -> str:
-        """The server's `run_id` (new at each start); '' where INFO is not allowed."""
+        """The server's `run_id` (new at each start; a cluster's primaries' together); '' where
+        INFO is not allowed."""
         try:
-            return _text(self.client.info("server").get("run_id", ""))
+            return cluster.server_identity(self.client)
         except valkey.ResponseError:
             return ""
 

@@ -29,7 +29,7 @@ from qt_cli.core.events import (
     now_ns,
 )
 from qt_cli.core.records import MAX_RAW_BYTES, DeadLetter, Gap
-from qt_cli.core.store import ConnectionFailure
+from qt_cli.core.store import ConnectionFailure, cluster
 from qt_cli.core.store.writer import (
     DEADLETTER_MAXLEN,
     E_SEQ,
@@ -292,13 +292,13 @@ class _Writer(_BridgeState):
     def _connection(self) -> Any:
         """The writer's own connection (taken from the client's pool once)."""
         if self._conn is None:
-            self._conn = self.client.connection_pool.get_connection("FCALL")
+            self._conn = cluster.connection(self.client)
         return self._conn
 
     def _release_connection(self) -> None:
         if self._conn is not None:
             try:
-                self.client.connection_pool.release(self._conn)
+                cluster.release(self.client, self._conn)
             except Exception:  # releasing must not hide the run's own outcome
                 log.debug("releasing the writer's connection failed", exc_info=True)
             self._conn = None

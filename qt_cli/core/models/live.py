@@ -37,6 +37,7 @@ from qt_cli.core.stage.derived import Derived, GroupWorker
 from qt_cli.core.store.reader import SourceEntry
 
 STAGE = "predict"
+CLAIM_IDLE_S = 30.0  # vectors pending this long on another worker of the group are taken over
 WATCH_INTERVAL_S = 1.0
 
 
@@ -224,6 +225,7 @@ def open_live(
     maxlen: int = 0,
     duration_s: float | None = None,
     replay: str | None = None,
+    claim_idle_s: float = CLAIM_IDLE_S,
     warn: Callable[[str], None] | None = None,
 ) -> LivePredict:
     """The stage for `qt predict --in … --out …`: one `--in valkey://…` read through consumer
@@ -266,6 +268,7 @@ def open_live(
             group=group or STAGE,
             consumer=consumer or name,
             password=password,
+            claim_idle_s=claim_idle_s,
         )
     writer = (
         StreamWriter(store.connect(stores[0], password=password), maxlen=maxlen) if stores else None

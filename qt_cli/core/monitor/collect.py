@@ -353,8 +353,14 @@ class Monitor:
             self._discovered_ns = now
         symbols = self._symbols
 
+        from qt_cli.core.store import cluster
+
+        # A cluster pipeline takes no keyless command: INFO (of every primary, merged) goes
+        # on its own there.
+        on_cluster = cluster.is_cluster(client)
         pipe = client.pipeline(transaction=False)
-        pipe.info()
+        if not on_cluster:
+            pipe.info()
         pipe.smembers(keys.STAGES_SET)
         pipe.xlen(keys.stream_key("deadletter"))
         pipe.xlen(keys.stream_key("gaps"))
@@ -368,6 +374,9 @@ class Monitor:
                 pipe.xinfo_groups(keys.stream_key(kind, symbol))
         self._commands += len(pipe)
         replies = pipe.execute(raise_on_error=False)
+        if on_cluster:
+            self._commands += 1
+            replies = [cluster.merged_info(client), *replies]
         info, members, dead_len, gap_len = replies[:4]
         for reply in (info, members):
             if isinstance(reply, Exception):
@@ -414,7 +423,16 @@ class Monitor:
         """Symbols with a ticks stream (SCAN, never KEYS); at startup and every 30 s."""
         found = set()
         cursor = 0
+        from qt_cli.core.store import cluster
+
         pattern = keys.stream_pattern("ticks")
+        if cluster.is_cluster(client):  # scan_iter walks every primary
+            self._commands += 1
+            for raw in client.scan_iter(match=pattern, count=1_000, _type="stream"):
+                parsed = keys.parse_stream_key(_text(raw))
+                if parsed and parsed[0] == "ticks":
+                    found.add(parsed[1])
+            return sorted(found)
         while True:
             cursor, batch = client.scan(cursor, match=pattern, count=1_000, _type="stream")
             self._commands += 1

@@ -1,7 +1,8 @@
 """Valkey: connections, the managed local server, and (in submodules) stream writes and reads.
 
 Every Valkey call in qt goes through this package. `connect()` turns an endpoint into a client;
-`resolve()` decides which server a command uses when none was configured.
+`resolve()` decides which server a command uses when none was configured. A server that is a
+Valkey Cluster node gives a cluster client (`store.cluster`): nothing to configure.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def connect(
             raise StoreUnavailable(
                 f"Valkey at {endpoint.uri} needs a password: set QT_VALKEY_PASSWORD"
             ) from None
+        if "SELECT is not allowed in cluster mode" in str(exc):
+            raise EndpointError(_CLUSTER_DB0.format(uri=endpoint.uri)) from None
         raise
     except ConnectionFailure as exc:
         if "certificate verify failed" in str(exc).lower():
@@ -111,7 +114,43 @@ def connect(
             f"cannot reach Valkey at {endpoint.uri} ({_reason(exc)}); start one with "
             "'qt valkey start' or point --valkey / QT_VALKEY_URL at a running server"
         ) from None
+    from qt_cli.core.store import cluster
+
+    if cluster.cluster_enabled(client):
+        client.close()
+        return _cluster_client(endpoint, password=password, timeout_s=timeout_s)
     return client
+
+
+_CLUSTER_DB0 = (
+    "{uri} is a Valkey Cluster node: a cluster has only database 0 and is reached over TCP "
+    "(valkey://host:port/0)"
+)
+
+
+def _cluster_client(endpoint: Endpoint, *, password: str, timeout_s: float | None) -> Client:
+    """A cluster client started from the node `endpoint` names (it finds the others)."""
+    from qt_cli.core.store.cluster import ClusterClient
+
+    if endpoint.scheme == "unix" or endpoint.db != 0:
+        raise EndpointError(_CLUSTER_DB0.format(uri=endpoint.uri))
+    try:
+        return ClusterClient(
+            host=endpoint.host,
+            port=endpoint.port,
+            password=endpoint.password or password or None,
+            username=endpoint.username or None,
+            ssl=endpoint.scheme == "valkeys",
+            socket_timeout=timeout_s,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            decode_responses=False,
+        )
+    except (valkey.ValkeyError, valkey.exceptions.ValkeyClusterException, OSError) as exc:
+        raise StoreUnavailable(
+            f"Valkey at {endpoint.uri} is a cluster node but the cluster is not usable "
+            f"({_reason(exc)}); check `valkey-cli -p {endpoint.port} cluster info` shows "
+            "cluster_state:ok"
+        ) from None
 
 
 def secret_given(endpoint: Endpoint, password: str) -> bool:

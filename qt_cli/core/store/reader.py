@@ -45,6 +45,7 @@ from qt_cli.core.chunks import (
 from qt_cli.core.errors import DecodeError, UsageError
 from qt_cli.core.events import NS_PER_MS, Event, Trade, decode_fields
 from qt_cli.core.keys import parse_id
+from qt_cli.core.store import cluster
 
 log = logging.getLogger(__name__)
 
@@ -900,28 +901,42 @@ class StreamSource:
                 if not positions:
                     time.sleep(min(timeout_s, 0.1))
                     return []
-            reply = self.client.xread(
-                positions, count=self.count, block=max(1, int(timeout_s * 1000))
-            )
+            reply = self._read(positions, block_ms=max(1, int(timeout_s * 1000)))
             return self._decode(reply, advance=True)
         entries = self.claim()
         pending = {k: v for k, v in self._positions.items() if v != ">"}
         if pending:  # own entries delivered before a restart: no blocking, no new ones yet
-            reply = self.client.xreadgroup(self.group, self.consumer, pending, count=self.count)
+            reply = self._read(pending, block_ms=None)
             for key, got in reply or ():
                 if not got:
                     self._positions[_name(key)] = ">"
             entries += self._decode(reply, advance=True)  # the next call reads after them
         if entries or any(v != ">" for v in self._positions.values()):
             return entries
-        reply = self.client.xreadgroup(
-            self.group,
-            self.consumer,
-            self._positions,
-            count=self.count,
-            block=max(1, int(timeout_s * 1000)),
-        )
+        reply = self._read(self._positions, block_ms=max(1, int(timeout_s * 1000)))
         return self._decode(reply, advance=False)
+
+    def _read(self, positions: dict[str, str], *, block_ms: int | None) -> list[Any]:
+        """XREAD (XREADGROUP with a group) of `positions`. On a cluster, streams of several slots
+        take one command per slot, sent together without blocking; when none has anything new,
+        it waits `cluster.POLL_S` (a blocking read per slot would hold the others back)."""
+        parts = cluster.by_slot(self.client, positions)
+        if len(parts) == 1:
+            return self._read_command(self.client, parts[0], block_ms) or []
+        pipe = self.client.pipeline(transaction=False)
+        for part in parts:
+            self._read_command(pipe, part, None)
+        reply = [stream for got in pipe.execute() for stream in got or ()]
+        if not reply and block_ms:
+            time.sleep(min(block_ms / 1000, cluster.POLL_S))
+        return reply
+
+    def _read_command(self, client: Any, positions: dict[str, str], block_ms: int | None) -> Any:
+        if self.group is None:
+            return client.xread(positions, count=self.count, block=block_ms)
+        return client.xreadgroup(
+            self.group, self.consumer, positions, count=self.count, block=block_ms
+        )
 
     def claim(self) -> list[SourceEntry]:
         """Take over entries idle longer than `claim_idle_s` on other (dead) consumers (at most

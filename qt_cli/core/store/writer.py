@@ -37,6 +37,7 @@ from qt_cli.core.events import (
     iso_local,
     trade_layout_source,
 )
+from qt_cli.core.store import cluster
 
 if TYPE_CHECKING:
     from qt_cli.core.store import Client
@@ -65,8 +66,19 @@ _TRANSIENT_TYPES = (
     valkey.exceptions.ReadOnlyError,
     valkey.exceptions.ClusterDownError,
     valkey.exceptions.TryAgainError,
+    valkey.exceptions.AskError,  # and MovedError: the slot is elsewhere now (cluster resharding)
 )
-_TRANSIENT_TEXT = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY")
+_TRANSIENT_TEXT = (
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "BUSY",
+    "MOVED",
+    "ASK",
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -470,9 +482,11 @@ class StreamWriter:
     # -- library --
 
     def has_current_library(self) -> bool:
-        """True when the server holds this version of the library (not none, not another qt's)."""
+        """True when the server holds this version of the library (not none, not another qt's);
+        a cluster: every primary."""
         try:
-            return _text(self.client.fcall_ro("qt_version", 0)) == LIBRARY_VERSION
+            versions = cluster.on_primaries(self.client, "FCALL_RO", "qt_version", 0)
+            return all(_text(v) == LIBRARY_VERSION for v in versions)
         except valkey.ResponseError as exc:
             if is_missing_function(exc):
                 return False
@@ -535,9 +549,9 @@ class StreamWriter:
     # waits.
 
     def packer(self) -> Any:
-        """A connection object of the client's kind, never connected, that packs commands."""
-        pool = self.client.connection_pool
-        return pool.connection_class(**pool.connection_kwargs)
+        """What packs commands for `send_packed_command` on the client's connections (a
+        connection object never connected; for a cluster, one that notes each command's slot)."""
+        return cluster.packer(self.client)
 
     def read_replies(self, conn: Any, count: int) -> list[Any]:
         """`count` replies from `conn`, a refused command's error in its place."""
@@ -623,16 +637,15 @@ class StreamWriter:
         if self._packer is None:
             self._packer = self.packer()
         packed = self._packer.pack_commands([append_command(b) for b in batches])
-        pool = self.client.connection_pool
-        conn = pool.get_connection("FCALL")
+        conn = cluster.connection(self.client)
         try:
             conn.send_packed_command(packed)
             replies = self.read_replies(conn, len(batches))
         except BaseException:
             conn.disconnect()  # replies still on their way: never pool them
-            pool.release(conn)
+            cluster.release(self.client, conn)
             raise
-        pool.release(conn)
+        cluster.release(self.client, conn)
         return replies
 
     def append_events(self, events: Iterable[Event]) -> list[AppendResult]:
