@@ -47,6 +47,7 @@ pipeline = base.pipeline  # endpoints, journal and a replay endpoint of the test
 own_server = faults.own_server  # a valkey-server of the test's own (AOF on, appendfsync everysec)
 
 RECOVERED = re.compile(r"^bridge: recovered seq \d+\.\.\d+ of \S+ \([\d,]+ messages\) from ", re.M)
+RECOVERED_UP = re.compile(r"^\[bridge\] bridge: recovered .*$", re.M)
 LOST = re.compile(r"no longer holds what it acknowledged: .*\(up to ([\d,]+) messages\)")
 
 
@@ -291,3 +292,44 @@ def test_event_time_far_from_the_wall_clock_is_stored_by_event_time(
         )
     else:
         assert lag_hours > 2
+
+
+def test_qt_up_sigkilled_and_started_again_stores_every_journaled_event_once(
+    qt: QtProcesses, vk: valkey.Valkey, valkey_url: str, isolated_settings: Path
+) -> None:
+    """`qt up` killed with its stages (none outlives it: tests/e2e/test_up.py), then started
+    again on the same data directory: the killed run's sessions are whole (what its feed
+    journaled and the bridge had not stored yet is fetched from the journal), the new run's
+    too, and nothing is stored twice."""
+    from tests.e2e.test_up import endpoints_env, up_args
+
+    env = endpoints_env()
+    first = qt.start(*up_args(duration=None, rate=1_000), env=env)
+    stats = keys.stats_key("bridge", "default")
+    eventually(lambda: int(vk.hget(stats, "written") or 0) > 500, timeout=30, message="flowing")
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=10)
+    journal = isolated_settings / "journal"
+    eventually(
+        lambda: (
+            vk.hget(stats, "pid") is None
+            or not Path(f"/proc/{int(vk.hget(stats, 'pid'))}").exists()
+        ),
+        timeout=20,
+        message="the killed run's bridge gone",
+    )
+    killed = journal_pairs(journal)
+    unstored = len(set(killed) - set(stored_pairs(vk)))
+    second = qt.run(*up_args(duration="3s", rate=1_000), env=env, timeout=90)
+    assert second.returncode == 0, second.output
+    assert "Traceback" not in second.stderr
+    summary = json.loads(second.stdout)
+    expected = sorted(killed + expected_pairs(summary["stages"]["feed"]["totals"]))
+    stored = stored_pairs(vk)
+    assert len(stored) == len(set(stored)), "an event stored twice"
+    missing = sorted(set(expected) - set(stored))
+    measured.info(
+        f"qt up SIGKILL: {unstored} journaled events not stored at the kill; after the restart "
+        f"{len(missing)}; the second run said {RECOVERED_UP.findall(second.stderr)}"
+    )
+    assert not missing, (len(missing), missing[:5])
