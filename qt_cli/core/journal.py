@@ -148,8 +148,10 @@ class _OpenSegment:
         try:
             self.flush(fsync)
         finally:
-            self.data.close()
-            self.index.close()
+            try:
+                self.data.close()
+            finally:
+                self.index.close()
 
 
 class JournalWriter:
@@ -188,6 +190,7 @@ class JournalWriter:
         self._day_end = 0.0
         self._dirty = False
         self._closed = False
+        self._failed = False  # a write failed and was reported: close() adds no second error
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -236,7 +239,7 @@ class JournalWriter:
         try:
             segment.data.write(record)
         except OSError as exc:
-            raise UnavailableError(f"journal: cannot write {segment.path}: {exc}") from None
+            raise self._write_failed(segment, exc) from None
         segment.size += len(record)
         segment.count += 1
         self.bytes_written += len(record)
@@ -283,7 +286,7 @@ class JournalWriter:
             if index:
                 segment.index.write(b"".join(index))
         except OSError as exc:
-            raise UnavailableError(f"journal: cannot write {segment.path}: {exc}") from None
+            raise self._write_failed(segment, exc) from None
         self.bytes_written += size - segment.size
         self.records_written += count - segment.count
         segment.size = size
@@ -297,24 +300,43 @@ class JournalWriter:
             fsync = self.fsync == "always" or (
                 self.fsync == "batch" and now - self._last_fsync >= self.fsync_interval_s
             )
-            try:
-                for segment in self._segments.values():
+            for segment in self._segments.values():
+                try:
                     segment.flush(fsync)
-            except OSError as exc:
-                raise UnavailableError(f"journal: cannot write: {exc}") from None
+                except OSError as exc:
+                    raise self._write_failed(segment, exc) from None
             if fsync:
                 self._last_fsync = now
             self._dirty = False
         if time.time() >= self._day_end:
             self._roll_day(time.time())
 
+    def _write_failed(self, segment: _OpenSegment, exc: OSError) -> UnavailableError:
+        """The one error a failed write gives (a full disk, an I/O error): which file, why,
+        and what to do. What the journal did not take was not published."""
+        self._failed = True
+        return UnavailableError(
+            f"journal: cannot write {segment.data.name}: {exc.strerror or exc}; nothing after the "
+            f"last journaled seq was published. Free space in {self.directory} or choose "
+            "another directory with --journal DIR, then start the feed again (a new session)"
+        )
+
     def close(self) -> None:
+        """Flush and close every segment; an error a failed write already reported is not
+        raised again (what was buffered after it is dropped, as it was never published)."""
         if self._closed:
             return
         self._closed = True
+        first: UnavailableError | None = None
         for segment in self._segments.values():
-            segment.close(self.fsync != "none")
+            try:
+                segment.close(self.fsync != "none")
+            except OSError as exc:
+                if not self._failed and first is None:
+                    first = self._write_failed(segment, exc)
         self._segments.clear()
+        if first is not None:
+            raise first
 
     def __enter__(self) -> JournalWriter:
         return self

@@ -323,3 +323,31 @@ def test_a_range_read_reaches_into_a_segment_started_after_the_last_refresh(
         assert [r.seq for r in reader.read_range("s.ticks", 59, 70, limit=4)] == [59, 60, 61, 62]
     finally:
         writer.close()
+
+
+def test_a_full_disk_is_one_error_naming_the_file_and_close_adds_none(tmp_path: Path) -> None:
+    from qt_cli.core.errors import UnavailableError
+    from tests.helpers import mount_small_tmpfs
+
+    directory = tmp_path / "journal"
+    try:
+        unmount = mount_small_tmpfs(directory, size="256k")
+    except AssertionError as exc:
+        pytest.skip(str(exc))
+    try:
+        writer = JournalWriter(directory, fsync="none")
+
+        def fill() -> None:
+            for seq in range(1, 100_000, 100):
+                writer.append_batch("s.ticks", seq, [(b"tick_X", b"x" * 200)] * 100)
+                writer.commit()
+
+        with pytest.raises(UnavailableError) as raised:
+            fill()
+        message = str(raised.value)
+        assert "No space left on device" in message and "--journal DIR" in message
+        assert ".qtj" in message and str(directory) in message
+        writer.close()  # what it could not write was reported once: no second error
+        assert JournalReader(directory).last_seq("s.ticks")  # what it took reads back
+    finally:
+        unmount()
