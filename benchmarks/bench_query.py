@@ -43,7 +43,6 @@ from qt_cli.core.chunks import (
     ChunkBuilder,
     decode_tick_columns,
     encode_columns,
-    encode_ticks,
     tick_columns_of,
 )
 from qt_cli.core.events import NS_PER_MS, NS_PER_S, Trade
@@ -151,7 +150,7 @@ def store(client: valkey.Valkey, trades: list[Trade]) -> None:
             keys.parse_id(all_ids[i])[0] > trades[i].ts_event // NS_PER_MS
             for i in range(first, last + 1)
         ]
-        fields = encode_ticks(trades[first : last + 1], late=late)
+        fields = encode_columns(tick_columns_of(trades[first : last + 1], late=late), fast=True)
         fields.update(src=all_ids[last], after=sealed_src)
         client.hset(keys.forming_chunk_key("ticks", SYMBOL), mapping=fields)
 

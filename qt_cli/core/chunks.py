@@ -55,10 +55,12 @@ CHUNK_MAX_EVENTS = 4096
 # of ~1,100, which takes a third off a whole-day read (the per-chunk header and column work).
 CHUNK_MAX_SPAN_NS = 10 * 60 * NS_PER_S
 ZLIB_LEVEL = 6  # version 1
-# Version 2. Level 3, not 6: on a simulated day's 4,096-trade chunks it packs in about half the
-# time (the bridge seals a chunk, and repacks the one still forming every second) for 3 % more
-# bytes; inflating is as fast. Chunks packed at another level read the same.
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 6  # version 2
+# The chunk still forming is repacked about every second and replaced when its chunk seals: it
+# is packed at level 1, in about half the time of level 6 (its size matters little). A sealed
+# chunk keeps level 6: a 4,096-trade chunk then fits a smaller allocation in Valkey (level 3
+# cost 5-15 % more memory per tick). Chunks packed at any level read the same.
+ZSTD_FAST_LEVEL = 1
 # Version 2 byte-shuffles columns stored this wide (marked `sh`): on simulated sessions shuffling
 # 4-byte columns too saved 2 % of the bytes and cost 5 % of the decoding time, 2-byte ones grew.
 SHUFFLE_MIN_BYTES = 8
@@ -303,10 +305,13 @@ def encode_ticks(
     return encode_columns(tick_columns_of(events, late=late))
 
 
-def encode_columns(columns: TickColumns, *, version: int = CODEC_VERSION) -> dict[str, bytes]:
+def encode_columns(
+    columns: TickColumns, *, version: int = CODEC_VERSION, fast: bool = False
+) -> dict[str, bytes]:
     """Pack decoded columns (at least one row) into chunk fields; see encode_ticks.
 
-    `version` 1 (zlib, byte-shuffled) is kept for tests and for comparing the codecs.
+    `version` 1 (zlib, byte-shuffled) is kept for tests and for comparing the codecs. `fast`:
+    version 2 at `ZSTD_FAST_LEVEL` (the chunk still forming).
     """
     n = columns.n
     if n == 0:
@@ -347,7 +352,7 @@ def encode_columns(columns: TickColumns, *, version: int = CODEC_VERSION) -> dic
     if version == 1:
         blob = zlib.compress(raw, ZLIB_LEVEL)
     else:
-        blob = _zstd_compressor().compress(raw)
+        blob = _zstd_compressor(fast).compress(raw)
     return {
         "v": str(version).encode(),
         "n": str(n).encode(),
@@ -360,11 +365,13 @@ def encode_columns(columns: TickColumns, *, version: int = CODEC_VERSION) -> dic
 _local = threading.local()
 
 
-def _zstd_compressor() -> zstandard.ZstdCompressor:
-    """One compressor per thread (a zstandard context is not shared between threads)."""
-    found = getattr(_local, "compressor", None)
+def _zstd_compressor(fast: bool = False) -> zstandard.ZstdCompressor:
+    """One compressor per thread and level (a zstandard context is not shared between threads)."""
+    name = "fast_compressor" if fast else "compressor"
+    found = getattr(_local, name, None)
     if found is None:
-        found = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        found = zstandard.ZstdCompressor(level=ZSTD_FAST_LEVEL if fast else ZSTD_LEVEL)
+        setattr(_local, name, found)
     return found
 
 
@@ -607,7 +614,7 @@ def _place_float(spec: dict, offset: int, n: int) -> int:
 # Inflating many chunks, zstd's own threads share the work (it releases the GIL): on 2 cores a
 # day's 120 chunks inflate in about half the time. Fewer chunks are not worth starting threads.
 INFLATE_THREADS = 2
-INFLATE_THREADS_MIN_CHUNKS = 8
+INFLATE_THREADS_MIN_CHUNKS = 32
 
 
 def _inflate_all(chunks: Sequence[Mapping[Any, Any]]) -> list[Any] | None:

@@ -121,7 +121,7 @@ class ColumnChunker:
             return None
         if len(self._pieces) > 1:  # joined once here, so sealing does not join them again
             self._pieces = [TickColumns.concat(self._pieces)]
-        fields = encode_columns(self._pieces[0])
+        fields = encode_columns(self._pieces[0], fast=True)
         fields["src"] = self._src.encode()
         fields["after"] = self.after.encode()
         return fields
