@@ -380,11 +380,14 @@ def _assert_page_equals_chunk_by_chunk(fields: list[dict]) -> TickColumns:
     return page
 
 
-def test_page_decode_applies_each_chunks_own_factor_ratio_base_and_scale() -> None:
+def test_page_decode_applies_each_chunks_own_factor_ratio_base_and_scale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A page whose chunks all use the same encodings with different parameters: prices with
     1, 2 and 3 decimal places, volume at other contract multipliers, times at s / ms / ns
     resolution, delta- and frame-coded broker ids in one column. Enough chunks that they are
     inflated together on zstd's threads."""
+    monkeypatch.setattr(chunks, "INFLATE_THREADS_MIN_CHUNKS", 4)
     base = make_trades(4500, seed=5)
     groups = [base[i : i + 500] for i in range(0, 4500, 500)]
     assert len(groups) >= chunks.INFLATE_THREADS_MIN_CHUNKS
@@ -426,7 +429,10 @@ def test_page_decode_applies_each_chunks_own_factor_ratio_base_and_scale() -> No
     ]
 
 
-def test_a_page_inflated_together_still_says_which_chunk_is_bad() -> None:
+def test_a_page_inflated_together_still_says_which_chunk_is_bad(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chunks, "INFLATE_THREADS_MIN_CHUNKS", 4)
     groups = [g for g in _awkward_pages() if len(g) > 1][:2] * 5
     fields = [encode_ticks(g) for g in groups]
     assert len(fields) >= chunks.INFLATE_THREADS_MIN_CHUNKS
