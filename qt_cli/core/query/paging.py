@@ -18,6 +18,7 @@ from qt_cli.core.chunks import STRING_COLUMNS, TickColumns
 from qt_cli.core.events import (
     NS_PER_MS,
 )
+from qt_cli.core.gcpause import paused_gc
 from qt_cli.core.query.frames import (
     _expand_features,
     _schema,
@@ -335,7 +336,8 @@ def frame_of(client: Any, request: Request, *, stats: Stats | None = None) -> pd
     stats = stats if stats is not None else Stats()
     started = time.perf_counter()
     if request.kind == "ticks" and request.as_of_ns is None:
-        frame = _ticks_range(client, request, stats)
+        with paused_gc():  # bulk columns: no cycles to find, and collections cost (gcpause.py)
+            frame = _ticks_range(client, request, stats)
     else:
         frames = [f for f, _ in pages(client, request, stats=stats)]
         if frames:

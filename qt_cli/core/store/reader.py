@@ -44,6 +44,7 @@ from qt_cli.core.chunks import (
 )
 from qt_cli.core.errors import DecodeError, UsageError
 from qt_cli.core.events import NS_PER_MS, Event, Trade, decode_fields
+from qt_cli.core.gcpause import paused_gc
 from qt_cli.core.keys import parse_id
 from qt_cli.core.store import cluster
 
@@ -685,8 +686,9 @@ def read_ticks(client: Any, symbol: str, from_ns: int, to_ns: int, **kwargs: Any
     """
     kwargs.setdefault("page_chunks", READ_PAGE_CHUNKS)
     kwargs.setdefault("whole", True)
-    pages = [p.columns for p in iter_ticks(client, symbol, from_ns, to_ns, **kwargs)]
-    return TickColumns.concat(pages)
+    with paused_gc():  # bulk columns: no cycles to find, and collections cost (gcpause.py)
+        pages = [p.columns for p in iter_ticks(client, symbol, from_ns, to_ns, **kwargs)]
+        return TickColumns.concat(pages)
 
 
 # --- per-event kinds -------------------------------------------------------------------------
