@@ -69,6 +69,17 @@ app = typer.Typer(
 )
 
 
+def _install_access(settings: config.Settings) -> None:
+    """What core's clients and sockets use when an endpoint does not say: the Valkey CA and the
+    managed server's password from these settings; plain ZeroMQ until a command's CURVE options
+    install keys (options.apply_security)."""
+    from qt_cli.core import store
+    from qt_cli.core.zmq_io import curve
+
+    store.use_access(ca=settings.valkey_ca, managed_dir=settings.valkey_dir)
+    curve.use(None)
+
+
 def _version(value: bool) -> None:
     if value:
         sys.stdout.write(f"qt {__version__}\n")
@@ -102,6 +113,7 @@ def main_options(
 ) -> None:
     settings = config.load_settings({"valkey_url": valkey, "log_level": log_level})
     config.set_current(settings)
+    _install_access(settings)
     logging.basicConfig(
         level=settings.log_level.upper(),
         stream=sys.stderr,

@@ -117,4 +117,7 @@ def apply_security(
     overrides = {name: value for name, value in given.items() if value is not None}
     if overrides:
         config.set_current(replace(config.current(), **overrides))
-    curve.current()
+    s = config.current()
+    curve.use(
+        curve.load(s.curve_secret_key, s.curve_server_key, s.curve_clients, insecure=s.insecure)
+    )

@@ -13,8 +13,9 @@ import valkey as valkey_lib
 import zmq
 from typer.testing import CliRunner
 
-from qt_cli.core import config
+from qt_cli.core import config, store
 from qt_cli.core.store.managed import INSTALL_HINT, ManagedValkey, find_server
+from qt_cli.core.zmq_io import curve
 from tests.helpers import QtProcesses, free_port
 from tests.valkey_cluster import LocalCluster, start_cluster
 
@@ -99,6 +100,8 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     config.set_current(config.load_settings())
     yield data_dir
     config._current = None
+    store.use_access()  # what a command installed (app._install_access) ends with its test
+    curve.use(None)
 
 
 @pytest.fixture

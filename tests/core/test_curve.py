@@ -61,9 +61,13 @@ def test_a_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
 
 
 def use(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """The keys of these QT_* variables installed, as a command does from its settings."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    config.set_current(config.load_settings())
+    s = config.load_settings()
+    curve.use(
+        curve.load(s.curve_secret_key, s.curve_server_key, s.curve_clients, insecure=s.insecure)
+    )
 
 
 def received_by(sock: zmq.Socket[Any], seconds: float) -> int:

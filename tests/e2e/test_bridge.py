@@ -168,6 +168,34 @@ def test_sigkill_and_restart_still_stores_exactly_n(
     assert_candles_and_chunks_match(vk)
 
 
+def test_a_bridge_started_before_the_replay_endpoint_catches_up_once_it_hears_the_feed(
+    qt: QtProcesses, pipeline: Pipeline, vk: valkey.Valkey, valkey_url: str
+) -> None:
+    """A bridge restarted while no feed (and so no replay endpoint) runs, as `qt up` starts the
+    bridge beside a feed still starting: its catch-up of the sessions it wrote before is not
+    lost, it runs once the new feed is heard (here: the first feed's tail, fetched from the
+    journal the new feed's replay endpoint serves)."""
+    first = qt.start(*pipeline.bridge_args(valkey_url, "--stop-after", "3000"))
+    feed_a = run_feed(qt, pipeline, rate=6_000, n=8_000, seed=11)
+    stop(qt, first, signal.SIGINT)
+    stored_a = stored_count(vk)
+    assert 0 < stored_a < 8_000  # the first feed's tail is only in the journal
+    pipeline.server.close()  # no replay endpoint answers now
+    second = qt.start(*pipeline.bridge_args(valkey_url))
+    eventually(
+        lambda: int(vk.hget(keys.stats_key("bridge", "default"), "pid") or 0) == second.pid,
+        timeout=30,
+        message="the second bridge running (its catch-up on start found no replay endpoint)",
+    )
+    pipeline.server = ReplayServer(pipeline.journal, pipeline.replay).start()
+    feed_b = run_feed(qt, pipeline, rate=6_000, n=2_000, seed=12)
+    want = sorted(expected_pairs(feed_a) + expected_pairs(feed_b))
+    eventually(lambda: stored_count(vk) == len(want), timeout=60, message="both feeds stored")
+    totals = stop(qt, second)
+    assert stored_pairs(vk) == want  # the first feed's tail too, nothing twice
+    assert totals["gaps_lost"] == 0
+
+
 def test_valkey_stopped_and_restarted_mid_run(
     qt: QtProcesses, pipeline: Pipeline, tmp_path: Path
 ) -> None:

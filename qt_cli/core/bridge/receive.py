@@ -62,6 +62,11 @@ def _open_input(config: BridgeConfig, endpoint: Endpoint, known: dict[str, int])
 class _Receiver(_BridgeState):
     """The bridge's receiving half (a part of `Bridge`)."""
 
+    # The replay endpoint did not answer at start (e.g. `qt up` starts the feed and the bridge
+    # together, and the feed is still starting): the catch-up runs when an input first hears.
+    _catch_up_again = False
+    _catch_up_lock = threading.Lock()
+
     # -- receiving --
 
     def _catch_up_on_start(self) -> None:
@@ -82,7 +87,8 @@ class _Receiver(_BridgeState):
             try:
                 held = client.info()
             except UnavailableError as exc:
-                log.info("no catch-up on start: %s", exc)
+                log.info("no catch-up on start yet (%s): again once an input hears the feed", exc)
+                self._catch_up_again = True
                 return
             for session, info in held.items():
                 done = self._watermark.get(session)
@@ -196,6 +202,11 @@ class _Receiver(_BridgeState):
                     items += take_gaps()
                 if take_rejects is not None:
                     items += take_rejects()
+                if events and self._catch_up_again and inp.endpoint.kind == "zmq":
+                    with self._catch_up_lock:  # once, by the first input to hear something
+                        if self._catch_up_again:
+                            self._catch_up_again = False
+                            self._catch_up_on_start()
                 if events:
                     if self._symbols:
                         wanted = self._symbols

@@ -136,7 +136,7 @@ def run(
     supervisor = Supervisor(
         commands,
         program=exe,
-        env=child_env(password),
+        env=child_env(password, settings),
         emit=emit,
         client=client,
         monitor=monitor_argv,

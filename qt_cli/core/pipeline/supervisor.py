@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -38,6 +38,9 @@ from qt_cli.core import keys
 from qt_cli.core.errors import ExitCode
 from qt_cli.core.pipeline.spec import StageCommand
 from qt_cli.core.stage.lifecycle import STOP_SIGNALS
+
+if TYPE_CHECKING:
+    from qt_cli.core.config import Settings
 
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
@@ -512,14 +515,14 @@ class _Quiet:
         return self.quiet >= self.publishes
 
 
-def child_env(password: str) -> dict[str, str]:
-    """The children's environment: ours, unbuffered output, and the Valkey password (never argv)."""
+def child_env(password: str, settings: Settings) -> dict[str, str]:
+    """The children's environment: ours, unbuffered output, the Valkey password (never argv) and
+    `settings`' security options (paths only)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if password:
         env["QT_VALKEY_PASSWORD"] = password
     from qt_cli.core import config
 
-    settings = config.current()
     for name in SECURITY_SETTINGS:  # the security flags of qt up reach every stage (paths only)
         value = getattr(settings, name)
         if value:

@@ -51,12 +51,20 @@ def client_for(endpoint: Endpoint, *, password: str = "", timeout_s: float | Non
     return valkey.Valkey(host=endpoint.host, port=endpoint.port, **common)
 
 
+_access: dict[str, Any] = {"ca": "", "managed_dir": None}
+
+
+def use_access(*, ca: str = "", managed_dir: Path | None = None) -> None:
+    """What this process's clients use when a URL does not say (the command layer installs it
+    from its settings): the CA bundle for valkeys:// (QT_VALKEY_CA) and the managed server's
+    directory, whose generated password a client of that server then sends."""
+    _access.update(ca=ca, managed_dir=managed_dir)
+
+
 def _tls_options(endpoint: Endpoint) -> dict[str, Any]:
     """valkeys://: verify the server's certificate and host name against the CA of `?ca=` or
     QT_VALKEY_CA (else the system's CAs)."""
-    from qt_cli.core import config
-
-    ca = endpoint.ca or config.current().valkey_ca
+    ca = endpoint.ca or _access["ca"]
     if ca and not Path(ca).expanduser().is_file():
         raise EndpointError(f"Valkey CA {ca}: no such file (?ca= or QT_VALKEY_CA)")
     return {
@@ -69,12 +77,14 @@ def _tls_options(endpoint: Endpoint) -> dict[str, Any]:
 
 def _managed_password(endpoint: Endpoint) -> str:
     """The managed server's generated password, when `endpoint` is that server."""
-    if endpoint.scheme != "valkey" or endpoint.host not in ("127.0.0.1", "localhost"):
+    directory = _access["managed_dir"]
+    if directory is None or endpoint.scheme != "valkey":
         return ""
-    from qt_cli.core import config
+    if endpoint.host not in ("127.0.0.1", "localhost"):
+        return ""
     from qt_cli.core.store.managed import password_for
 
-    return password_for(config.current().valkey_dir, endpoint.port)
+    return password_for(directory, endpoint.port)
 
 
 def connect(

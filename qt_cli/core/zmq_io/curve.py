@@ -126,12 +126,20 @@ def load(
     )
 
 
-def current() -> CurveKeys:
-    """The keys of the running command's settings (flags > QT_* env > .env)."""
-    from qt_cli.core import config
+_PLAIN = CurveKeys()
+_installed: CurveKeys | None = None
 
-    s = config.current()
-    return load(s.curve_secret_key, s.curve_server_key, s.curve_clients, insecure=s.insecure)
+
+def use(keys: CurveKeys | None) -> None:
+    """Install the keys this process's sockets use when none are passed (the command layer
+    does, from its settings: flags > QT_* env > .env); None: plain sockets again."""
+    global _installed
+    _installed = keys
+
+
+def installed() -> CurveKeys:
+    """The installed keys; none: plain sockets, binding loopback only."""
+    return _installed if _installed is not None else _PLAIN
 
 
 # --- applying them to sockets -------------------------------------------------------------------
@@ -156,7 +164,7 @@ def _authenticate(context: zmq.Context[Any], clients_dir: str) -> None:
 def serve(sock: zmq.Socket[Any], ep: Endpoint, keys: CurveKeys | None = None) -> None:
     """Before binding `sock` at `ep`: make it a CURVE server, or refuse plain TCP beyond
     loopback unless insecure was asked for."""
-    keys = current() if keys is None else keys
+    keys = installed() if keys is None else keys
     check_bind(ep, keys)
     if keys.secret:
         if keys.clients_dir:
@@ -169,7 +177,7 @@ def serve(sock: zmq.Socket[Any], ep: Endpoint, keys: CurveKeys | None = None) ->
 def check_bind(ep: Endpoint, keys: CurveKeys | None = None) -> None:
     """UsageError when binding `ep` would expose plain TCP beyond loopback (no CURVE key pair,
     no --insecure); `qt up --check` asks too."""
-    keys = current() if keys is None else keys
+    keys = installed() if keys is None else keys
     if keys.secret or keys.insecure or ep.scheme != "tcp":
         return
     if not is_loopback(ep.host):
@@ -182,7 +190,7 @@ def check_bind(ep: Endpoint, keys: CurveKeys | None = None) -> None:
 
 def connect(sock: zmq.Socket[Any], keys: CurveKeys | None = None) -> None:
     """Before connecting `sock`: make it a CURVE client when a server key is known."""
-    keys = current() if keys is None else keys
+    keys = installed() if keys is None else keys
     if not keys.server_public:
         return
     if keys.secret:
@@ -216,9 +224,10 @@ __all__ = [
     "CurveKeys",
     "check_bind",
     "connect",
-    "current",
     "generate",
+    "installed",
     "is_loopback",
     "load",
     "serve",
+    "use",
 ]
