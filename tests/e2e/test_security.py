@@ -194,6 +194,7 @@ def test_a_whole_secured_run_leaks_no_secret(
         eventually(lambda: client.exists(keys.stats_key("features", "features")), timeout=60)
         feed = qt.start(
             "feed", "--sim", "--rate", "2000", "--stop-after", "1500", "--seed", "8",
+            "--start", "2025-08-04",  # a past session: `--to now` holds it at any hour
             "--symbol", SYMBOL, "--journal", str(tmp_path / "journal"), "--linger", "2s",
             *ports.feed_outs("0.0.0.0"), "--json", env=env,
         )  # fmt: skip
