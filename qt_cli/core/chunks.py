@@ -196,7 +196,8 @@ def _unpack_int(
 
 def _decimal_places(values: np.ndarray, max_places: int = 8) -> tuple[int, np.ndarray] | None:
     """(k, values × 10^k as int64) when every value reads back exactly from that integer."""
-    if not np.all(np.isfinite(values)) or np.any(np.abs(values) * 10**max_places >= _MAX_EXACT_INT):
+    # compared by dividing the limit: a value near the float maximum must not overflow here
+    if not np.all(np.isfinite(values)) or np.any(np.abs(values) >= _MAX_EXACT_INT / 10**max_places):
         return None
     for k in range(max_places + 1):
         factor = float(10**k)
