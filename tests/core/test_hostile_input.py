@@ -6,6 +6,7 @@ with (hypothesis). Each either gives a valid event or raises the project's decla
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -417,3 +418,70 @@ def test_a_bundle_without_a_model_is_refused(tmp_path: Path) -> None:
     bundles.write_members(path, {bundles.ONNX: b"\x08\x07"}, BASE_META)
     with pytest.raises(ModelError, match="no model in it"):
         bundles.verify(path)
+
+
+def test_a_trade_at_an_extreme_price_packs_into_a_chunk_and_reads_back() -> None:
+    """A finite price near the float maximum is a valid trade: the history chunk holds it exactly
+    (its decimal check used to overflow, an error under warnings-as-errors)."""
+    from qt_cli.core.chunks import decode_tick_columns, encode_ticks, trades_of
+
+    trades = [
+        decode_dict({**VALID_TICK, "price": price, "seq": i + 1, "volume": 1.0})
+        for i, price in enumerate([1e308, 5000.5, 5e-324])
+    ]
+    fields = encode_ticks(trades)
+    assert trades_of(decode_tick_columns(fields), "WDOQ25") == trades
+
+
+def test_the_bridge_stores_the_valid_lines_and_dead_letters_each_hostile_one(
+    vk: Any, valkey_url: str, tmp_path: Path
+) -> None:
+    """One file of valid trades (one at a price near the float maximum) among hostile lines:
+    every hostile line is one dead letter naming its field, every valid one is stored, and
+    candles and chunks are built without an error (warnings are errors here)."""
+    from qt_cli.core.bridge import Bridge, BridgeConfig
+
+    def tick(n: int, **changes: Any) -> dict:
+        return {**VALID_TICK, "ts_event": T0 + n * 10**9, "seq": n, **changes}
+
+    valid = [tick(1), tick(2, price=1.7e308, volume=1.7e308), tick(3, price=1e308), tick(4)]
+    hostile = {
+        "ts_event": tick(10, ts_event=2**64 - 1),
+        "trade_id": tick(11, trade_id=2**63),
+        "seq": tick(15, seq=2**64 - 1),
+        "quantity": tick(12, quantity=2**64 - 1),
+        "history": tick(13, history=[]),
+        "symbol": tick(14, symbol="WDOQ25\n"),
+        "timeframe": {
+            "type": "candle",
+            "symbol": "WDOQ25",
+            "ts_event": T0,
+            "timeframe": "1m}:{x",
+            "session": "c.candles",
+            "seq": 1,
+        },  # fmt: skip
+        "features": {
+            "type": "features",
+            "symbol": "WDOQ25",
+            "ts_event": T0,
+            "features": {"a": "x"},
+            "session": "f.features",
+            "seq": 1,
+        },  # fmt: skip
+    }
+    path = tmp_path / "hostile.jsonl"
+    lines = (json.dumps(d) for d in [*valid, *hostile.values()])  # orjson stops at 64 bits
+    path.write_text("\n".join(lines) + "\n")
+    config = BridgeConfig(inputs=(str(path),), output=valkey_url, spill_dir=tmp_path / "spill")
+    bridge = Bridge(config)
+    try:
+        stats = bridge.run()
+    finally:
+        bridge.close()
+    assert (stats.written, stats.deadletters) == (len(valid), len(hostile))
+    letters = [f for _, f in vk.xrange(keys.stream_key("deadletter"))]
+    assert sorted(f[b"field"].decode() for f in letters) == sorted(hostile)
+    stored = [decode_fields(f) for _, f in vk.xrange(keys.stream_key("ticks", "WDOQ25"))]
+    assert [t.price for t in stored] == [t["price"] for t in valid]
+    assert vk.xlen(keys.history_key("ticks", "WDOQ25")) >= 1
+    assert vk.keys("stream:candles:1m}*") == []
