@@ -45,6 +45,15 @@ Outputs = Annotated[
         show_default=False,
     ),
 ]
+MaxMessageBytes = Annotated[
+    int,
+    typer.Option(
+        "--max-message-bytes",
+        help="ZeroMQ inputs: the largest message decoded, in bytes; a longer one is dropped, "
+        "counted and dead-lettered, with one warning (e.g. 1048576: 1 MiB).",
+        min=1,
+    ),
+]
 TimeUnit = Annotated[
     str | None,
     typer.Option(

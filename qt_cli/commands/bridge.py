@@ -7,7 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Inputs, Outputs, StopAfter, Symbols, TimeUnit
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
+from qt_cli.options import (
+    AsJson,
+    Duration,
+    Inputs,
+    MaxMessageBytes,
+    Outputs,
+    StopAfter,
+    Symbols,
+    TimeUnit,
+)
 from qt_cli.output import emit_json, is_terminal, say, warn
 
 HELP = """\
@@ -116,6 +126,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 min=1,
             ),
         ] = 200_000,
+        max_message_bytes: MaxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES,
         time_unit: TimeUnit = None,
         duration: Duration = None,
         stop_after: StopAfter = None,
@@ -163,6 +174,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             catch_up=catch_up,
             replay_timeout_s=parse_duration_s(replay_timeout),
             rcvhwm=hwm,
+            max_message_bytes=max_message_bytes,
             duration_s=parse_duration_s(duration) if duration else None,
             stop_after=stop_after,
             password=settings.valkey_password or None,

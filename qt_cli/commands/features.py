@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Inputs, Outputs, Symbols
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
+from qt_cli.options import AsJson, Duration, Inputs, MaxMessageBytes, Outputs, Symbols
 from qt_cli.output import emit_json, is_terminal, out_console, say, warn
 
 BACKFILL_HELP = """\
@@ -76,6 +77,7 @@ def _live(
     replay: str | None,
     group: str | None,
     consumer: str | None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> dict[str, Any]:
     from qt_cli.core import config
     from qt_cli.core.features.live import open_live, summary_line
@@ -99,6 +101,7 @@ def _live(
         replay=endpoint,
         group=group,
         consumer=consumer,
+        max_message_bytes=max_message_bytes,
         warn=warn,
     )
     say(f"features {name}: {', '.join(inputs)} -> {set_name} every {every} ({', '.join(symbols)})")
@@ -177,6 +180,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 "--consumer", help="With --group: this worker's name.", show_default=False
             ),
         ] = None,
+        max_message_bytes: MaxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES,
         duration: Duration = None,
         as_json: AsJson = False,
     ) -> None:
@@ -198,6 +202,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 replay,
                 group,
                 consumer,
+                max_message_bytes,
             )
             if as_json:
                 emit_json(totals)

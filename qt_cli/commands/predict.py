@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from qt_cli.options import AsJson, Duration, Inputs, Outputs, Symbols
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
+from qt_cli.options import AsJson, Duration, Inputs, MaxMessageBytes, Outputs, Symbols
 from qt_cli.output import emit_json, say, warn
 
 HELP = """\
@@ -37,6 +38,7 @@ def _live(
     cooldown: str | None,
     duration: str | None,
     replay: str | None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> dict[str, Any]:
     from qt_cli.core import config
     from qt_cli.core.models.live import open_live, summary_line
@@ -58,6 +60,7 @@ def _live(
         maxlen=settings.maxlen,
         duration_s=parse_duration_s(duration) if duration else None,
         replay=None if (replay or "").strip().lower() in ("", "none", "off") else replay,
+        max_message_bytes=max_message_bytes,
         warn=warn,
     )
     p = stage.slot.predictor
@@ -117,6 +120,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 show_default=False,
             ),
         ] = None,
+        max_message_bytes: MaxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES,
         duration: Duration = None,
         min_confidence: Annotated[
             float, typer.Option("--min-confidence", help="HOLD below this probability.")
@@ -163,6 +167,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 cooldown=cooldown,
                 duration=duration,
                 replay=replay,
+                max_message_bytes=max_message_bytes,
             )
             if as_json:
                 emit_json(totals)

@@ -485,3 +485,46 @@ def test_the_bridge_stores_the_valid_lines_and_dead_letters_each_hostile_one(
     assert [t.price for t in stored] == [t["price"] for t in valid]
     assert vk.xlen(keys.history_key("ticks", "WDOQ25")) >= 1
     assert vk.keys("stream:candles:1m}*") == []
+
+
+def test_an_oversized_message_is_a_dead_letter_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import zmq
+
+    address = tcp_endpoint()
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(address)
+    source = SubSource(address, context=context, max_message_bytes=1000)
+    small = orjson.dumps({**VALID_TICK, "session": "", "seq": 0})
+    big = orjson.dumps({**VALID_TICK, "session": "", "seq": 0, "pad": "x" * 1000})
+    try:
+        got: list[Any] = []
+        eventually(
+            lambda: (
+                pub.send_multipart([b"tick_WDOQ25", small]) or got.extend(source.read(0.05)) or got
+            )
+        )
+        for _ in range(3):
+            pub.send_multipart([b"tick_WDOQ25", big])
+        pub.send_multipart([b"tick_WDOQ25", small])
+        pub.send_multipart([b"x" * 2000])  # one frame, over the limit too
+        rejects: list[Any] = []
+
+        def four_rejected() -> bool:
+            source.read(0.05)
+            rejects.extend(source.take_rejects())
+            return len(rejects) == 4
+
+        eventually(four_rejected, message="the oversized messages rejected")
+    finally:
+        source.close()
+        pub.close(linger=0)
+        context.destroy(linger=0)
+    assert source.stats.oversized == 4
+    assert all("is over --max-message-bytes 1,000" in r.reason for r in rejects)
+    assert rejects[0].raw == big and rejects[0].topic == "tick_WDOQ25"
+    warnings = [r for r in caplog.records if "--max-message-bytes" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"

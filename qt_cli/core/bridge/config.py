@@ -14,6 +14,7 @@ from qt_cli.core.candles import (
 )
 from qt_cli.core.endpoints import parse_endpoint
 from qt_cli.core.errors import UsageError
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 from qt_cli.core.store.writer import (
     DEFAULT_MAXLEN,
 )
@@ -74,6 +75,7 @@ class BridgeConfig:
     catch_up: bool = True
     replay_timeout_s: float = 2.0
     rcvhwm: int = 200_000  # ZeroMQ receive high-water mark per input, in messages
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # a longer ZeroMQ message: dead letter
     duration_s: float | None = None
     stop_after: int | None = None
     stats_interval_s: float = 1.0
