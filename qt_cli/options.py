@@ -15,10 +15,21 @@ Symbols = Annotated[
 AsJson = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")
 ]
+
+
+def _not_blank(value: str | None) -> str | None:
+    """An option given as '' is an error, not the option left out (`--duration ''` is not
+    'run forever')."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("is empty; give a value or leave the option out")
+    return value
+
+
 Duration = Annotated[
     str | None,
     typer.Option(
         "--duration",
+        callback=_not_blank,
         help="Stop after this long, e.g. 30s, 5m (default: run until Ctrl+C).",
         show_default=False,
     ),

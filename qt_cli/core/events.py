@@ -28,9 +28,9 @@ import orjson
 from qt_cli.core import keys
 from qt_cli.core.errors import DecodeError
 from qt_cli.core.timeparse import EXCHANGE_TZ as EXCHANGE_TZ  # re-exported: the one zone
+from qt_cli.core.timeparse import LATEST_NS, format_ns
 from qt_cli.core.timeparse import NS_PER_MS as NS_PER_MS
 from qt_cli.core.timeparse import NS_PER_S as NS_PER_S
-from qt_cli.core.timeparse import format_ns
 
 TRADE_TYPE_NAMES = {
     0: "none",
@@ -99,7 +99,7 @@ _MISSING = object()
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 # The latest event time any stage accepts: 2200-01-01 UTC. Nanoseconds since 1970 end in 2262 as
 # int64, and candle and chunk arithmetic adds to the time; no source produces later times.
-MAX_TS_NS = 7_258_118_400 * NS_PER_S
+MAX_TS_NS = LATEST_NS
 
 
 def _out_of_range(name: str, value: int) -> DecodeError:

@@ -261,3 +261,21 @@ def test_the_predict_stage_counts_every_hostile_message_and_scores_the_valid_one
     assert totals["rejected"] == garbage.sent
     assert totals["predictions"] >= counts["warm"]  # the first vector maybe sent twice
     assert len(oversize_warnings(stderr)) == 1, stderr
+
+
+def test_a_closed_stdin_is_one_error_line(qt: QtProcesses, valkey_url: str) -> None:
+    """`qt bridge --in - <&-`: stdin is closed (Python's sys.stdin is None)."""
+    import shlex
+    import subprocess
+
+    from tests.helpers import qt_command
+
+    command = shlex.join(qt_command("bridge", "--in", "-", "--out", valkey_url, "--replay", "none"))
+    result = subprocess.run(
+        ["sh", "-c", f"exec {command} <&-"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: --in -: stdin is closed or not a file; pipe events into it, e.g. "
+        "qt feed --sim --out - | qt bridge --in -"
+    )

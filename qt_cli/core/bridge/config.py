@@ -27,6 +27,7 @@ STAGE = "bridge"
 PARTIAL_MAXLEN = 10
 DEFAULT_BATCH_SIZE = 2_000
 DEFAULT_BATCH_MS = 1.0
+MAX_BATCH_MS = 60_000.0  # a batch waits at most a minute to fill
 DEFAULT_BUFFER_EVENTS = 200_000
 RESUME_PAGE = 5_000
 BACKOFF_START_S = 0.1
@@ -83,6 +84,11 @@ class BridgeConfig:
     time_unit: str | None = None  # files and stdin: unit of their ts_* columns (s, ms, us, ns)
 
     def __post_init__(self) -> None:
+        # not `0 <= x`: NaN passes that; infinity and huge waits overflow the clock
+        if not 0.0 <= self.batch_ms <= MAX_BATCH_MS:
+            raise UsageError(
+                f"--batch-ms {self.batch_ms}: give milliseconds from 0 to {MAX_BATCH_MS:,.0f}"
+            )
         for symbol in self.symbols:
             if not keys.valid_symbol(symbol):  # the one rule: a filter that could never match
                 raise UsageError(
