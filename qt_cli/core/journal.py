@@ -188,6 +188,7 @@ class JournalWriter:
         self._day_end = 0.0
         self._dirty = False
         self._closed = False
+        self._failed = False  # a write failed: closing then does not raise a second error
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -231,12 +232,12 @@ class JournalWriter:
                 self.on_roll()
         body = _BODY_HEAD.pack(seq, len(topic)) + topic + payload
         record = _REC_HEAD.pack(len(body), zlib.crc32(body)) + body
-        if segment.count % self.index_every == 0:
-            segment.index.write(_INDEX_ENTRY.pack(seq, segment.size))
         try:
+            if segment.count % self.index_every == 0:
+                segment.index.write(_INDEX_ENTRY.pack(seq, segment.size))
             segment.data.write(record)
         except OSError as exc:
-            raise UnavailableError(f"journal: cannot write {segment.path}: {exc}") from None
+            raise self._failure(exc) from None
         segment.size += len(record)
         segment.count += 1
         self.bytes_written += len(record)
@@ -283,7 +284,7 @@ class JournalWriter:
             if index:
                 segment.index.write(b"".join(index))
         except OSError as exc:
-            raise UnavailableError(f"journal: cannot write {segment.path}: {exc}") from None
+            raise self._failure(exc) from None
         self.bytes_written += size - segment.size
         self.records_written += count - segment.count
         segment.size = size
@@ -301,20 +302,37 @@ class JournalWriter:
                 for segment in self._segments.values():
                     segment.flush(fsync)
             except OSError as exc:
-                raise UnavailableError(f"journal: cannot write: {exc}") from None
+                raise self._failure(exc) from None
             if fsync:
                 self._last_fsync = now
             self._dirty = False
         if time.time() >= self._day_end:
             self._roll_day(time.time())
 
+    def _failure(self, exc: OSError) -> UnavailableError:
+        """The error for a write the disk refused (full, gone): the feed stops on it, before
+        publishing what was not journaled."""
+        self._failed = True
+        return UnavailableError(
+            f"journal {self.directory}: cannot write ({exc.strerror or exc}); the feed stops "
+            "here: everything it published is journaled. Free space there or give --journal "
+            "another disk"
+        )
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        failure: UnavailableError | None = None
         for segment in self._segments.values():
-            segment.close(self.fsync != "none")
+            try:
+                segment.close(self.fsync != "none")
+            except OSError as exc:  # the last buffered records could not be written
+                if not self._failed:  # reported once: not again over the first error
+                    failure = self._failure(exc)
         self._segments.clear()
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> JournalWriter:
         return self
