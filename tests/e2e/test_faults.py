@@ -58,12 +58,18 @@ def stop_json(qt: QtProcesses, proc: Any, sig: int = signal.SIGTERM) -> tuple[di
     return json.loads(finished.stdout), finished.stderr
 
 
-def test_valkey_sigkilled_mid_stream_loses_nothing_it_acknowledged(
-    qt: QtProcesses, pipeline: Pipeline, own_server: ManagedValkey, record_property: Any
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_valkey_stopped_mid_stream_loses_nothing_it_acknowledged(
+    qt: QtProcesses,
+    pipeline: Pipeline,
+    own_server: ManagedValkey,
+    record_property: Any,
+    sig: str,
 ) -> None:
-    """SIGKILL of the server process (not of the machine): everything acknowledged was written to
-    the AOF (everysec only fsyncs later; the kernel holds the writes), so the restarted server
-    holds all of it; what arrived meanwhile is buffered by the bridge and written after."""
+    """SIGTERM (the server flushes its AOF and exits) or SIGKILL of the server process (not of
+    the machine: everything acknowledged was written to the AOF, everysec only fsyncs later and
+    the kernel holds the writes): the restarted server holds all it acknowledged; what arrived
+    meanwhile is buffered by the bridge and written after."""
     status = own_server.status()
     assert status.aof_enabled and status.appendfsync == "everysec"
     client = valkey.Valkey(host="127.0.0.1", port=status.port)
@@ -72,7 +78,10 @@ def test_valkey_sigkilled_mid_stream_loses_nothing_it_acknowledged(
         feed_proc = qt.start(*pipeline.feed_args(rate=5_000))
         eventually(lambda: stored_count(client) >= 5_000, timeout=30, message="some stored")
         acknowledged = stored_count(client)  # what the server has answered for
-        kill_valkey(own_server)
+        if sig == "SIGKILL":
+            kill_valkey(own_server)
+        else:
+            own_server.stop()  # SIGTERM, waits for the exit
         own_server.start()
         after_restart = stored_count(client)
         feed_out, feed_err = feed_proc.communicate(timeout=60)

@@ -279,3 +279,26 @@ def test_a_closed_stdin_is_one_error_line(qt: QtProcesses, valkey_url: str) -> N
         "Error: --in -: stdin is closed or not a file; pipe events into it, e.g. "
         "qt feed --sim --out - | qt bridge --in -"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "says"),
+    [
+        ("garbage.bin", 2, "is not a recognised file"),
+        ("garbage.csv", 2, "is not a recognised file"),
+        ("garbage.parquet", 4, "not a readable Parquet file"),
+        ("garbage.jsonl", 4, "nothing valid in"),
+    ],
+)
+def test_a_replay_file_of_binary_garbage_is_one_error(
+    qt: QtProcesses, tmp_path: Any, name: str, code: int, says: str
+) -> None:
+    import random
+
+    path = tmp_path / name
+    path.write_bytes(random.Random(17).randbytes(20_000))
+    result = qt.run("feed", "--replay", str(path), "--speed", "0", "--out", "-", timeout=60)
+    assert result.returncode == code, result.output
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and says in errors[0], result.stderr
