@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench completions docs valkey venv clean
+.PHONY: demo test test-slow lint format bench completions docs valkey venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ format: venv
 
 test: venv valkey lint  ## everything CI runs
 	$(BIN)/python -m pytest -q
+
+test-slow: venv valkey  ## only the slow fault tests (docs/RELIABILITY.md); make test runs them too
+	$(BIN)/python -m pytest -q -m slow
 
 demo: venv valkey  ## the main job on the embedded default: a simulated market through the whole pipeline
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

@@ -20,10 +20,10 @@ _qt_completion() {
         "config") words="--help --json" ;;
         "up") words="--alpha --check --curve-clients --curve-secret-key --curve-server-key --dll --duration --every --file --help --insecure --json --model --monitor --print --rate --replay --seed --set --sim --symbol -f -m -s" ;;
         "feed") words="--alpha --curve-clients --curve-secret-key --curve-server-key --dll --duration --fsync --help --history-from --history-to --hwm --insecure --journal --journal-retention --json --linger --out --rate --replay --replay-journal --seed --sim --speed --start --stop-after --strict --symbol --time-unit -o -s" ;;
-        "bridge") words="--batch-ms --batch-size --buffer --candles --catch-up --chunks --curve-clients --curve-secret-key --curve-server-key --duration --help --hwm --in --insecure --json --maxlen --name --no-candles --no-catch-up --no-chunks --out --replay --replay-timeout --stop-after --symbol --time-unit --timeframe -i -o -s -t" ;;
+        "bridge") words="--batch-ms --batch-size --buffer --candles --catch-up --chunks --curve-clients --curve-secret-key --curve-server-key --duration --help --hwm --in --insecure --json --max-message-bytes --maxlen --name --no-candles --no-catch-up --no-chunks --out --replay --replay-timeout --stop-after --symbol --time-unit --timeframe -i -o -s -t" ;;
         "query") words="--as-of --format --from --help --json --kind --limit --output --partial --set --symbol --to --tz -O -f -k -n -s" ;;
         "train") words="--embargo --folds --from --help --horizon --json --model --output --set --symbol --threshold --to -o -s" ;;
-        "predict") words="--claim-idle --consumer --cooldown --cost --curve-clients --curve-secret-key --curve-server-key --duration --from --group --help --hold --in --insecure --json --min-confidence --model --name --out --output --replay --symbol --to -i -m -o -s" ;;
+        "predict") words="--claim-idle --consumer --cooldown --cost --curve-clients --curve-secret-key --curve-server-key --duration --from --group --help --hold --in --insecure --json --max-message-bytes --min-confidence --model --name --out --output --replay --symbol --to -i -m -o -s" ;;
         "cleanup") words="--dry-run --help --journal --json --max-entries --pattern --retention --rewrite-chunks -p -r" ;;
         "monitor") words="--duration --help --json --once --refresh --stale --symbol --window -s" ;;
         "valkey") words="start stop status --help" ;;
@@ -32,7 +32,7 @@ _qt_completion() {
         "valkey status") words="--help --json" ;;
         "keys") words="generate --help" ;;
         "keys generate") words="--help --json --name --out -o" ;;
-        "features") words="catalog --consumer --curve-clients --curve-secret-key --curve-server-key --duration --every --from --group --help --in --insecure --json --name --out --output --replay --set --symbol --to --tz -i -o -s" ;;
+        "features") words="catalog --consumer --curve-clients --curve-secret-key --curve-server-key --duration --every --from --group --help --in --insecure --json --max-message-bytes --name --out --output --replay --set --symbol --to --tz -i -o -s" ;;
         "features catalog") words="--help --json --markdown --set" ;;
         "models") words="list show verify import --help" ;;
         "models list") words="--help --json" ;;

@@ -88,6 +88,7 @@ complete -c qt -n '__fish_seen_subcommand_from bridge' -l hwm
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l in
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l insecure
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l json
+complete -c qt -n '__fish_seen_subcommand_from bridge' -l max-message-bytes
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l maxlen
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l name
 complete -c qt -n '__fish_seen_subcommand_from bridge' -l no-candles
@@ -151,6 +152,7 @@ complete -c qt -n '__fish_seen_subcommand_from predict' -l hold
 complete -c qt -n '__fish_seen_subcommand_from predict' -l in
 complete -c qt -n '__fish_seen_subcommand_from predict' -l insecure
 complete -c qt -n '__fish_seen_subcommand_from predict' -l json
+complete -c qt -n '__fish_seen_subcommand_from predict' -l max-message-bytes
 complete -c qt -n '__fish_seen_subcommand_from predict' -l min-confidence
 complete -c qt -n '__fish_seen_subcommand_from predict' -l model
 complete -c qt -n '__fish_seen_subcommand_from predict' -l name
@@ -213,6 +215,7 @@ complete -c qt -n '__fish_seen_subcommand_from features' -l help
 complete -c qt -n '__fish_seen_subcommand_from features' -l in
 complete -c qt -n '__fish_seen_subcommand_from features' -l insecure
 complete -c qt -n '__fish_seen_subcommand_from features' -l json
+complete -c qt -n '__fish_seen_subcommand_from features' -l max-message-bytes
 complete -c qt -n '__fish_seen_subcommand_from features' -l name
 complete -c qt -n '__fish_seen_subcommand_from features' -l out
 complete -c qt -n '__fish_seen_subcommand_from features' -l output

@@ -15,10 +15,21 @@ Symbols = Annotated[
 AsJson = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")
 ]
+
+
+def _not_blank(value: str | None) -> str | None:
+    """An option given as '' is an error, not the option left out (`--duration ''` is not
+    'run forever')."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("is empty; give a value or leave the option out")
+    return value
+
+
 Duration = Annotated[
     str | None,
     typer.Option(
         "--duration",
+        callback=_not_blank,
         help="Stop after this long, e.g. 30s, 5m (default: run until Ctrl+C).",
         show_default=False,
     ),
@@ -43,6 +54,15 @@ Outputs = Annotated[
         "-o",
         help="Output endpoint, repeatable: tcp://…, ipc://…, valkey://…, '-', or a file.",
         show_default=False,
+    ),
+]
+MaxMessageBytes = Annotated[
+    int,
+    typer.Option(
+        "--max-message-bytes",
+        help="ZeroMQ inputs: the largest message decoded, in bytes; a longer one is dropped, "
+        "counted and dead-lettered, with one warning (e.g. 1048576: 1 MiB).",
+        min=1,
     ),
 ]
 TimeUnit = Annotated[

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 from qt_cli.options import (
     AsJson,
     CurveClients,
@@ -15,6 +16,7 @@ from qt_cli.options import (
     Duration,
     Inputs,
     Insecure,
+    MaxMessageBytes,
     Outputs,
     StopAfter,
     Symbols,
@@ -133,6 +135,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 min=1,
             ),
         ] = 200_000,
+        max_message_bytes: MaxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES,
         time_unit: TimeUnit = None,
         duration: Duration = None,
         stop_after: StopAfter = None,
@@ -185,6 +188,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             catch_up=catch_up,
             replay_timeout_s=parse_duration_s(replay_timeout),
             rcvhwm=hwm,
+            max_message_bytes=max_message_bytes,
             duration_s=parse_duration_s(duration) if duration else None,
             stop_after=stop_after,
             password=settings.valkey_password or None,

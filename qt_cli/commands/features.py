@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 from qt_cli.options import (
     AsJson,
     CurveClients,
@@ -16,6 +17,7 @@ from qt_cli.options import (
     Duration,
     Inputs,
     Insecure,
+    MaxMessageBytes,
     Outputs,
     Symbols,
     apply_security,
@@ -89,6 +91,7 @@ def _live(
     replay: str | None,
     group: str | None,
     consumer: str | None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> dict[str, Any]:
     from qt_cli.core import config
     from qt_cli.core.features.live import open_live, summary_line
@@ -112,6 +115,7 @@ def _live(
         replay=endpoint,
         group=group,
         consumer=consumer,
+        max_message_bytes=max_message_bytes,
         warn=warn,
     )
     say(f"features {name}: {', '.join(inputs)} -> {set_name} every {every} ({', '.join(symbols)})")
@@ -190,6 +194,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 "--consumer", help="With --group: this worker's name.", show_default=False
             ),
         ] = None,
+        max_message_bytes: MaxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES,
         duration: Duration = None,
         curve_secret_key: CurveSecretKey = None,
         curve_server_key: CurveServerKey = None,
@@ -216,6 +221,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 replay,
                 group,
                 consumer,
+                max_message_bytes,
             )
             if as_json:
                 emit_json(totals)

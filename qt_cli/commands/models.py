@@ -60,6 +60,12 @@ def _list_table(rows: list[dict[str, Any]]) -> None:
     out_console().print(table)
 
 
+def _metric(metrics: dict[str, Any], name: str, places: int) -> str:
+    """A validation figure with `places` decimals ('?' when the bundle lacks it)."""
+    value = metrics.get(name)
+    return f"{value:.{places}f}" if isinstance(value, int | float) else "?"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
@@ -110,7 +116,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
         if as_json:
             emit_json(data)
             return
-        label = data.get("label", {})
+        label = data["label"]  # checked when read (bundle.metadata_problem)
         validation = data.get("validation", {})
         lines = [
             f"model         {data.get('model')} ({data.get('estimator', '')})",
@@ -124,11 +130,12 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             f"content hash  {data.get('content_hash', '')}",
         ]
         for who in ("model", "baseline"):
-            m = validation.get(who)
-            if m:
+            m = validation.get(who) if isinstance(validation, dict) else None
+            if isinstance(m, dict) and m:
                 lines.append(
-                    f"{who:<13} accuracy {m['accuracy']:.3f}  balanced {m['balanced_accuracy']:.3f}"
-                    f"  log loss {m['log_loss']:.4f}"
+                    f"{who:<13} accuracy {_metric(m, 'accuracy', 3)}  "
+                    f"balanced {_metric(m, 'balanced_accuracy', 3)}  "
+                    f"log loss {_metric(m, 'log_loss', 4)}"
                 )
         sys.stdout.write("\n".join(lines) + "\n")
 

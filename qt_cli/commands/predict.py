@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 from qt_cli.options import (
     AsJson,
     CurveClients,
@@ -16,6 +17,7 @@ from qt_cli.options import (
     Duration,
     Inputs,
     Insecure,
+    MaxMessageBytes,
     Outputs,
     Symbols,
     apply_security,
@@ -53,6 +55,7 @@ def _live(
     duration: str | None,
     replay: str | None,
     claim_idle: str | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> dict[str, Any]:
     from qt_cli.core import config
     from qt_cli.core.models.live import CLAIM_IDLE_S, open_live, summary_line
@@ -75,6 +78,7 @@ def _live(
         duration_s=parse_duration_s(duration) if duration else None,
         replay=None if (replay or "").strip().lower() in ("", "none", "off") else replay,
         claim_idle_s=parse_duration_s(claim_idle) if claim_idle else CLAIM_IDLE_S,
+        max_message_bytes=max_message_bytes,
         warn=warn,
     )
     p = stage.slot.predictor
@@ -143,6 +147,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 show_default=False,
             ),
         ] = None,
+        max_message_bytes: MaxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES,
         duration: Duration = None,
         min_confidence: Annotated[
             float, typer.Option("--min-confidence", help="HOLD below this probability.")
@@ -195,6 +200,7 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
                 duration=duration,
                 replay=replay,
                 claim_idle=claim_idle,
+                max_message_bytes=max_message_bytes,
             )
             if as_json:
                 emit_json(totals)

@@ -83,7 +83,8 @@ def _sum_in_order(start: float, values: np.ndarray) -> float:
     """start + v0 + v1 + … added left to right, as a loop of `+=` does (np.sum would pair them)."""
     if not len(values):
         return start
-    return float(np.cumsum(np.concatenate(([start], values)))[-1])
+    with np.errstate(over="ignore"):  # sums past the float maximum are inf, as a loop gives
+        return float(np.cumsum(np.concatenate(([start], values)))[-1])
 
 
 @dataclass
@@ -292,7 +293,8 @@ class CandleBuilder:
             forming.trades += b - a
             forming.buy_volume = _sum_in_order(forming.buy_volume, v[a_codes == AGGRESSOR_BUY])
             forming.sell_volume = _sum_in_order(forming.sell_volume, v[a_codes == AGGRESSOR_SELL])
-            forming.pv = _sum_in_order(forming.pv, p * q)
+            with np.errstate(over="ignore"):  # a price near the float maximum: vwap inf
+                forming.pv = _sum_in_order(forming.pv, p * q)
             forming.ts_init = int(ts_init[rows[-1]])
             forming.src = ids[int(rows[-1])]
         return out

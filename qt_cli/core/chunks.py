@@ -205,7 +205,8 @@ def _unpack_int(
 
 def _decimal_places(values: np.ndarray, max_places: int = 8) -> tuple[int, np.ndarray] | None:
     """(k, values × 10^k as int64) when every value reads back exactly from that integer."""
-    if not np.all(np.isfinite(values)) or np.any(np.abs(values) * 10**max_places >= _MAX_EXACT_INT):
+    # compared by dividing the limit: a value near the float maximum must not overflow here
+    if not np.all(np.isfinite(values)) or np.any(np.abs(values) >= _MAX_EXACT_INT / 10**max_places):
         return None
     for k in range(max_places + 1):
         factor = float(10**k)
@@ -245,9 +246,12 @@ def _pack_volume(
     usable = np.flatnonzero((quantity > 0) & np.isfinite(price) & (price > 0) & np.isfinite(volume))
     if len(usable) >= max(1, len(volume) // 2):
         i = int(usable[0])
-        ratio = float(volume[i] / (price[i] * float(quantity[i])))
-        misses = np.flatnonzero(_ratio_prediction(price, quantity, ratio) != volume)
-        if len(misses) <= len(volume) // 8:
+        with np.errstate(over="ignore", invalid="ignore"):  # a price near the float maximum
+            ratio = float(volume[i] / (price[i] * float(quantity[i])))
+            predicted = _ratio_prediction(price, quantity, ratio)
+        # only predictions the decoder recomputes without overflow (else the volumes as floats)
+        misses = np.flatnonzero(predicted != volume)
+        if np.all(np.isfinite(predicted)) and len(misses) <= len(volume) // 8:
             spec: dict = {"e": "ratio", "r": ratio}
             x = _pack_int(misses.astype(np.int64), out, shuffle=shuffle) if len(misses) else None
             spec["x"] = x

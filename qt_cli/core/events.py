@@ -15,6 +15,7 @@ Both round-trip exactly (floats use the shortest repr that reads back to the sam
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING as _dataclass_missing
@@ -27,9 +28,9 @@ import orjson
 from qt_cli.core import keys
 from qt_cli.core.errors import DecodeError
 from qt_cli.core.timeparse import EXCHANGE_TZ as EXCHANGE_TZ  # re-exported: the one zone
+from qt_cli.core.timeparse import LATEST_NS, format_ns
 from qt_cli.core.timeparse import NS_PER_MS as NS_PER_MS
 from qt_cli.core.timeparse import NS_PER_S as NS_PER_S
-from qt_cli.core.timeparse import format_ns
 
 TRADE_TYPE_NAMES = {
     0: "none",
@@ -92,20 +93,38 @@ iso_local = format_ns
 
 _MISSING = object()
 
+# Every integer field is a 64-bit signed integer: Valkey's integers, the history chunks' and the
+# candles' int64 columns. A wider one (JSON allows any) is refused here, not by an overflow deep
+# inside a stage.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+# The latest event time any stage accepts: 2200-01-01 UTC. Nanoseconds since 1970 end in 2262 as
+# int64, and candle and chunk arithmetic adds to the time; no source produces later times.
+MAX_TS_NS = LATEST_NS
+
+
+def _out_of_range(name: str, value: int) -> DecodeError:
+    return DecodeError(f"field '{name}': {value} is outside the 64-bit integer range", field=name)
+
 
 def _to_int(name: str, value: Any) -> int:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str | bytes):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str | bytes):
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
-            pass
-    raise DecodeError(f"field '{name}': expected an integer, got {value!r}", field=name)
+            raise DecodeError(
+                f"field '{name}': expected an integer, got {value!r}", field=name
+            ) from None
+    else:
+        raise DecodeError(f"field '{name}': expected an integer, got {value!r}", field=name)
+    if not INT_MIN <= number <= INT_MAX:
+        raise _out_of_range(name, number)
+    return number
 
 
 def _to_float(name: str, value: Any) -> float:
@@ -136,10 +155,11 @@ _FALSE = {False, "0", "false", "False", "", b"0", b"false", b"False", b""}
 
 
 def _to_bool(name: str, value: Any) -> bool:
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
+    if isinstance(value, bool | int | str | bytes):  # a list or dict is not hashable
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
     raise DecodeError(f"field '{name}': expected a boolean, got {value!r}", field=name)
 
 
@@ -238,6 +258,11 @@ class Event:
             )
         if self.ts_event <= 0:
             raise DecodeError(f"field 'ts_event': not a time ({self.ts_event})", field="ts_event")
+        if self.ts_event >= MAX_TS_NS:
+            raise DecodeError(
+                f"field 'ts_event': {self.ts_event} is after 2200-01-01 (nanoseconds expected)",
+                field="ts_event",
+            )
 
 
 def _finish(cls: type[Event]) -> type[Event]:
@@ -491,6 +516,9 @@ class TopOfBook(Event):
         _check_price("ask_price", self.ask_price, allow_nan=True)
 
 
+_TIMEFRAME_RE = re.compile(r"^[1-9][0-9]{0,5}[a-z]{1,2}$")  # 1m, 15m, 1h, 1d (candles.py parses)
+
+
 @_finish
 @dataclass(frozen=True, slots=True)
 class Candle(Event):
@@ -518,6 +546,14 @@ class Candle(Event):
     @property
     def stream_kind(self) -> str:
         return keys.candle_kind(self.timeframe)
+
+    def _validate(self) -> None:
+        Event._validate(self)
+        if not _TIMEFRAME_RE.fullmatch(self.timeframe):  # part of the stream key: never `:` or `{`
+            raise DecodeError(
+                f"field 'timeframe': {self.timeframe!r} is not a timeframe (e.g. 1m, 5m, 1h)",
+                field="timeframe",
+            )
 
 
 @_finish
@@ -572,6 +608,10 @@ class State(Event):
 # --- model side ------------------------------------------------------------------------------
 
 
+# A feature value as JSON gives it: a number, or null for NaN (booleans are not values).
+_FEATURE_VALUE_TYPES = frozenset((float, int, type(None)))
+
+
 @_finish
 @dataclass(frozen=True, slots=True)
 class FeatureVector(Event):
@@ -601,7 +641,15 @@ class FeatureVector(Event):
         are kept as JSON gives them otherwise (floats as qt writes them; one C-level scan)."""
         if not isinstance(self.features, dict):
             raise DecodeError("field 'features': expected an object", field="features")
-        if None in self.features.values():
+        kinds = set(map(type, self.features.values()))  # one C-level pass over the values
+        if not kinds <= _FEATURE_VALUE_TYPES:
+            bad = next(
+                (k, v) for k, v in self.features.items() if type(v) not in _FEATURE_VALUE_TYPES
+            )
+            raise DecodeError(
+                f"field 'features': {bad[0]!r} is {bad[1]!r}, not a number", field="features"
+            )
+        if type(None) in kinds:
             object.__setattr__(self, "features", _nan_to_float(self.features))
 
 
@@ -717,6 +765,10 @@ def decode(payload: bytes | str) -> Event:
 _INT, _FLOAT, _STR, _OTHER = range(4)
 
 
+def _wide() -> int:
+    raise ValueError("wider than 64 bits")
+
+
 def _bytes_decoder(cls: type[Event]) -> Any:
     """For a class whose fields decode as `Event.from_dict` decodes them (None for a class with
     its own `from_dict`, Trade aside): a function making it from an entry's bytes fields in one
@@ -729,11 +781,11 @@ def _bytes_decoder(cls: type[Event]) -> Any:
     ):
         return None
     exprs = []
-    env: dict[str, Any] = {"cls": cls, "nan": math.nan}
+    env: dict[str, Any] = {"cls": cls, "nan": math.nan, "wide": _wide}
     for i, (name, typ, default) in enumerate(cls._spec):
         v = f"v{i}"
-        if typ is int:
-            convert = f"int({v})"
+        if typ is int:  # a 64-bit integer, else the general path names the field
+            convert = f"(n{i} if {INT_MIN} <= (n{i} := int({v})) <= {INT_MAX} else wide())"
         elif typ is float:
             convert = f"(float({v}) if {v} else nan)"
         elif typ is str:

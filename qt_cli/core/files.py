@@ -303,7 +303,13 @@ class JsonLinesSource(_RowSource):
         name = str(self.path) if self.path is not None else "-"
         super().__init__(name, strict=strict, time_unit=time_unit)
         if self.path is None:
-            self._fd = sys.stdin.fileno()
+            try:  # a closed stdin (`<&-`) is None; a replaced one may have no descriptor
+                self._fd = sys.stdin.fileno()
+            except (AttributeError, OSError, ValueError):
+                raise UsageError(
+                    "--in -: stdin is closed or not a file; pipe events into it, e.g. "
+                    "qt feed --sim --out - | qt bridge --in -"
+                ) from None
             self._own = False
         else:
             try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from qt_cli.core.config import Settings
 from qt_cli.core.endpoints import Endpoint, Sink, Source, parse_endpoint
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 
 
 def open_sink(
@@ -54,6 +55,7 @@ def open_source(
     count: int = 1000,
     replay: str | None = None,
     password: str = "",
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> Source:
     """Open an input: ZeroMQ SUB (connect), Valkey streams, stdin JSON lines, or a file.
 
@@ -63,13 +65,16 @@ def open_source(
     and a consumer `group` with this reader's `consumer` name and `claim_idle_s` (see
     `store.reader.StreamSource`: entries then carry ids and are acknowledged by the stage).
     `replay` is the replay endpoint a ZeroMQ input recovers gaps from (None: gaps are lost);
-    `password` is Valkey's.
+    `password` is Valkey's; `max_message_bytes` the largest ZeroMQ message decoded (a longer one
+    is rejected: `SubSource`).
     """
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     if ep.kind == "zmq":
         from qt_cli.core import zmq_io
 
-        return zmq_io.SubSource(ep, symbols=symbols, replay=replay)
+        return zmq_io.SubSource(
+            ep, symbols=symbols, replay=replay, max_message_bytes=max_message_bytes
+        )
     if ep.kind == "valkey":
         from qt_cli.core import store
         from qt_cli.core.store.reader import StreamSource

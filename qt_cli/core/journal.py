@@ -234,9 +234,9 @@ class JournalWriter:
                 self.on_roll()
         body = _BODY_HEAD.pack(seq, len(topic)) + topic + payload
         record = _REC_HEAD.pack(len(body), zlib.crc32(body)) + body
-        if segment.count % self.index_every == 0:
-            segment.index.write(_INDEX_ENTRY.pack(seq, segment.size))
         try:
+            if segment.count % self.index_every == 0:
+                segment.index.write(_INDEX_ENTRY.pack(seq, segment.size))
             segment.data.write(record)
         except OSError as exc:
             raise self._write_failed(segment, exc) from None

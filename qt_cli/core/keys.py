@@ -43,7 +43,7 @@ def stream_pattern(kind: str) -> str:
 @functools.lru_cache(maxsize=4096)  # every decoded event asks: the same few tickers
 def valid_symbol(symbol: str) -> bool:
     """True for a ticker we accept in keys and topics (letters, digits, . _ -)."""
-    return bool(_SYMBOL_RE.match(symbol))
+    return bool(_SYMBOL_RE.fullmatch(symbol))  # fullmatch: `$` alone lets a final newline in
 
 
 def candle_kind(timeframe: str) -> str:

@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_RAW_BYTES = 64 * 1024  # the most of a rejected payload a dead letter keeps
+# The largest message a subscriber decodes (`--max-message-bytes`); a larger one is a dead letter.
+# A full offer book of thousands of orders is a few hundred KiB.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)

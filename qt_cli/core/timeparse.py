@@ -161,6 +161,10 @@ def _wall(
     return datetime(y, mo, d, h, mi, s), _fraction_ns(frac)  # noqa: DTZ001 - resolved in a tz below
 
 
+# The latest time qt reads or stores: 2200-01-01 UTC (events.MAX_TS_NS; int64 ns end in 2262).
+LATEST_NS = 7_258_118_400 * NS_PER_S
+
+
 def parse_time(
     text: str,
     *,
@@ -168,7 +172,24 @@ def parse_time(
     now_ns: int | None = None,
     ambiguous: Ambiguous = "earliest",
 ) -> int:
-    """A point in time as ns since the epoch; TimeParseError lists the accepted forms."""
+    """A point in time as ns since the epoch; TimeParseError lists the accepted forms, or says
+    the time is before 1970 or after 2200 (no event time qt stores is)."""
+    ns = _parse_time(text, tz=tz, now_ns=now_ns, ambiguous=ambiguous)
+    if not 0 <= ns < LATEST_NS:
+        raise TimeParseError(
+            f"time {text!r} is {'before 1970' if ns < 0 else 'after 2200'}: give one from "
+            "1970 to 2200 (the event times qt stores)"
+        )
+    return ns
+
+
+def _parse_time(
+    text: str,
+    *,
+    tz: tzinfo | str | None,
+    now_ns: int | None,
+    ambiguous: Ambiguous,
+) -> int:
     zone = get_tz(tz) if tz is None or isinstance(tz, str) else tz
     now = time.time_ns() if now_ns is None else now_ns
     raw = text.strip()

@@ -38,7 +38,7 @@ from tests.e2e.test_bridge import (
 )
 from tests.helpers import QtProcesses, eventually, kill_valkey, mount_small_tmpfs
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # The figures docs/RELIABILITY.md quotes: pytest … -o log_cli=true --log-cli-level=INFO
 measured = logging.getLogger("qt.tests.faults")

@@ -14,6 +14,7 @@ from qt_cli.core.candles import (
 )
 from qt_cli.core.endpoints import parse_endpoint
 from qt_cli.core.errors import UsageError
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 from qt_cli.core.store.writer import (
     DEFAULT_MAXLEN,
 )
@@ -26,6 +27,7 @@ STAGE = "bridge"
 PARTIAL_MAXLEN = 10
 DEFAULT_BATCH_SIZE = 2_000
 DEFAULT_BATCH_MS = 1.0
+MAX_BATCH_MS = 60_000.0  # a batch waits at most a minute to fill
 DEFAULT_BUFFER_EVENTS = 200_000
 RESUME_PAGE = 5_000
 BACKOFF_START_S = 0.1
@@ -74,6 +76,7 @@ class BridgeConfig:
     catch_up: bool = True
     replay_timeout_s: float = 2.0
     rcvhwm: int = 200_000  # ZeroMQ receive high-water mark per input, in messages
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # a longer ZeroMQ message: dead letter
     duration_s: float | None = None
     stop_after: int | None = None
     stats_interval_s: float = 1.0
@@ -81,6 +84,11 @@ class BridgeConfig:
     time_unit: str | None = None  # files and stdin: unit of their ts_* columns (s, ms, us, ns)
 
     def __post_init__(self) -> None:
+        # not `0 <= x`: NaN passes that; infinity and huge waits overflow the clock
+        if not 0.0 <= self.batch_ms <= MAX_BATCH_MS:
+            raise UsageError(
+                f"--batch-ms {self.batch_ms}: give milliseconds from 0 to {MAX_BATCH_MS:,.0f}"
+            )
         for symbol in self.symbols:
             if not keys.valid_symbol(symbol):  # the one rule: a filter that could never match
                 raise UsageError(

@@ -48,6 +48,7 @@ def _open_input(config: BridgeConfig, endpoint: Endpoint, known: dict[str, int])
             known=known,
             replay_timeout_s=config.replay_timeout_s,
             rcvhwm=config.rcvhwm,
+            max_message_bytes=config.max_message_bytes,
         )
     if endpoint.kind == "valkey":
         raise UsageError(

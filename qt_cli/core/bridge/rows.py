@@ -9,6 +9,8 @@ from typing import Any
 
 from qt_cli.core import keys
 from qt_cli.core.events import (
+    INT_MAX,
+    MAX_TS_NS,
     NS_PER_MS,
     Event,
     Trade,
@@ -145,7 +147,13 @@ def tick_row(data: dict[str, Any]) -> Row | None:
     ):
         return None
     if not (
-        symbol and ts > 0 and 0.0 < price < _INF and quantity >= 0 and aggressor in _AGGRESSORS
+        symbol
+        and 0 < ts < MAX_TS_NS
+        and 0.0 < price < _INF
+        and quantity >= 0
+        and aggressor in _AGGRESSORS
+        # orjson reads integers up to 2^64 - 1 (below -2^63 a float): one past 64 bits
+        and max(ts_init, trade_id, buyer, seller, trade_type, quantity, seq) <= INT_MAX
     ):
         decode_dict(data)  # raises the generic decoder's DecodeError
         return None

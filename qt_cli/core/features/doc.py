@@ -149,7 +149,9 @@ ZeroMQ input: `--in tcp://…:5555 --in tcp://…:5556 --out valkey://…` reads
 and book channels from now (late joins and gaps recovered from `--replay`, the feed's replay
 endpoint), merged the same way; each vector's identity is derived from its trade's own (session,
 seq), the identity the bridge stores it under, so the vectors equal those computed from the
-stored streams (tested). A restarted stage on ZeroMQ input starts cold (its first vectors are
+stored streams (tested). A message that does not decode, or is longer than
+`--max-message-bytes` (16 MiB), is counted in `rejected` (stats and totals) with one warning
+line, and never stops the stage. A restarted stage on ZeroMQ input starts cold (its first vectors are
 not warm again) and skips what is already stored.
 
 Workers sharing symbols: `--group G --consumer C` (Valkey input). A vector depends on its

@@ -28,6 +28,7 @@ from qt_cli.core import keys
 from qt_cli.core.events import BookUpdate, Trade
 from qt_cli.core.features.backfill import Sampler, every_ns, store_events, to_event
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 from qt_cli.core.stage.derived import derived_identity
 from qt_cli.core.stage.inputs import ZmqInput
 from qt_cli.core.stage.lifecycle import StopFlag
@@ -320,6 +321,7 @@ class LiveFeatures(StopFlag):
         fields.update(
             vectors=str(s.vectors),
             duplicates=str(s.duplicates),
+            rejected=str(s.rejected),
             not_warm=str(s.not_warm),
             feature_set=self.engine.set_name,
             every=self.every,
@@ -366,6 +368,7 @@ def open_live(
     maxlen: int = 0,
     duration_s: float | None = None,
     replay: str | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     group: str | None = None,
     consumer: str | None = None,
     warn: Callable[[str], None] | None = None,
@@ -420,7 +423,13 @@ def open_live(
             interval_s=share.ttl_ms / 3000,
         )
     elif zmq_in:
-        source = ZmqInput([open_source(x, symbols=symbols, replay=replay) for x in ins], symbols)
+        source = ZmqInput(
+            [
+                open_source(x, symbols=symbols, replay=replay, max_message_bytes=max_message_bytes)
+                for x in ins
+            ],
+            symbols,
+        )
     else:
         source = open_source(ins[0], symbols=symbols, kinds=kinds, start="0", password=password)
     writer = (
@@ -453,6 +462,7 @@ def summary_line(t: dict[str, Any]) -> str:
         f"features {t['name']} stopped ({t['stopped_by']}): {t['vectors']:,} vectors "
         f"({t['not_warm']:,} not warm), written {t['written']:,}, duplicates "
         f"{t['duplicates']:,}, from {t['trades']:,} trades and {t['book_events']:,} book events"
+        + (f"; {t['rejected']:,} undecodable messages rejected" if t["rejected"] else "")
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from qt_cli.core.errors import QtError
 from qt_cli.core.models.errors import ModelError, UntrustedModel
 
 FORMAT = "qt-model"
@@ -146,7 +147,46 @@ def read_members(path: Path) -> tuple[dict[str, bytes], dict[str, Any]]:
             f"{path}: content hash mismatch (stored {str(expected)[:16]}…, computed "
             f"{actual[:16]}…): the file was changed after it was written; do not use it"
         )
+    problem = metadata_problem(metadata) or (
+        None
+        if PIPELINE in members or NATIVE in members or NATIVE_XGB in members
+        else f"no model in it ({PIPELINE}, {NATIVE} or {NATIVE_XGB})"
+    )
+    if problem:
+        raise ModelError(f"{path}: not a usable qt model bundle ({problem})")
     return members, metadata
+
+
+def metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """What is missing or malformed in the metadata serving reads (feature names and set, the
+    label's classes), or None. A bundle qt wrote always passes; a hand-made one may not."""
+    features = metadata.get("features")
+    if not isinstance(features, dict):
+        return "metadata has no 'features' object"
+    names = features.get("names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "metadata 'features.names' is not a list of feature names"
+    if not isinstance(features.get("set"), str):
+        return "metadata 'features.set' is not a feature set name"
+    label = metadata.get("label")
+    classes = label.get("classes") if isinstance(label, dict) else None
+    if not isinstance(classes, list) or not classes:
+        return "metadata 'label.classes' is not a list of classes"
+    for c in classes:
+        if not (
+            isinstance(c, dict)
+            and type(c.get("index")) is int
+            and type(c.get("value")) is int
+            and isinstance(c.get("label"), str)
+            and c.get("action") in ACTIONS.values()
+        ):
+            return f"metadata class {c!r} lacks an index, a value, a label or an action (buy, sell, hold)"
+    for section in ("serving", "training", "validation"):  # optional, objects when present
+        if not isinstance(metadata.get(section, {}), dict):
+            return f"metadata '{section}' is not an object"
+    if not all(isinstance(v, dict) for v in metadata.get("validation", {}).values()):
+        return "metadata 'validation' holds something other than metric objects"
+    return None
 
 
 def check_types(data: bytes, where: str) -> None:
@@ -238,15 +278,29 @@ def load(path: Path | str) -> Bundle:
     members, metadata = read_members(path)
     pipeline = load_skops(members[PIPELINE], str(path)) if PIPELINE in members else None
     native = None
-    if NATIVE in members:
-        from qt_cli.core.models.legacy import load_lightgbm_text
+    try:
+        if NATIVE in members:
+            from qt_cli.core.models.legacy import load_lightgbm_text
 
-        native = load_lightgbm_text(members[NATIVE].decode())
-    elif NATIVE_XGB in members:
-        from qt_cli.core.models.legacy import load_xgboost_json
+            native = load_lightgbm_text(members[NATIVE].decode())
+        elif NATIVE_XGB in members:
+            from qt_cli.core.models.legacy import load_xgboost_json
 
-        native = load_xgboost_json(members[NATIVE_XGB])
+            native = load_xgboost_json(members[NATIVE_XGB])
+    except ModelError as exc:
+        member = NATIVE if NATIVE in members else NATIVE_XGB
+        raise ModelError(f"{path}: unreadable {member} ({exc})") from None
+    except QtError:
+        raise
+    except Exception as exc:  # the libraries' own errors (LightGBMError, XGBoostError, …)
+        member = NATIVE if NATIVE in members else NATIVE_XGB
+        raise ModelError(f"{path}: unreadable {member} ({_first_line(exc)})") from None
     return Bundle(path, metadata, pipeline, members.get(ONNX), native)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def verify(path: Path | str) -> dict[str, Any]:
@@ -269,11 +323,17 @@ def verify(path: Path | str) -> dict[str, Any]:
     }
     if bundle.native is not None:
         report["checks"].append("native model loads")
+    if bundle.onnx is not None:
+        try:
+            runner = OnnxRunner(bundle.onnx)  # what serving builds
+        except ModelError as exc:
+            raise ModelError(f"{path}: {exc}") from None
+        report["checks"].append("onnx graph loads")
     if bundle.onnx is not None and bundle.pipeline is not None:
         n = len(bundle.names)
         rows = _probe_rows(bundle.pipeline, n)
         expected = bundle.pipeline.predict_proba(rows)
-        got = OnnxRunner(bundle.onnx).proba(rows)
+        got = runner.proba(rows)
         diff = float(np.max(np.abs(expected - got)))
         report["onnx_max_diff"] = diff
         report["checks"].append("onnx = scikit-learn")

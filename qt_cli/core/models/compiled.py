@@ -74,7 +74,13 @@ class OnnxRunner:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(
+                onnx_bytes, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime's own errors (InvalidProtobuf, Fail, …)
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(f"the ONNX graph does not load ({text})") from None
         outputs = self.session.get_outputs()
         names = [o.name for o in outputs]
         prob = [n for n in names if "prob" in n]

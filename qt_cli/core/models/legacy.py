@@ -101,6 +101,8 @@ def load_xgboost_json(data: bytes) -> Any:
         import xgboost
     except ImportError:
         raise MissingExtra(f"an XGBoost model needs the xgboost package: {LEGACY_EXTRA}") from None
+    if not data.strip():  # XGBoost aborts the whole process on an empty buffer
+        raise ModelError("the XGBoost model is empty")
     booster = xgboost.Booster(params={"nthread": 1})
     booster.load_model(bytearray(data))
     return booster

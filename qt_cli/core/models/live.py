@@ -33,6 +33,7 @@ from qt_cli.core.events import FeatureVector
 from qt_cli.core.models.bundle import load, verify
 from qt_cli.core.models.errors import ModelError
 from qt_cli.core.models.predictor import Predictor
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 from qt_cli.core.stage.derived import Derived, GroupWorker
 from qt_cli.core.store.reader import SourceEntry
 
@@ -226,6 +227,7 @@ def open_live(
     duration_s: float | None = None,
     replay: str | None = None,
     claim_idle_s: float = CLAIM_IDLE_S,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     warn: Callable[[str], None] | None = None,
 ) -> LivePredict:
     """The stage for `qt predict --in … --out …`: one `--in valkey://…` read through consumer
@@ -258,7 +260,13 @@ def open_live(
     slot = ModelSlot(model, min_confidence=min_confidence, cooldown_ns=cooldown_ns, warn=warn)
     source: Any
     if zmq_in:
-        source = ZmqInput([open_source(x, symbols=symbols, replay=replay) for x in ins], symbols)
+        source = ZmqInput(
+            [
+                open_source(x, symbols=symbols, replay=replay, max_message_bytes=max_message_bytes)
+                for x in ins
+            ],
+            symbols,
+        )
     else:
         source = open_source(
             ins[0],
@@ -298,6 +306,7 @@ def summary_line(t: dict[str, Any]) -> str:
         f"written {t['written']:,}, duplicates {t['duplicates']:,}; model {t['model_hash']}"
         + (f", {t['reloads']} reloads" if t["reloads"] else "")
         + (f", {t['reloads_refused']} refused" if t["reloads_refused"] else "")
+        + (f"; {t['rejected']:,} undecodable messages rejected" if t["rejected"] else "")
     )
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from qt_cli.core.events import FeatureVector, Prediction, Signal
 from qt_cli.core.models.bundle import Bundle, load
-from qt_cli.core.models.errors import ModelUsageError, SchemaMismatch
+from qt_cli.core.models.errors import ModelError, ModelUsageError, SchemaMismatch
 
 
 def missing_and_extra(found: Sequence[str], expected: Sequence[str]) -> list[str]:
@@ -84,7 +84,10 @@ class Predictor:
         if self.bundle.onnx is not None:
             from qt_cli.core.models.compiled import OnnxRunner
 
-            runner = OnnxRunner(self.bundle.onnx)
+            try:
+                runner = OnnxRunner(self.bundle.onnx)
+            except ModelError as exc:
+                raise ModelError(f"{self.bundle.path or 'the bundle'}: {exc}") from None
             self.proba = runner.proba
             self.serving = "onnx"
         elif self.bundle.native is not None:

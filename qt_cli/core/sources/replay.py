@@ -205,7 +205,7 @@ class _Paced:
     """Turns a generator of event batches into `read(timeout)` at a replay speed."""
 
     def __init__(self, *, speed: float, max_pause_s: float = 10.0, batch: int = 4096) -> None:
-        if speed < 0:
+        if not speed >= 0 or speed == float("inf"):  # NaN fails every comparison
             raise UsageError(f"--speed {speed}: must be 0 (as fast as possible) or positive")
         self.speed = speed
         self.max_pause_s = max_pause_s

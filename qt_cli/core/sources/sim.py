@@ -23,7 +23,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 
 import numpy as np
@@ -32,6 +32,7 @@ from qt_cli.core import keys
 from qt_cli.core.errors import UsageError
 from qt_cli.core.events import (
     EXCHANGE_TZ,
+    MAX_TS_NS,
     NS_PER_S,
     BookUpdate,
     Daily,
@@ -217,6 +218,13 @@ class SimConfig:
             raise UsageError(f"--rate must be 0 (as fast as possible) or positive, got {self.rate}")
         if self.duration_s is not None and not self.duration_s > 0:
             raise UsageError(f"--duration must be positive, got {self.duration_s} s")
+        if self.start_ns is not None and not EARLIEST_START_NS <= self.start_ns < LATEST_START_NS:
+            year = (
+                datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=self.start_ns // 1000)
+            ).year
+            raise UsageError(
+                f"--start in {year}: give a time from 2000 to 2198 (the times the stages store)"
+            )
         if self.max_events is not None and self.max_events < 1:
             raise UsageError(f"--stop-after must be at least 1, got {self.max_events}")
         if not all(price > 0 and math.isfinite(price) for _, price in self.levels):
@@ -225,6 +233,10 @@ class SimConfig:
             raise UsageError(f"--alpha must be between 0 (off) and 1, got {self.alpha}")
         if not (self.activity > 0 and self.regime_scale > 0 and self.batch_max >= 1):
             raise UsageError("activity and regime_scale must be positive, batch_max at least 1")
+
+
+EARLIEST_START_NS = 946_684_800 * NS_PER_S  # 2000-01-01 UTC, as replayed files (files.py)
+LATEST_START_NS = MAX_TS_NS - 366 * 86_400 * NS_PER_S  # a year of sessions before the last time
 
 
 # --- session calendar ---------------------------------------------------------------------------

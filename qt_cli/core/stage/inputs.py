@@ -11,6 +11,7 @@ drives it as it drives a consumer group.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,9 @@ import zmq
 
 from qt_cli.core.store.reader import SourceEntry
 from qt_cli.core.store.writer import event_key
-from qt_cli.core.zmq_io.sub import TailCheck
+from qt_cli.core.zmq_io.sub import OVERSIZED, TailCheck
+
+log = logging.getLogger(__name__)
 
 
 class ZmqInput:
@@ -30,6 +33,7 @@ class ZmqInput:
         self.sources = list(sources)
         self.symbols = set(symbols)
         self.rejected = 0
+        self._warned = False
         self._n = 0
         self._poller: zmq.Poller | None = None
         self._tails = [TailCheck(x) for x in self.sources if getattr(x, "replay", None)]
@@ -63,7 +67,19 @@ class ZmqInput:
                 if getattr(event, "symbol", "") in self.symbols:
                     self._n += 1
                     out.append(SourceEntry(event_key(event), f"{self._n}-0", event))
-            self.rejected += len(source.take_rejects())
+            rejects = source.take_rejects()
+            if rejects:
+                self.rejected += len(rejects)
+                # one line for the first undecodable message (an oversized one has had its own)
+                plain = [r for r in rejects if OVERSIZED not in r.reason]
+                if plain and not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "%s: rejected a message (%s); such messages are counted in 'rejected' "
+                        "(qt monitor, the totals), not repeated here",
+                        source.uri,
+                        plain[0].reason,
+                    )
         return out
 
     def claim(self) -> list[SourceEntry]:

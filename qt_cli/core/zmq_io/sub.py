@@ -16,12 +16,14 @@ import zmq
 from qt_cli.core.endpoints import Endpoint
 from qt_cli.core.errors import DecodeError, EndpointError, QtError, UnavailableError
 from qt_cli.core.events import decode_dict, now_ns
-from qt_cli.core.records import MAX_RAW_BYTES, DeadLetter, Gap
+from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES, MAX_RAW_BYTES, DeadLetter, Gap
 from qt_cli.core.zmq_io import curve
 from qt_cli.core.zmq_io.base import DEFAULT_RCVHWM, _context, _endpoint
 from qt_cli.core.zmq_io.replay import ReplayClient, ReplayPage, missing_ranges, not_journaled
 
 log = logging.getLogger(__name__)
+
+OVERSIZED = "is over --max-message-bytes"  # in the reason of an oversized message's dead letter
 
 # --- subscribing -------------------------------------------------------------------------------
 
@@ -41,6 +43,7 @@ class SubStats:
     received: int = 0  # messages taken off the socket
     decoded: int = 0  # events handed out by read() (live + recovered)
     rejected: int = 0
+    oversized: int = 0  # of the rejected: longer than max_message_bytes
     duplicates: int = 0  # seq at or below the session's last seq: dropped
     filtered: int = 0  # not one of the wanted symbols
     gaps_detected: int = 0
@@ -85,6 +88,11 @@ class SubSource:
     generic decoding (`decode_dict`) and raises DecodeError to reject it. It is called after seq
     tracking and the symbol filter.
 
+    A message longer than `max_message_bytes` (payload frames together) is not decoded: it is
+    rejected as a dead letter (its first 64 KiB kept), counted in `stats.oversized`, with one
+    warning the first time. Carrying a seq, it then shows as a gap, which recovery fetches and
+    rejects the same way: counted, never stored.
+
     `replay=None` disables recovery (gaps are recorded as lost). `catch_up=False` takes the first
     message seen of a session as its start instead of recovering seqs 1..n-1. With `symbols`, the
     socket still subscribes to everything (seq counts every message of a session, so filtering
@@ -106,8 +114,10 @@ class SubSource:
         context: zmq.Context[Any] | None = None,
         clock: Callable[[], int] = now_ns,
         decode: Callable[[dict[str, Any]], Any] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.endpoint = _endpoint(endpoint)
+        self.max_message_bytes = max_message_bytes
         self.uri = self.endpoint.uri
         self.symbols = frozenset(symbols)
         self.catch_up = catch_up
@@ -212,6 +222,7 @@ class SubSource:
         nonblock = zmq.NOBLOCK
         accept = self._accept
         max_batch = self.max_batch
+        max_bytes = self.max_message_bytes
         received = 0
         try:
             while len(out) < max_batch:
@@ -229,7 +240,12 @@ class SubSource:
                             part = recv(nonblock, copy=False)
                             parts.append(part.bytes)
                         payload = b"".join(parts)
-                    accept(first.bytes, payload, out)
+                    if len(payload) > max_bytes:
+                        self._reject_oversized(payload, first.bytes)
+                    else:
+                        accept(first.bytes, payload, out)
+                elif len(first) > max_bytes:
+                    self._reject_oversized(first.bytes, b"")
                 else:
                     accept(b"", first.bytes, out)
                 if self._jobs:
@@ -254,6 +270,18 @@ class SubSource:
                 ts_init=self._clock(),
             )
         )
+
+    def _reject_oversized(self, payload: bytes, topic: bytes) -> None:
+        """A message over max_message_bytes: a dead letter, not decoded; warned about once."""
+        self.stats.oversized += 1
+        reason = f"message of {len(payload):,} bytes {OVERSIZED} {self.max_message_bytes:,}"
+        if self.stats.oversized == 1:
+            log.warning(
+                "%s: %s; dropped and dead-lettered (counted; this warning is not repeated)",
+                self.uri,
+                reason,
+            )
+        self._reject(payload, topic, reason, None)
 
     def _accept(self, topic_b: bytes, payload: bytes, out: list[Any]) -> None:
         try:
@@ -363,6 +391,9 @@ class SubSource:
                 self._last[job.session] = seq
                 self._count_session(job.session, seq)
                 self.stats.messages_recovered += 1
+                if len(payload) > self.max_message_bytes:
+                    self._reject_oversized(payload, topic_b)
+                    continue
                 try:
                     data = orjson.loads(payload)
                 except orjson.JSONDecodeError as exc:
