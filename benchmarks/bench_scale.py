@@ -41,6 +41,7 @@ from benchmarks.bench_models import save_bundle, vectors
 from benchmarks.report import record, write_section
 from qt_cli.core import keys
 from qt_cli.core.events import BookUpdate, Event, FeatureVector, Trade
+from qt_cli.core.features.backfill import to_event
 from qt_cli.core.features.engine import FeatureEngine
 from qt_cli.core.features.share import STAGE as FEATURES
 from qt_cli.core.models.bundle import load
@@ -99,14 +100,8 @@ def compute_vectors(events: Sequence[Event]) -> tuple[list[FeatureVector], float
             continue
         seqs[event.symbol] += 1
         out.append(
-            FeatureVector(
-                symbol=event.symbol,
-                ts_event=vector.ts_event,
-                feature_set=vector.feature_set,
-                catalog_hash=vector.catalog_version,
-                features=dict(zip(vector.names, vector.values, strict=True)),
-                reasons=vector.reasons,
-                warm=vector.warm,
+            to_event(
+                vector,
                 ts_init=event.ts_init,
                 session=f"scalefeat.{event.symbol}",
                 seq=seqs[event.symbol],
