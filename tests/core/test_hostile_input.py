@@ -393,7 +393,7 @@ def test_a_bundle_whose_onnx_graph_is_garbage_is_refused_by_verify_and_serving(
         ({"features": {"set": 5, "names": ["a"]}}, "'features.set' is not"),
         ({"label": {"classes": [{"index": 0}]}}, "lacks an index, a value, a label"),
         ({"serving": None}, "'serving' is not an object"),
-        ({"validation": {"model": 1}}, "other than metric objects"),
+        ({"validation": {"model": 1}}, "is not an object of metrics"),
     ],
 )
 def test_bundle_metadata_serving_cannot_read_is_named(

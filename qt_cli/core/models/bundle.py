@@ -184,8 +184,10 @@ def metadata_problem(metadata: dict[str, Any]) -> str | None:
     for section in ("serving", "training", "validation"):  # optional, objects when present
         if not isinstance(metadata.get(section, {}), dict):
             return f"metadata '{section}' is not an object"
-    if not all(isinstance(v, dict) for v in metadata.get("validation", {}).values()):
-        return "metadata 'validation' holds something other than metric objects"
+    validation = metadata.get("validation", {})
+    for name in ("model", "baseline"):  # the metrics read back (the rest: scheme, folds, …)
+        if not isinstance(validation.get(name, {}), dict):
+            return f"metadata 'validation.{name}' is not an object of metrics"
     return None
 
 
