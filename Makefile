@@ -36,7 +36,7 @@ test-slow: venv valkey  ## only the slow fault tests (docs/RELIABILITY.md); make
 demo: venv valkey  ## the main job on the embedded default: a simulated market through the whole pipeline
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
-bench: venv valkey  ## every benchmark (about 10 minutes), written to BENCHMARKS.md with a summary table
+bench: venv valkey  ## every benchmark (about 9 minutes), written to BENCHMARKS.md with a summary table
 	@start=$$(date +%s); for b in benchmarks/bench_*.py; do t=$$(date +%s); echo "== $$b"; \
 		$(BIN)/python -m benchmarks.$$(basename $$b .py) || exit 1; \
 		echo "== $$b: $$(( $$(date +%s) - t )) s"; done; \
