@@ -875,7 +875,9 @@ def _dict_decoder(cls: type[Event]) -> Any:
     if cls is FeatureVector:
         lines.append("e._check_features()")
     body = "".join(f"        {line}\n" for line in ["e = new(cls)", *lines, "e._validate()"])
-    source = f"def decode(d):\n    try:\n{body}    except errors:\n        return None\n    return e\n"
+    source = (
+        f"def decode(d):\n    try:\n{body}    except errors:\n        return None\n    return e\n"
+    )
     exec(compile(source, f"<decode {cls.__name__} dict>", "exec"), env)  # noqa: S102
     if cls is not Trade:
         return env["decode"]

@@ -23,10 +23,10 @@ from qt_cli.core.errors import DecodeError, QtError
 from qt_cli.core.events import (
     _DICT_DECODERS,
     EVENT_TYPES,
-    BookUpdate,
     INT_MAX,
     INT_MIN,
     MAX_TS_NS,
+    BookUpdate,
     Candle,
     Event,
     FeatureVector,
@@ -180,9 +180,7 @@ def typed_messages(draw: Any, floats: st.SearchStrategy[float]) -> dict[str, Any
     for _ in range(draw(st.integers(0, 3))):
         name = draw(st.sampled_from(sorted(own)) | st.sampled_from(FIELD_NAMES))
         typed = {int: wire_ints | hostile_ints, float: floats, str: hostile_text}
-        value = draw(
-            typed.get(own.get(name), st.booleans()) | json_values(floats) | st.just(_GONE)
-        )
+        value = draw(typed.get(own.get(name), st.booleans()) | json_values(floats) | st.just(_GONE))
         if value is _GONE:
             out.pop(name, None)
         else:
