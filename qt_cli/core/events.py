@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING as _dataclass_missing
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -729,6 +729,24 @@ STREAM_EVENTS: dict[str, tuple[type[Event], ...]] = {
 STREAM_KINDS: tuple[str, ...] = tuple(STREAM_EVENTS)
 
 
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """What a reader told to `skip` a type hands out for a message or entry of it instead of
+    the decoded event: where it stands (symbol, stream, event time), for a stage that merges
+    streams by event time but does not use that type (the features stage and top of book)."""
+
+    symbol: str
+    stream_kind: str
+    ts_event: int
+
+
+def skip_types(streams: Sequence[str], used: Sequence[type[Event]]) -> frozenset[str]:
+    """The event types stored in `streams` other than `used` (what a reader can `skip`)."""
+    return frozenset(
+        cls.TYPE for stream in streams for cls in STREAM_EVENTS[stream] if cls not in used
+    )
+
+
 def decode_dict(data: Any) -> Event:
     """Decode a wire dict (or flat fields) into its event; DecodeError names the bad field."""
     if type(data) is dict:
@@ -891,6 +909,24 @@ def _dict_decoder(cls: type[Event]) -> Any:
     return decode_trade
 
 
+def values_maker(cls: type[Event]) -> Callable[[Sequence[Any]], Any]:
+    """`cls(*values)` for every field's value in field order, setting the slots directly (a
+    frozen dataclass's __init__ costs twice as much); for values an event of `cls` already
+    had (no conversion, no validation). Compiled once per class."""
+    made = _MAKERS.get(cls)
+    if made is None:
+        env: dict[str, Any] = {"new": cls.__new__, "cls": cls}
+        lines = ["e = new(cls)"]
+        for i, (name, _, _) in enumerate(cls._spec):
+            env[f"s{i}"] = getattr(cls, name).__set__
+            lines.append(f"s{i}(e, r[{i}])")
+        body = "".join(f"    {line}\n" for line in [*lines, "return e"])
+        exec(compile(f"def make(r):\n{body}", f"<make {cls.__name__}>", "exec"), env)  # noqa: S102
+        made = _MAKERS[cls] = env["make"]
+    return made
+
+
+_MAKERS: dict[type[Event], Any] = {}
 _DICT_DECODERS: dict[str, Any] = {}
 for _kind, _cls in EVENT_TYPES.items():
     if _cls.from_dict.__func__ is Event.from_dict.__func__ or _cls in (Trade, FeatureVector):  # type: ignore[attr-defined]
