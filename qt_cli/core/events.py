@@ -822,9 +822,12 @@ def _bytes_decoder(cls: type[Event]) -> Any:
             convert = f"(float({v}) if {v} else nan)"
         elif typ is str:
             convert = f"{v}.decode()"
-        else:
-            env[f"c{i}"] = _CONVERT.get(typ, _to_json)
+        elif typ is bool:
+            env[f"c{i}"] = _to_bool
             convert = f"c{i}({name!r}, {v})"
+        else:  # JSON text (an empty list, as most book entries hold, without parsing it)
+            env[f"c{i}"] = _to_json
+            convert = f"([] if {v} == b'[]' else c{i}({name!r}, {v}))"
         if default is _MISSING:
             exprs.append(f"{name}=({convert} if ({v} := f[{name.encode()!r}]) is not None else 0)")
             continue
