@@ -659,16 +659,14 @@ class BookBlock:
         self.cancels = Prefix(100)
         self.replenish = Prefix(100)
 
-    def _l1(self) -> tuple[float, float, float, float]:
-        b = self.bids[0] if self.bids else (NAN, 0)
-        a = self.asks[0] if self.asks else (NAN, 0)
-        return b[0], b[1], a[0], a[1]
-
     def apply(self, ev: BookUpdate) -> bool:
         """Apply one price-book event; False when its position does not exist (skipped)."""
-        side = self.bids if ev.side == "bid" else self.asks
+        bid = ev.side == "bid"
+        side = self.bids if bid else self.asks
         pos = ev.position
-        before = self._l1()
+        # only this side's best level can move: the order-flow imbalance term of the other side
+        # is q - q = 0
+        p0, q0 = side[0] if side else (NAN, 0)
         grow = shrink = 0
         action = ev.action
         if action == "add":
@@ -681,8 +679,9 @@ class BookBlock:
         elif not 0 <= pos < len(side):
             return False
         elif action == "edit":
-            old = side[pos][1]
-            side[pos][1] = ev.quantity
+            level = side[pos]
+            old = level[1]
+            level[1] = ev.quantity
             grow = 1 if ev.quantity > old else 0
             shrink = 1 if ev.quantity < old else 0
         elif action == "delete":
@@ -691,13 +690,13 @@ class BookBlock:
         else:  # delete_from: positions pos..0, the best pos + 1 levels
             del side[: pos + 1]
             shrink = 1
-        bp0, bq0, ap0, aq0 = before
-        bp, bq, ap, aq = self._l1()
+        p1, q1 = side[0] if side else (NAN, 0)
         e: float = 0  # quantities may be floats; pushed as int
-        if bp == bp and bp0 == bp0:
-            e += (bq if bp >= bp0 else 0) - (bq0 if bp <= bp0 else 0)
-        if ap == ap and ap0 == ap0:
-            e += -(aq if ap <= ap0 else 0) + (aq0 if ap >= ap0 else 0)
+        if p1 == p1 and p0 == p0:
+            if bid:
+                e = (q1 if p1 >= p0 else 0) - (q0 if p1 <= p0 else 0)
+            else:
+                e = (q0 if p1 >= p0 else 0) - (q1 if p1 <= p0 else 0)
         self.ofi.push(int(e))
         self.cancels.push(shrink)
         self.replenish.push(grow)
