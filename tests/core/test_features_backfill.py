@@ -437,3 +437,70 @@ def test_a_skipped_type_comes_as_where_it_stands_and_a_bad_one_is_still_rejected
         source.close()
     assert [e.event for e in got] == [Passed("WDOQ25", "book", 1754654400000000000)]
     assert source.rejected == 1
+
+
+def test_the_helper_reader_waits_out_a_valkey_outage_and_loses_nothing(tmp_path):
+    """A Valkey outage while the helper process reads: the stage warns once and counts it, the
+    helper retries, and once Valkey is back every trade is computed once, in order."""
+    import threading
+
+    import valkey
+
+    from qt_cli.core.events import NS_PER_MS, Trade
+    from qt_cli.core.features import live
+    from qt_cli.core.stage import run_stage
+    from qt_cli.core.store.managed import ManagedValkey
+    from qt_cli.core.store.writer import StreamWriter
+    from tests.helpers import eventually, free_port
+
+    server = ManagedValkey(tmp_path / "own-valkey", port=free_port())
+    status = server.start()
+    client = valkey.Valkey(host="127.0.0.1", port=status.port)
+
+    def seed(first: int, n: int) -> None:
+        trades = [
+            Trade(
+                symbol="WDOQ25",
+                ts_event=(1_754_654_400_000 + i) * NS_PER_MS,
+                price=5000.0 + i % 7,
+                quantity=1 + i % 3,
+                aggressor="buy" if i % 2 else "sell",
+                session="seed.ticks",
+                seq=i + 1,
+            )
+            for i in range(first, first + n)
+        ]
+        StreamWriter(client, maxlen=0).append_events(trades)
+
+    seed(0, 300)
+    warnings: list[str] = []
+    reader = live.valkey_input(status.url, ["WDOQ25"], ("ticks",), aside=True)
+    stage = live.LiveFeatures(
+        reader,
+        None,
+        engine=FeatureEngine("seed65", symbols=["WDOQ25"]),
+        symbols=["WDOQ25"],
+        every="trade",
+        warn=warnings.append,
+    )
+    got: list = []
+    real_emit = stage._emit
+    stage._emit = lambda kept: got.extend(v for v, _ in kept) or real_emit(kept)
+    thread = threading.Thread(target=run_stage, args=(stage,), kwargs={"handle_signals": False})
+    thread.start()
+    try:
+        eventually(lambda: stage.stats.trades == 300, message="the first 300 trades")
+        server.stop()
+        eventually(lambda: stage.stats.outages > 0, timeout=10, message="the outage seen")
+        server.start()
+        seed(300, 300)
+        eventually(lambda: stage.stats.trades == 600, timeout=20, message="caught up")
+    finally:
+        stage.stop("test")
+        thread.join(20)
+        client.close()
+        server.stop()
+    assert not thread.is_alive()
+    assert any("Valkey unreachable" in w for w in warnings)
+    stamps = [v.ts_event for v in got]
+    assert len(stamps) == 600 and stamps == sorted(set(stamps))

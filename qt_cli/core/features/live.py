@@ -208,10 +208,9 @@ _VALUES[BOOK] = operator.attrgetter(*(n for n, _, _ in BookUpdate._spec))
 
 def _read_aside(reader: MergedReader, conn: Any, parent: int) -> None:
     """The helper process of `AsideReader`: reads, decodes and merges (the client's pool opens
-    its own connection in a forked process),
-    and sends what it releases down `conn` as plain values (pickled tuples: a tenth of the cost
-    of pickling events), with the counts the stage reports. It stops when the stage does (the
-    pipe closes, or its parent is gone)."""
+    its own connection in a forked process), and sends what it releases down `conn` as plain
+    values (pickled tuples: a tenth of the cost of pickling events), with the counts the stage
+    reports. It stops when the stage does (the pipe closes, or its parent is gone)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.freeze()  # collections skip what the stage's process had built (copied page by page)
     backoff = 0.1
@@ -273,28 +272,36 @@ class AsideReader:
         self.rejected = 0
         self._waiting = 0
         self.share = None
+        self._held: tuple[Any, ...] | None = None  # an outage or error after rows: said next
         self._make = {TRADE: values_maker(Trade), BOOK: values_maker(BookUpdate)}
 
     def read(self, timeout_s: float) -> list[tuple[int, SourceEntry]]:
         conn = self._conn
         out: list[tuple[int, SourceEntry]] = []
-        if not conn.poll(timeout_s):
+        if self._held is None and not conn.poll(timeout_s):
             return out
         make_trade, make_book = self._make[TRADE], self._make[BOOK]
         while True:
-            try:
-                # Trusted: our own forked helper wrote it down a private pipe (never a file or
-                # a socket), so unpickling it runs nothing the user did not already run.
-                message = pickle.loads(conn.recv_bytes())  # trusted (see above)
-            except EOFError:
-                raise DataError(
-                    "the process reading the streams stopped "
-                    f"(exit code {self._helper.exitcode}); start the stage again"
-                ) from None
+            message, self._held = self._held, None
+            if message is None:
+                try:
+                    # Trusted: our own forked helper wrote it down a private pipe (never a file
+                    # or a socket), so unpickling it runs nothing the user did not already run.
+                    message = pickle.loads(conn.recv_bytes())  # trusted (see above)
+                except EOFError:
+                    if out:
+                        return out  # the next read says it
+                    raise DataError(
+                        "the process reading the streams stopped "
+                        f"(exit code {self._helper.exitcode}); start the stage again"
+                    ) from None
             what = message[0]
-            if what == "outage":
-                raise ConnectionError(message[1])  # a ConnectionFailure: the stage retries
-            if what == "error":
+            if what != "rows":
+                if out:  # what came before goes first; the next read says it
+                    self._held = message
+                    return out
+                if what == "outage":
+                    raise ConnectionError(message[1])  # a ConnectionFailure: the stage retries
                 raise message[1]
             self.received, self.rejected, self._waiting = message[1]
             for item in message[2]:
