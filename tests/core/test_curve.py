@@ -51,6 +51,17 @@ def test_keys_generate_command_json(qt, tmp_path: Path) -> None:
     assert secret.decode() not in result.stdout + result.stderr
 
 
+def test_a_key_path_the_system_cannot_look_at_is_an_error_line(tmp_path: Path) -> None:
+    """A path too long for the file system (or any OSError looking at it) is a usage error, not
+    an unexpected OSError."""
+    too_long = "x" * 5000
+    for kwargs in ({"secret_key": too_long}, {"server_key": too_long}):
+        with pytest.raises(UsageError, match="cannot read it"):
+            curve.load(**kwargs)
+    with pytest.raises(UsageError, match="--curve-clients"):
+        curve.load(str(keypair(tmp_path / "k")[1]), clients=too_long)
+
+
 def test_a_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     _, secret = keypair(tmp_path)
     secret.chmod(0o644)

@@ -90,9 +90,13 @@ def _write(path: Path, text: str, mode: int) -> None:
 
 def _load(path: str, what: str, *, secret: bool) -> tuple[bytes, bytes]:
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise UsageError(f"{what} {file}: no such file (make one with 'qt keys generate')")
-    if secret and file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    try:
+        if not file.is_file():
+            raise UsageError(f"{what} {file}: no such file (make one with 'qt keys generate')")
+        mode = file.stat().st_mode
+    except OSError as exc:  # a name too long, a directory we may not enter, ...
+        raise UsageError(f"{what} {path[:200]}: cannot read it ({exc.strerror})") from None
+    if secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(f"{what} {file} is readable by others: chmod 600 {file}")
     try:
         public, secret_key = zmq.auth.load_certificate(file)
@@ -117,7 +121,11 @@ def load(
     elif secret:
         server_public = public
     if clients:
-        if not Path(clients).expanduser().is_dir():
+        try:
+            is_dir = Path(clients).expanduser().is_dir()
+        except OSError as exc:
+            raise UsageError(f"--curve-clients {clients[:200]}: {exc.strerror}") from None
+        if not is_dir:
             raise UsageError(f"--curve-clients {clients}: not a directory of public *.key files")
         if not secret:
             raise UsageError("--curve-clients needs --curve-secret-key (the server's own key pair)")
