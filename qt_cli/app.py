@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 import traceback
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -42,17 +43,31 @@ class QtGroup(TyperGroup):
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except (typer.Exit, typer.Abort, BrokenPipeError):
             raise  # a closed stdout is no error: main() ends quietly
+        except OSError as exc:
+            if exc.errno not in _PATH_ERRNOS or not exc.filename:
+                _unexpected(exc)
+            # a path the user gave that the system refuses: the path and why
+            _report(f"{str(exc.filename)[:200]}: {exc.strerror}")
+            raise typer.Exit(int(ExitCode.ERROR)) from None
         except Exception as exc:
             if getattr(exc, "exit_code", None) is not None and type(exc).__module__.startswith(
                 ("click", "typer")
             ):
                 raise
-            if config.current().log_level == "debug":
-                traceback.print_exc()
-            _report(
-                f"unexpected {type(exc).__name__}: {exc} (run with --log-level debug for details)"
-            )
-            raise typer.Exit(int(ExitCode.ERROR)) from None
+            _unexpected(exc)
+
+
+# What a path given on the command line can meet: said as such, not as a crash.
+_PATH_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.ELOOP}
+)
+
+
+def _unexpected(exc: BaseException) -> NoReturn:
+    if config.current().log_level == "debug":
+        traceback.print_exc()
+    _report(f"unexpected {type(exc).__name__}: {exc} (run with --log-level debug for details)")
+    raise typer.Exit(int(ExitCode.ERROR)) from None
 
 
 def _report(message: str) -> None:

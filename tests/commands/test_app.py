@@ -86,3 +86,14 @@ def test_error_from_a_real_process_has_no_traceback(qt, tmp_path: Path) -> None:
         bad.stderr.strip() == "Error: log level 'loud': choose one of debug, info, warning, error"
     )
     assert "Traceback" not in bad.stderr
+
+
+def test_a_path_the_system_refuses_is_an_error_line_not_a_crash(cli: CliRunner) -> None:
+    """A path argument the file system refuses (a name too long, ...) is said as such: the path
+    and the system's reason, exit 1; not an 'unexpected OSError' (a crash)."""
+    too_long = "x" * 300
+    for args in (["models", "list", too_long], ["models", "show", too_long]):
+        result = cli.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert "File name too long" in result.output, result.output
+        assert "unexpected" not in result.output and "Traceback" not in result.output
