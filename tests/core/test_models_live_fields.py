@@ -185,3 +185,30 @@ def test_the_wire_decoder_decodes_as_the_general_path() -> None:
     sent = {**wire, "origin": "feat1", "origin_seq": 9, "session": "pub.features", "seq": 77}
     decoded = decode(orjson.dumps(sent))
     assert repr(decoded) == repr(replace(general(sent), session="feat1", seq=9))
+
+
+@pytest.mark.parametrize("cls", [FeatureVector, Prediction, Signal])
+def test_the_quick_init_takes_what_the_dataclass_init_took(cls) -> None:
+    """Same parameters in field order, same defaults, a new dict per instance, still frozen."""
+    import dataclasses
+    import inspect
+
+    specs = dataclasses.fields(cls)
+    assert list(inspect.signature(cls).parameters) == [f.name for f in specs]
+    plain = cls("WDOQ25", T0)
+    for f in specs[2:]:
+        want = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert repr(getattr(plain, f.name)) == repr(want)
+    values = [getattr(plain, f.name) for f in specs]
+    assert repr(cls(*values)) == repr(
+        cls(**{f.name: x for f, x in zip(specs, values, strict=True)})
+    )
+    factories = [f.name for f in specs if f.default_factory is not dataclasses.MISSING]
+    other = cls("WDOQ25", T0)
+    assert all(getattr(plain, n) is not getattr(other, n) for n in factories)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.symbol = "X"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cls("WDOQ25")  # type: ignore[call-arg]
+    assert cls.__init__.__qualname__ == f"{cls.__name__}.__init__"
+    assert "<init" in cls.__init__.__code__.co_filename  # the quick one, not the generated one
