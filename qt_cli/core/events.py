@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING as _dataclass_missing
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -805,8 +805,35 @@ STREAM_EVENTS: dict[str, tuple[type[Event], ...]] = {
 STREAM_KINDS: tuple[str, ...] = tuple(STREAM_EVENTS)
 
 
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """What a reader told to `skip` a type hands out for a message or entry of it instead of
+    the decoded event: where it stands (symbol, stream, event time), for a stage that merges
+    streams by event time but does not use that type (the features stage and top of book)."""
+
+    symbol: str
+    stream_kind: str
+    ts_event: int
+
+
+def skip_types(streams: Sequence[str], used: Sequence[type[Event]]) -> frozenset[str]:
+    """The event types stored in `streams` other than `used` (what a reader can `skip`)."""
+    return frozenset(
+        cls.TYPE for stream in streams for cls in STREAM_EVENTS[stream] if cls not in used
+    )
+
+
 def decode_dict(data: Any) -> Event:
     """Decode a wire dict (or flat fields) into its event; DecodeError names the bad field."""
+    if type(data) is dict:
+        kind = data.get("type")
+        fast = _DICT_DECODERS.get(kind) if type(kind) is str else None
+        if fast is not None:
+            event = fast(data)
+            if event is not None:
+                if data.get("origin"):
+                    _set_origin(event, data)
+                return event
     if not isinstance(data, dict):
         raise DecodeError(f"expected a JSON object, got {type(data).__name__}", field=None)
     kind = data.get("type")
@@ -816,17 +843,22 @@ def decode_dict(data: Any) -> Event:
     if cls is None:
         raise DecodeError(f"field 'type': unknown event type {kind!r}", field="type")
     event = cls.from_dict(data)
-    origin = data.get("origin")
-    if origin:  # a replayed record: stored under its own identity (docs/feed.md)
-        if isinstance(origin, bytes):
-            origin = origin.decode()
-        session = _to_str("origin", origin)
-        seq = _to_int("origin_seq", data.get("origin_seq"))
-        if seq <= 0:
-            raise DecodeError(f"field 'origin_seq': must be positive ({seq})", field="origin_seq")
-        object.__setattr__(event, "session", session)  # a fresh instance: nobody else holds it
-        object.__setattr__(event, "seq", seq)
+    if data.get("origin"):
+        _set_origin(event, data)
     return event
+
+
+def _set_origin(event: Event, data: dict[str, Any]) -> None:
+    """A replayed record (an `origin` field): stored under its own identity (docs/feed.md)."""
+    origin = data["origin"]
+    if isinstance(origin, bytes):
+        origin = origin.decode()
+    session = _to_str("origin", origin)
+    seq = _to_int("origin_seq", data.get("origin_seq"))
+    if seq <= 0:
+        raise DecodeError(f"field 'origin_seq': must be positive ({seq})", field="origin_seq")
+    object.__setattr__(event, "session", session)  # a fresh instance: nobody else holds it
+    object.__setattr__(event, "seq", seq)
 
 
 def decode(payload: bytes | str) -> Event:
@@ -866,9 +898,12 @@ def _bytes_decoder(cls: type[Event]) -> Any:
             convert = f"(float({v}) if {v} else nan)"
         elif typ is str:
             convert = f"{v}.decode()"
-        else:
-            env[f"c{i}"] = _CONVERT.get(typ, _to_json)
+        elif typ is bool:
+            env[f"c{i}"] = _to_bool
             convert = f"c{i}({name!r}, {v})"
+        else:  # JSON text (an empty list, as most book entries hold, without parsing it)
+            env[f"c{i}"] = _to_json
+            convert = f"([] if {v} == b'[]' else c{i}({name!r}, {v}))"
         if default is _MISSING:
             exprs.append(f"{name}=({convert} if ({v} := f[{name.encode()!r}]) is not None else 0)")
             continue
@@ -877,10 +912,104 @@ def _bytes_decoder(cls: type[Event]) -> Any:
         exprs.append(
             f"{name}=({convert} if ({v} := f.get({name.encode()!r})) is not None else {fallback})"
         )
-    source = f"def decode(f):\n    return cls({', '.join(exprs)})\n"
+    # the slots set directly: a frozen dataclass's __init__ costs twice as much
+    env["new"] = cls.__new__
+    lines = ["e = new(cls)"]
+    for i, expr in enumerate(exprs):
+        name, value = expr.split("=", 1)
+        env[f"s{i}"] = getattr(cls, name).__set__
+        lines.append(f"s{i}(e, {value})")
+    body = "".join(f"    {line}\n" for line in [*lines, "return e"])
+    source = f"def decode(f):\n{body}"
     exec(compile(source, f"<decode {cls.__name__} fields>", "exec"), env)  # noqa: S102
     return env["decode"]
 
+
+def _fallback() -> Any:
+    raise ValueError("the general path decides")
+
+
+# What a fast decoder leaves to the general path (which raises the error it always raised).
+_FALLBACK_ERRORS = (KeyError, DecodeError, ValueError, TypeError, AttributeError, OverflowError)
+
+
+def _dict_decoder(cls: type[Event]) -> Any:
+    """`cls.from_dict` for a wire dict as orjson gives it (values already ints, floats, text,
+    booleans, lists and objects), one expression per field (compiled once, at import). It takes
+    only values of the field's own JSON type and returns None for anything else (text for a
+    number, a missing required field, a seed-era tick, a validation error): `from_dict` then
+    decides, converting or raising as it always did. Its events equal `from_dict`'s (a test
+    checks both on generated dicts)."""
+    env: dict[str, Any] = {"new": cls.__new__, "cls": cls, "nan": math.nan, "bad": _fallback}
+    env.update(M=_MISSING, errors=_FALLBACK_ERRORS)
+    lines = []
+    for i, (name, typ, default) in enumerate(cls._spec):
+        v = f"v{i}"
+        env[f"s{i}"] = getattr(cls, name).__set__  # the slot itself: no __init__ (frozen: slow)
+        if typ is int:  # bool is not int here: from_dict converts it
+            convert = f"({v} if type({v}) is int and {INT_MIN} <= {v} <= {INT_MAX} else bad())"
+        elif typ is float:
+            convert = (
+                f"({v} if type({v}) is float else float({v}) if type({v}) is int "
+                f"else nan if {v} is None else bad())"
+            )
+        elif typ is str:
+            convert = f"({v} if type({v}) is str else bad())"
+        elif typ is bool:
+            convert = f"({v} if type({v}) is bool else bad())"
+        else:  # JSON held as is: a list or an object (text is parsed by from_dict)
+            convert = f"({v} if type({v}) is list or type({v}) is dict else bad())"
+        if default is _MISSING:
+            lines.append(f"{v} = d[{name!r}]")
+            lines.append(f"s{i}(e, {convert})")
+            continue
+        env[f"d{i}"] = default
+        fallback = f"d{i}()" if callable(default) else f"d{i}"
+        present = f"({v} := d.get({name!r}, M)) is not M"
+        if typ is not float:  # null is "missing" for these (from_dict takes the default)
+            present += f" and {v} is not None"
+        lines.append(f"s{i}(e, {convert} if {present} else {fallback})")
+    if cls is FeatureVector:
+        lines.append("e._check_features()")
+    body = "".join(f"        {line}\n" for line in ["e = new(cls)", *lines, "e._validate()"])
+    source = (
+        f"def decode(d):\n    try:\n{body}    except errors:\n        return None\n    return e\n"
+    )
+    exec(compile(source, f"<decode {cls.__name__} dict>", "exec"), env)  # noqa: S102
+    if cls is not Trade:
+        return env["decode"]
+    plain = env["decode"]
+
+    def decode_trade(d: dict[str, Any]) -> Any:  # a seed-era tick lacks these: from_dict
+        if "ts_event" in d and "ts_init" in d and "aggressor" in d:
+            return plain(d)
+        return None
+
+    return decode_trade
+
+
+def values_maker(cls: type[Event]) -> Callable[[Sequence[Any]], Any]:
+    """`cls(*values)` for every field's value in field order, setting the slots directly (a
+    frozen dataclass's __init__ costs twice as much); for values an event of `cls` already
+    had (no conversion, no validation). Compiled once per class."""
+    made = _MAKERS.get(cls)
+    if made is None:
+        env: dict[str, Any] = {"new": cls.__new__, "cls": cls}
+        lines = ["e = new(cls)"]
+        for i, (name, _, _) in enumerate(cls._spec):
+            env[f"s{i}"] = getattr(cls, name).__set__
+            lines.append(f"s{i}(e, r[{i}])")
+        body = "".join(f"    {line}\n" for line in [*lines, "return e"])
+        exec(compile(f"def make(r):\n{body}", f"<make {cls.__name__}>", "exec"), env)  # noqa: S102
+        made = _MAKERS[cls] = env["make"]
+    return made
+
+
+_MAKERS: dict[type[Event], Any] = {}
+_DICT_DECODERS: dict[str, Any] = {}
+for _kind, _cls in EVENT_TYPES.items():
+    if _cls.from_dict.__func__ is Event.from_dict.__func__ or _cls in (Trade, FeatureVector):  # type: ignore[attr-defined]
+        _DICT_DECODERS[_kind] = _dict_decoder(_cls)
 
 _BYTES_DECODERS = {cls: _bytes_decoder(cls) for cls in dict.fromkeys(EVENT_TYPES.values())}
 _BYTES_TYPES: dict[bytes, tuple[type[Event], Any]] = {

@@ -56,6 +56,7 @@ def open_source(
     replay: str | None = None,
     password: str = "",
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    skip: frozenset[str] = frozenset(),
 ) -> Source:
     """Open an input: ZeroMQ SUB (connect), Valkey streams, stdin JSON lines, or a file.
 
@@ -66,14 +67,15 @@ def open_source(
     `store.reader.StreamSource`: entries then carry ids and are acknowledged by the stage).
     `replay` is the replay endpoint a ZeroMQ input recovers gaps from (None: gaps are lost);
     `password` is Valkey's; `max_message_bytes` the largest ZeroMQ message decoded (a longer one
-    is rejected: `SubSource`).
+    is rejected: `SubSource`). `skip`: event types not decoded (ZeroMQ and Valkey; handed out
+    as `events.Passed`).
     """
     ep = parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
     if ep.kind == "zmq":
         from qt_cli.core import zmq_io
 
         return zmq_io.SubSource(
-            ep, symbols=symbols, replay=replay, max_message_bytes=max_message_bytes
+            ep, symbols=symbols, replay=replay, max_message_bytes=max_message_bytes, skip=skip
         )
     if ep.kind == "valkey":
         from qt_cli.core import store
@@ -88,6 +90,7 @@ def open_source(
             consumer=consumer,
             claim_idle_s=claim_idle_s,
             count=count,
+            skip=skip,
         )
     if ep.kind == "stdio":
         from qt_cli.core import files

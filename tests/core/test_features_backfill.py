@@ -346,7 +346,7 @@ def test_live_catch_up_holds_a_bounded_backlog_and_equals_the_backfill(
         while True:
             before = stage.stats.received
             stage._step()
-            held.append(max(len(m) for m in stage._merges.values()))
+            held.append(max(len(m) for m in stage.reader._merges.values()))
             if stage.stats.received == before:
                 break
     finally:
@@ -360,3 +360,147 @@ def test_live_catch_up_holds_a_bounded_backlog_and_equals_the_backfill(
         assert [v.ts_event for v in mine] == [v.ts_event for v in theirs]
         for x, y in zip(mine, theirs, strict=True):
             assert all(_same(a, b) for a, b in zip(x.values, y.values, strict=True))
+
+
+def _live_vectors(stage) -> list:
+    """Every vector (with its input entry) the live stage computes until its input is drained."""
+    got = []
+    real_emit = stage._emit
+    stage._emit = lambda kept: got.extend(kept) or real_emit(kept)
+    quiet = 0
+    try:
+        while quiet < 3:  # the helper process may still be reading: a few empty reads in a row
+            before = stage.stats.received
+            stage._step()
+            quiet = quiet + 1 if stage.stats.received == before else 0
+    finally:
+        stage.close()
+    return got
+
+
+def test_the_stage_reading_through_a_helper_process_computes_what_it_computes_reading_here(
+    stored, valkey_url
+):
+    """`--in valkey://…` (no group) reads, decodes and merges in a helper process
+    (`AsideReader`): the same vectors, from the same input entries (the identities they are
+    stored under), as reading in the stage's own process; top-of-book entries are not decoded
+    (`Passed`), neither way, and the counts agree."""
+    from qt_cli.core.features import live
+
+    kinds = ("ticks", "book")
+    runs = {}
+    for aside in (False, True):
+        reader = live.valkey_input(valkey_url, SYMBOLS, kinds, aside=aside)
+        assert isinstance(reader, live.AsideReader if aside else live.MergedReader)
+        stage = live.LiveFeatures(
+            reader,
+            None,
+            engine=FeatureEngine("qt", symbols=SYMBOLS),
+            symbols=SYMBOLS,
+            every="trade",
+        )
+        got = _live_vectors(stage)
+        runs[aside] = (got, stage.totals())
+    (inline, here), (aside, there) = runs[False], runs[True]
+    assert len(inline) > 500 and len(aside) == len(inline)
+    for (x, ex), (y, ey) in zip(inline, aside, strict=True):
+        assert (ex.key, ex.id, ex.event) == (ey.key, ey.id, ey.event)
+        assert x.lineage == y.lineage and x.ts_event == y.ts_event
+        assert all(_same(a, b) for a, b in zip(x.values, y.values, strict=True))
+    for name in ("received", "trades", "book_events", "vectors", "rejected", "waiting"):
+        assert here[name] == there[name], name
+    assert here["counters"] == there["counters"]
+    tob = sum(1 for e in stored if type(e).__name__ == "TopOfBook")
+    # every entry read: a trade or book event computed, a top of book passed, or one waiting
+    # for the other stream (the last trades wait for a later book event)
+    handled = here["trades"] + here["book_events"] + tob + here["waiting"]
+    assert tob > 0 and here["received"] == handled
+
+
+def test_a_skipped_type_comes_as_where_it_stands_and_a_bad_one_is_still_rejected(vk, valkey_url):
+    """`StreamSource(skip=…)`: an entry of a skipped type is handed out as `Passed` (symbol,
+    stream, event time) without being decoded; one whose event time does not read is decoded,
+    so it is rejected and counted as before."""
+    from qt_cli.core import keys
+    from qt_cli.core.events import Passed
+    from qt_cli.core.io import open_source
+
+    key = keys.stream_key("book", "WDOQ25")
+    vk.xadd(key, {"type": "tob", "symbol": "WDOQ25", "ts_event": "1754654400000000000"})
+    vk.xadd(key, {"type": "tob", "symbol": "WDOQ25", "ts_event": "soon"})
+    source = open_source(
+        valkey_url, symbols=["WDOQ25"], kinds=("book",), start="0", skip=frozenset({"tob"})
+    )
+    try:
+        got = source.read_entries(0.1)
+    finally:
+        source.close()
+    assert [e.event for e in got] == [Passed("WDOQ25", "book", 1754654400000000000)]
+    assert source.rejected == 1
+
+
+def test_the_helper_reader_waits_out_a_valkey_outage_and_loses_nothing(tmp_path):
+    """A Valkey outage while the helper process reads: the stage warns once and counts it, the
+    helper retries, and once Valkey is back every trade is computed once, in order."""
+    import threading
+
+    import valkey
+
+    from qt_cli.core.events import NS_PER_MS, Trade
+    from qt_cli.core.features import live
+    from qt_cli.core.stage import run_stage
+    from qt_cli.core.store.managed import ManagedValkey
+    from qt_cli.core.store.writer import StreamWriter
+    from tests.helpers import eventually, free_port
+
+    server = ManagedValkey(tmp_path / "own-valkey", port=free_port())
+    status = server.start()
+    client = valkey.Valkey(host="127.0.0.1", port=status.port)
+
+    def seed(first: int, n: int) -> None:
+        trades = [
+            Trade(
+                symbol="WDOQ25",
+                ts_event=(1_754_654_400_000 + i) * NS_PER_MS,
+                price=5000.0 + i % 7,
+                quantity=1 + i % 3,
+                aggressor="buy" if i % 2 else "sell",
+                session="seed.ticks",
+                seq=i + 1,
+            )
+            for i in range(first, first + n)
+        ]
+        StreamWriter(client, maxlen=0).append_events(trades)
+
+    seed(0, 300)
+    warnings: list[str] = []
+    reader = live.valkey_input(status.url, ["WDOQ25"], ("ticks",), aside=True)
+    stage = live.LiveFeatures(
+        reader,
+        None,
+        engine=FeatureEngine("seed65", symbols=["WDOQ25"]),
+        symbols=["WDOQ25"],
+        every="trade",
+        warn=warnings.append,
+    )
+    got: list = []
+    real_emit = stage._emit
+    stage._emit = lambda kept: got.extend(v for v, _ in kept) or real_emit(kept)
+    thread = threading.Thread(target=run_stage, args=(stage,), kwargs={"handle_signals": False})
+    thread.start()
+    try:
+        eventually(lambda: stage.stats.trades == 300, message="the first 300 trades")
+        server.stop()
+        eventually(lambda: stage.stats.outages > 0, timeout=10, message="the outage seen")
+        server.start()
+        seed(300, 300)
+        eventually(lambda: stage.stats.trades == 600, timeout=20, message="caught up")
+    finally:
+        stage.stop("test")
+        thread.join(20)
+        client.close()
+        server.stop()
+    assert not thread.is_alive()
+    assert any("Valkey unreachable" in w for w in warnings)
+    stamps = [v.ts_event for v in got]
+    assert len(stamps) == 600 and stamps == sorted(set(stamps))

@@ -21,10 +21,12 @@ from qt_cli.core import keys
 from qt_cli.core.bridge.rows import tick_row
 from qt_cli.core.errors import DecodeError, QtError
 from qt_cli.core.events import (
+    _DICT_DECODERS,
     EVENT_TYPES,
     INT_MAX,
     INT_MIN,
     MAX_TS_NS,
+    BookUpdate,
     Candle,
     Event,
     FeatureVector,
@@ -151,6 +153,87 @@ def test_the_bridge_fast_path_accepts_only_what_the_generic_decoder_accepts(data
     key, _, entry = row
     assert key == event_key(event)
     assert entry_trade(entry) == event
+
+
+def _valid(kind: str) -> dict[str, Any]:
+    cls = EVENT_TYPES[kind]
+    extra: dict[str, Any] = {"price": 5000.5} if cls in (Trade, BookUpdate) else {}
+    if cls is FeatureVector:
+        extra["features"] = {"a": 1.5, "b": None}
+    return cls(symbol="WDOQ25", ts_event=T0, **extra).to_dict() | {"type": kind}
+
+
+VALID = {kind: _valid(kind) for kind in EVENT_TYPES}
+VALID["tick"], VALID["history"] = VALID_TICK, {**VALID_TICK, "type": "history"}
+
+
+_GONE = object()
+
+
+@st.composite
+def typed_messages(draw: Any, floats: st.SearchStrategy[float]) -> dict[str, Any]:
+    """A valid wire dict of each type with up to three of its own fields replaced by random
+    values or removed, sometimes replayed (`origin`)."""
+    kind = draw(st.sampled_from(sorted(EVENT_TYPES)))
+    own = {name: typ for name, typ, _ in EVENT_TYPES[kind]._spec}
+    out = dict(VALID[kind])
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(sorted(own)) | st.sampled_from(FIELD_NAMES))
+        typed = {int: wire_ints | hostile_ints, float: floats, str: hostile_text}
+        value = draw(typed.get(own.get(name), st.booleans()) | json_values(floats) | st.just(_GONE))
+        if value is _GONE:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    if draw(st.booleans()):
+        out.update(origin="run0.ticks", origin_seq=9)
+    return out
+
+
+@FUZZ
+@given(typed_messages(any_floats))
+def test_the_wire_fast_path_decodes_as_the_general_path_or_leaves_it_the_message(
+    data: dict,
+) -> None:
+    """`decode_dict` takes a generated decoder per type (`events._DICT_DECODERS`): it gives the
+    event the general path (`from_dict`) gives, or leaves the message to it."""
+    kind = data.get("type")
+    fast = _DICT_DECODERS.get(kind) if type(kind) is str else None
+    cls = EVENT_TYPES.get(kind) if type(kind) is str else None
+    got = fast(dict(data)) if fast is not None else None
+    try:
+        expected = cls.from_dict(dict(data)) if cls is not None else None
+    except DecodeError:
+        expected = None
+    if got is not None:
+        assert expected is not None, data
+        assert type(got) is type(expected)
+        assert got.to_fields() == expected.to_fields()
+    try:
+        whole = decode_dict(dict(data))
+    except DecodeError:
+        whole = None
+    if expected is not None and whole is not None:
+        assert whole.to_fields() == decode_dict_general(dict(data)).to_fields()
+
+
+def decode_dict_general(data: dict[str, Any]) -> Event:
+    """`decode_dict` without the generated decoders (what it was before them)."""
+    saved = dict(_DICT_DECODERS)
+    _DICT_DECODERS.clear()
+    try:
+        return decode_dict(data)
+    finally:
+        _DICT_DECODERS.update(saved)
+
+
+def test_every_valid_wire_dict_takes_the_fast_path() -> None:
+    """The generated decoders are used: each type's valid message decodes on them."""
+    assert set(_DICT_DECODERS) == set(EVENT_TYPES)
+    for kind, data in VALID.items():
+        event = _DICT_DECODERS[kind](dict(data))
+        assert event is not None, kind
+        assert event.to_fields() == EVENT_TYPES[kind].from_dict(dict(data)).to_fields()
 
 
 @FUZZ

@@ -122,6 +122,16 @@ Catching up (a start or restart over a stored day), the ticks are read faster th
 wait for: once a symbol's merge holds 10,000 entries the stream read ahead pauses (its entries
 wait in Valkey) until the other catches up. One worker's throughput is in BENCHMARKS.md.
 
+Without `--group`, the reading is done by a forked helper process on another core
+(`live.AsideReader`; not on systems without fork): it reads the streams (its own connection),
+decodes and merges them, and hands the stage the released events in order down a pipe (as
+plain value tuples); the stage only computes and writes. The same entries in the same order as
+reading in the stage's own process (tested: same vectors, same identities, same counts). The
+helper stops with the stage (and by itself when the stage's process is gone); a Valkey outage
+there shows in the stage as an outage (one warning, retried with backoff). Top-of-book entries
+and messages (`tob`) are not decoded by the stage's readers, ZeroMQ or Valkey: only their
+event time moves the merge (`events.Passed`); a malformed one is still rejected and counted.
+
 - Exactly once (Valkey input): each vector goes to `stream:features:{{SYM}}` through the one writer path
   (`qt_append`) with the identity of the trade that produced it (`stage.derived`: session
   `features.<the trade's session>`, the trade's seq). Reading from the start, a restarted stage

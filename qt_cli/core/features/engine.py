@@ -53,10 +53,10 @@ _VR = {i: f"volume_ratio_{i}" for i in range(201)}
 _OFI = {i: f"order_flow_imbalance_{i}" for i in range(201)}
 _TB = {i: f"top_buyer_{i}_active" for i in range(201)}
 _TS = {i: f"top_seller_{i}_active" for i in range(201)}
-_RV = {i: f"realized_vol_{i}" for i in range(201)}
-_VWAP = {i: f"vwap_dev_{i}" for i in range(201)}
 _TI = {i: f"trade_imbalance_{i}" for i in range(201)}
 
+_TRADE_LAGS = ((10, "momentum_10"), (5, "return_5"), (20, "return_20"), (50, "return_50"))
+_TRADE_LAGS += ((100, "return_100"),)
 _ONE32 = np.float32(1.0)
 _LOG_AT = [0, 2, 4]  # returns lags 1, 5 and 20 among SeedBlock.RETURN_LAGS
 
@@ -348,12 +348,12 @@ class TradeBlock:
     def __init__(self, session_open_min: int, session_close_min: int) -> None:
         self.t = 0
         self.p = Lags(101)
-        self.pm = {n: Rolling(n) for n in (5, 20, 50)}
+        self.pm5, self.pm20, self.pm50 = Rolling(5), Rolling(20), Rolling(50)
         self.ret5 = Rolling(5)
         self.ret20 = Rolling(20)
         self.ups = Prefix(20)
-        self.qty = {n: Rolling(n) for n in (5, 20, 50)}
-        self.lr2 = {n: Rolling(n) for n in (10, 20, 50, 100)}
+        self.qty5, self.qty20, self.qty50 = Rolling(5), Rolling(20), Rolling(50)
+        self.lr2 = (Rolling(10), Rolling(20), Rolling(50), Rolling(100))
         self.gain = Wilder(14)
         self.loss = Wilder(14)
         self.ema12 = Ema(12)
@@ -366,7 +366,7 @@ class TradeBlock:
         self.park = Rolling(10)
         self.gk = Rolling(10)
         self.atr = Wilder(14)
-        self.pq = {n: Rolling(n) for n in (20, 100)}
+        self.pq20, self.pq100 = Rolling(20), Rolling(100)
         self.qsum = Prefix(100)
         self.session_day = -1
         self.sess_pq = 0.0
@@ -402,7 +402,7 @@ class TradeBlock:
         prev = lags.ago(0)
         lags.push(p)
         v["price_current"] = p
-        pm5, pm20, pm50 = self.pm[5], self.pm[20], self.pm[50]
+        pm5, pm20, pm50 = self.pm5, self.pm20, self.pm50
         pm5.push(p)
         pm20.push(p)
         pm50.push(p)
@@ -426,8 +426,9 @@ class TradeBlock:
             change = p - prev
             avg_gain = self.gain.push(change if change > 0.0 else 0.0)
             avg_loss = self.loss.push(-change if change < 0.0 else 0.0)
-            for roll in self.lr2.values():
-                roll.push(lr * lr)
+            lr_sq = lr * lr
+            for roll in self.lr2:
+                roll.push(lr_sq)
         else:
             r1 = lr = avg_gain = avg_loss = NAN
         v["return_1"] = r1
@@ -443,17 +444,34 @@ class TradeBlock:
                 v["rsi_14"] = 100.0 - 100.0 / (1.0 + avg_gain / avg_loss)
         else:
             v["rsi_14"] = NAN
-        for k, name in ((10, "momentum_10"), (5, "return_5"), (20, "return_20")):
-            v[name] = p / lags.ago(k) - 1.0 if t > k else NAN
-        v["return_50"] = p / lags.ago(50) - 1.0 if t > 50 else NAN
-        v["return_100"] = p / lags.ago(100) - 1.0 if t > 100 else NAN
+        if t > 100:
+            ago = lags.ago
+            v["momentum_10"] = p / ago(10) - 1.0
+            v["return_5"] = p / ago(5) - 1.0
+            v["return_20"] = p / ago(20) - 1.0
+            v["return_50"] = p / ago(50) - 1.0
+            v["return_100"] = p / ago(100) - 1.0
+        else:
+            for k, name in _TRADE_LAGS:
+                v[name] = p / lags.ago(k) - 1.0 if t > k else NAN
 
-        rv = {}
-        for n, roll in self.lr2.items():
-            rv[n] = math.sqrt(roll.mean()) if roll.full else NAN
-            v[_RV[n]] = rv[n]
-        v["vol_ratio_10_50"] = _vol_ratio(rv[10], rv[50])
-        v["vol_ratio_20_100"] = _vol_ratio(rv[20], rv[100])
+        lr10, lr20, lr50, lr100 = self.lr2
+        if lr100.count == 100:  # every window full
+            rv10 = math.sqrt(lr10.mean())
+            rv20 = math.sqrt(lr20.mean())
+            rv50 = math.sqrt(lr50.mean())
+            rv100 = math.sqrt(lr100.mean())
+        else:
+            rv10 = math.sqrt(lr10.mean()) if lr10.full else NAN
+            rv20 = math.sqrt(lr20.mean()) if lr20.full else NAN
+            rv50 = math.sqrt(lr50.mean()) if lr50.full else NAN
+            rv100 = NAN
+        v["realized_vol_10"] = rv10
+        v["realized_vol_20"] = rv20
+        v["realized_vol_50"] = rv50
+        v["realized_vol_100"] = rv100
+        v["vol_ratio_10_50"] = _vol_ratio(rv10, rv50)
+        v["vol_ratio_20_100"] = _vol_ratio(rv20, rv100)
 
         # bars of BAR_TRADES trades
         bar = self.bar
@@ -486,7 +504,7 @@ class TradeBlock:
         v["atr_14x10"] = atr
         v["atr_relative"] = atr / p
 
-        qty5, qty20, qty50 = self.qty[5], self.qty[20], self.qty[50]
+        qty5, qty20, qty50 = self.qty5, self.qty20, self.qty50
         fq = float(q)
         qty5.push(fq)
         qty20.push(fq)
@@ -502,10 +520,13 @@ class TradeBlock:
             v["volume_mean_20"] = v["volume_zscore_20q"] = NAN
         v["volume_ratio_5_50"] = qty5.mean() / qty50.mean() if qty50.full else NAN
         pq = p * q
-        self.qsum.push(q)
-        for n, roll in self.pq.items():
-            roll.push(pq)
-            v[_VWAP[n]] = p / (roll.sum() / self.qsum.sum(n)) - 1.0 if roll.full else NAN
+        qsum = self.qsum
+        qsum.push(q)
+        pq20, pq100 = self.pq20, self.pq100
+        pq20.push(pq)
+        pq100.push(pq)
+        v["vwap_dev_20"] = p / (pq20.sum() / qsum.sum(20)) - 1.0 if pq20.full else NAN
+        v["vwap_dev_100"] = p / (pq100.sum() / qsum.sum(100)) - 1.0 if pq100.full else NAN
 
         day = clock[3]
         if day != self.session_day:
@@ -547,16 +568,23 @@ class TradeBlock:
             v["stoch_k_14"] = NAN
 
         side = trade.aggressor
-        self.bq.push(q if side == "buy" else 0)
-        self.sq.push(q if side == "sell" else 0)
-        for n in (10, 50, 100):
+        bq, sq = self.bq, self.sq
+        bq.push(q if side == "buy" else 0)
+        sq.push(q if side == "sell" else 0)
+        for n in (10, 50):
             if t >= n:
-                b = self.bq.sum(n)
-                s_ = self.sq.sum(n)
+                b = bq.sum(n)
+                s_ = sq.sum(n)
                 v[_TI[n]] = (b - s_) / (b + s_) if b + s_ else 0.0
             else:
                 v[_TI[n]] = NAN
-        v["signed_volume_100"] = self.bq.sum(100) - self.sq.sum(100) if t >= 100 else NAN
+        if t >= 100:
+            b = bq.sum(100)
+            s_ = sq.sum(100)
+            v["trade_imbalance_100"] = (b - s_) / (b + s_) if b + s_ else 0.0
+            v["signed_volume_100"] = b - s_
+        else:
+            v["trade_imbalance_100"] = v["signed_volume_100"] = NAN
         self.sess_delta += q if side == "buy" else -q if side == "sell" else 0
         v["cumulative_delta_session"] = self.sess_delta
         agents = self.agents
@@ -631,16 +659,14 @@ class BookBlock:
         self.cancels = Prefix(100)
         self.replenish = Prefix(100)
 
-    def _l1(self) -> tuple[float, float, float, float]:
-        b = self.bids[0] if self.bids else (NAN, 0)
-        a = self.asks[0] if self.asks else (NAN, 0)
-        return b[0], b[1], a[0], a[1]
-
     def apply(self, ev: BookUpdate) -> bool:
         """Apply one price-book event; False when its position does not exist (skipped)."""
-        side = self.bids if ev.side == "bid" else self.asks
+        bid = ev.side == "bid"
+        side = self.bids if bid else self.asks
         pos = ev.position
-        before = self._l1()
+        # only this side's best level can move: the order-flow imbalance term of the other side
+        # is q - q = 0
+        p0, q0 = side[0] if side else (NAN, 0)
         grow = shrink = 0
         action = ev.action
         if action == "add":
@@ -653,8 +679,9 @@ class BookBlock:
         elif not 0 <= pos < len(side):
             return False
         elif action == "edit":
-            old = side[pos][1]
-            side[pos][1] = ev.quantity
+            level = side[pos]
+            old = level[1]
+            level[1] = ev.quantity
             grow = 1 if ev.quantity > old else 0
             shrink = 1 if ev.quantity < old else 0
         elif action == "delete":
@@ -663,13 +690,13 @@ class BookBlock:
         else:  # delete_from: positions pos..0, the best pos + 1 levels
             del side[: pos + 1]
             shrink = 1
-        bp0, bq0, ap0, aq0 = before
-        bp, bq, ap, aq = self._l1()
+        p1, q1 = side[0] if side else (NAN, 0)
         e: float = 0  # quantities may be floats; pushed as int
-        if bp == bp and bp0 == bp0:
-            e += (bq if bp >= bp0 else 0) - (bq0 if bp <= bp0 else 0)
-        if ap == ap and ap0 == ap0:
-            e += -(aq if ap <= ap0 else 0) + (aq0 if ap >= ap0 else 0)
+        if p1 == p1 and p0 == p0:
+            if bid:
+                e = (q1 if p1 >= p0 else 0) - (q0 if p1 <= p0 else 0)
+            else:
+                e = (q0 if p1 >= p0 else 0) - (q1 if p1 <= p0 else 0)
         self.ofi.push(int(e))
         self.cancels.push(shrink)
         self.replenish.push(grow)

@@ -17,7 +17,14 @@ next run writes it once the period closes).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
+import multiprocessing
+import operator
+import os
+import pickle
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qt_cli.core import keys
-from qt_cli.core.events import BookUpdate, Trade
+from qt_cli.core.errors import DataError
+from qt_cli.core.events import BookUpdate, Trade, skip_types, values_maker
 from qt_cli.core.features.backfill import Sampler, every_ns, store_events, to_event
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
 from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
@@ -143,6 +151,189 @@ class SharedInput:
             self.share.client.close()
 
 
+class MergedReader:
+    """An input's trades and price-book events, merged per symbol (`Merge`) and released in the
+    engine's order. A stream read far ahead of the one it waits for pauses (`HOLD_MAX`)."""
+
+    def __init__(self, source: Any, symbols: Sequence[str], kinds: Sequence[int]) -> None:
+        self.source = source
+        self.kinds = tuple(kinds)
+        self.received = 0
+        self._merges = {symbol: Merge(self.kinds) for symbol in symbols}
+        self._kind = {keys.stream_key("ticks", s): (s, TRADE) for s in symbols}
+        self._kind.update({keys.stream_key("book", s): (s, BOOK) for s in symbols})
+        self._key_of = {found: key for key, found in self._kind.items()}
+
+    @property
+    def rejected(self) -> int:
+        return getattr(self.source, "rejected", 0)
+
+    @property
+    def share(self) -> Any:
+        return getattr(self.source, "share", None)
+
+    def read(self, timeout_s: float) -> list[tuple[int, SourceEntry]]:
+        paused = getattr(self.source, "paused", None)
+        if paused is not None:  # a stream far ahead waits in Valkey, not here (catching up)
+            paused.clear()
+            for symbol, merge in self._merges.items():
+                if len(merge) >= HOLD_MAX:
+                    paused.update(self._key_of[(symbol, kind)] for kind in merge.ahead())
+        entries = self.source.read_entries(timeout_s)
+        self.received += len(entries)
+        kind_of = self._kind
+        merges = self._merges
+        for entry in entries:
+            found = kind_of.get(entry.key)
+            if found is not None:
+                merges[found[0]].add(found[1], entry)
+        released: list[tuple[int, SourceEntry]] = []
+        for merge in merges.values():
+            released += merge.release()
+        return released
+
+    def waiting(self) -> int:
+        return sum(len(m) for m in self._merges.values())
+
+    def forget(self, symbol: str) -> None:
+        self._merges[symbol] = Merge(self.kinds)
+
+    def close(self) -> None:
+        self.source.close()
+
+
+_VALUES = {TRADE: operator.attrgetter(*(n for n, _, _ in Trade._spec))}
+_VALUES[BOOK] = operator.attrgetter(*(n for n, _, _ in BookUpdate._spec))
+
+
+def _read_aside(reader: MergedReader, conn: Any, parent: int) -> None:
+    """The helper process of `AsideReader`: reads, decodes and merges (the client's pool opens
+    its own connection in a forked process), and sends what it releases down `conn` as plain
+    values (pickled tuples: a tenth of the cost of pickling events), with the counts the stage
+    reports. It stops when the stage does (the pipe closes, or its parent is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.freeze()  # collections skip what the stage's process had built (copied page by page)
+    backoff = 0.1
+    try:
+        values = _VALUES
+        counts = (-1, -1, -1)
+        while os.getppid() == parent:
+            try:
+                released = reader.read(0.2)
+            except ConnectionFailure as exc:
+                conn.send_bytes(pickle.dumps(("outage", str(exc))))
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            backoff = 0.1
+            now = (reader.received, reader.rejected, reader.waiting())
+            if not released and now == counts:
+                continue
+            counts = now
+            items = [
+                (kind, entry.key, entry.id, values[kind](entry.event))
+                if kind == TRADE
+                else (kind, values[kind](entry.event))
+                for kind, entry in released
+            ]
+            conn.send_bytes(pickle.dumps(("rows", now, items), protocol=pickle.HIGHEST_PROTOCOL))
+    except (BrokenPipeError, EOFError, KeyboardInterrupt):
+        pass  # the stage stopped
+    except Exception as exc:  # handed to the stage, which raises it
+        try:
+            payload = pickle.dumps(("error", exc))
+        except Exception:
+            payload = pickle.dumps(("error", DataError(f"reading the streams: {exc}")))
+        with contextlib.suppress(OSError):
+            conn.send_bytes(payload)
+    finally:
+        with contextlib.suppress(Exception):
+            reader.close()
+        conn.close()
+
+
+class AsideReader:
+    """A `MergedReader` run by a forked helper process on the other core (`--in valkey://…`
+    without a group): XREAD, decoding and the merge there, the engine here; the same entries in
+    the same order. `reader` is opened here (a bad endpoint is an error here, at start) and used
+    only by the helper from then on. A Valkey outage there is raised here as a connection
+    failure (the stage's outage handling); the helper keeps retrying."""
+
+    def __init__(self, reader: MergedReader) -> None:
+        context = multiprocessing.get_context("fork")
+        self._conn, sender = context.Pipe(duplex=False)
+        self._helper = context.Process(
+            target=_read_aside, args=(reader, sender, os.getpid()), daemon=True
+        )
+        self._helper.start()
+        sender.close()
+        self._opened = reader  # the helper's now: closed here only to free this side's sockets
+        self.received = 0
+        self.rejected = 0
+        self._waiting = 0
+        self.share = None
+        self._held: tuple[Any, ...] | None = None  # an outage or error after rows: said next
+        self._make = {TRADE: values_maker(Trade), BOOK: values_maker(BookUpdate)}
+
+    def read(self, timeout_s: float) -> list[tuple[int, SourceEntry]]:
+        conn = self._conn
+        out: list[tuple[int, SourceEntry]] = []
+        if self._held is None and not conn.poll(timeout_s):
+            return out
+        make_trade, make_book = self._make[TRADE], self._make[BOOK]
+        while True:
+            message, self._held = self._held, None
+            if message is None:
+                try:
+                    # Trusted: our own forked helper wrote it down a private pipe (never a file
+                    # or a socket), so unpickling it runs nothing the user did not already run.
+                    message = pickle.loads(conn.recv_bytes())  # trusted (see above)
+                except EOFError:
+                    if out:
+                        return out  # the next read says it
+                    raise DataError(
+                        "the process reading the streams stopped "
+                        f"(exit code {self._helper.exitcode}); start the stage again"
+                    ) from None
+            what = message[0]
+            if what != "rows":
+                if out:  # what came before goes first; the next read says it
+                    self._held = message
+                    return out
+                if what == "outage":
+                    raise ConnectionError(message[1])  # a ConnectionFailure: the stage retries
+                raise message[1]
+            self.received, self.rejected, self._waiting = message[1]
+            for item in message[2]:
+                if item[0] == TRADE:
+                    out.append((TRADE, SourceEntry(item[1], item[2], make_trade(item[3]))))
+                else:
+                    out.append((BOOK, SourceEntry("", "", make_book(item[1]))))
+            if len(out) >= HOLD_MAX or not conn.poll(0):
+                return out
+
+    def waiting(self) -> int:
+        return self._waiting
+
+    def forget(self, symbol: str) -> None:  # no group here: symbols are never given back
+        pass
+
+    def close(self) -> None:
+        self._conn.close()
+        with contextlib.suppress(Exception):
+            self._opened.close()
+        helper = self._helper
+        helper.join(2.0)
+        if helper.is_alive():
+            helper.terminate()
+            helper.join()
+
+
+def aside_possible() -> bool:
+    """A helper process needs fork (not on Windows)."""
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
 @dataclass
 class LiveStats:
     trades: int = 0
@@ -193,15 +384,16 @@ class LiveFeatures(StopFlag):
         self._rate = RateMeter()
         self._stop = threading.Event()
         self._closed = False
-        self._kinds = (TRADE, BOOK) if engine.uses_book else (TRADE,)
-        self._merges = {symbol: Merge(self._kinds) for symbol in self.symbols}
-        self._kind = {keys.stream_key("ticks", s): (s, TRADE) for s in self.symbols}
-        self._kind.update({keys.stream_key("book", s): (s, BOOK) for s in self.symbols})
-        self._key_of = {found: key for key, found in self._kind.items()}
+        kinds = (TRADE, BOOK) if engine.uses_book else (TRADE,)
+        self.reader = (
+            source
+            if isinstance(source, MergedReader | AsideReader)
+            else MergedReader(source, self.symbols, kinds)
+        )
 
     def forget(self, symbol: str) -> None:
         """A symbol given back (`--group`): its state goes; taken again, it starts from the start."""
-        self._merges[symbol] = Merge(self._kinds)
+        self.reader.forget(symbol)
         self.engine.symbols.pop(symbol, None)
         self.sampler.held.pop(symbol, None)
 
@@ -216,7 +408,7 @@ class LiveFeatures(StopFlag):
         self._closed = True
         for sink in self.sinks:
             sink.close()
-        self.source.close()
+        self.reader.close()
 
     def run(self) -> LiveStats:
         started = time.monotonic()
@@ -245,42 +437,38 @@ class LiveFeatures(StopFlag):
     # -- one step: read, merge, compute, write --
 
     def _step(self) -> None:
-        paused = getattr(self.source, "paused", None)
-        if paused is not None:  # a stream far ahead waits in Valkey, not here (catching up)
-            paused.clear()
-            for symbol, merge in self._merges.items():
-                if len(merge) >= HOLD_MAX:
-                    paused.update(self._key_of[(symbol, kind)] for kind in merge.ahead())
-        entries = self.source.read_entries(0.2)
-        self.stats.received += len(entries)
-        self.stats.rejected = getattr(self.source, "rejected", 0)
-        released: list[tuple[int, SourceEntry]] = []
-        for entry in entries:
-            found = self._kind.get(entry.key)
-            if found is None:
-                continue
-            symbol, kind = found
-            self._merges[symbol].add(kind, entry)
-        for merge in self._merges.values():
-            released += merge.release()
+        reader = self.reader
+        released = reader.read(0.2)
+        stats = self.stats
+        stats.received = reader.received
+        stats.rejected = reader.rejected
         kept: list[tuple[FeatureVector, SourceEntry]] = []
-        for _, entry in released:
+        engine, sampler = self.engine, self.sampler
+        every_trade = not sampler.period
+        trades = 0
+        for kind, entry in released:  # held entries are trades or book updates
             event = entry.event
-            if isinstance(event, Trade):
-                self.stats.trades += 1
-                vector = self.engine.on_trade(event)
-                kept += self.sampler.add(event.ts_event, vector, entry)
-            elif isinstance(event, BookUpdate):  # held entries are trades or book updates
-                self.stats.book_events += 1
-                self.engine.on_book(event)
-                kept += self.sampler.add(event.ts_event, None)
+            if kind == TRADE:
+                trades += 1
+                vector = engine.on_trade(event)  # type: ignore[arg-type]
+                if every_trade:  # Sampler.add without the call
+                    if vector is not None:
+                        kept.append((vector, entry))
+                else:
+                    kept += sampler.add(event.ts_event, vector, entry)
+            else:
+                engine.on_book(event)  # type: ignore[arg-type]
+                if not every_trade:
+                    kept += sampler.add(event.ts_event, None)
+        stats.trades += trades
+        stats.book_events += len(released) - trades
         if kept:
             self._emit(kept)
         if self.publisher is not None and self.publisher.due():
             self.publish_stats()
 
     def _emit(self, kept: list[tuple[FeatureVector, SourceEntry]]) -> None:
-        share = getattr(self.source, "share", None)
+        share = self.reader.share
         if share is not None:  # a symbol whose lease was lost is another worker's now
             mine = {v.symbol for v, _ in kept if share.holds(v.symbol)}
             kept = [(v, e) for v, e in kept if v.symbol in mine]
@@ -330,7 +518,7 @@ class LiveFeatures(StopFlag):
         self.publisher.publish(fields)
 
     def _held(self) -> list[str]:
-        share = getattr(self.source, "share", None)
+        share = self.reader.share
         return list(share.held) if share is not None else list(self.symbols)
 
     def totals(self) -> dict[str, Any]:
@@ -349,7 +537,7 @@ class LiveFeatures(StopFlag):
             "duplicates": s.duplicates,
             "not_warm": s.not_warm,
             "rejected": s.rejected,
-            "waiting": sum(len(m) for m in self._merges.values()) + len(self.sampler.held),
+            "waiting": self.reader.waiting() + len(self.sampler.held),
             "outages": s.outages,
             "counters": dict(self.engine.counters),
             "stopped_by": s.stopped_by or "end",
@@ -372,10 +560,12 @@ def open_live(
     group: str | None = None,
     consumer: str | None = None,
     warn: Callable[[str], None] | None = None,
+    aside: bool | None = None,
 ) -> LiveFeatures:
     """The stage for `qt features --in … --out …`: one Valkey input (the stored streams, from their
     start) or ZeroMQ inputs (the feed's channels, from now; gaps recovered from `replay`, the
-    feed's replay endpoint); Valkey and ZeroMQ outputs."""
+    feed's replay endpoint); Valkey and ZeroMQ outputs. `aside`: a Valkey input without a group
+    is read by a helper process (`AsideReader`; default: where fork exists)."""
     from qt_cli.core import store
     from qt_cli.core.endpoints import parse_endpoint
     from qt_cli.core.errors import UsageError
@@ -413,7 +603,14 @@ def open_live(
         )
 
         def open_symbol(symbol: str) -> Any:
-            return open_source(ins[0], symbols=[symbol], kinds=kinds, start="0", password=password)
+            return open_source(
+                ins[0],
+                symbols=[symbol],
+                kinds=kinds,
+                start="0",
+                password=password,
+                skip=skip_types(kinds, (Trade, BookUpdate)),
+            )
 
         dropped: list[LiveFeatures] = []
         source = SharedInput(
@@ -423,15 +620,22 @@ def open_live(
             interval_s=share.ttl_ms / 3000,
         )
     elif zmq_in:
+        skip = skip_types(("ticks", "book"), (Trade, BookUpdate))
         source = ZmqInput(
             [
-                open_source(x, symbols=symbols, replay=replay, max_message_bytes=max_message_bytes)
+                open_source(
+                    x,
+                    symbols=symbols,
+                    replay=replay,
+                    max_message_bytes=max_message_bytes,
+                    skip=skip,
+                )
                 for x in ins
             ],
             symbols,
         )
     else:
-        source = open_source(ins[0], symbols=symbols, kinds=kinds, start="0", password=password)
+        source = valkey_input(ins[0], symbols, kinds, password=password, aside=aside)
     writer = (
         StreamWriter(store.connect(stores[0], password=password), maxlen=maxlen) if stores else None
     )
@@ -456,6 +660,34 @@ def open_live(
     return stage
 
 
+def valkey_input(
+    endpoint: Any,
+    symbols: Sequence[str],
+    kinds: Sequence[str],
+    *,
+    password: str = "",
+    aside: bool | None = None,
+) -> MergedReader | AsideReader:
+    """`--in valkey://…` without a group: the symbols' streams from their start, merged; read by a
+    helper process (`AsideReader`) when `aside` (default: where fork exists), else here."""
+    from qt_cli.core.io import open_source
+
+    merge_kinds = tuple(TRADE if kind == "ticks" else BOOK for kind in kinds)
+
+    source = open_source(
+        endpoint,
+        symbols=symbols,
+        kinds=kinds,
+        start="0",
+        password=password,
+        skip=skip_types(kinds, (Trade, BookUpdate)),
+    )
+    reader = MergedReader(source, symbols, merge_kinds)
+    if aside is None:
+        aside = aside_possible()
+    return AsideReader(reader) if aside else reader
+
+
 def summary_line(t: dict[str, Any]) -> str:
     """The one line printed when the stage stops."""
     return (
@@ -468,6 +700,8 @@ def summary_line(t: dict[str, Any]) -> str:
 
 __all__ = [
     "STAGE",
+    "AsideReader",
+    "MergedReader",
     "LiveFeatures",
     "LiveStats",
     "Merge",
@@ -475,4 +709,5 @@ __all__ = [
     "ZmqInput",
     "open_live",
     "summary_line",
+    "valkey_input",
 ]

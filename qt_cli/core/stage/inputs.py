@@ -35,6 +35,7 @@ class ZmqInput:
         self.rejected = 0
         self._warned = False
         self._n = 0
+        self._keys: dict[tuple[str, str], str] = {}  # (stream kind, symbol) -> stream key
         self._poller: zmq.Poller | None = None
         self._tails = [TailCheck(x) for x in self.sources if getattr(x, "replay", None)]
 
@@ -62,11 +63,18 @@ class ZmqInput:
 
     def _read_all(self, timeout_s: float = 0.0) -> list[SourceEntry]:
         out: list[SourceEntry] = []
+        keys_of = self._keys
+        symbols = self.symbols
         for source in self.sources:
             for event in source.read(timeout_s):
-                if getattr(event, "symbol", "") in self.symbols:
+                symbol = getattr(event, "symbol", "")
+                if symbol in symbols:
                     self._n += 1
-                    out.append(SourceEntry(event_key(event), f"{self._n}-0", event))
+                    where = (event.stream_kind, symbol)
+                    key = keys_of.get(where)
+                    if key is None:
+                        key = keys_of[where] = event_key(event)
+                    out.append(SourceEntry(key, f"{self._n}-0", event))
             rejects = source.take_rejects()
             if rejects:
                 self.rejected += len(rejects)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ from qt_cli.core.chunks import (
     tick_columns_of,
 )
 from qt_cli.core.errors import DecodeError, UsageError
-from qt_cli.core.events import NS_PER_MS, Event, Trade, decode_fields
+from qt_cli.core.events import EVENT_TYPES, NS_PER_MS, Event, Passed, Trade, decode_fields
 from qt_cli.core.gcpause import paused_gc
 from qt_cli.core.keys import parse_id
 from qt_cli.core.store import cluster
@@ -814,6 +814,8 @@ class StreamSource:
     restarted consumer first gets its own unacknowledged entries again; entries pending longer
     than `claim_idle_s` on another consumer (a dead one) are taken over with XAUTOCLAIM.
     Undecodable entries are acknowledged at once (they stay in the stream, counted in `rejected`).
+    Entries of a type in `skip` are not decoded: they come as `events.Passed` (their symbol,
+    stream and event time).
     """
 
     RESCAN_S = 5.0
@@ -830,6 +832,7 @@ class StreamSource:
         consumer: str | None = None,
         claim_idle_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        skip: frozenset[str] = frozenset(),
     ) -> None:
         if group and not consumer:
             raise UsageError("a consumer group needs a consumer name (--consumer)")
@@ -841,6 +844,7 @@ class StreamSource:
         self.group = group or None
         self.consumer = consumer or ""
         self.claim_idle_s = claim_idle_s
+        self._skip = {kind.encode(): EVENT_TYPES[kind].STREAM for kind in skip}
         self.rejected = 0
         self.claimed = 0
         self.problems: list[str] = []
@@ -966,10 +970,16 @@ class StreamSource:
     def _decode(self, reply: Any, *, advance: bool) -> list[SourceEntry]:
         out: list[SourceEntry] = []
         bad: dict[str, list[str]] = {}
+        skip = self._skip
         for key, entries in reply or ():
             name = _name(key)
             for raw_id, fields in entries:
                 entry_id = _name(raw_id)
+                if skip:
+                    passed = _passed(fields, skip)
+                    if passed is not None:
+                        out.append(SourceEntry(name, entry_id, passed))
+                        continue
                 try:
                     event = decode_fields(fields)
                 except DecodeError as exc:
@@ -1014,6 +1024,19 @@ class StreamSource:
         if not self._closed:
             self._closed = True
             self.client.close()
+
+
+def _passed(fields: Mapping[bytes, bytes], skip: dict[bytes, str]) -> Passed | None:
+    """A `Passed` for an entry of a skipped type (None: decode it; an entry whose event time does
+    not read is decoded, so a bad one is still rejected and counted)."""
+    stream = skip.get(fields.get(b"type"))  # type: ignore[arg-type]
+    if stream is None:
+        return None
+    stamp = fields.get(b"ts_event")
+    if not stamp or not stamp.isdigit():
+        return None
+    symbol = fields.get(b"symbol") or b""
+    return Passed(symbol.decode(errors="replace"), stream, int(stamp))
 
 
 def _name(value: Any) -> str:

@@ -15,7 +15,7 @@ import zmq
 
 from qt_cli.core.endpoints import Endpoint
 from qt_cli.core.errors import DecodeError, EndpointError, QtError, UnavailableError
-from qt_cli.core.events import decode_dict, now_ns
+from qt_cli.core.events import EVENT_TYPES, Passed, decode_dict, now_ns
 from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES, MAX_RAW_BYTES, DeadLetter, Gap
 from qt_cli.core.zmq_io import curve
 from qt_cli.core.zmq_io.base import DEFAULT_RCVHWM, _context, _endpoint
@@ -97,7 +97,8 @@ class SubSource:
     message seen of a session as its start instead of recovering seqs 1..n-1. With `symbols`, the
     socket still subscribes to everything (seq counts every message of a session, so filtering
     at the socket would look like gaps) and other symbols are dropped after seq tracking; state
-    messages for the whole connection (symbol "*") always pass.
+    messages for the whole connection (symbol "*") always pass. Messages of a type in `skip`
+    are not decoded: `read()` hands out an `events.Passed` (symbol, stream, event time).
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class SubSource:
         clock: Callable[[], int] = now_ns,
         decode: Callable[[dict[str, Any]], Any] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        skip: frozenset[str] = frozenset(),
     ) -> None:
         self.endpoint = _endpoint(endpoint)
         self.max_message_bytes = max_message_bytes
@@ -125,6 +127,7 @@ class SubSource:
         self.stats = SubStats()
         self._clock = clock
         self._decode = decode
+        self._skip = {kind: EVENT_TYPES[kind].STREAM for kind in skip}
         self._last: dict[str, int] = dict(known or {})
         self._pending: dict[str, int] = {}  # session -> live messages not yet in stats.sessions
         self._rejects: list[DeadLetter] = []
@@ -350,6 +353,14 @@ class SubSource:
             symbol = data.get("symbol")
             if symbol not in self.symbols and symbol != "*":
                 self.stats.filtered += 1
+                return
+        if self._skip:
+            stream = self._skip.get(data.get("type"))  # type: ignore[arg-type]
+            stamp = data.get("ts_event")
+            symbol = data.get("symbol")
+            if stream is not None and type(stamp) is int and type(symbol) is str:
+                self.stats.decoded += 1
+                out.append(Passed(symbol, stream, stamp))
                 return
         decode = self._decode
         if decode is not None:
