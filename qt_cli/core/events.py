@@ -631,13 +631,7 @@ class FeatureVector(Event):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
-        # A wire message as qt sends it (every field of its own type) is taken as it is; any
-        # other goes the general way, which converts or refuses it (`_wire_decoder`).
-        event = _vector_from_wire(data) if cls is FeatureVector and type(data) is dict else None
-        if event is None:
-            event = super(FeatureVector, cls).from_dict(data)
-        else:
-            event._validate()
+        event = super(FeatureVector, cls).from_dict(data)
         assert isinstance(event, FeatureVector)
         event._check_features()
         return event
@@ -657,73 +651,6 @@ class FeatureVector(Event):
             )
         if type(None) in kinds:
             object.__setattr__(self, "features", _nan_to_float(self.features))
-
-
-def _wire_decoder(cls: type[Event]) -> Callable[[dict[str, Any]], Any]:
-    """For `cls.from_dict`: a function making the event from a wire dict whose every field
-    already has its declared type (str, a 64-bit int, bool, float, a dict for the other
-    fields), missing or null fields taking their defaults as `Event.from_dict` gives them
-    (null is NaN for a float); None for any other dict, which `Event.from_dict` then converts or
-    refuses as it always did. Compiled once, one statement per field (no conversion calls)."""
-    env: dict[str, Any] = {"cls": cls, "M": _MISSING, "nan": math.nan}
-    lines = ["def decode(d):", "    get = d.get"]
-    args = []
-    for i, (name, typ, default) in enumerate(cls._spec):
-        v = f"v{i}"
-        if typ is int:
-            ok = f"type({v}) is int and {INT_MIN} <= {v} <= {INT_MAX}"
-        elif typ in (str, bool, float):
-            ok = f"type({v}) is {typ.__name__}"
-        else:
-            ok = f"type({v}) is dict"
-        lines.append(f"    {v} = get({name!r}, M)")
-        if default is _MISSING:
-            lines.append(f"    if not ({ok}):\n        return None")
-        else:
-            env[f"d{i}"] = default
-            fallback = f"d{i}()" if callable(default) else f"d{i}"
-            null = "nan" if typ is float else fallback
-            lines.append(
-                f"    if not ({ok}):\n        if {v} is M:\n            {v} = {fallback}\n"
-                f"        elif {v} is None:\n            {v} = {null}\n"
-                "        else:\n            return None"
-            )
-        args.append(f"{name}={v}")
-    lines.append(f"    return cls({', '.join(args)})")
-    exec(compile("\n".join(lines) + "\n", f"<wire {cls.__name__}>", "exec"), env)  # noqa: S102
-    return env["decode"]
-
-
-def _quick_init(cls: type[Event]) -> None:
-    """Give a frozen slots dataclass of the hot paths an `__init__` with the same signature
-    (defaults, default factories) that sets each slot through its descriptor: what the
-    generated one does with `object.__setattr__`, in about half the time (one per vector)."""
-    env: dict[str, Any] = {"F": _MISSING}
-    params, body = [], []
-    for i, f in enumerate(fields(cls)):
-        slot = getattr(cls, f.name, None)
-        if type(slot).__name__ != "member_descriptor" or not f.init or f.kw_only:
-            return  # pragma: no cover - not the shape this is for: keep the generated one
-        env[f"s{i}"] = slot.__set__
-        value = f.name
-        if f.default is not _dataclass_missing:
-            env[f"d{i}"] = f.default
-            params.append(f"{f.name}=d{i}")
-        elif f.default_factory is not _dataclass_missing:
-            env[f"f{i}"] = f.default_factory
-            params.append(f"{f.name}=F")
-            value = f"f{i}() if {f.name} is F else {f.name}"
-        else:
-            params.append(f.name)
-        body.append(f"    s{i}(self, {value})\n")
-    source = f"def __init__(self, {', '.join(params)}):\n{''.join(body)}"
-    exec(compile(source, f"<init {cls.__name__}>", "exec"), env)  # noqa: S102
-    init = env["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = init  # type: ignore[misc]
-
-
-_vector_from_wire = _wire_decoder(FeatureVector)
 
 
 @_finish
@@ -774,9 +701,6 @@ class Signal(Event):
                 f"field 'action': {self.action!r} is not buy|sell|hold", field="action"
             )
 
-
-for _cls in (FeatureVector, Prediction, Signal):
-    _quick_init(_cls)
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls

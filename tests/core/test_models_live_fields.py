@@ -1,6 +1,6 @@
 """The live predict stage's fast path gives what the events would: its stream fields are the
 Prediction's and Signal's `to_fields`, its probabilities the compiled ones, its events made only
-for ZeroMQ/file outputs; the FeatureVector wire decoder decodes as the general path does."""
+for ZeroMQ/file outputs (and only the fields for Valkey)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,15 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-import orjson
 import pytest
 
 from qt_cli.core import keys
-from qt_cli.core.errors import DecodeError
 from qt_cli.core.events import (
     NS_PER_MS,
-    Event,
     FeatureVector,
     Prediction,
     Signal,
-    _vector_from_wire,
-    decode,
 )
-from qt_cli.core.journal import wire_dict
 from qt_cli.core.models.live import ModelSlot, Scorer
 from qt_cli.core.models.predictor import PREDICTION_FIELDS, SIGNAL_FIELDS
 from qt_cli.core.stage.derived import Derived
@@ -126,89 +120,51 @@ def test_events_only_for_sinks_fields_only_for_valkey(tmp_path: Path, model: str
     assert both.counters == fields_only.counters == events_only.counters
 
 
-def general(data: dict) -> FeatureVector:
-    """The general decoding (conversions and all): `Event.from_dict` and the features check."""
-    event = Event.from_dict.__func__(FeatureVector, data)  # type: ignore[attr-defined]
-    event._check_features()
-    return event
-
-
-def outcome(decoder, data: dict) -> str:
-    try:
-        return repr(decoder(data))
-    except DecodeError as exc:
-        return f"DecodeError: {exc} ({exc.field})"
-
-
-def test_the_wire_decoder_decodes_as_the_general_path() -> None:
-    v = vector([float(i) / 7 for i in range(65)], seq=9)
-    v = replace(v, ts_init=v.ts_event + 5, reasons={"price_std_20": "warming up"})
-    wire = orjson.loads(orjson.dumps(wire_dict(v)))
-    assert _vector_from_wire(wire) is not None  # qt's own messages take the fast path
-    nan_features = dict(v.features, price_current=None)
-    cases = [
-        wire,
-        {**wire, "features": nan_features},
-        {**wire, "features": dict(v.features, price_current=5278)},
-        {**wire, "features": dict(v.features, price_current=True)},
-        {**wire, "features": dict(v.features, price_current="5278")},
-        {**wire, "features": orjson.dumps(v.features).decode()},
-        {**wire, "features": [1.0, 2.0]},
-        {**wire, "reasons": "{}"},
-        {**wire, "reasons": None},
-        {**wire, "warm": 1},
-        {**wire, "warm": "1"},
-        {**wire, "warm": None},
-        {**wire, "ts_event": float(wire["ts_event"])},
-        {**wire, "ts_event": str(wire["ts_event"])},
-        {**wire, "ts_event": True},
-        {**wire, "ts_event": 2**63},
-        {**wire, "ts_event": -5},
-        {**wire, "ts_init": None},
-        {**wire, "seq": 2**64},
-        {**wire, "seq": 3.0},
-        {**wire, "session": 12},
-        {**wire, "session": None},
-        {**wire, "symbol": None},
-        {**wire, "symbol": "WDO Q25"},
-        {**wire, "symbol": b"WDOQ25"},
-        {**wire, "feature_set": None},
-        {**wire, "catalog_hash": 5},
-        {**wire, "extra": "ignored"},
-        {k: x for k, x in wire.items() if k not in ("reasons", "warm", "ts_init", "session")},
-        {k: x for k, x in wire.items() if k != "symbol"},
-        {k: x for k, x in wire.items() if k != "ts_event"},
-    ]
-    for data in cases:
-        assert outcome(FeatureVector.from_dict, data) == outcome(general, data), data
-    # a message as the features stage publishes it, replayed identity and all
-    sent = {**wire, "origin": "feat1", "origin_seq": 9, "session": "pub.features", "seq": 77}
-    decoded = decode(orjson.dumps(sent))
-    assert repr(decoded) == repr(replace(general(sent), session="feat1", seq=9))
-
-
-@pytest.mark.parametrize("cls", [FeatureVector, Prediction, Signal])
-def test_the_quick_init_takes_what_the_dataclass_init_took(cls) -> None:
-    """Same parameters in field order, same defaults, a new dict per instance, still frozen."""
-    import dataclasses
-    import inspect
-
-    specs = dataclasses.fields(cls)
-    assert list(inspect.signature(cls).parameters) == [f.name for f in specs]
-    plain = cls("WDOQ25", T0)
-    for f in specs[2:]:
-        want = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        assert repr(getattr(plain, f.name)) == repr(want)
-    values = [getattr(plain, f.name) for f in specs]
-    assert repr(cls(*values)) == repr(
-        cls(**{f.name: x for f, x in zip(specs, values, strict=True)})
-    )
-    factories = [f.name for f in specs if f.default_factory is not dataclasses.MISSING]
-    other = cls("WDOQ25", T0)
-    assert all(getattr(plain, n) is not getattr(other, n) for n in factories)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        plain.symbol = "X"  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        cls("WDOQ25")  # type: ignore[call-arg]
-    assert cls.__init__.__qualname__ == f"{cls.__name__}.__init__"
-    assert "<init" in cls.__init__.__code__.co_filename  # the quick one, not the generated one
+def test_events_are_the_dataclass_events_of_the_decision(tmp_path: Path) -> None:
+    """`Predictor.events` (values in field order) makes what the keyword constructors make."""
+    path, _, rows = write(tmp_path, "logreg")
+    predictor = ModelSlot(path).predictor
+    assert PREDICTION_FIELDS == (
+        "type", "symbol", "ts_event", "model", "model_hash", "feature_set", "value", "label",
+        "probabilities", "ts_features", "latency_us", "ts_init", "session", "seq",
+    )  # fmt: skip
+    assert SIGNAL_FIELDS == (
+        "type", "symbol", "ts_event", "action", "confidence", "price", "model", "reason",
+        "ts_init", "session", "seq",
+    )  # fmt: skip
+    for v in vectors(rows[:20]):
+        if not v.session:
+            continue
+        d = predictor.decide(v, predictor.first(predictor.row(v)), price=5001.5)
+        prediction, signal = predictor.events(d)
+        assert repr(prediction) == repr(
+            Prediction(
+                symbol=v.symbol,
+                ts_event=v.ts_event,
+                model=predictor.name,
+                model_hash=predictor.model_hash,
+                feature_set=predictor.feature_set,
+                value=d.value,
+                label=predictor.labels[d.best],
+                probabilities=dict(zip(predictor.labels, d.q, strict=True)),
+                ts_features=v.ts_event,
+                latency_us=d.latency_us,
+                ts_init=d.now,
+                session=f"{v.session}/{predictor.tag}",
+                seq=v.seq,
+            )
+        )
+        assert repr(signal) == repr(
+            Signal(
+                symbol=v.symbol,
+                ts_event=v.ts_event,
+                action=d.action,
+                confidence=d.confidence,
+                price=5001.5,
+                model=predictor.name,
+                reason=d.reason,
+                ts_init=d.now,
+                session=f"{v.session}/{predictor.tag}.signal",
+                seq=v.seq,
+            )
+        )
