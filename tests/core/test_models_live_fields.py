@@ -168,3 +168,57 @@ def test_events_are_the_dataclass_events_of_the_decision(tmp_path: Path) -> None
                 seq=v.seq,
             )
         )
+
+
+def test_a_zeromq_only_stage_publishes_the_events_it_scored(tmp_path: Path) -> None:
+    """`--in tcp://… --out tcp://…`: no Valkey writer, so no stream fields are built; every
+    vector's Prediction and Signal are published under the vector's own identity."""
+    import threading
+
+    from qt_cli.core.models.live import open_live
+    from qt_cli.core.zmq_io import PubSink, SubSource
+    from tests.helpers import eventually, tcp_endpoint
+
+    path, _, rows = write(tmp_path, "logreg")
+    feats, out = tcp_endpoint(), tcp_endpoint()
+    pub = PubSink(feats, channel="features", keep_identity=True)
+    worker = open_live(path, [feats], [out], symbols=["WDOQ25"])
+    assert worker.scorer.events and not worker.scorer.fields
+    sub = SubSource(out)
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    got: list = []
+    try:
+        warm = iter(range(10_000, 20_000))
+
+        def connected() -> bool:  # warm-up vectors until results come back (slow joiners)
+            pub.send([vector(rows[0], seq=next(warm))])
+            got.extend(sub.read(0.05))
+            return bool(got)
+
+        eventually(connected, message="the stage's results never arrived")
+        vs = [vector(row, seq=i + 1, ts=T0 + i * 10**6) for i, row in enumerate(rows[:30])]
+        pub.send(vs)
+
+        def results() -> list:  # the test vectors' (the warm-up ones have seqs from 10,000)
+            got.extend(sub.read(0.1))
+            return [e for e in got if e.seq <= len(vs)]
+
+        eventually(lambda: len(results()) >= 2 * len(vs))
+    finally:
+        worker.stop("test")
+        runner.join(5)
+        worker.close()
+        pub.close()
+        sub.close()
+    reference = ModelSlot(path).predictor
+    mine = [e for e in got if e.seq <= len(vs)]
+    assert len(mine) == 2 * len(vs)
+    for v, prediction, signal in zip(vs, mine[::2], mine[1::2], strict=True):
+        assert isinstance(prediction, Prediction) and isinstance(signal, Signal)
+        assert (prediction.session, prediction.seq) == (f"feat1/{reference.tag}", v.seq)
+        assert (signal.session, signal.seq) == (f"feat1/{reference.tag}.signal", v.seq)
+        want = reference.proba(reference.row(v))[0].tolist()
+        assert list(prediction.probabilities.values()) == want
+        assert signal.price == v.features["price_current"]
+    assert worker.scorer.counters["predictions"] >= len(vs)
