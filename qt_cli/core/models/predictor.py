@@ -148,8 +148,8 @@ class Predictor:
     def predict_fields(
         self, vector: FeatureVector, *, price: float = math.nan, events: bool = True
     ) -> Decision | None:
-        """What `predict` decides for one vector, with the stream fields' values of its
-        Prediction and Signal (`fields`) and, with `events`, the two events; None (counted)
+        """What `predict` decides for one vector (`fields` turns it into the Prediction's and
+        Signal's stream field values), with the two events only when `events`; None (counted)
         when it is not warm. The live stage's path: no event is built to be turned into
         fields."""
         q = self.score(vector)
