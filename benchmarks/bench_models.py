@@ -7,8 +7,10 @@ trades ahead), in the same run:
 - bare ONNX Runtime: `session.run` of the bundle's graph on the same array (one thread);
 - the Predictor: schema check -> row -> ONNX Runtime -> Prediction and Signal from a
   `FeatureVector` event;
-- the live stage's path per vector (`models.live.Scorer`): the entry's fields as XREADGROUP
-  returns them -> decode -> schema check -> predict -> Prediction and Signal -> stream fields;
+- the live stage's path per vector (`models.live.Scorer`, as `qt predict --out valkey://…`
+  runs it: the Prediction's and Signal's stream fields, no event objects, which only ZeroMQ/file
+  outputs need): the entry's fields as XREADGROUP returns them -> decode -> schema check ->
+  predict -> Prediction and Signal stream fields;
   and the write (`qt_append` through `StreamWriter`, batches of 100 vectors, wall time per
   vector) into a valkey-server of the benchmark's own.
 Then the users' kind of legacy models, imported as `qt models import` does (seed65 set): a
@@ -156,8 +158,9 @@ def save_bundle(path: Path, pipe: object, model: str, check_rows: np.ndarray) ->
 
 
 def stage_path(path: Path) -> tuple[Scorer, object]:
-    """The live stage's per-vector call for the bundle at `path`: fields -> derived entries."""
-    scorer = Scorer(ModelSlot(path))
+    """The live stage's per-vector call for the bundle at `path`: fields -> derived entries
+    (the Scorer `LivePredict` makes for a Valkey output: stream fields, no events)."""
+    scorer = Scorer(ModelSlot(path), events=False)
     key = keys.stream_key("features", SYMBOL)
 
     def call(fields: dict[bytes, bytes]) -> list:
@@ -299,7 +302,8 @@ def run() -> None:
         "to one thread); bare ONNX Runtime `session.run` on the same array (one thread); the "
         "Predictor from a `FeatureVector` event (schema check, row, ONNX Runtime, Prediction and "
         "Signal); the live stage's path (`models.live.Scorer`: the stored entry's fields -> "
-        "decode -> schema check -> predict -> Prediction and Signal -> their stream fields); "
+        "decode -> schema check -> predict -> the Prediction's and Signal's stream fields, "
+        "built without the events a Valkey output does not need); "
         f"the write of both with `qt_append` (batches of {WRITE_BATCH} vectors, wall time per "
         "vector, a valkey-server of the benchmark's own with AOF on).",
         "",

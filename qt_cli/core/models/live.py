@@ -28,11 +28,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from qt_cli.core import keys
 from qt_cli.core.errors import QtError
-from qt_cli.core.events import FeatureVector
+from qt_cli.core.events import NS_PER_MS, FeatureVector, Prediction, Signal
 from qt_cli.core.models.bundle import load, verify
 from qt_cli.core.models.errors import ModelError
-from qt_cli.core.models.predictor import Predictor
+from qt_cli.core.models.predictor import PREDICTION_FIELDS, SIGNAL_FIELDS, Predictor
 from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 from qt_cli.core.stage.derived import Derived, GroupWorker
 from qt_cli.core.store.reader import SourceEntry
@@ -139,10 +140,17 @@ class ModelSlot:
 
 
 class Scorer:
-    """`derive` for the GroupWorker: one feature-vector entry -> its Prediction and Signal."""
+    """`derive` for the GroupWorker: one feature-vector entry -> its Prediction and Signal.
 
-    def __init__(self, slot: ModelSlot) -> None:
+    The entries' values are built straight from the scored vector (`Predictor.fields`, the
+    texts `to_fields` gives), only with `fields` (a stage writing to Valkey); the Prediction
+    and Signal events only with `events` (the stage's ZeroMQ/file outputs send them). An entry
+    built without fields has empty names and values (nothing writes it)."""
+
+    def __init__(self, slot: ModelSlot, *, events: bool = True, fields: bool = True) -> None:
         self.slot = slot
+        self.events = events
+        self.fields = fields
         self.counters = {
             "vectors": 0,
             "not_warm": 0,
@@ -152,6 +160,7 @@ class Scorer:
             "buy": 0,
             "sell": 0,
         }
+        self._keys: dict[str, tuple[str, str]] = {}  # symbol -> (predictions, signals) stream
 
     def __call__(self, entry: SourceEntry, session: str, seq: int) -> list[Derived]:
         vector = entry.event
@@ -165,16 +174,35 @@ class Scorer:
             return []
         if not vector.session:  # written by a seed-era tool: the stage's identity for it
             vector = replace(vector, session=session, seq=seq)
-        out = predictor.predict(vector, price=vector.features.get("price_current", math.nan))
-        if out is None:
+        d = predictor.predict_fields(
+            vector, price=vector.features.get("price_current", math.nan), events=self.events
+        )
+        if d is None:
             c["not_warm"] += 1
             return []
-        prediction, signal = out
         c["predictions"] += 1
-        if signal.action != "hold":
+        action = d.action
+        if action != "hold":
             c["signals"] += 1
-            c[signal.action] += 1
-        return [Derived.of(prediction), Derived.of(signal)]
+            c[action] += 1
+        symbol = vector.symbol
+        pair = self._keys.get(symbol)
+        if pair is None:
+            pair = self._keys[symbol] = (
+                keys.stream_key(Prediction.STREAM, symbol),
+                keys.stream_key(Signal.STREAM, symbol),
+            )
+        ms = vector.ts_event // NS_PER_MS
+        if not self.fields:
+            return [
+                Derived(pair[0], (), (), ms, d.prediction),
+                Derived(pair[1], (), (), ms, d.signal),
+            ]
+        prediction, signal = predictor.fields(d)
+        return [
+            Derived(pair[0], PREDICTION_FIELDS, prediction, ms, d.prediction),
+            Derived(pair[1], SIGNAL_FIELDS, signal, ms, d.signal),
+        ]
 
     def describe(self) -> dict[str, Any]:
         p = self.slot.predictor
@@ -194,7 +222,8 @@ class LivePredict(GroupWorker):
 
     def __init__(self, source: Any, writer: Any, slot: ModelSlot, **kwargs: Any) -> None:
         self.slot = slot
-        self.scorer = Scorer(slot)
+        # events for the ZeroMQ/file outputs, stream fields for Valkey: only what is sent
+        self.scorer = Scorer(slot, events=bool(kwargs.get("sinks")), fields=writer is not None)
         super().__init__(
             source, writer, self.scorer, stage=STAGE, describe=self.scorer.describe, **kwargs
         )

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
-from qt_cli.core.events import FeatureVector, Prediction, Signal
+from qt_cli.core.events import FeatureVector, Prediction, Signal, _flat_value, values_maker
 from qt_cli.core.models.bundle import Bundle, load
 from qt_cli.core.models.errors import ModelError, ModelUsageError, SchemaMismatch
 
@@ -89,19 +90,27 @@ class Predictor:
             except ModelError as exc:
                 raise ModelError(f"{self.bundle.path or 'the bundle'}: {exc}") from None
             self.proba = runner.proba
+            self.first = runner.first
             self.serving = "onnx"
-        elif self.bundle.native is not None:
-            from qt_cli.core.models.legacy import native_proba
-
-            model = self.bundle.native
-            pre = self.bundle.pipeline  # the scaler, when the model had one
-            if pre is not None:
-                self.proba = lambda rows: native_proba(model, pre.transform(rows))
-            else:
-                self.proba = lambda rows: native_proba(model, rows)
         else:
-            self.proba = self.bundle.pipeline.predict_proba
-        self._checked: tuple[Any, ...] | None = None
+            if self.bundle.native is not None:
+                from qt_cli.core.models.legacy import native_proba
+
+                model = self.bundle.native
+                pre = self.bundle.pipeline  # the scaler, when the model had one
+                if pre is not None:
+                    self.proba = lambda rows: native_proba(model, pre.transform(rows))
+                else:
+                    self.proba = lambda rows: native_proba(model, rows)
+            else:
+                self.proba = self.bundle.pipeline.predict_proba
+            self.first = lambda rows: self.proba(rows)[0].tolist()
+        # The stream-field texts that are the same for every vector (as `to_fields` writes them)
+        self._model_text = _text(self.name)
+        self._hash_text = _text(self.model_hash)
+        self._set_text = _text(self.feature_set)
+        self._label_texts = tuple(_text(label) for label in self.labels)
+        self._matched = self.names  # the last vector's names that matched `names`
 
     def check(self, vector: FeatureVector) -> None:
         """SchemaMismatch unless the vector has the model's set, names, order and catalog hash."""
@@ -115,10 +124,14 @@ class Predictor:
                 f"trained on catalog {self.catalog_hash}: retrain or recompute the features"
             )
         keys = tuple(vector.features)
-        if keys != self.names:
-            raise SchemaMismatch(
-                f"feature vector does not match the model: {schema_difference(keys, self.names)}"
-            )
+        # Against the last names that matched first: orjson hands out the same name objects
+        # again (its key cache), which compare by identity
+        if keys != self._matched:
+            if keys != self.names:
+                raise SchemaMismatch(
+                    f"feature vector does not match the model: {schema_difference(keys, self.names)}"
+                )
+            self._matched = keys
 
     def row(self, vector: FeatureVector) -> np.ndarray:
         return np.fromiter(vector.features.values(), np.float64, self.n).reshape(1, self.n)
@@ -127,39 +140,50 @@ class Predictor:
         self, vector: FeatureVector, *, price: float = math.nan
     ) -> tuple[Prediction, Signal] | None:
         """The Prediction and Signal for one vector; None (counted) when it is not warm."""
+        q = self.score(vector)
+        if q is None:
+            return None
+        return self.events(self.decide(vector, q, price))
+
+    def predict_fields(
+        self, vector: FeatureVector, *, price: float = math.nan, events: bool = True
+    ) -> Decision | None:
+        """What `predict` decides for one vector (`fields` turns it into the Prediction's and
+        Signal's stream field values), with the two events only when `events`; None (counted)
+        when it is not warm. The live stage's path: no event is built to be turned into
+        fields."""
+        q = self.score(vector)
+        if q is None:
+            return None
+        decision = self.decide(vector, q, price)
+        if events:
+            decision.prediction, decision.signal = self.events(decision)
+        return decision
+
+    def score(self, vector: FeatureVector) -> list[float] | None:
+        """The vector's class probabilities (schema checked); None (counted) when not warm."""
         self.counters["vectors"] += 1
         self.check(vector)
         if not vector.warm:
             self.counters["not_warm"] += 1
             return None
-        p = self.proba(self.row(vector))[0]
-        return self.build(vector, p, price)
+        return self.first(self.row(vector))
 
     def build(
-        self, vector: FeatureVector, p: np.ndarray, price: float = math.nan
+        self, vector: FeatureVector, p: np.ndarray | list[float], price: float = math.nan
     ) -> tuple[Prediction, Signal]:
-        q = p.tolist()  # Python floats: no numpy scalar per element below
+        """The Prediction and Signal for a vector's class probabilities `p`."""
+        q = p.tolist() if isinstance(p, np.ndarray) else p  # Python floats: no numpy scalars
+        return self.events(self.decide(vector, q, price))
+
+    def decide(self, vector: FeatureVector, q: list[float], price: float = math.nan) -> Decision:
+        """The most probable class and the signal's action for probabilities `q` (the cooldown
+        and the counters move here), stamped now."""
         best = q.index(max(q))  # the first of equal maxima, as np.argmax
         confidence = q[best]
         up = q[self.up] if self.up is not None else 0.0
         down = q[self.down] if self.down is not None else 0.0
         now = time.time_ns()
-        session = f"{vector.session}/{self.tag}"
-        prediction = Prediction(
-            symbol=vector.symbol,
-            ts_event=vector.ts_event,
-            model=self.name,
-            model_hash=self.model_hash,
-            feature_set=self.feature_set,
-            value=up - down,
-            label=self.labels[best],
-            probabilities=dict(zip(self.labels, q, strict=True)),
-            ts_features=vector.ts_event,
-            latency_us=(now - vector.ts_init) / 1e3 if self.live and vector.ts_init else math.nan,
-            ts_init=now,
-            session=session,
-            seq=vector.seq,
-        )
         action = self.actions[best]
         reason = f"{self.labels[best]} {confidence:.3f}"
         if action != "hold":
@@ -171,22 +195,167 @@ class Predictor:
                     action, reason = "hold", "cooldown"
                 else:
                     self._last_signal[vector.symbol] = vector.ts_event
-        signal = Signal(
-            symbol=vector.symbol,
-            ts_event=vector.ts_event,
-            action=action,
-            confidence=confidence,
-            price=price,
-            model=self.name,
-            reason=reason,
-            ts_init=now,
-            session=f"{session}.signal",
-            seq=vector.seq,
-        )
         self.counters["predictions"] += 1
         if action != "hold":
             self.counters["signals"] += 1
+        return Decision(
+            vector,
+            q,
+            best,
+            up - down,
+            (now - vector.ts_init) / 1e3 if self.live and vector.ts_init else math.nan,
+            now,
+            f"{vector.session}/{self.tag}",
+            action,
+            confidence,
+            reason,
+            price,
+        )
+
+    def events(self, d: Decision) -> tuple[Prediction, Signal]:
+        """The Prediction and Signal of a decision (made as `values_maker` makes events: the
+        values in field order, a frozen dataclass's __init__ costs twice as much)."""
+        vector = d.vector
+        prediction = _make_prediction(
+            (
+                vector.symbol,  # symbol
+                vector.ts_event,  # ts_event
+                self.name,  # model
+                self.model_hash,  # model_hash
+                self.feature_set,  # feature_set
+                d.value,  # value
+                self.labels[d.best],  # label
+                dict(zip(self.labels, d.q, strict=True)),  # probabilities
+                vector.ts_event,  # ts_features
+                d.latency_us,  # latency_us
+                d.now,  # ts_init
+                d.session,  # session
+                vector.seq,  # seq
+            )
+        )
+        signal = _make_signal(
+            (
+                vector.symbol,  # symbol
+                vector.ts_event,  # ts_event
+                d.action,  # action
+                d.confidence,  # confidence
+                d.price,  # price
+                self.name,  # model
+                d.reason,  # reason
+                d.now,  # ts_init
+                f"{d.session}.signal",  # session
+                vector.seq,  # seq
+            )
+        )
         return prediction, signal
+
+    def fields(self, d: Decision) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The values of `events(d)`'s stream fields (`PREDICTION_FIELDS`, `SIGNAL_FIELDS`),
+        each the text `Event.to_fields` gives, built without the events (tests check they
+        are the same)."""
+        vector = d.vector
+        symbol = vector.symbol
+        if type(symbol) is not str:
+            symbol = _flat_value(symbol)
+        ts = vector.ts_event
+        ts = int.__repr__(ts) if type(ts) is int else _flat_value(ts)
+        seq = vector.seq
+        seq = int.__repr__(seq) if type(seq) is int else _flat_value(seq)
+        now = int.__repr__(d.now)
+        value = d.value
+        latency = d.latency_us
+        price = d.price
+        confidence = d.confidence
+        return (
+            "prediction",
+            symbol,
+            ts,
+            self._model_text,
+            self._hash_text,
+            self._set_text,
+            ("" if value != value else _frepr(value)) if type(value) is float else _flat_value(value),
+            self._label_texts[d.best],
+            _dumps(dict(zip(self.labels, d.q, strict=True))).decode(),
+            ts,
+            ("" if latency != latency else _frepr(latency)) if type(latency) is float else _flat_value(latency),
+            now,
+            d.session,
+            seq,
+        ), (
+            "signal",
+            symbol,
+            ts,
+            d.action,
+            ("" if confidence != confidence else _frepr(confidence)) if type(confidence) is float else _flat_value(confidence),
+            ("" if price != price else _frepr(price)) if type(price) is float else _flat_value(price),
+            self._model_text,
+            d.reason,
+            now,
+            f"{d.session}.signal",
+            seq,
+        )  # fmt: skip
+
+
+# The stream fields of a Prediction and of a Signal, in `to_fields` order (`Predictor.fields`)
+PREDICTION_FIELDS = ("type", *(name for name, _, _ in Prediction._spec))
+SIGNAL_FIELDS = ("type", *(name for name, _, _ in Signal._spec))
+_frepr = float.__repr__
+_dumps = orjson.dumps
+_make_prediction = values_maker(Prediction)
+_make_signal = values_maker(Signal)
+
+
+def _text(value: Any) -> str:
+    return value if type(value) is str else _flat_value(value)
+
+
+class Decision:
+    """What `Predictor.decide` made of one vector's probabilities (`events` and `fields` turn
+    it into the Prediction and Signal, or their stream fields)."""
+
+    __slots__ = (
+        "action",
+        "best",
+        "confidence",
+        "latency_us",
+        "now",
+        "prediction",
+        "price",
+        "q",
+        "reason",
+        "session",
+        "signal",
+        "value",
+        "vector",
+    )
+
+    def __init__(
+        self,
+        vector: FeatureVector,
+        q: list[float],
+        best: int,
+        value: float,
+        latency_us: float,
+        now: int,
+        session: str,
+        action: str,
+        confidence: float,
+        reason: str,
+        price: float,
+    ) -> None:
+        self.vector = vector
+        self.q = q
+        self.best = best
+        self.value = value
+        self.latency_us = latency_us
+        self.now = now
+        self.session = session
+        self.action = action
+        self.confidence = confidence
+        self.reason = reason
+        self.price = price
+        self.prediction: Prediction | None = None
+        self.signal: Signal | None = None
 
 
 # --- backtest over stored history ---------------------------------------------------------------
