@@ -154,6 +154,8 @@ class SubSource:
             sock.close(linger=0)
             raise EndpointError(f"cannot connect to {self.uri}: {exc.strerror}") from None
         self._sock = sock
+        self._poller = zmq.Poller()  # kept: Socket.poll makes a new one per call
+        self._poller.register(sock, zmq.POLLIN)
 
     @property
     def finished(self) -> bool:
@@ -216,7 +218,7 @@ class SubSource:
             self._recover_page(out)
             return out
         sock = self._sock
-        if not sock.poll(max(int(timeout_s * 1000), 0), zmq.POLLIN):
+        if not self._poller.poll(max(int(timeout_s * 1000), 0)):
             return out
         # Frames are taken one by one without copying the first: `Frame.more` tells a
         # [topic, payload] message from a single frame without a getsockopt per message
