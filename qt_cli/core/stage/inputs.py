@@ -43,22 +43,19 @@ class ZmqInput:
         """The events heard, as entries with ids `<n>-0` in arrival order (no stream ids here).
         Waits up to `timeout_s` for the first message on any of the sources (polled together:
         a quiet channel does not hold back a busy one)."""
-        out = self._read_all()
-        if not out:
-            for tail in self._tails:  # the end of a burst lost: no later seq shows the gap
-                tail.after_read(False)
-        else:
-            for tail in self._tails:
-                tail.after_read(True)
-        if not out and len(self.sources) > 1:
-            if self._poller is None:
-                self._poller = zmq.Poller()
-                for source in self.sources:
-                    self._poller.register(source.socket, zmq.POLLIN)
-            if self._poller.poll(max(int(timeout_s * 1000), 0)):
-                out = self._read_all()
-        elif not out:
+        if len(self.sources) == 1:  # one source waits by itself
             out = self._read_all(timeout_s)
+        else:
+            out = self._read_all()
+            if not out:
+                if self._poller is None:
+                    self._poller = zmq.Poller()
+                    for source in self.sources:
+                        self._poller.register(source.socket, zmq.POLLIN)
+                if self._poller.poll(max(int(timeout_s * 1000), 0)):
+                    out = self._read_all()
+        for tail in self._tails:  # the end of a burst lost: no later seq shows the gap
+            tail.after_read(bool(out))
         return out
 
     def _read_all(self, timeout_s: float = 0.0) -> list[SourceEntry]:

@@ -229,8 +229,14 @@ class SubSource:
         max_batch = self.max_batch
         max_bytes = self.max_message_bytes
         received = 0
+        get = sock.get
+        events, pollin = zmq.EVENTS, zmq.POLLIN
         try:
             while len(out) < max_batch:
+                # The end of what is queued: asked of the socket while the batch is small (a
+                # failed recv raises zmq.Again, which costs what a few of these asks cost).
+                if 0 < received < FEW_MESSAGES and not get(events) & pollin:
+                    break
                 try:
                     first = recv(nonblock, copy=False)
                 except zmq.Again:
@@ -475,6 +481,7 @@ def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
+FEW_MESSAGES = 4  # SubSource.read: up to this many, look before reading (see there)
 TAIL_IDLE_S = 1.0  # quiet this long before asking the replay endpoint
 TAIL_CHECK_EVERY_S = 2.0  # and at most this often
 
