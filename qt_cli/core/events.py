@@ -836,17 +836,26 @@ def _bytes_decoder(cls: type[Event]) -> Any:
         exprs.append(
             f"{name}=({convert} if ({v} := f.get({name.encode()!r})) is not None else {fallback})"
         )
-    # the slots set directly: a frozen dataclass's __init__ costs twice as much
-    env["new"] = cls.__new__
+    _slot_setters(cls, env)
     lines = ["e = new(cls)"]
-    for i, expr in enumerate(exprs):
-        name, value = expr.split("=", 1)
-        env[f"s{i}"] = getattr(cls, name).__set__
-        lines.append(f"s{i}(e, {value})")
+    lines += [f"s{i}(e, {expr.split('=', 1)[1]})" for i, expr in enumerate(exprs)]
     body = "".join(f"    {line}\n" for line in [*lines, "return e"])
-    source = f"def decode(f):\n{body}"
-    exec(compile(source, f"<decode {cls.__name__} fields>", "exec"), env)  # noqa: S102
-    return env["decode"]
+    return _compiled(f"def decode(f):\n{body}", f"<decode {cls.__name__} fields>", env)
+
+
+def _slot_setters(cls: type[Event], env: dict[str, Any]) -> None:
+    """Put `cls`, `new` and a setter per field (`s0`, `s1`, … in field order) in `env`: generated
+    code makes an event with `e = new(cls)` and `sI(e, value)`, without the frozen dataclass's
+    __init__ (an `object.__setattr__` per field: twice the cost)."""
+    env.update(cls=cls, new=cls.__new__)
+    for i, (name, _, _) in enumerate(cls._spec):
+        env[f"s{i}"] = getattr(cls, name).__set__
+
+
+def _compiled(source: str, label: str, env: dict[str, Any]) -> Any:
+    """The function `source` defines (`def NAME(…`), compiled (once, at import) in `env`."""
+    exec(compile(source, label, "exec"), env)  # noqa: S102
+    return env[source[len("def ") : source.index("(")]]
 
 
 def _fallback() -> Any:
@@ -864,12 +873,12 @@ def _dict_decoder(cls: type[Event]) -> Any:
     number, a missing required field, a seed-era tick, a validation error): `from_dict` then
     decides, converting or raising as it always did. Its events equal `from_dict`'s (a test
     checks both on generated dicts)."""
-    env: dict[str, Any] = {"new": cls.__new__, "cls": cls, "nan": math.nan, "bad": _fallback}
-    env.update(M=_MISSING, errors=_FALLBACK_ERRORS)
+    env: dict[str, Any] = {"nan": math.nan, "bad": _fallback, "M": _MISSING}
+    env["errors"] = _FALLBACK_ERRORS
+    _slot_setters(cls, env)
     lines = []
     for i, (name, typ, default) in enumerate(cls._spec):
         v = f"v{i}"
-        env[f"s{i}"] = getattr(cls, name).__set__  # the slot itself: no __init__ (frozen: slow)
         if typ is int:  # bool is not int here: from_dict converts it
             convert = f"({v} if type({v}) is int and {INT_MIN} <= {v} <= {INT_MAX} else bad())"
         elif typ is float:
@@ -899,10 +908,9 @@ def _dict_decoder(cls: type[Event]) -> Any:
     source = (
         f"def decode(d):\n    try:\n{body}    except errors:\n        return None\n    return e\n"
     )
-    exec(compile(source, f"<decode {cls.__name__} dict>", "exec"), env)  # noqa: S102
+    plain = _compiled(source, f"<decode {cls.__name__} dict>", env)
     if cls is not Trade:
-        return env["decode"]
-    plain = env["decode"]
+        return plain
 
     def decode_trade(d: dict[str, Any]) -> Any:  # a seed-era tick lacks these: from_dict
         if "ts_event" in d and "ts_init" in d and "aggressor" in d:
@@ -918,14 +926,11 @@ def values_maker(cls: type[Event]) -> Callable[[Sequence[Any]], Any]:
     had (no conversion, no validation). Compiled once per class."""
     made = _MAKERS.get(cls)
     if made is None:
-        env: dict[str, Any] = {"new": cls.__new__, "cls": cls}
-        lines = ["e = new(cls)"]
-        for i, (name, _, _) in enumerate(cls._spec):
-            env[f"s{i}"] = getattr(cls, name).__set__
-            lines.append(f"s{i}(e, r[{i}])")
+        env: dict[str, Any] = {}
+        _slot_setters(cls, env)
+        lines = ["e = new(cls)", *(f"s{i}(e, r[{i}])" for i in range(len(cls._spec)))]
         body = "".join(f"    {line}\n" for line in [*lines, "return e"])
-        exec(compile(f"def make(r):\n{body}", f"<make {cls.__name__}>", "exec"), env)  # noqa: S102
-        made = _MAKERS[cls] = env["make"]
+        made = _MAKERS[cls] = _compiled(f"def make(r):\n{body}", f"<make {cls.__name__}>", env)
     return made
 
 
