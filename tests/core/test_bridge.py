@@ -634,6 +634,35 @@ def test_spill_queue_keeps_order_across_memory_and_disk(tmp_path: Path) -> None:
     assert not (tmp_path / "q.spill").exists()
 
 
+def test_spill_queue_wakes_a_lingering_writer_only_for_a_full_batch(tmp_path: Path) -> None:
+    # A wake-up per put (a feed batch a millisecond per channel) cost the writer a context switch
+    # and the interpreter lock each time: while it lingers, only a full batch wakes it early.
+    queue = SpillQueue(tmp_path / "q.spill")
+    events = make_trades(60)
+    taken: list[list] = []
+    lingering = threading.Event()
+
+    def writer() -> None:
+        lingering.set()
+        taken.append(queue.take(50, wait_s=5, linger_s=5))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    lingering.wait()
+    started = time.monotonic()
+    queue.put(events[:1])  # wakes it: it waited for a first item
+    eventually(lambda: queue._wake_at == 50)  # now lingering for a full batch
+    for i in range(1, 49):
+        queue.put(events[i : i + 1])
+    assert queue.wakeups == 1 and not taken
+    queue.put(events[49:60])  # a full batch: it takes 50 at once, long before the linger's end
+    thread.join(timeout=10)
+    assert time.monotonic() - started < 4.0
+    assert as_trades(taken[0]) == events[:50] and queue.wakeups == 2
+    assert as_trades(queue.take(50, wait_s=0)) == events[50:]
+    assert queue._wake_at == 1
+
+
 def test_spill_queue_persists_everything_for_the_next_run(tmp_path: Path) -> None:
     path = tmp_path / "q.spill"
     queue = SpillQueue(path, max_memory=4)
