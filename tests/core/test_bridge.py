@@ -353,6 +353,62 @@ def test_zeromq_events_are_stored_and_a_dropped_range_is_recovered_from_replay(
         assert_derived_match(vk, symbol, ended=False)
 
 
+def test_zeromq_inputs_share_one_receiving_thread_and_recover_their_gaps(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path, feed: Feed
+) -> None:
+    # The feed's channels (ticks, book) are polled by one thread: a thread per input woke per
+    # message batch of its channel, each wake-up a context switch and a turn of the interpreter
+    # lock. A range dropped on one input is recovered while the other keeps flowing.
+    from collections import Counter
+
+    from qt_cli.core.feed import channel_of
+    from qt_cli.core.sources.sim import SimConfig, SimulatedMarket
+    from qt_cli.core.store.writer import event_key
+
+    book_uri = tcp_endpoint()
+    book = PubSink(book_uri, channel="book", session="testrun.book", journal=feed.journal)
+    sim = SimulatedMarket(
+        SimConfig(seed=3, rate=0, max_events=4000, start_ns=1754658000 * NS_PER_S)
+    )
+    events: list = []
+    while not sim.finished:
+        events += sim.read(0.0)
+    assert len(events) == 4000
+    ticks = [e for e in events if channel_of(e) == "ticks"]
+    books = [e for e in events if channel_of(e) == "book"]
+    assert len(ticks) > 300 and len(books) > 1000
+    config = config_for(valkey_url, tmp_path, feed.pub_uri, book_uri, replay=feed.replay_uri)
+    running = Running(Bridge(config))
+    try:
+        readers = [t.name for t in threading.enumerate() if t.name.startswith("qt-bridge-in")]
+        eventually(
+            lambda: (
+                [t.name for t in threading.enumerate() if t.name.startswith("qt-bridge-in")]
+                == ["qt-bridge-in:zmq"]
+            ),
+            message=f"one receiving thread for both inputs (saw {readers})",
+        )
+        tick_frames = feed.pub.sequencer.encode(ticks)
+        book_frames = book.sequencer.encode(books)
+        half_t, half_b = len(tick_frames) // 2, len(book_frames) // 2
+        feed.pub.send_encoded(tick_frames[:half_t])
+        book.send_encoded(book_frames[:half_b])
+        eventually(lambda: vk.xlen(event_key(ticks[0])) >= 1, message="first write")
+        feed.pub.send_encoded(tick_frames[half_t + 50 :])  # 50 ticks journaled, never sent
+        book.send_encoded(book_frames[half_b : half_b + 100] + book_frames[half_b + 300 :])
+        expected = Counter(event_key(e) for e in events if channel_of(e) in ("ticks", "book"))
+        eventually(
+            lambda: all(vk.xlen(key) == n for key, n in expected.items()),
+            timeout=15,
+            message="every tick and book event stored once",
+        )
+        stats = running.finish()
+    finally:
+        book.close()
+    assert stats.gaps_recovered >= 2 and stats.gaps_lost == 0
+    assert stats.written == len(ticks) + len(books)
+
+
 def test_an_unrecoverable_gap_is_recorded_and_reported_loudly(
     vk: valkey.Valkey, valkey_url: str, tmp_path: Path, messages: list[str]
 ) -> None:

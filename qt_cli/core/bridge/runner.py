@@ -211,7 +211,17 @@ class Bridge(_Receiver, _Writer, _Reconciler):
             source = _open_input(self.config, endpoint, dict(self._watermark))
             self._inputs.append(_Input(endpoint, source))
         self._catch_up_on_start()
+        zmq_inputs = [i for i in self._inputs if i.endpoint.kind == "zmq"]
+        if zmq_inputs:  # one thread polls every ZeroMQ input (receive.py `_receive_zmq`)
+            thread = threading.Thread(
+                target=self._receive_zmq, args=(zmq_inputs,), name="qt-bridge-in:zmq", daemon=True
+            )
+            for inp in zmq_inputs:
+                inp.thread = thread
+            thread.start()
         for inp in self._inputs:
+            if inp.endpoint.kind == "zmq":
+                continue
             inp.thread = threading.Thread(
                 target=self._receive, args=(inp,), name=f"qt-bridge-in:{inp.endpoint.uri}"
             )
