@@ -1,7 +1,7 @@
 """`qt bridge`: events from ZeroMQ (or stdin, or files) into Valkey streams, exactly once.
 
-Threads: one receiver per input (`SubSource` for ZeroMQ: seq tracking, gap recovery from the
-feed's replay endpoint, rejects), one writer, one for derived data, and the caller's thread that
+Threads: one receiver for every ZeroMQ input (their `SubSource`s polled together: seq tracking,
+gap recovery from the feed's replay endpoint, rejects) and one per file or stdin, one writer, one for derived data, and the caller's thread that
 supervises (`run`). Receivers put what they get on a `SpillQueue` (bounded memory, spills to a
 file under the data dir); the writer takes batches (N entries or T ms, whichever first) and
 writes each stream's part of a batch in ONE `qt_append` function call, all streams in one round
