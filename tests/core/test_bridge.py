@@ -391,9 +391,18 @@ def test_zeromq_inputs_share_one_receiving_thread_and_recover_their_gaps(
         tick_frames = feed.pub.sequencer.encode(ticks)
         book_frames = book.sequencer.encode(books)
         half_t, half_b = len(tick_frames) // 2, len(book_frames) // 2
-        feed.pub.send_encoded(tick_frames[:half_t])
-        book.send_encoded(book_frames[:half_b])
-        eventually(lambda: vk.xlen(event_key(ticks[0])) >= 1, message="first write")
+        at = [0]
+
+        def heard() -> bool:  # what is sent before the subscriptions are up is recovered later
+            feed.pub.send_encoded(tick_frames[at[0] : at[0] + 1])
+            book.send_encoded(book_frames[at[0] : at[0] + 1])
+            at[0] += 1
+            return vk.xlen(event_key(ticks[0])) >= 1 and vk.xlen(event_key(books[0])) >= 1
+
+        eventually(heard, message="the bridge hears both inputs")
+        assert at[0] < half_t
+        feed.pub.send_encoded(tick_frames[at[0] : half_t])
+        book.send_encoded(book_frames[at[0] : half_b])
         feed.pub.send_encoded(tick_frames[half_t + 50 :])  # 50 ticks journaled, never sent
         book.send_encoded(book_frames[half_b : half_b + 100] + book_frames[half_b + 300 :])
         expected = Counter(event_key(e) for e in events if channel_of(e) in ("ticks", "book"))
@@ -407,6 +416,36 @@ def test_zeromq_inputs_share_one_receiving_thread_and_recover_their_gaps(
         book.close()
     assert stats.gaps_recovered >= 2 and stats.gaps_lost == 0
     assert stats.written == len(ticks) + len(books)
+
+
+def test_the_deriver_gathers_paced_batches_without_a_wake_up_for_each(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path, feed: Feed
+) -> None:
+    # A paced feed makes the writer store a small batch a millisecond or so; the deriver gathers
+    # DERIVE_LINGER_S of them. A wake-up per stored batch cost a context switch and an
+    # interpreter-lock turn each: only the first of a gathering (or a full one) wakes it.
+    config = config_for(valkey_url, tmp_path, feed.pub_uri, replay=feed.replay_uri)
+    running = Running(Bridge(config))
+    trades = make_trades(400, symbols=("WDOQ25",), step_ms=500)
+    sent = [0]
+
+    def heard() -> bool:  # what is sent before the subscription is up is recovered later
+        if sent[0] < 50:
+            feed.send(trades[sent[0] : sent[0] + 1])
+            sent[0] += 1
+        return vk.xlen(keys.stream_key("ticks", "WDOQ25")) >= 1
+
+    eventually(heard, message="the bridge hears the feed")
+    for i in range(sent[0], 400, 5):
+        feed.send(trades[i : i + 5])
+        time.sleep(0.003)  # a paced feed: a small batch every few ms
+    eventually(lambda: vk.xlen(keys.stream_key("ticks", "WDOQ25")) == 400, message="all stored")
+    deriver = running.bridge.deriver
+    eventually(lambda: deriver._queued == 0, message="derived")
+    running.finish()
+    assert deriver.pushes >= 30, deriver.pushes
+    assert deriver.wakeups <= deriver.pushes / 3, (deriver.wakeups, deriver.pushes)
+    assert_derived_match(vk, "WDOQ25", ended=False)
 
 
 def test_an_unrecoverable_gap_is_recorded_and_reported_loudly(
