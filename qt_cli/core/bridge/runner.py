@@ -1,7 +1,7 @@
 """`qt bridge`: events from ZeroMQ (or stdin, or files) into Valkey streams, exactly once.
 
-Threads: one receiver for every ZeroMQ input (their `SubSource`s polled together: seq tracking,
-gap recovery from the feed's replay endpoint, rejects) and one per file or stdin, one writer, one for derived data, and the caller's thread that
+Threads: one receiver for the ZeroMQ inputs (two or more: their `SubSource`s polled together;
+seq tracking, gap recovery from the feed's replay endpoint, rejects) and one per other input, one writer, one for derived data, and the caller's thread that
 supervises (`run`). Receivers put what they get on a `SpillQueue` (bounded memory, spills to a
 file under the data dir); the writer takes batches (N entries or T ms, whichever first) and
 writes each stream's part of a batch in ONE `qt_append` function call, all streams in one round
@@ -212,6 +212,8 @@ class Bridge(_Receiver, _Writer, _Reconciler):
             self._inputs.append(_Input(endpoint, source))
         self._catch_up_on_start()
         zmq_inputs = [i for i in self._inputs if i.endpoint.kind == "zmq"]
+        if len(zmq_inputs) < 2:  # a single one reads (and waits) in its own read() call
+            zmq_inputs = []
         if zmq_inputs:  # one thread polls every ZeroMQ input (receive.py `_receive_zmq`)
             thread = threading.Thread(
                 target=self._receive_zmq, args=(zmq_inputs,), name="qt-bridge-in:zmq", daemon=True
@@ -220,7 +222,7 @@ class Bridge(_Receiver, _Writer, _Reconciler):
                 inp.thread = thread
             thread.start()
         for inp in self._inputs:
-            if inp.endpoint.kind == "zmq":
+            if inp.thread is not None:
                 continue
             inp.thread = threading.Thread(
                 target=self._receive, args=(inp,), name=f"qt-bridge-in:{inp.endpoint.uri}"
