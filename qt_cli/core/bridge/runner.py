@@ -2,8 +2,9 @@
 
 Threads: one receiver for the ZeroMQ inputs (`SubSource`s, polled together when there are
 several: seq tracking, gap recovery from the feed's replay endpoint, rejects) and one per other
-input, one writer, one for derived data, and the caller's thread that supervises (`run`). Receivers put what they get on a `SpillQueue` (bounded memory, spills to a
-file under the data dir); the writer takes batches (N entries or T ms, whichever first) and
+input, one writer, one for derived data, and the caller's thread that supervises (`run`).
+Receivers put what they get on a `SpillQueue` (bounded memory, spills to a file under the data
+dir); the writer takes batches (N entries or T ms, whichever first) and
 writes each stream's part of a batch in ONE `qt_append` function call, all streams in one round
 trip; the deriver turns the stored ticks into candles (closed, and the forming one now and then)
 and columnar history chunks.
