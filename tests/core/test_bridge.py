@@ -353,6 +353,101 @@ def test_zeromq_events_are_stored_and_a_dropped_range_is_recovered_from_replay(
         assert_derived_match(vk, symbol, ended=False)
 
 
+def test_zeromq_inputs_share_one_receiving_thread_and_recover_their_gaps(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path, feed: Feed
+) -> None:
+    # The feed's channels (ticks, book) are polled by one thread: a thread per input woke per
+    # message batch of its channel, each wake-up a context switch and a turn of the interpreter
+    # lock. A range dropped on one input is recovered while the other keeps flowing.
+    from collections import Counter
+
+    from qt_cli.core.feed import channel_of
+    from qt_cli.core.sources.sim import SimConfig, SimulatedMarket
+    from qt_cli.core.store.writer import event_key
+
+    book_uri = tcp_endpoint()
+    book = PubSink(book_uri, channel="book", session="testrun.book", journal=feed.journal)
+    sim = SimulatedMarket(
+        SimConfig(seed=3, rate=0, max_events=4000, start_ns=1754658000 * NS_PER_S)
+    )
+    events: list = []
+    while not sim.finished:
+        events += sim.read(0.0)
+    assert len(events) == 4000
+    ticks = [e for e in events if channel_of(e) == "ticks"]
+    books = [e for e in events if channel_of(e) == "book"]
+    assert len(ticks) > 300 and len(books) > 1000
+    config = config_for(valkey_url, tmp_path, feed.pub_uri, book_uri, replay=feed.replay_uri)
+    running = Running(Bridge(config))
+    try:
+        readers = [t.name for t in threading.enumerate() if t.name.startswith("qt-bridge-in")]
+        eventually(
+            lambda: (
+                [t.name for t in threading.enumerate() if t.name.startswith("qt-bridge-in")]
+                == ["qt-bridge-in:zmq"]
+            ),
+            message=f"one receiving thread for both inputs (saw {readers})",
+        )
+        tick_frames = feed.pub.sequencer.encode(ticks)
+        book_frames = book.sequencer.encode(books)
+        half_t, half_b = len(tick_frames) // 2, len(book_frames) // 2
+        at = [0]
+
+        def heard() -> bool:  # what is sent before the subscriptions are up is recovered later
+            feed.pub.send_encoded(tick_frames[at[0] : at[0] + 1])
+            book.send_encoded(book_frames[at[0] : at[0] + 1])
+            at[0] += 1
+            return vk.xlen(event_key(ticks[0])) >= 1 and vk.xlen(event_key(books[0])) >= 1
+
+        eventually(heard, message="the bridge hears both inputs")
+        assert at[0] < half_t
+        feed.pub.send_encoded(tick_frames[at[0] : half_t])
+        book.send_encoded(book_frames[at[0] : half_b])
+        feed.pub.send_encoded(tick_frames[half_t + 50 :])  # 50 ticks journaled, never sent
+        book.send_encoded(book_frames[half_b : half_b + 100] + book_frames[half_b + 300 :])
+        expected = Counter(event_key(e) for e in events if channel_of(e) in ("ticks", "book"))
+        eventually(
+            lambda: all(vk.xlen(key) == n for key, n in expected.items()),
+            timeout=15,
+            message="every tick and book event stored once",
+        )
+        stats = running.finish()
+    finally:
+        book.close()
+    assert stats.gaps_recovered >= 2 and stats.gaps_lost == 0
+    assert stats.written == len(ticks) + len(books)
+
+
+def test_the_deriver_gathers_paced_batches_without_a_wake_up_for_each(
+    vk: valkey.Valkey, valkey_url: str, tmp_path: Path, feed: Feed
+) -> None:
+    # A paced feed makes the writer store a small batch a millisecond or so; the deriver gathers
+    # DERIVE_LINGER_S of them. A wake-up per stored batch cost a context switch and an
+    # interpreter-lock turn each: only the first of a gathering (or a full one) wakes it.
+    config = config_for(valkey_url, tmp_path, feed.pub_uri, replay=feed.replay_uri)
+    running = Running(Bridge(config))
+    trades = make_trades(400, symbols=("WDOQ25",), step_ms=500)
+    sent = [0]
+
+    def heard() -> bool:  # what is sent before the subscription is up is recovered later
+        if sent[0] < 50:
+            feed.send(trades[sent[0] : sent[0] + 1])
+            sent[0] += 1
+        return vk.xlen(keys.stream_key("ticks", "WDOQ25")) >= 1
+
+    eventually(heard, message="the bridge hears the feed")
+    for i in range(sent[0], 400, 5):
+        feed.send(trades[i : i + 5])
+        time.sleep(0.003)  # a paced feed: a small batch every few ms
+    eventually(lambda: vk.xlen(keys.stream_key("ticks", "WDOQ25")) == 400, message="all stored")
+    deriver = running.bridge.deriver
+    eventually(lambda: deriver._queued == 0, message="derived")
+    running.finish()
+    assert deriver.pushes >= 30, deriver.pushes
+    assert deriver.wakeups <= deriver.pushes / 3, (deriver.wakeups, deriver.pushes)
+    assert_derived_match(vk, "WDOQ25", ended=False)
+
+
 def test_an_unrecoverable_gap_is_recorded_and_reported_loudly(
     vk: valkey.Valkey, valkey_url: str, tmp_path: Path, messages: list[str]
 ) -> None:
@@ -632,6 +727,35 @@ def test_spill_queue_keeps_order_across_memory_and_disk(tmp_path: Path) -> None:
         out += queue.take(3, wait_s=0)
     assert as_trades(out) == events
     assert not (tmp_path / "q.spill").exists()
+
+
+def test_spill_queue_wakes_a_lingering_writer_only_for_a_full_batch(tmp_path: Path) -> None:
+    # A wake-up per put (a feed batch a millisecond per channel) cost the writer a context switch
+    # and the interpreter lock each time: while it lingers, only a full batch wakes it early.
+    queue = SpillQueue(tmp_path / "q.spill")
+    events = make_trades(60)
+    taken: list[list] = []
+    lingering = threading.Event()
+
+    def writer() -> None:
+        lingering.set()
+        taken.append(queue.take(50, wait_s=5, linger_s=5))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    lingering.wait()
+    started = time.monotonic()
+    queue.put(events[:1])  # wakes it: it waited for a first item
+    eventually(lambda: queue._wake_at == 50)  # now lingering for a full batch
+    for i in range(1, 49):
+        queue.put(events[i : i + 1])
+    assert queue.wakeups == 1 and not taken
+    queue.put(events[49:60])  # a full batch: it takes 50 at once, long before the linger's end
+    thread.join(timeout=10)
+    assert time.monotonic() - started < 4.0
+    assert as_trades(taken[0]) == events[:50] and queue.wakeups == 2
+    assert as_trades(queue.take(50, wait_s=0)) == events[50:]
+    assert queue._wake_at == 1
 
 
 def test_spill_queue_persists_everything_for_the_next_run(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from qt_cli.core import keys
-from qt_cli.core.bridge import entry_columns, tick_row
+from qt_cli.core.bridge import entry_columns, tick_row, wire_item
 from qt_cli.core.chunks import encode_columns, tick_columns_of
 from qt_cli.core.errors import DecodeError
 from qt_cli.core.events import NS_PER_S, Trade, decode_dict
@@ -150,3 +150,95 @@ def test_sub_source_decode_hook_and_framing(ctx: zmq.Context[Any]) -> None:
     finally:
         source.close()
         pub.close(linger=0)
+
+
+# --- book updates and tops of book: the same events as the generic decoder -------------------
+
+
+def _book_wires() -> list[dict[str, Any]]:
+    """Every book and tob message of a simulated stretch, as the feed writes them (orjson)."""
+    from qt_cli.core.journal import Sequencer
+    from qt_cli.core.sources.sim import SimConfig, SimulatedMarket
+
+    sim = SimulatedMarket(
+        SimConfig(seed=11, rate=0, max_events=6000, start_ns=1754658000 * NS_PER_S)
+    )
+    events: list = []
+    while not sim.finished:
+        events += sim.read(0.0)
+    payloads = [p for _, p in Sequencer("run.book").encode(events)]
+    wires = [orjson.loads(p) for p in payloads]
+    return [w for w in wires if w["type"] in ("book", "tob")]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and repr(a) == repr(b)  # repr: NaN prices compare equal
+
+
+def test_book_events_decode_to_what_the_generic_decoder_gives() -> None:
+    wires = _book_wires()
+    kinds = {(w["type"], w.get("action")) for w in wires}
+    assert {("book", "add"), ("book", "edit"), ("book", "delete"), ("tob", None)} <= kinds
+    assert any(w["type"] == "tob" and w["bid_price"] is None for w in wires) or any(
+        w["type"] == "book" and w["price"] is None for w in wires
+    )
+    for wire in wires:
+        fast = wire_item(wire)
+        assert fast is not None, wire  # the canonical form takes the fast path
+        assert _same(fast, decode_dict(wire)), wire
+
+
+BOOK = {
+    "type": "book", "symbol": "WDOQ25", "ts_event": 1754658000 * NS_PER_S, "side": "bid",
+    "action": "add", "position": 0, "price": 5000.5, "quantity": 3, "count": 1, "agent": 0,
+    "order_id": 0, "book": "price", "levels": [], "ts_init": 1, "session": "r.book", "seq": 7,
+}  # fmt: skip
+TOB = {
+    "type": "tob", "symbol": "WDOQ25", "ts_event": 1754658000 * NS_PER_S, "bid_price": 5000.0,
+    "bid_qty": 4, "ask_price": 5000.5, "ask_qty": 2, "ts_init": 1, "session": "r.book", "seq": 8,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("base", "change"),
+    [
+        (BOOK, {"price": 5000}),  # an int price: the generic way makes it a float
+        (BOOK, {"quantity": True}),  # a bool for an int
+        (BOOK, {"position": 2.0}),
+        (BOOK, {"symbol": "*"}),
+        (BOOK, {"symbol": "bad symbol"}),
+        (BOOK, {"symbol": ""}),
+        (BOOK, {"side": "middle"}),
+        (BOOK, {"action": "replace"}),
+        (BOOK, {"action": "add", "price": None}),
+        (BOOK, {"action": "add", "price": -1.0}),
+        (BOOK, {"action": "delete", "price": None}),
+        (BOOK, {"levels": "[[5000.0, 1, 1]]"}),  # JSON text: the generic way parses it
+        (BOOK, {"levels": [[5000.0, 1, 1]], "action": "full"}),
+        (BOOK, {"ts_event": 0}),
+        (BOOK, {"ts_event": 2**63}),
+        (BOOK, {"seq": 2**63}),
+        (BOOK, {"book": 1}),
+        (BOOK, {"origin": "old.book", "origin_seq": 3}),
+        (BOOK, {"quantity": None}),
+        (TOB, {"bid_price": None}),
+        (TOB, {"ask_price": None, "ask_qty": 0}),
+        (TOB, {"bid_price": 0.0}),
+        (TOB, {"ask_price": float("inf")}),
+        (TOB, {"bid_qty": "4"}),
+        (TOB, {"origin": "old.book", "origin_seq": 3}),
+        (TOB, {"symbol": "*"}),
+    ],
+)
+def test_unusual_book_messages_decode_as_the_generic_decoder_does(base: dict, change: dict) -> None:
+    wire = {**base, **change}
+    wire = {k: v for k, v in wire.items() if v is not None or k.endswith("price")}
+    try:
+        expected: Any = decode_dict(wire)
+    except DecodeError as exc:
+        expected = exc
+    fast = wire_item(wire)
+    if fast is None:  # the generic way: what SubSource and the spill file do next
+        return
+    assert not isinstance(expected, DecodeError), (wire, fast)
+    assert _same(fast, expected)

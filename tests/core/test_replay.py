@@ -22,6 +22,7 @@ from qt_cli.core.events import (
 )
 from qt_cli.core.files import write_events
 from qt_cli.core.journal import JournalWriter, Sequencer
+from qt_cli.core.sources.base import PACE_S
 from qt_cli.core.sources.replay import (
     NELOGICA_COLUMNS,
     SUBSECOND_NOTE,
@@ -342,6 +343,30 @@ def test_speed_paces_by_event_time(tmp_path: Path) -> None:
     started = time.monotonic()
     assert without_identity(drain(fast, timeout_s=0.5)) == events
     assert time.monotonic() - started < 2.0
+
+
+def test_a_fast_replay_leaves_in_batches_of_one_pace_interval(tmp_path: Path) -> None:
+    # 20,000 events a second of event time, at speed 1: a read per due event (one each) cost more
+    # than the events; what falls due within one PACE_S leaves together, about on time.
+    n = 10_000
+    events = [Trade("WDOQ25", T0 + i * 50_000, price=5000.0) for i in range(n)]
+    write_events(tmp_path / "fast.jsonl", events)
+    source = open_replay(tmp_path / "fast.jsonl", speed=1.0)
+    source.open()
+    sizes: list[int] = []
+    late: list[float] = []
+    got: list[Event] = []
+    while not source.finished:
+        batch = source.read(0.1)
+        if batch:
+            late.append(time.monotonic() - source._due(batch[0].ts_event))
+            sizes.append(len(batch))
+            got += batch
+    source.close()
+    assert without_identity(got) == events
+    assert len(sizes) <= 0.5 / PACE_S * 1.2 + 5, (len(sizes), sizes[:20])
+    assert sorted(sizes)[len(sizes) // 2] >= 10, sizes[:20]
+    assert sorted(late)[len(late) // 2] < PACE_S + 0.002
 
 
 def test_long_pauses_are_shortened(tmp_path: Path) -> None:

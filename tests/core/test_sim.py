@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections import Counter
 from datetime import datetime
@@ -22,7 +23,7 @@ from qt_cli.core.events import (
     Trade,
     decode,
 )
-from qt_cli.core.sources.base import MarketSource
+from qt_cli.core.sources.base import PACE_S, MarketSource
 from qt_cli.core.sources.sim import BROKERS, SessionClock, SimConfig, SimulatedMarket
 
 
@@ -156,6 +157,40 @@ def test_rate_paces_events_per_wall_second() -> None:
     assert events
     # never ahead of the requested rate by more than one order's events
     assert len(events) <= 2_000 * elapsed + 200, (len(events), elapsed)
+
+
+def paced_batches(rate: float, seconds: float) -> tuple[list[int], list[float]]:
+    """Batch sizes of a run at `rate`, and how late each batch's first event left (s)."""
+    sim = SimulatedMarket(SimConfig(seed=1, rate=rate, duration_s=seconds, start_ns=MONDAY_11H))
+    sim.open()
+    sizes: list[int] = []
+    late: list[float] = []
+    while not sim.finished:
+        before = sim.stats.produced
+        batch = sim.read(0.1)
+        if batch:
+            late.append(time.monotonic() - sim._mono0 - (before + 1) / rate)
+            sizes.append(len(batch))
+    sim.close()
+    return sizes, late
+
+
+def test_a_fast_rate_is_paced_in_batches_of_one_pace_interval() -> None:
+    # At 23,000 events/s a read per due arrival (~3 events) cost more than the events themselves:
+    # events due within one PACE_S leave together, no later than about PACE_S after their time.
+    seconds = 0.5
+    sizes, late = paced_batches(23_000, seconds)
+    assert sum(sizes) > 23_000 * seconds * 0.8
+    assert len(sizes) <= seconds / PACE_S * 1.2 + 5, (len(sizes), sizes[:20])
+    assert statistics.median(sizes) >= 10, sizes[:20]
+    assert statistics.median(late) < PACE_S + 0.002, sorted(late)[len(late) // 2]
+
+
+def test_a_slow_rate_is_not_held_back_by_the_pace() -> None:
+    # 200 events/s: an arrival every ~15 ms leaves on its own, when it is due
+    sizes, late = paced_batches(200, 0.5)
+    assert statistics.median(sizes) <= 6, sizes
+    assert statistics.median(late) < 0.002, sorted(late)
 
 
 def test_realistic_pacing_runs_session_time_with_the_wall_clock() -> None:

@@ -288,6 +288,12 @@ class _Deriver:
         self._queue: deque[tuple[list[Row], list[str], int]] = deque()
         self._queued = 0
         self._cond = threading.Condition()
+        # `push` wakes the thread only once this many ticks are queued: 1 while it waits for
+        # work, DERIVE_BATCH while it gathers (a wake-up per stored batch, ~1,000 a second at a
+        # paced rate, cost a context switch and an interpreter-lock turn each, for nothing).
+        self._wake_at = 1
+        self.pushes = 0
+        self.wakeups = 0  # notifications `push` sent (tests)
         self._reset = False
         self._done = False
         self._pending_candles: list[tuple[Candle, str]] = []
@@ -317,7 +323,10 @@ class _Deriver:
                 self._reset = True
             self._queue.append((events, ids, late))
             self._queued += len(events)
-            self._cond.notify()
+            self.pushes += 1
+            if self._queued >= self._wake_at or self._reset:
+                self.wakeups += 1
+                self._cond.notify()
 
     def reset(self) -> None:
         """Forget the state (and the queue): rebuild from what Valkey holds."""
@@ -352,12 +361,16 @@ class _Deriver:
                     # Let a few stored batches gather: columns and NumPy pay off on hundreds of
                     # ticks, not on the one or two a lightly loaded writer stores per batch.
                     deadline = time.monotonic() + DERIVE_LINGER_S
-                    while (
-                        self._queued < DERIVE_BATCH
-                        and not (self._done or self._reset)
-                        and (wait_s := deadline - time.monotonic()) > 0
-                    ):
-                        self._cond.wait(wait_s)
+                    self._wake_at = DERIVE_BATCH  # finish() and reset() wake it whatever this
+                    try:
+                        while (
+                            self._queued < DERIVE_BATCH
+                            and not (self._done or self._reset)
+                            and (wait_s := deadline - time.monotonic()) > 0
+                        ):
+                            self._cond.wait(wait_s)
+                    finally:
+                        self._wake_at = 1
                     if self._reset:
                         self._reset = False
                         self._forget()

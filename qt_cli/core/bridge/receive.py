@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from qt_cli.core.bridge.config import BridgeConfig
-from qt_cli.core.bridge.rows import Item, _symbol_of, tick_row
+from qt_cli.core.bridge.rows import Item, _symbol_of, wire_item
 from qt_cli.core.bridge.state import _BridgeState
 from qt_cli.core.endpoints import Endpoint
 from qt_cli.core.errors import DecodeError, UsageError
@@ -41,7 +41,7 @@ def _open_input(config: BridgeConfig, endpoint: Endpoint, known: dict[str, int])
 
         return SubSource(
             endpoint,
-            decode=tick_row,
+            decode=wire_item,
             symbols=config.symbols,
             replay=config.replay if config.replay else None,
             catch_up=config.catch_up,
@@ -163,7 +163,7 @@ class _Receiver(_BridgeState):
         for _seq, topic, payload in messages:
             try:
                 data = orjson.loads(payload)
-                event = (tick_row(data) if isinstance(data, dict) else None) or decode_dict(data)
+                event = (wire_item(data) if isinstance(data, dict) else None) or decode_dict(data)
             except (orjson.JSONDecodeError, DecodeError) as exc:
                 field_ = exc.field if isinstance(exc, DecodeError) else None
                 items.append(
@@ -187,49 +187,56 @@ class _Receiver(_BridgeState):
             self.stats.filtered += filtered
         return items
 
-    def _receive(self, inp: _Input) -> None:
+    def _take_in(self, inp: _Input, events: list[Any], tail: TailCheck | None) -> list[Item]:
+        """What one read of an input gives the queue: its gaps, rejects and (kept) events."""
         source = inp.source
-        take_rejects = getattr(source, "take_rejects", None)
+        if tail is not None:
+            tail.after_read(bool(events))
+        items: list[Item] = []
         take_gaps = getattr(source, "take_gaps", None)
-        stop_after = self.config.stop_after
-        tail = TailCheck(source) if inp.endpoint.kind == "zmq" and self.config.replay else None
+        if take_gaps is not None:
+            items += take_gaps()
+        take_rejects = getattr(source, "take_rejects", None)
+        if take_rejects is not None:
+            items += take_rejects()
+        if events and self._catch_up_again and inp.endpoint.kind == "zmq":
+            with self._catch_up_lock:  # once, by the first input to hear something
+                if self._catch_up_again:
+                    self._catch_up_again = False
+                    self._catch_up_on_start()
+        if events:
+            if self._symbols:
+                wanted = self._symbols
+                kept = [e for e in events if _symbol_of(e) in wanted or _symbol_of(e) == "*"]
+                with self._count_lock:
+                    self.stats.filtered += len(events) - len(kept)
+                events = kept
+            stop_after = self.config.stop_after
+            if stop_after is not None:
+                with self._count_lock:
+                    room = stop_after - self.stats.received
+                    if room <= 0:
+                        events = []
+                    elif len(events) >= room:
+                        events = events[:room]
+                        self.stop("stop-after")
+                    self.stats.received += len(events)
+            else:
+                with self._count_lock:
+                    self.stats.received += len(events)
+            items.extend(events)
+        return items
+
+    def _tail_check(self, inp: _Input) -> TailCheck | None:
+        return TailCheck(inp.source) if inp.endpoint.kind == "zmq" and self.config.replay else None
+
+    def _receive(self, inp: _Input) -> None:
+        """One input's thread (a file, stdin)."""
+        source = inp.source
+        tail = self._tail_check(inp)
         try:
             while not self._stop.is_set():
-                events = source.read(0.1)
-                if tail is not None:
-                    tail.after_read(bool(events))
-                items: list[Item] = []
-                if take_gaps is not None:
-                    items += take_gaps()
-                if take_rejects is not None:
-                    items += take_rejects()
-                if events and self._catch_up_again and inp.endpoint.kind == "zmq":
-                    with self._catch_up_lock:  # once, by the first input to hear something
-                        if self._catch_up_again:
-                            self._catch_up_again = False
-                            self._catch_up_on_start()
-                if events:
-                    if self._symbols:
-                        wanted = self._symbols
-                        kept = [
-                            e for e in events if _symbol_of(e) in wanted or _symbol_of(e) == "*"
-                        ]
-                        with self._count_lock:
-                            self.stats.filtered += len(events) - len(kept)
-                        events = kept
-                    if stop_after is not None:
-                        with self._count_lock:
-                            room = stop_after - self.stats.received
-                            if room <= 0:
-                                events = []
-                            elif len(events) >= room:
-                                events = events[:room]
-                                self.stop("stop-after")
-                            self.stats.received += len(events)
-                    else:
-                        with self._count_lock:
-                            self.stats.received += len(events)
-                    items.extend(events)
+                items = self._take_in(inp, source.read(0.1), tail)
                 if items:
                     self.queue.put(items)
                 if source.finished:
@@ -243,3 +250,37 @@ class _Receiver(_BridgeState):
             self.stop("input error")
         finally:
             inp.finished = True
+
+    def _receive_zmq(self, inputs: list[_Input]) -> None:
+        """The ZeroMQ inputs' one thread: their sockets polled together, each ready one read.
+
+        A thread per input woke per message batch of its channel (the feed's ticks and book
+        channels: twice per feed batch), each wake-up a context switch and a turn of the
+        interpreter lock; one thread reads whatever is ready in one turn and queues it in one put.
+        """
+        import zmq
+
+        poller = zmq.Poller()
+        for inp in inputs:
+            poller.register(inp.source.socket, zmq.POLLIN)
+        tails = [self._tail_check(inp) for inp in inputs]
+        current: _Input | None = None
+        try:
+            while not self._stop.is_set():
+                busy = any(inp.source.recovering for inp in inputs)
+                ready = dict(poller.poll(0 if busy else 100))
+                items: list[Item] = []
+                for inp, tail in zip(inputs, tails, strict=True):
+                    current = inp
+                    source = inp.source
+                    events = source.read(0) if source.socket in ready or source.recovering else []
+                    items += self._take_in(inp, events, tail)
+                current = None
+                if items:
+                    self.queue.put(items)
+        except BaseException as exc:  # a receiver failing must stop the bridge, loudly
+            (current or inputs[0]).error = exc
+            self.stop("input error")
+        finally:
+            for inp in inputs:
+                inp.finished = True

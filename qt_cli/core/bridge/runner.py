@@ -1,9 +1,10 @@
 """`qt bridge`: events from ZeroMQ (or stdin, or files) into Valkey streams, exactly once.
 
-Threads: one receiver per input (`SubSource` for ZeroMQ: seq tracking, gap recovery from the
-feed's replay endpoint, rejects), one writer, one for derived data, and the caller's thread that
-supervises (`run`). Receivers put what they get on a `SpillQueue` (bounded memory, spills to a
-file under the data dir); the writer takes batches (N entries or T ms, whichever first) and
+Threads: one receiver for the ZeroMQ inputs (`SubSource`s, polled together when there are
+several: seq tracking, gap recovery from the feed's replay endpoint, rejects) and one per other
+input, one writer, one for derived data, and the caller's thread that supervises (`run`).
+Receivers put what they get on a `SpillQueue` (bounded memory, spills to a file under the data
+dir); the writer takes batches (N entries or T ms, whichever first) and
 writes each stream's part of a batch in ONE `qt_append` function call, all streams in one round
 trip; the deriver turns the stored ticks into candles (closed, and the forming one now and then)
 and columnar history chunks.
@@ -211,7 +212,19 @@ class Bridge(_Receiver, _Writer, _Reconciler):
             source = _open_input(self.config, endpoint, dict(self._watermark))
             self._inputs.append(_Input(endpoint, source))
         self._catch_up_on_start()
+        zmq_inputs = [i for i in self._inputs if i.endpoint.kind == "zmq"]
+        if len(zmq_inputs) < 2:  # a single one reads (and waits) in its own read() call
+            zmq_inputs = []
+        if zmq_inputs:  # one thread polls every ZeroMQ input (receive.py `_receive_zmq`)
+            thread = threading.Thread(
+                target=self._receive_zmq, args=(zmq_inputs,), name="qt-bridge-in:zmq", daemon=True
+            )
+            for inp in zmq_inputs:
+                inp.thread = thread
+            thread.start()
         for inp in self._inputs:
+            if inp.thread is not None:
+                continue
             inp.thread = threading.Thread(
                 target=self._receive, args=(inp,), name=f"qt-bridge-in:{inp.endpoint.uri}"
             )

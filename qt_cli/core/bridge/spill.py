@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from qt_cli.core.bridge.config import DEFAULT_BUFFER_EVENTS, Say, _log_say
-from qt_cli.core.bridge.rows import Item, Refill, _add_range, _session_seq, tick_row
+from qt_cli.core.bridge.rows import Item, Refill, _add_range, _session_seq, wire_item
 from qt_cli.core.errors import DecodeError
 from qt_cli.core.events import (
     Event,
@@ -57,7 +57,7 @@ def _item_from_line(line: bytes) -> Item:
     data = orjson.loads(line)
     if "e" in data:
         wire = data["e"]
-        return tick_row(wire) or decode_dict(wire)  # a trade straight to its Row, as received
+        return wire_item(wire) or decode_dict(wire)  # as received: a trade straight to its Row
     if "d" in data:
         d = data["d"]
         return DeadLetter(**{**d, "raw": d["raw"].encode("latin-1")})
@@ -93,6 +93,11 @@ class SpillQueue:
         self._warn = warn or _log_say
         self._mem: deque[Item] = deque()
         self._cond = threading.Condition()
+        # `put` wakes the taker only once memory holds this many items: 1 while it waits for a
+        # first item, the batch size while it lingers for more (a wake-up per put cost the writer
+        # a context switch and the interpreter lock each time, for nothing).
+        self._wake_at = 1
+        self.wakeups = 0  # notifications `put` sent (tests)
         self._file: Any = None
         self._read_offset = 0
         self._markers = 0  # Refill markers in memory
@@ -160,7 +165,9 @@ class SpillQueue:
                 room = 0 if self.spilled_unread else max(0, self.max_memory - len(self._mem))
                 self._mem.extend(items[:room])
                 self._spill(items[room:])
-            self._cond.notify_all()
+            if len(self._mem) >= self._wake_at or self.spilled_unread or self._dropping is not None:
+                self.wakeups += 1
+                self._cond.notify_all()
 
     def _spill(self, items: Sequence[Item]) -> None:
         """Append items to the spill file; what it cannot take (disk full) is dropped."""
@@ -245,11 +252,15 @@ class SpillQueue:
                 self._cond.wait(wait_s)
             if linger_s > 0 and 0 < len(self._mem) < max_items and not self.spilled_unread:
                 deadline = time.monotonic() + linger_s
-                while len(self._mem) < max_items:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
+                self._wake_at = max_items  # puts below a full batch let the linger run out
+                try:
+                    while len(self._mem) < max_items:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                finally:
+                    self._wake_at = 1
             mem = self._mem
             if mem:
                 n = min(max_items, len(mem))

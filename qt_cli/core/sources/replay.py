@@ -53,6 +53,7 @@ import bisect
 import copy
 import heapq
 import logging
+import math
 import time
 import unicodedata
 from array import array
@@ -69,7 +70,7 @@ from qt_cli.core.errors import DataError, DecodeError, UsageError
 from qt_cli.core.events import EXCHANGE_TZ, NS_PER_S, Event, Trade, decode_dict, now_ns
 from qt_cli.core.files import EARLIEST_NS
 from qt_cli.core.records import DeadLetter
-from qt_cli.core.sources.base import SourceStats
+from qt_cli.core.sources.base import PACE_S, SourceStats
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,8 @@ class _Paced:
         self._anchor_ts = 0
         self._last_ts = 0
         self._notices: list[str] = []
+        self.pace_s = PACE_S
+        self._last_batch = -math.inf  # monotonic time the last paced batch was handed out
         self._last_identity: dict[str, int] = {}  # identity session -> last seq handed out
         # identity session -> every seq handed out under it (increasing: sorted), to tell a
         # record seen again (same identity: the marks skip it) from one out of order
@@ -284,21 +287,27 @@ class _Paced:
     def _read_paced(self, timeout_s: float) -> list[Event]:
         deadline = time.monotonic() + timeout_s
         out: list[Event] = []
+        now = time.monotonic()
         while len(out) < self.batch:
             if not self._fill():
                 break
             event = self._pending[self._pos]
             due = self._due(event.ts_event)
+            if not out:  # at most one batch per pace_s (sources/base.py)
+                due = max(due, self._last_batch + self.pace_s)
             now = time.monotonic()
             if due > now:
                 if out or now >= deadline:
                     break
                 time.sleep(min(due, deadline) - now)
-                if due > time.monotonic():
+                now = time.monotonic()
+                if due > now:
                     break
             out.append(event)
             self._last_ts = max(self._last_ts, event.ts_event)
             self._pos += 1
+        if out:  # a batch cut at its size (catching up) lets the rest follow at once
+            self._last_batch = now if len(out) < self.batch else -math.inf
         return out
 
     def close(self) -> None:

@@ -42,7 +42,7 @@ from qt_cli.core.events import (
     TopOfBook,
     Trade,
 )
-from qt_cli.core.sources.base import SourceStats
+from qt_cli.core.sources.base import PACE_S, SourceStats
 
 SESSION_OPEN = clock_time(9, 0)
 SESSION_S = 9 * 3600  # 09:00–18:00
@@ -922,6 +922,8 @@ class SimulatedMarket:
         self._opened = False
         self._finished = False
         self._mono0 = 0.0
+        self._last_batch = -math.inf  # monotonic time the last paced batch was handed out
+        self.pace_s = PACE_S
         self.clock: SessionClock | None = None
         self.timeline = _RegimeTimeline(self.seed, self.config.regime_scale)
 
@@ -972,7 +974,12 @@ class SimulatedMarket:
             if cfg.duration_s is not None and wall_s >= cfg.duration_s:
                 self._finished = True
                 return []
-            if cfg.rate is None:  # realistic: simulated session time runs with the wall clock
+            # at most one batch per pace_s: what falls due meanwhile waits for the next one
+            held_s = self._last_batch + self.pace_s - now
+            if held_s > 0:
+                events = []
+                wait_s = held_s
+            elif cfg.rate is None:  # realistic: simulated session time runs with the wall clock
                 events = self._pull(wall_s, cfg.batch_max)
                 wait_s = min(self._heads) - wall_s
             else:
@@ -980,7 +987,14 @@ class SimulatedMarket:
                 events = self._pull(math.inf, min(due, cfg.batch_max)) if due > 0 else []
                 wait_s = (self.stats.produced + 1) / cfg.rate - wall_s
             if events:
+                # a batch cut at batch_max (catching up) lets the rest follow at once
+                self._last_batch = now if len(events) < cfg.batch_max else -math.inf
                 return self._take(events)
+            if held_s > 0:  # sleep until the pace allows a batch, or the next event is due
+                if cfg.rate is None:
+                    wait_s = max(held_s, min(self._heads) - wall_s)
+                else:
+                    wait_s = max(held_s, (self.stats.produced + 1) / cfg.rate - wall_s)
             wait_s = min(wait_s, deadline - now)
             if cfg.duration_s is not None:
                 wait_s = min(wait_s, cfg.duration_s - wall_s)
