@@ -13,7 +13,7 @@ from qt_cli.core.bridge.config import (
     check_time_unit,
 )
 from qt_cli.core.bridge.derive import ColumnChunker, entry_columns, partial_key
-from qt_cli.core.bridge.rows import Item, Refill, Row, tick_row, trade_row, wire_item
+from qt_cli.core.bridge.rows import Item, Refill, Row, tick_row, trade_row
 from qt_cli.core.bridge.runner import Bridge, run_bridge
 from qt_cli.core.bridge.spill import SpillQueue
 from qt_cli.core.bridge.writer import watermark_key
@@ -40,5 +40,4 @@ __all__ = [
     "tick_row",
     "trade_row",
     "watermark_key",
-    "wire_item",
 ]

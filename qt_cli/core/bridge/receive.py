@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from qt_cli.core.bridge.config import BridgeConfig
-from qt_cli.core.bridge.rows import Item, _symbol_of, wire_item
+from qt_cli.core.bridge.rows import Item, _symbol_of, tick_row
 from qt_cli.core.bridge.state import _BridgeState
 from qt_cli.core.endpoints import Endpoint
 from qt_cli.core.errors import DecodeError, UsageError
@@ -41,7 +41,7 @@ def _open_input(config: BridgeConfig, endpoint: Endpoint, known: dict[str, int])
 
         return SubSource(
             endpoint,
-            decode=wire_item,
+            decode=tick_row,
             symbols=config.symbols,
             replay=config.replay if config.replay else None,
             catch_up=config.catch_up,
@@ -163,7 +163,7 @@ class _Receiver(_BridgeState):
         for _seq, topic, payload in messages:
             try:
                 data = orjson.loads(payload)
-                event = (wire_item(data) if isinstance(data, dict) else None) or decode_dict(data)
+                event = (tick_row(data) if isinstance(data, dict) else None) or decode_dict(data)
             except (orjson.JSONDecodeError, DecodeError) as exc:
                 field_ = exc.field if isinstance(exc, DecodeError) else None
                 items.append(

@@ -9,15 +9,10 @@ from typing import Any
 
 from qt_cli.core import keys
 from qt_cli.core.events import (
-    BOOK_ACTIONS,
-    BOOK_SIDES,
     INT_MAX,
-    INT_MIN,
     MAX_TS_NS,
     NS_PER_MS,
-    BookUpdate,
     Event,
-    TopOfBook,
     Trade,
     decode_dict,
     iso_local,
@@ -207,135 +202,6 @@ def tick_row(data: dict[str, Any]) -> Row | None:
     if history:
         return key, TRADE_NAMES_HISTORY, (*entry, "1")
     return key, TRADE_NAMES, entry
-
-
-_VALID_SYMBOLS: set[str] = set()  # tickers seen valid (keys.valid_symbol), for the book path
-_NAN = float("nan")
-
-
-def _book_symbol(symbol: Any) -> bool:
-    if symbol in _VALID_SYMBOLS:
-        return True
-    if type(symbol) is str and symbol and keys.valid_symbol(symbol):
-        _VALID_SYMBOLS.add(symbol)
-        return True
-    return False
-
-
-def _book_update(data: dict[str, Any]) -> BookUpdate | None:
-    """`BookUpdate.to_dict()`'s canonical form straight to the event (no per-field converters);
-    None for anything else (the generic decoder decodes it or names the bad field)."""
-    g = data.get
-    symbol = g("symbol")
-    ts = g("ts_event")
-    side = g("side")
-    action = g("action")
-    position = g("position")
-    price = g("price")
-    quantity = g("quantity")
-    count = g("count")
-    agent = g("agent")
-    order_id = g("order_id")
-    book = g("book")
-    levels = g("levels")
-    ts_init = g("ts_init")
-    session = g("session")
-    seq = g("seq")
-    if price is None:
-        price = _NAN  # orjson writes NaN as null
-    elif type(price) is not float:
-        return None
-    if not (
-        type(ts) is int
-        and type(position) is int
-        and type(quantity) is int
-        and type(count) is int
-        and type(agent) is int
-        and type(order_id) is int
-        and type(ts_init) is int
-        and type(seq) is int
-        and type(book) is str
-        and type(session) is str
-        and type(levels) is list
-        and "origin" not in data
-        and side in BOOK_SIDES
-        and action in BOOK_ACTIONS
-        and 0 < ts < MAX_TS_NS
-        and INT_MIN <= min(position, quantity, count, agent, order_id, ts_init, seq)
-        and max(position, quantity, count, agent, order_id, ts_init, seq) <= INT_MAX
-        and (action != "add" or 0.0 < price < _INF)
-        and _book_symbol(symbol)
-    ):
-        return None
-    return BookUpdate(
-        symbol,
-        ts,
-        side,
-        action,
-        position,
-        price,
-        quantity,
-        count,
-        agent,
-        order_id,
-        book,
-        levels,
-        ts_init,
-        session,
-        seq,
-    )
-
-
-def _top_of_book(data: dict[str, Any]) -> TopOfBook | None:
-    """`TopOfBook.to_dict()`'s canonical form straight to the event; None for anything else."""
-    g = data.get
-    symbol = g("symbol")
-    ts = g("ts_event")
-    bid_price = g("bid_price")
-    bid_qty = g("bid_qty")
-    ask_price = g("ask_price")
-    ask_qty = g("ask_qty")
-    ts_init = g("ts_init")
-    session = g("session")
-    seq = g("seq")
-    if bid_price is None:
-        bid_price = _NAN
-    elif type(bid_price) is not float or not 0.0 < bid_price < _INF:
-        return None
-    if ask_price is None:
-        ask_price = _NAN
-    elif type(ask_price) is not float or not 0.0 < ask_price < _INF:
-        return None
-    if not (
-        type(ts) is int
-        and type(bid_qty) is int
-        and type(ask_qty) is int
-        and type(ts_init) is int
-        and type(seq) is int
-        and type(session) is str
-        and "origin" not in data
-        and 0 < ts < MAX_TS_NS
-        and INT_MIN <= min(bid_qty, ask_qty, ts_init, seq)
-        and max(bid_qty, ask_qty, ts_init, seq) <= INT_MAX
-        and _book_symbol(symbol)
-    ):
-        return None
-    return TopOfBook(symbol, ts, bid_price, bid_qty, ask_price, ask_qty, ts_init, session, seq)
-
-
-def wire_item(data: dict[str, Any]) -> Row | Event | None:
-    """The bridge's decoding of a wire dict: a trade as a Row (`tick_row`), a book update or top
-    of book in its canonical form as the event, built without the generic per-field converters
-    (~2× cheaper: book events are most of a feed's messages); None leaves the message to the
-    generic decoding (`decode_dict`), which gives the same event or names the bad field."""
-    kind = data.get("type")
-    if kind == "tick":
-        return tick_row(data)
-    if kind == "book":
-        return _book_update(data)
-    if kind == "tob":
-        return _top_of_book(data)
-    return None
 
 
 def trade_row(trade: Trade, key: str) -> Row:

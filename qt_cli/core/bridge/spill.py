@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from qt_cli.core.bridge.config import DEFAULT_BUFFER_EVENTS, Say, _log_say
-from qt_cli.core.bridge.rows import Item, Refill, _add_range, _session_seq, wire_item
+from qt_cli.core.bridge.rows import Item, Refill, _add_range, _session_seq, tick_row
 from qt_cli.core.errors import DecodeError
 from qt_cli.core.events import (
     Event,
@@ -57,7 +57,7 @@ def _item_from_line(line: bytes) -> Item:
     data = orjson.loads(line)
     if "e" in data:
         wire = data["e"]
-        return wire_item(wire) or decode_dict(wire)  # as received: a trade straight to its Row
+        return tick_row(wire) or decode_dict(wire)  # a trade straight to its Row, as received
     if "d" in data:
         d = data["d"]
         return DeadLetter(**{**d, "raw": d["raw"].encode("latin-1")})
