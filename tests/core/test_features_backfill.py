@@ -504,3 +504,27 @@ def test_the_helper_reader_waits_out_a_valkey_outage_and_loses_nothing(tmp_path)
     assert any("Valkey unreachable" in w for w in warnings)
     stamps = [v.ts_event for v in got]
     assert len(stamps) == 600 and stamps == sorted(set(stamps))
+
+
+def test_the_helper_reader_ends_when_the_stage_is_gone_even_with_its_pipe_full(stored, valkey_url):
+    """The stage's end of the pipe closed (the stage killed) while the helper is blocked on a
+    full pipe: the helper's write breaks and it ends (it holds no copy of the stage's end)."""
+    from pathlib import Path
+
+    from qt_cli.core.features import live
+    from tests.helpers import eventually
+
+    reader = live.valkey_input(valkey_url, SYMBOLS, ("ticks", "book"), aside=True)
+    helper = reader._helper
+    wchan = Path(f"/proc/{helper.pid}/wchan")
+    try:
+        eventually(
+            lambda: "pipe_write" in wchan.read_text(), timeout=20, message="the pipe is full"
+        )
+        reader._conn.close()  # what the stage's death does to its end
+        helper.join(10)
+        assert not helper.is_alive()
+    finally:
+        if helper.is_alive():
+            helper.kill()
+            helper.join()

@@ -163,6 +163,18 @@ def test_live_vectors_equal_the_backfill_of_the_same_stored_range(
     ]
 
 
+def children(pid: int) -> list[int]:
+    return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie nobody reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_a_features_stage_killed_and_restarted_stores_no_duplicate_and_no_gap(
     qt: QtProcesses, pipeline: Pipeline, vk: valkey.Valkey, valkey_url: str
 ) -> None:
@@ -170,9 +182,13 @@ def test_a_features_stage_killed_and_restarted_stores_no_duplicate_and_no_gap(
     first = qt.start(*features_args(valkey_url, "trade"))
     feed = qt.start(*pipeline.feed_args(rate=3_000, n=N, seed=9))
     eventually(lambda: vk.xlen(OUT_KEY) >= 50, timeout=30, message="some vectors stored")
+    helpers = children(first.pid)  # its reading helper process (live.AsideReader)
+    assert len(helpers) == 1
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     killed_at = vk.xlen(OUT_KEY)
+    # the helper does not outlive the stage (its pipe breaks, or it sees its parent gone)
+    eventually(lambda: not alive(helpers[0]), timeout=10, message="the helper process ended")
     second = qt.start(*features_args(valkey_url, "trade"))
     out, err = feed.communicate(timeout=60)
     assert feed.returncode == 0, err

@@ -255,12 +255,15 @@ def _read_aside(
     to_ns: int,
     kinds: Sequence[str],
     conn: Any,
+    theirs: Any,
 ) -> None:
     """The helper process: the merged (kind, values) rows, pickled in batches down `conn`, then
     "end" (or the error that stopped it). Ctrl+C is the reading process's to handle: it stops
     this one. No cyclic garbage collection: this loop makes none, and a collection would walk
     (and copy, page by page) every object inherited from the reading process (a third of the
-    helper's time)."""
+    helper's time). `theirs`, the reading process's end of the pipe, is closed first: held open
+    here, a pipe to a reader killed with SIGKILL would fill up and block this one for ever."""
+    theirs.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.disable()
     try:
@@ -291,7 +294,9 @@ def _events_aside(
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
     helper = context.Process(
-        target=_read_aside, args=(client, symbols, from_ns, to_ns, kinds, sender), daemon=True
+        target=_read_aside,
+        args=(client, symbols, from_ns, to_ns, kinds, sender, receiver),
+        daemon=True,
     )
     helper.start()
     sender.close()

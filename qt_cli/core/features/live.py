@@ -206,11 +206,14 @@ _VALUES = {TRADE: operator.attrgetter(*(n for n, _, _ in Trade._spec))}
 _VALUES[BOOK] = operator.attrgetter(*(n for n, _, _ in BookUpdate._spec))
 
 
-def _read_aside(reader: MergedReader, conn: Any, parent: int) -> None:
+def _read_aside(reader: MergedReader, conn: Any, parent: int, theirs: Any) -> None:
     """The helper process of `AsideReader`: reads, decodes and merges (the client's pool opens
     its own connection in a forked process), and sends what it releases down `conn` as plain
     values (pickled tuples: a tenth of the cost of pickling events), with the counts the stage
-    reports. It stops when the stage does (the pipe closes, or its parent is gone)."""
+    reports. It stops when the stage does (the pipe closes, or its parent is gone). `theirs`,
+    the stage's end of the pipe, is closed here first: held open here, a pipe to a stage killed
+    with SIGKILL would fill up and block this process for ever instead of breaking."""
+    theirs.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.freeze()  # collections skip what the stage's process had built (copied page by page)
     backoff = 0.1
@@ -263,7 +266,7 @@ class AsideReader:
         context = multiprocessing.get_context("fork")
         self._conn, sender = context.Pipe(duplex=False)
         self._helper = context.Process(
-            target=_read_aside, args=(reader, sender, os.getpid()), daemon=True
+            target=_read_aside, args=(reader, sender, os.getpid(), self._conn), daemon=True
         )
         self._helper.start()
         sender.close()
