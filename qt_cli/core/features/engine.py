@@ -843,6 +843,9 @@ class FeatureEngine:
         }
         uses_ranking = any(n.startswith("top_") for n in self.names)
         self._ranking_missing = uses_ranking and self.top_buyers is None
+        # the last vector's (missing, reasons given, reasons said): vectors share the last one
+        # when both are the same (never changed afterwards)
+        self._said: tuple[tuple[str, ...], dict[str, str], dict[str, str]] = ((), {}, {})
 
     def _state(self, symbol: str) -> SymbolState:
         state = self.symbols.get(symbol)
@@ -919,6 +922,13 @@ class FeatureEngine:
         counters["vectors"] += 1
         if not missing:
             counters["warm_vectors"] += 1
+        if not missing:
+            said: dict[str, str] = {}
+        elif missing == self._said[0] and reasons == self._said[1]:
+            said = self._said[2]  # as the last vector's (a set without its ranking: every one)
+        else:
+            said = _reasons_of(reasons, missing)
+            self._said = (missing, reasons, said)
         return FeatureVector(
             symbol=trade.symbol,
             ts_event=trade.ts_event,
@@ -927,7 +937,7 @@ class FeatureEngine:
             values=out,
             warm=not missing,
             missing=missing,
-            reasons=_reasons_of(reasons, missing),
+            reasons=said,
             lineage={"trade": state.last_trade, "book": state.last_book},
             catalog_version=self.version,
         )
