@@ -55,8 +55,13 @@ _TB = {i: f"top_buyer_{i}_active" for i in range(201)}
 _TS = {i: f"top_seller_{i}_active" for i in range(201)}
 _TI = {i: f"trade_imbalance_{i}" for i in range(201)}
 
-_TRADE_LAGS = ((10, "momentum_10"), (5, "return_5"), (20, "return_20"), (50, "return_50"))
-_TRADE_LAGS += ((100, "return_100"),)
+_TRADE_LAGS = (
+    (10, "momentum_10"),
+    (5, "return_5"),
+    (20, "return_20"),
+    (50, "return_50"),
+    (100, "return_100"),
+)
 _ONE32 = np.float32(1.0)
 _LOG_AT = [0, 2, 4]  # returns lags 1, 5 and 20 among SeedBlock.RETURN_LAGS
 

@@ -257,10 +257,9 @@ class Predictor:
         symbol = vector.symbol
         if type(symbol) is not str:
             symbol = _flat_value(symbol)
-        ts = vector.ts_event
-        ts = int.__repr__(ts) if type(ts) is int else _flat_value(ts)
-        seq = vector.seq
-        seq = int.__repr__(seq) if type(seq) is int else _flat_value(seq)
+        stamp = vector.ts_event
+        ts = int.__repr__(stamp) if type(stamp) is int else _flat_value(stamp)
+        seq = int.__repr__(vector.seq) if type(vector.seq) is int else _flat_value(vector.seq)
         now = int.__repr__(d.now)
         value = d.value
         latency = d.latency_us

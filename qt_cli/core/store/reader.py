@@ -780,7 +780,7 @@ class SourceEntry:
 
     key: str
     id: str
-    event: Event
+    event: Event | Passed  # Passed: a type the reader was told to skip
     late: bool = False
 
 
@@ -888,8 +888,10 @@ class StreamSource:
         return format_id(top) if top else "0-0"
 
     def read(self, timeout_s: float) -> list[Event]:
-        """The next events (empty on timeout). With a group, `ack` what you handled."""
-        return [entry.event for entry in self.read_entries(timeout_s)]
+        """The next events (empty on timeout; the skipped types left out). With a group, `ack`
+        what you handled."""
+        entries = self.read_entries(timeout_s)
+        return [e.event for e in entries if not isinstance(e.event, Passed)]
 
     def read_entries(self, timeout_s: float) -> list[SourceEntry]:
         """The next entries with their stream, id and late flag (empty on timeout)."""
