@@ -280,11 +280,11 @@ def main() -> None:
         )
     lines += [
         "",
-        "The seed guide's own target: end to end < 100 ms. Where p50 is seconds, the stages "
-        "(five processes and valkey-server on two cores) fell behind the feed within the run: "
-        "one features worker computing every trade's vector of the qt set keeps up with about "
-        "8,600 trades/s alone (features section), less beside the other stages. Through Valkey "
-        "the top rate is not run (nothing arrives to measure within the run).",
+        "The seed guide's own target: end to end < 100 ms. Where p99 is tens of milliseconds or "
+        "more, the stages (five processes and valkey-server on two cores) fell behind the feed "
+        "within the run: together they need more CPU than the two cores give at that rate (one "
+        "features worker's own rate is in the features section). Through Valkey the top rate is "
+        "not run (nothing arrives to measure within the run).",
     ]
     text = "\n".join(lines)
     print(text)
