@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from qt_cli.core.errors import UnavailableError
-from qt_cli.core.events import NS_PER_S, BookUpdate, Event, State, Trade
+from qt_cli.core.events import NS_PER_S, BookUpdate, Event, Passed, State, Trade
 from qt_cli.core.journal import JournalReader, JournalWriter, trim_journal
 from qt_cli.core.zmq_io import (
     PROTOCOL,
@@ -287,6 +287,39 @@ def test_duplicates_and_known_seqs_are_dropped(ctx: zmq.Context[Any]) -> None:
         assert [g for g in source.take_gaps() if g.session == "k.ticks"] == []
         source.set_known("k.ticks", 20)
         assert source.last_seqs()["k.ticks"] == 20
+    finally:
+        source.close()
+        raw.close(linger=0)
+
+
+def test_skipped_types_come_as_positions_and_malformed_ones_are_rejected(
+    ctx: zmq.Context[Any],
+) -> None:
+    """With `symbols` and `skip` (the features stage): a top of book comes as `Passed`; a type
+    or symbol that is not text, or a skipped message without a valid event time, is a rejected
+    message (counted), never an exception out of `read`."""
+    raw_uri = tcp_endpoint()
+    raw = ctx.socket(zmq.PUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.bind(raw_uri)
+    source = SubSource(raw_uri, symbols=[SYM], replay=None, catch_up=False, skip=frozenset({"tob"}))
+    tob = {"type": "tob", "symbol": SYM, "ts_event": T0, "bid_price": 5000.0, "ask_price": 5000.5}
+    try:
+        eventually(lambda: raw.send_multipart([b"x", orjson.dumps(tob)]) or source.read(0.05))
+        source.stats.rejected = 0
+        bad = [
+            {**tob, "type": []},
+            {**tob, "symbol": []},
+            {**tob, "symbol": {"a": 1}},
+            {**tob, "ts_event": -5},
+            {**tob, "ts_event": "soon"},
+        ]
+        for message in [*bad, tob]:
+            raw.send_multipart([b"book_" + SYM.encode(), orjson.dumps(message)])
+        got: list[Any] = []
+        eventually(lambda: got.extend(source.read(0.05)) or len(got) == 1)
+        assert got == [Passed(SYM, "book", T0)]
+        assert source.stats.rejected == len(bad)
     finally:
         source.close()
         raw.close(linger=0)

@@ -15,7 +15,7 @@ import zmq
 
 from qt_cli.core.endpoints import Endpoint
 from qt_cli.core.errors import DecodeError, EndpointError, QtError, UnavailableError
-from qt_cli.core.events import EVENT_TYPES, Passed, decode_dict, now_ns
+from qt_cli.core.events import EVENT_TYPES, MAX_TS_NS, Passed, decode_dict, now_ns
 from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES, MAX_RAW_BYTES, DeadLetter, Gap
 from qt_cli.core.zmq_io import curve
 from qt_cli.core.zmq_io.base import DEFAULT_RCVHWM, _context, _endpoint
@@ -359,17 +359,24 @@ class SubSource:
     def _emit(self, data: dict[str, Any], payload: bytes, topic: bytes, out: list[Any]) -> None:
         if self.symbols:
             symbol = data.get("symbol")
-            if symbol not in self.symbols and symbol != "*":
+            # another ticker is filtered; a symbol that is not text goes on to be rejected
+            if type(symbol) is str and symbol not in self.symbols and symbol != "*":
                 self.stats.filtered += 1
                 return
         if self._skip:
-            stream = self._skip.get(data.get("type"))  # type: ignore[arg-type]
+            kind = data.get("type")
+            stream = self._skip.get(kind) if type(kind) is str else None
             stamp = data.get("ts_event")
             symbol = data.get("symbol")
-            if stream is not None and type(stamp) is int and type(symbol) is str:
+            if (
+                stream is not None
+                and type(stamp) is int
+                and 0 < stamp < MAX_TS_NS
+                and type(symbol) is str
+            ):
                 self.stats.decoded += 1
                 out.append(Passed(symbol, stream, stamp))
-                return
+                return  # anything else is decoded: a bad one is rejected and counted
         decode = self._decode
         if decode is not None:
             try:
