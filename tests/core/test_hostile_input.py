@@ -26,7 +26,6 @@ from qt_cli.core.events import (
     INT_MAX,
     INT_MIN,
     MAX_TS_NS,
-    BookUpdate,
     Candle,
     Event,
     FeatureVector,
@@ -37,6 +36,7 @@ from qt_cli.core.events import (
 )
 from qt_cli.core.store.writer import entry_trade, event_key
 from qt_cli.core.zmq_io import SubSource
+from tests.core.test_events import SAMPLES
 from tests.helpers import eventually, tcp_endpoint
 
 # Bounded: these run in CI (a few seconds each); QT_FUZZ_EXAMPLES raises it for a long local run.
@@ -155,16 +155,8 @@ def test_the_bridge_fast_path_accepts_only_what_the_generic_decoder_accepts(data
     assert entry_trade(entry) == event
 
 
-def _valid(kind: str) -> dict[str, Any]:
-    cls = EVENT_TYPES[kind]
-    extra: dict[str, Any] = {"price": 5000.5} if cls in (Trade, BookUpdate) else {}
-    if cls is FeatureVector:
-        extra["features"] = {"a": 1.5, "b": None}
-    return cls(symbol="WDOQ25", ts_event=T0, **extra).to_dict() | {"type": kind}
-
-
-VALID = {kind: _valid(kind) for kind in EVENT_TYPES}
-VALID["tick"], VALID["history"] = VALID_TICK, {**VALID_TICK, "type": "history"}
+# A valid wire dict of each type: test_events' samples (history: a tick on its own endpoint).
+VALID = {e.TYPE: e.to_dict() for e in SAMPLES} | {"history": {**VALID_TICK, "type": "history"}}
 
 
 _GONE = object()

@@ -276,13 +276,18 @@ def _read_aside(
         conn.send_bytes(pickle.dumps(("rows", batch), protocol=pickle.HIGHEST_PROTOCOL))
         conn.send_bytes(pickle.dumps(("end", None)))
     except Exception as exc:  # handed to the reading process, which raises it
-        try:
-            payload = pickle.dumps(("error", exc))
-        except Exception:
-            payload = pickle.dumps(("error", DataError(f"reading the stored events: {exc}")))
-        conn.send_bytes(payload)
+        conn.send_bytes(pickled_error(exc, "reading the stored events"))
     finally:
         conn.close()
+
+
+def pickled_error(exc: Exception, doing: str) -> bytes:
+    """("error", exc) pickled down a helper process's pipe, for the reading side to raise; a
+    DataError saying what the helper was `doing` when `exc` itself does not pickle."""
+    try:
+        return pickle.dumps(("error", exc))
+    except Exception:
+        return pickle.dumps(("error", DataError(f"{doing}: {exc}")))
 
 
 def _events_aside(

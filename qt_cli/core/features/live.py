@@ -34,7 +34,13 @@ from typing import Any
 from qt_cli.core import keys
 from qt_cli.core.errors import DataError
 from qt_cli.core.events import BookUpdate, Trade, skip_types, values_maker
-from qt_cli.core.features.backfill import Sampler, every_ns, store_events, to_event
+from qt_cli.core.features.backfill import (
+    Sampler,
+    every_ns,
+    pickled_error,
+    store_events,
+    to_event,
+)
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
 from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 from qt_cli.core.stage.derived import derived_identity
@@ -48,6 +54,9 @@ from qt_cli.core.store.writer import StreamWriter
 STAGE = "features"
 TRADE, BOOK = 0, 1
 BACKOFF_MAX_S = 5.0
+# The event types of the ticks and book streams the stage does not use (top of book): read as
+# positions only (`events.Passed`), not decoded.
+UNUSED = skip_types(("ticks", "book"), (Trade, BookUpdate))
 # Entries one symbol's merge may hold before the streams read ahead of the others pause (a
 # catch-up from the start of a day reads the ticks ~3.6 times faster than the book it waits for).
 HOLD_MAX = 10_000
@@ -243,12 +252,8 @@ def _read_aside(reader: MergedReader, conn: Any, parent: int, theirs: Any) -> No
     except (BrokenPipeError, EOFError, KeyboardInterrupt):
         pass  # the stage stopped
     except Exception as exc:  # handed to the stage, which raises it
-        try:
-            payload = pickle.dumps(("error", exc))
-        except Exception:
-            payload = pickle.dumps(("error", DataError(f"reading the streams: {exc}")))
         with contextlib.suppress(OSError):
-            conn.send_bytes(payload)
+            conn.send_bytes(pickled_error(exc, "reading the streams"))
     finally:
         with contextlib.suppress(Exception):
             reader.close()
@@ -612,7 +617,7 @@ def open_live(
                 kinds=kinds,
                 start="0",
                 password=password,
-                skip=skip_types(kinds, (Trade, BookUpdate)),
+                skip=UNUSED,
             )
 
         dropped: list[LiveFeatures] = []
@@ -623,7 +628,6 @@ def open_live(
             interval_s=share.ttl_ms / 3000,
         )
     elif zmq_in:
-        skip = skip_types(("ticks", "book"), (Trade, BookUpdate))
         source = ZmqInput(
             [
                 open_source(
@@ -631,7 +635,7 @@ def open_live(
                     symbols=symbols,
                     replay=replay,
                     max_message_bytes=max_message_bytes,
-                    skip=skip,
+                    skip=UNUSED,
                 )
                 for x in ins
             ],
@@ -683,7 +687,7 @@ def valkey_input(
         kinds=kinds,
         start="0",
         password=password,
-        skip=skip_types(kinds, (Trade, BookUpdate)),
+        skip=UNUSED,
     )
     reader = MergedReader(source, symbols, merge_kinds)
     if aside is None:
