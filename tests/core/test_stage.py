@@ -3,6 +3,7 @@ consumer-group source."""
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -16,9 +17,11 @@ from qt_cli.core import keys
 from qt_cli.core.bridge import Bridge
 from qt_cli.core.errors import TimeParseError
 from qt_cli.core.events import NS_PER_MS, Trade
+from qt_cli.core.gcpause import STREAMING_GEN0
 from qt_cli.core.monitor import Monitor, MonitorOptions
 from qt_cli.core.stage import COMMON_FIELDS, run_stage, stop_signals
 from qt_cli.core.stage.derived import Derived, GroupWorker, derived_identity, derived_seq, input_id
+from qt_cli.core.stage.lifecycle import StopFlag
 from qt_cli.core.store.managed import ManagedValkey
 from qt_cli.core.store.reader import SourceEntry, StreamSource, start_id
 from qt_cli.core.store.writer import StreamWriter
@@ -140,6 +143,42 @@ def test_a_signal_while_stopping_gives_the_previous_handler_back() -> None:
         assert got == ["SIGTERM", "SIGTERM"] and seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_stage_runs_with_the_collector_tuned_for_its_loop_and_gets_it_back() -> None:
+    """`run_stage` runs the loop under `streaming_gc`: young collections every STREAMING_GEN0
+    new objects and what existed at the start frozen (a batch in flight no longer survives into
+    the older generations); the settings come back after, also when the loop fails."""
+    before = gc.get_threshold(), gc.get_freeze_count()
+
+    class Loop(StopFlag):
+        def __init__(self, fail: bool) -> None:
+            self._stop = threading.Event()
+            self.stats = type("S", (), {"stopped_by": ""})()
+            self.fail = fail
+            self.seen: tuple = ()
+
+        def open(self) -> None:
+            self.window = [[i] for i in range(1000)]  # built before the loop: frozen during it
+
+        def run(self) -> str:
+            self.seen = (gc.get_threshold()[0], gc.get_freeze_count())
+            if self.fail:
+                raise RuntimeError("the loop failed")
+            return "done"
+
+        def close(self) -> None:
+            pass
+
+    loop = Loop(fail=False)
+    assert run_stage(loop, handle_signals=False) == "done"
+    assert loop.seen[0] == STREAMING_GEN0 and loop.seen[1] >= before[1] + 1000
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+    failing = Loop(fail=True)
+    with pytest.raises(RuntimeError):
+        run_stage(failing, handle_signals=False)
+    assert failing.seen[0] == STREAMING_GEN0
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
 def test_start_positions() -> None:

@@ -18,7 +18,6 @@ next run writes it once the period closes).
 from __future__ import annotations
 
 import contextlib
-import gc
 import heapq
 import multiprocessing
 import operator
@@ -42,6 +41,7 @@ from qt_cli.core.features.backfill import (
     to_event,
 )
 from qt_cli.core.features.engine import FeatureEngine, FeatureVector
+from qt_cli.core.gcpause import streaming_gc
 from qt_cli.core.records import DEFAULT_MAX_MESSAGE_BYTES
 from qt_cli.core.stage.derived import derived_identity
 from qt_cli.core.stage.inputs import ZmqInput
@@ -224,40 +224,42 @@ def _read_aside(reader: MergedReader, conn: Any, parent: int, theirs: Any) -> No
     with SIGKILL would fill up and block this process for ever instead of breaking."""
     theirs.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    gc.freeze()  # collections skip what the stage's process had built (copied page by page)
     backoff = 0.1
-    try:
-        values = _VALUES
-        counts = (-1, -1, -1)
-        while os.getppid() == parent:
-            try:
-                released = reader.read(0.2)
-            except ConnectionFailure as exc:
-                conn.send_bytes(pickle.dumps(("outage", str(exc))))
-                time.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
-            backoff = 0.1
-            now = (reader.received, reader.rejected, reader.waiting())
-            if not released and now == counts:
-                continue
-            counts = now
-            items = [
-                (kind, entry.key, entry.id, values[kind](entry.event))
-                if kind == TRADE
-                else (kind, values[kind](entry.event))
-                for kind, entry in released
-            ]
-            conn.send_bytes(pickle.dumps(("rows", now, items), protocol=pickle.HIGHEST_PROTOCOL))
-    except (BrokenPipeError, EOFError, KeyboardInterrupt):
-        pass  # the stage stopped
-    except Exception as exc:  # handed to the stage, which raises it
-        with contextlib.suppress(OSError):
-            conn.send_bytes(pickled_error(exc, "reading the streams"))
-    finally:
-        with contextlib.suppress(Exception):
-            reader.close()
-        conn.close()
+    with streaming_gc():  # what the stage's process had built is frozen (copied page by page)
+        try:
+            values = _VALUES
+            counts = (-1, -1, -1)
+            while os.getppid() == parent:
+                try:
+                    released = reader.read(0.2)
+                except ConnectionFailure as exc:
+                    conn.send_bytes(pickle.dumps(("outage", str(exc))))
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    continue
+                backoff = 0.1
+                now = (reader.received, reader.rejected, reader.waiting())
+                if not released and now == counts:
+                    continue
+                counts = now
+                items = [
+                    (kind, entry.key, entry.id, values[kind](entry.event))
+                    if kind == TRADE
+                    else (kind, values[kind](entry.event))
+                    for kind, entry in released
+                ]
+                conn.send_bytes(
+                    pickle.dumps(("rows", now, items), protocol=pickle.HIGHEST_PROTOCOL)
+                )
+        except (BrokenPipeError, EOFError, KeyboardInterrupt):
+            pass  # the stage stopped
+        except Exception as exc:  # handed to the stage, which raises it
+            with contextlib.suppress(OSError):
+                conn.send_bytes(pickled_error(exc, "reading the streams"))
+        finally:
+            with contextlib.suppress(Exception):
+                reader.close()
+            conn.close()
 
 
 class AsideReader:

@@ -3,7 +3,8 @@
 Every stage (feed, bridge, features, predict) is driven by `run_stage`; the signals are handled
 by `stop_signals` only: SIGINT and SIGTERM ask the stage to stop (the command prints one line and
 the totals), SIGHUP asks it to reload when it can. A signal that arrives while the stage is already
-stopping gives the previous handler back, so a third Ctrl+C interrupts at once.
+stopping gives the previous handler back, so a third Ctrl+C interrupts at once. While it runs,
+the cycle collector is tuned for its loop (`gcpause.streaming_gc`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
+
+from qt_cli.core.gcpause import streaming_gc
 
 T = TypeVar("T")
 
@@ -111,7 +114,8 @@ def run_stage(
             stage.open()
             if on_start is not None:
                 on_start()
-            result = (run or stage.run)()
+            with streaming_gc():
+                result = (run or stage.run)()
             return totals() if totals is not None else result
         finally:
             stage.close()
