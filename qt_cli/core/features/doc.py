@@ -131,6 +131,11 @@ helper stops with the stage (and by itself when the stage's process is gone); a 
 there shows in the stage as an outage (one warning, retried with backoff). Top-of-book entries
 and messages (`tob`) are not decoded by the stage's readers, ZeroMQ or Valkey: only their
 event time moves the merge (`events.Passed`); a malformed one is still rejected and counted.
+Both processes, like every stage run by `run_stage`, run with Python's cycle collector tuned for
+their loop (`gcpause.streaming_gc`): what exists at the start is frozen out of its sight and a
+young collection starts every 10,000 new objects instead of 700, so a batch in flight is no
+longer walked again and again in the older generations (the worker's throughput rose by about a
+quarter).
 
 - Exactly once (Valkey input): each vector goes to `stream:features:{{SYM}}` through the one writer path
   (`qt_append`) with the identity of the trade that produced it (`stage.derived`: session
