@@ -135,7 +135,7 @@ Both processes, like every stage run by `run_stage`, run with Python's cycle col
 their loop (`gcpause.streaming_gc`): what exists at the start is frozen out of its sight and a
 young collection starts every 10,000 new objects instead of 700, so a batch in flight is no
 longer walked again and again in the older generations (the worker's throughput rose by about a
-quarter).
+fifth).
 
 - Exactly once (Valkey input): each vector goes to `stream:features:{{SYM}}` through the one writer path
   (`qt_append`) with the identity of the trade that produced it (`stage.derived`: session
