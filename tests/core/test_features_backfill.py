@@ -15,7 +15,7 @@ import pytest
 from qt_cli.app import app
 from qt_cli.core import keys, query
 from qt_cli.core.errors import UsageError
-from qt_cli.core.events import BookUpdate, decode_fields
+from qt_cli.core.events import BookUpdate, Trade, decode_fields
 from qt_cli.core.events import FeatureVector as WireVector
 from qt_cli.core.features import backfill as backfill_module
 from qt_cli.core.features.backfill import (
@@ -403,8 +403,12 @@ def test_the_stage_reading_through_a_helper_process_computes_what_it_computes_re
         runs[aside] = (got, stage.totals())
     (inline, here), (aside, there) = runs[False], runs[True]
     assert len(inline) > 500 and len(aside) == len(inline)
+    fields = [name for name, _, _ in Trade._spec]
     for (x, ex), (y, ey) in zip(inline, aside, strict=True):
-        assert (ex.key, ex.id, ex.event) == (ey.key, ey.id, ey.event)
+        # the helper's trades come as `TradeRow`s: the same fields, read by the same names
+        assert type(ex.event) is Trade and type(ey.event) is live.TradeRow
+        assert (ex.key, ex.id) == (ey.key, ey.id)
+        assert [getattr(ex.event, n) for n in fields] == [getattr(ey.event, n) for n in fields]
         assert x.lineage == y.lineage and x.ts_event == y.ts_event
         assert all(_same(a, b) for a, b in zip(x.values, y.values, strict=True))
     for name in ("received", "trades", "book_events", "vectors", "rejected", "waiting"):

@@ -25,13 +25,14 @@ import pickle
 import signal
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from qt_cli.core import keys
 from qt_cli.core.errors import DataError
-from qt_cli.core.events import BookUpdate, Trade, skip_types, values_maker
+from qt_cli.core.events import BookUpdate, Trade, skip_types
 from qt_cli.core.features.backfill import (
     Sampler,
     every_ns,
@@ -226,6 +227,11 @@ class MergedReader:
 
 _VALUES = {TRADE: operator.attrgetter(*(n for n, _, _ in Trade._spec))}
 _VALUES[BOOK] = operator.attrgetter(*(n for n, _, _ in BookUpdate._spec))
+# What the stage makes of the helper's value tuples: tuples that read their fields by name as the
+# engine reads an event's (one C call each, where making the event costs a slot setter call per
+# field: ~1.4 us per book event).
+TradeRow = namedtuple("TradeRow", [n for n, _, _ in Trade._spec])  # type: ignore[misc]
+BookRow = namedtuple("BookRow", [n for n, _, _ in BookUpdate._spec])  # type: ignore[misc]
 
 
 def _read_aside(reader: MergedReader, conn: Any, parent: int, theirs: Any) -> None:
@@ -296,14 +302,14 @@ class AsideReader:
         self._waiting = 0
         self.share = None
         self._held: tuple[Any, ...] | None = None  # an outage or error after rows: said next
-        self._make = {TRADE: values_maker(Trade), BOOK: values_maker(BookUpdate)}
 
-    def read(self, timeout_s: float) -> list[tuple[int, SourceEntry]]:
+    def read(self, timeout_s: float) -> list[tuple[int, Any]]:
+        """The released (kind, entry) pairs, the entries holding `TradeRow`s and `BookRow`s."""
         conn = self._conn
-        out: list[tuple[int, SourceEntry]] = []
+        out: list[tuple[int, Any]] = []
         if self._held is None and not conn.poll(timeout_s):
             return out
-        make_trade, make_book = self._make[TRADE], self._make[BOOK]
+        new = tuple.__new__
         while True:
             message, self._held = self._held, None
             if message is None:
@@ -329,9 +335,10 @@ class AsideReader:
             self.received, self.rejected, self._waiting = message[1]
             for item in message[2]:
                 if item[0] == TRADE:
-                    out.append((TRADE, SourceEntry(item[1], item[2], make_trade(item[3]))))
+                    trade = new(TradeRow, item[3])
+                    out.append((TRADE, new(SourceEntry, (item[1], item[2], trade, False))))
                 else:
-                    out.append((BOOK, SourceEntry("", "", make_book(item[1]))))
+                    out.append((BOOK, new(SourceEntry, ("", "", new(BookRow, item[1]), False))))
             if len(out) >= HOLD_MAX or not conn.poll(0):
                 return out
 

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import valkey
@@ -774,9 +774,9 @@ def iter_entries(
 # --- live tailing ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SourceEntry:
-    """One entry a `StreamSource` handed out: its stream, id, decoded event and `late` flag."""
+class SourceEntry(NamedTuple):
+    """One entry a `StreamSource` handed out: its stream, id, decoded event and `late` flag (a
+    named tuple: made for every entry read, at a third of a frozen dataclass's cost)."""
 
     key: str
     id: str
@@ -973,6 +973,7 @@ class StreamSource:
         out: list[SourceEntry] = []
         bad: dict[str, list[str]] = {}
         skip = self._skip
+        new = tuple.__new__  # SourceEntry without its __new__ (every field given)
         for key, entries in reply or ():
             name = _name(key)
             for raw_id, fields in entries:
@@ -980,7 +981,7 @@ class StreamSource:
                 if skip:
                     passed = _passed(fields, skip)
                     if passed is not None:
-                        out.append(SourceEntry(name, entry_id, passed))
+                        out.append(new(SourceEntry, (name, entry_id, passed, False)))
                         continue
                 try:
                     event = decode_fields(fields)
@@ -990,7 +991,7 @@ class StreamSource:
                     if len(self.problems) < 20:
                         self.problems.append(f"{name} {entry_id}: {exc}")
                     continue
-                out.append(SourceEntry(name, entry_id, event, fields.get(b"late") == b"1"))
+                out.append(new(SourceEntry, (name, entry_id, event, fields.get(b"late") == b"1")))
             if entries and advance:
                 self._positions[name] = _name(entries[-1][0])
         if bad and self.group is not None:
