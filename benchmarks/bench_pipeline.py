@@ -42,13 +42,15 @@ import numpy as np
 import orjson
 import zmq
 
-from benchmarks.bench_bridge import own_server
+from benchmarks.bench_bridge import cpu_s, own_server
 from benchmarks.bench_models import save_bundle, vectors
 from benchmarks.report import record, write_section
+from qt_cli.core.journal import JournalReader
 from qt_cli.core.models.training import choose_threshold, label, make_pipeline
 from qt_cli.core.store.managed import free_port
 
 SYMBOL = "WDOQ25"
+STAGES = ("feed", "bridge", "features", "predict", "valkey")
 RATES = tuple(int(x) for x in os.environ.get("QT_BENCH_RATES", "4500,23000,90000").split(","))
 SECONDS = int(os.environ.get("QT_BENCH_SECONDS", "6"))
 WARMUP_S = 2
@@ -62,59 +64,103 @@ def tcp() -> str:
 
 
 class Collector:
-    """SUB sockets on the feed's ticks and on the signals: (seq -> tick ts_init) and the signals'
-    (tick seq, ts_init), until `stop()`."""
+    """A SUB socket on the signals only (the publisher filters out the predictions): each
+    signal's (tick session, tick seq, ts_init), until `stop()`. The ticks' own `ts_init` come
+    from the feed's journal after the run (`tick_times`), so measuring adds no subscriber to
+    the feed and no decoding of every tick to the machine under test."""
 
-    def __init__(self, ticks: str, signals: str) -> None:
+    def __init__(self, signals: str) -> None:
         self.ctx = zmq.Context()
-        self.tick_ts: dict[tuple[str, int], int] = {}
         self.signals: list[tuple[str, int, int]] = []
         self._stop = threading.Event()
-        self._socks = []
-        for endpoint in (ticks, signals):
-            sock = self.ctx.socket(zmq.SUB)
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
-            sock.setsockopt(zmq.RCVHWM, 0)
-            sock.connect(endpoint)
-            self._socks.append(sock)
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"signal_")
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.connect(signals)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        for sock in self._socks:
-            poller.register(sock, zmq.POLLIN)
-        ticks, signals = self._socks
+        sock = self.sock
         while not self._stop.is_set():
-            for sock, _ in poller.poll(100):
-                while True:
-                    try:
-                        topic, payload = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    m = orjson.loads(payload)
-                    if sock is ticks:
-                        if m.get("type") == "tick":
-                            self.tick_ts[(m["session"], m["seq"])] = m["ts_init"]
-                    elif topic.startswith(b"signal_"):
-                        # origin: features.<tick session>/<model>.signal, origin_seq: tick seq
-                        session = m["origin"].split("/", 1)[0].removeprefix("features.")
-                        self.signals.append((session, m["origin_seq"], m["ts_init"]))
+            if not sock.poll(100):
+                continue
+            while True:
+                try:
+                    _topic, payload = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                m = orjson.loads(payload)
+                # origin: features.<tick session>/<model>.signal, origin_seq: tick seq
+                session = m["origin"].split("/", 1)[0].removeprefix("features.")
+                self.signals.append((session, m["origin_seq"], m["ts_init"]))
 
     def stop(self) -> None:
         self._stop.set()
         self.thread.join()
-        for sock in self._socks:
-            sock.close(linger=0)
+        self.sock.close(linger=0)
         self.ctx.term()
 
-    def latencies_ms(self, from_ns: int) -> np.ndarray:
+    def latencies_ms(self, tick_ts: dict[tuple[str, int], int], from_ns: int) -> np.ndarray:
         out = []
         for session, seq, ts in self.signals:
-            tick = self.tick_ts.get((session, seq))
+            tick = tick_ts.get((session, seq))
             if tick is not None and tick >= from_ns:
                 out.append((ts - tick) / 1e6)
         return np.asarray(out)
+
+
+def cpu_seconds(pid: int) -> float:
+    """`cpu_s` (every thread) of a process and of its live children (the features stage's
+    reading helper); 0 once it is gone."""
+    try:
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+        return cpu_s(pid) + sum(map(cpu_seconds, children))
+    except OSError:
+        return 0.0
+
+
+class CpuSampler:
+    """Every process's CPU time, sampled every 0.25 s from /proc until `stop()`; `percent(a, b)`
+    is each one's share of a core between wall times a and b (the samples nearest inside)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = dict(pids)
+        self.samples: list[tuple[int, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.time_ns()
+            self.samples.append((now, {k: cpu_seconds(p) for k, p in list(self.pids.items())}))
+            self._stop.wait(0.25)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join()
+
+    def percent(self, start_ns: int, end_ns: int) -> dict[str, float]:
+        inside = [s for s in self.samples if start_ns <= s[0] <= end_ns]
+        if len(inside) < 2:
+            return {}
+        (t_a, a), (t_b, b) = inside[0], inside[-1]
+        wall = (t_b - t_a) / 1e9
+        return {k: 100 * (b[k] - a[k]) / wall for k in b if a.get(k) and b[k] >= a[k]}
+
+
+def tick_times(journal: Path) -> dict[tuple[str, int], int]:
+    """(session, seq) -> ts_init of every trade the feed journaled (what it published)."""
+    return {
+        (r.session, r.seq): orjson.loads(r.payload)["ts_init"]
+        for r in JournalReader(journal).records()
+        if r.topic.startswith(b"tick_")
+    }
 
 
 def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
@@ -139,6 +185,7 @@ def stop(proc: subprocess.Popen[bytes]) -> dict:
 def run_once(rate: int, mode: str, model: Path, tmp: Path) -> dict:
     with own_server(tmp / f"valkey-{mode}-{rate}") as (client, url):
         log = tmp / f"{mode}-{rate}.log"
+        journal = tmp / f"journal-{mode}-{rate}"
         ticks, book, history, replay, feats, sigs = tcp(), tcp(), tcp(), tcp(), tcp(), tcp()
         procs = [
             start(
@@ -172,24 +219,35 @@ def run_once(rate: int, mode: str, model: Path, tmp: Path) -> dict:
                     url, "--out", sigs, "--json", log=log,
                 )
             )  # fmt: skip
-        collector = Collector(ticks, sigs)
+        collector = Collector(sigs)
         time.sleep(2)  # every stage subscribed and its model loaded
+        pids = {name: p.pid for name, p in zip(STAGES[1:4], procs, strict=True)}
+        cpu = CpuSampler({**pids, "valkey": int(client.info("server")["process_id"])})
         t0 = time.time_ns()
-        feed = subprocess.run(
+        feed = subprocess.Popen(
             [
                 QT, "feed", "--sim", "--symbol", SYMBOL, "--rate", str(rate), "--seed", "5",
-                "--duration", f"{SECONDS}s", "--journal", str(tmp / f"journal-{mode}-{rate}"),
+                "--duration", f"{SECONDS}s", "--journal", str(journal),
                 "--fsync", "none", "--out", f"ticks={ticks}", "--out", f"book={book}",
                 "--out", f"history={history}", "--out", f"replay={replay}", "--json",
             ],
-            capture_output=True,
-            check=True,
+            stdout=subprocess.PIPE,
+            stderr=log.open("ab"),
         )  # fmt: skip
+        cpu.pids["feed"] = feed.pid
+        feed_out, _ = feed.communicate()
+        t_end = time.time_ns()
+        if feed.returncode != 0:
+            raise SystemExit(f"qt feed failed ({feed.returncode}): see {log}")
+        # the feed's own CPU sampled while it ran; the steady part: after the warm-up, before
+        # the feed's last half second
+        cpu.stop()
+        shares = cpu.percent(t0 + (WARMUP_S + 1) * 10**9, t_end - 500_000_000)
         time.sleep(1.5)  # the last signals
         totals = [stop(p) for p in reversed(procs)]
         collector.stop()
-        fed = json.loads(feed.stdout)
-        lat = collector.latencies_ms(t0 + WARMUP_S * 10**9)
+        fed = json.loads(feed_out)
+        lat = collector.latencies_ms(tick_times(journal), t0 + WARMUP_S * 10**9)
         trades = fed.get("by_kind", {}).get("tick", 0)
         return {
             "rate": rate,
@@ -201,6 +259,7 @@ def run_once(rate: int, mode: str, model: Path, tmp: Path) -> dict:
             "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
             "p999": float(np.percentile(lat, 99.9)) if len(lat) else float("nan"),
+            "cpu_percent": {name: shares.get(name, float("nan")) for name in STAGES},
             "predict": totals[0],
             "features": totals[1],
             "client_ok": client.ping(),
@@ -269,22 +328,30 @@ def main() -> None:
         f"one bare pyzmq PUB→SUB hop, p50 {hop[0]:.0f} µs, p99 {hop[1]:.0f} µs.",
         "",
         "| path | sim rate (events/s) | trades/s | signals measured | p50 ms | p99 ms "
-        "| p99.9 ms | target p99 (at 5k) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| p99.9 ms | target p99 (at 5k) | CPU, % of a core: feed · bridge · features · "
+        "predict · valkey-server = total (of 200) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         target = "≤ 2 ms" if r["mode"] == "zeromq" else "≤ 10 ms"
+        cpu = r["cpu_percent"]
+        shares = " · ".join(f"{cpu[name]:.0f}" for name in STAGES)
         lines.append(
             f"| {r['mode']} | {r['rate']:,} | {r['trades_per_s']:,.0f} | {r['measured']:,} "
-            f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {target} |"
+            f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {target} "
+            f"| {shares} = {sum(cpu.values()):.0f} |"
         )
     lines += [
         "",
-        "The seed guide's own target: end to end < 100 ms. Where p99 is tens of milliseconds or "
-        "more, the stages (five processes and valkey-server on two cores) fell behind the feed "
-        "within the run: together they need more CPU than the two cores give at that rate (one "
-        "features worker's own rate is in the features section). Through Valkey the top rate is "
-        "not run (nothing arrives to measure within the run).",
+        "The seed guide's own target: end to end < 100 ms. CPU is each process's user + system "
+        "time (every thread; features with its reading helper) over the steady part of the run "
+        f"(from {WARMUP_S + 1} s to the feed's last half second), sampled from /proc. Where p99 "
+        "is tens of milliseconds or more, the stages fell behind the feed within the run: "
+        "together they need about as much CPU as the two cores give, and each waits for a core "
+        "(one features worker's own rate is in the features section). Through Valkey the top "
+        "rate is not run (nothing arrives to measure within the run). The ticks' `ts_init` are "
+        "read from the feed's journal after the run: the measurement subscribes to the signals "
+        "only.",
     ]
     text = "\n".join(lines)
     print(text)
