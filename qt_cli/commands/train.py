@@ -14,7 +14,7 @@ from qt_cli.output import emit_json, is_terminal, say
 HELP = """\
 Train a classifier of the price direction (UP/DOWN/FLAT) from stored feature vectors and ticks.
 
-The dataset is read through the query API: the symbol's warm feature vectors of --set in [--from, --to] and its ticks. Point in time: a vector at t holds data up to t; its label compares the last price at or before t with the price --horizon later (60s, 5m, or 100trades). Walk-forward validation in time order with a purge of at least the horizon and an embargo after each test fold; scaler and threshold are fitted inside each fold. Reports accuracy, balanced accuracy, log loss and per-class precision/recall beside a majority-class baseline; `skill` is true only when the balanced accuracy beats the baseline's by 0.05. Refuses too little data, one class only, features all NaN, a catalog hash that changes inside the range.
+The dataset is read through the query API: the symbol's warm feature vectors of --set in [--from, --to] and its ticks. Point in time: a vector at t holds data up to t; its label compares the last price at or before t with the price --horizon later (60s, 5m, or 100trades). Walk-forward validation in time order with a purge of at least the horizon and an embargo after each test fold; scaler and threshold are fitted inside each fold. Reports accuracy, balanced accuracy, log loss and per-class precision/recall beside a majority-class baseline; `skill` is true only when the balanced accuracy beats the baseline's by 0.05; `log_loss_beats_baseline` says whether the probabilities score better than the baseline's class frequencies (a note says when they do not: overconfident). Refuses too little data, one class only, features all NaN, a catalog hash that changes inside the range.
 
 The bundle holds the scikit-learn pipeline, its ONNX graph (checked equal within 1e-6) and the metadata (qt models show).
 
@@ -135,3 +135,9 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             f"{v['folds']} walk-forward folds, skill {'yes' if v['skill'] else 'no'} "
             f"({v['skill_rule']})"
         )
+        if not v["log_loss_beats_baseline"]:
+            say(
+                f"note: its probabilities score worse than the baseline's class frequencies (log "
+                f"loss {v['model']['log_loss']:.2f} against {v['baseline']['log_loss']:.2f}): "
+                "overconfident out of sample, so a --min-confidence threshold on them means little"
+            )

@@ -84,6 +84,31 @@ def test_planted_signal_beats_the_baseline(cli, store_url: str, tmp_path: Path) 
     assert report["features"]["names"][0] == "price_current"
 
 
+def test_the_report_says_when_the_probabilities_lose_to_the_baseline(
+    cli, store_url: str, tmp_path: Path
+) -> None:
+    """On these 90 minutes the planted signal's hgb ranks with skill but is overconfident (the
+    session-time and price-level features leave the training range from fold to fold): its log
+    loss is above the class frequencies'. The report's flag and the terminal's note say so."""
+    result = train(cli, SIGNAL, tmp_path / "json.qtm", "--model", "hgb")
+    assert result.exit_code == 0, result.output
+    v = json.loads(result.stdout)["validation"]
+    assert v["model"]["log_loss"] > v["baseline"]["log_loss"], "no longer overconfident here"
+    assert v["log_loss_beats_baseline"] is False
+    human = cli.invoke(
+        app,
+        [
+            "train", "--symbol", SIGNAL, "--from", FROM, "--to", END, "--set", "qt",
+            "--horizon", "60s", "--model", "hgb", "--output", str(tmp_path / "human.qtm"),
+        ],
+    )  # fmt: skip
+    assert human.exit_code == 0, human.output
+    assert "score worse than the baseline's class frequencies" in human.stderr
+    assert f"log loss {v['model']['log_loss']:.2f} against {v['baseline']['log_loss']:.2f}" in (
+        human.stderr
+    )
+
+
 def test_no_signal_claims_no_skill(cli, store_url: str, tmp_path: Path) -> None:
     result = train(cli, NOISE, tmp_path / "noise.qtm", "--model", "hgb")
     assert result.exit_code == 0, result.output

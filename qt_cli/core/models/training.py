@@ -426,6 +426,9 @@ def _train(
     model_m = metrics(y_all, np.concatenate(oof_p))
     base_m = metrics(y_all, np.concatenate(oof_b))
     skill = model_m["balanced_accuracy"] >= base_m["balanced_accuracy"] + SKILL_MARGIN
+    # Probabilities scoring worse than the class frequencies (a higher log loss out of sample):
+    # overconfident, whatever the ranking's skill; a confidence threshold on them means little.
+    beats = model_m["log_loss"] <= base_m["log_loss"]
     report("final fit", folds, steps)
     thr_final = threshold if threshold is not None else choose_threshold(data.returns)
     y_final = label(data.returns, thr_final)
@@ -480,6 +483,7 @@ def _train(
             "baseline": base_m,
             "skill": bool(skill),
             "skill_rule": f"balanced accuracy ≥ the baseline's + {SKILL_MARGIN}",
+            "log_loss_beats_baseline": bool(beats),
             "per_fold": fold_results,
         },
         serving={"path": "onnx", "onnx_max_diff": diff, "threads": 1},
