@@ -50,7 +50,7 @@ def store_url(stored: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return stored
 
 
-def train(cli, symbol: str, output: Path, *extra: str):
+def train(cli, symbol: str, output: Path, *extra: str, as_json: bool = True):
     return cli.invoke(
         app,
         [
@@ -67,7 +67,7 @@ def train(cli, symbol: str, output: Path, *extra: str):
             "60s",
             "--output",
             str(output),
-            "--json",
+            *(["--json"] if as_json else []),
             *extra,
         ],
     )
@@ -95,13 +95,7 @@ def test_the_report_says_when_the_probabilities_lose_to_the_baseline(
     v = json.loads(result.stdout)["validation"]
     assert v["model"]["log_loss"] > v["baseline"]["log_loss"], "no longer overconfident here"
     assert v["log_loss_beats_baseline"] is False
-    human = cli.invoke(
-        app,
-        [
-            "train", "--symbol", SIGNAL, "--from", FROM, "--to", END, "--set", "qt",
-            "--horizon", "60s", "--model", "hgb", "--output", str(tmp_path / "human.qtm"),
-        ],
-    )  # fmt: skip
+    human = train(cli, SIGNAL, tmp_path / "human.qtm", "--model", "hgb", as_json=False)
     assert human.exit_code == 0, human.output
     assert "score worse than the baseline's class frequencies" in human.stderr
     assert f"log loss {v['model']['log_loss']:.2f} against {v['baseline']['log_loss']:.2f}" in (
