@@ -112,16 +112,20 @@ class Collector:
 
 def cpu_seconds(pid: int) -> float:
     """`cpu_s` (every thread) of a process and of its live children (the features stage's
-    reading helper); 0 once it is gone."""
+    reading helper); 0 once it is gone. A thread that ends while its children are read is
+    passed over, not counted as the whole process gone."""
     try:
-        children = [
-            int(child)
-            for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()
-        ]
-        return cpu_s(pid) + sum(map(cpu_seconds, children))
+        total = cpu_s(pid)
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return 0.0
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(cpu_seconds(int(child)) for child in children)
+    return total
 
 
 class CpuSampler:
