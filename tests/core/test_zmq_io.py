@@ -26,6 +26,7 @@ from qt_cli.core.zmq_io import (
     SubSource,
     missing_ranges,
 )
+from qt_cli.core.zmq_io.sub import TAIL_CHECK_EVERY_S, TailCheck
 from tests.helpers import eventually, tcp_endpoint
 
 T0 = 1_754_654_400 * NS_PER_S
@@ -457,6 +458,79 @@ def test_check_tail_recovers_what_no_later_seq_reveals(rig: Rig, ctx: zmq.Contex
         gaps = source.take_gaps()
         assert [(g.from_seq, g.to_seq, g.recovered) for g in gaps] == [(last + 1, last + 3, True)]
         assert source.check_tail() == 0
+    finally:
+        source.close()
+
+
+class SilentReplay:
+    """A ROUTER where a feed's replay endpoint would be that takes requests and never answers
+    (a feed that is down, seen from its subscribers): `ops()` drains the requests it got."""
+
+    def __init__(self, ctx: zmq.Context[Any]) -> None:
+        self.uri = tcp_endpoint()
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(self.uri)
+
+    def ops(self) -> list[bytes]:
+        got = []
+        while self.sock.poll(100, zmq.POLLIN):
+            frames = self.sock.recv_multipart()  # identity, protocol, request id, op, args
+            got.append(frames[3])
+        return got
+
+
+@pytest.fixture
+def silent_replay(ctx: zmq.Context[Any]) -> Iterator[SilentReplay]:
+    replay = SilentReplay(ctx)
+    yield replay
+    replay.sock.close(linger=0)
+
+
+def test_check_tail_asks_nothing_before_a_session_was_heard(
+    rig: Rig, silent_replay: SilentReplay, ctx: zmq.Context[Any]
+) -> None:
+    replay = silent_replay
+    source = SubSource(rig.pub_uri, replay=replay.uri, replay_timeout_s=0.2, context=ctx)
+    try:
+        assert source.check_tail() == 0  # nothing heard, nothing to compare: no wait either
+        assert replay.ops() == []
+        connected(source, rig.pub)
+        replay.ops()  # a probe missed while joining was asked for as a gap
+        with pytest.raises(UnavailableError, match="did not answer within 0.5 s"):
+            source.check_tail()
+        assert replay.ops() == [b"info"]
+    finally:
+        source.close()
+
+
+def test_tail_checks_back_off_while_the_replay_endpoint_does_not_answer(
+    rig: Rig, silent_replay: SilentReplay, ctx: zmq.Context[Any]
+) -> None:
+    replay = silent_replay
+    source = SubSource(rig.pub_uri, replay=replay.uri, replay_timeout_s=0.2, context=ctx)
+    now = [0.0]
+    try:
+        connected(source, rig.pub)
+        replay.ops()
+        tail = TailCheck(source, clock=lambda: now[0])
+        asked = []
+        for t, got_events in [
+            (0.5, False),  # quiet for less than TAIL_IDLE_S
+            (1.0, False),  # asks: no answer, next in 4 s
+            (3.0, False),
+            (5.0, False),  # asks: next in 8 s
+            (12.0, False),
+            (13.0, False),  # asks: next in 16 s
+            (14.0, True),  # a message: the feed is back, every 2 s again
+            (15.0, False),  # quiet for 1 s, 2 s after the last check: asks
+        ]:
+            now[0] = t
+            tail.after_read(got_events)
+            if replay.ops() == [b"info"]:
+                asked.append(t)
+        assert asked == [1.0, 5.0, 13.0, 15.0]
+        assert tail.every_s == 2 * TAIL_CHECK_EVERY_S
     finally:
         source.close()
 

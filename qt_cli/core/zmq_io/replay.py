@@ -201,9 +201,9 @@ class ReplayClient:
     - `fetch(session, from_seq, to_seq) -> (messages, missing)`: every page of the range;
       `messages` are (seq, topic, payload) in seq order, `missing` the inclusive (a, b) ranges
       the journal does not hold.
-    - `info() -> dict`: sessions the journal holds, with first/last seq.
+    - `info(timeout_s=None) -> dict`: sessions the journal holds, with first/last seq.
 
-    A request that gets no answer within `timeout_s` raises `ReplayTimeout` (an UnavailableError).
+    A request that gets no answer within `timeout_s` (or the call's own) raises `ReplayTimeout` (an UnavailableError).
     """
 
     def __init__(
@@ -237,19 +237,22 @@ class ReplayClient:
             self._sock.close(linger=0)
             self._sock = None
 
-    def request(self, op: bytes, *args: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    def request(
+        self, op: bytes, *args: bytes, timeout_s: float | None = None
+    ) -> tuple[dict[str, Any], list[bytes]]:
         """Send one request and wait for its reply: (header, the frames after it)."""
         sock = self._socket()
         self._counter += 1
         request_id = str(self._counter).encode()
         sock.send_multipart([PROTOCOL, request_id, op, *args])
-        deadline = time.monotonic() + self.timeout_s
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
                 self._reset()  # drop the stale request and any late answer
                 raise ReplayTimeout(
-                    f"replay endpoint {self.endpoint.uri} did not answer within {self.timeout_s:g} s"
+                    f"replay endpoint {self.endpoint.uri} did not answer within {timeout_s:g} s"
                 )
             frames = sock.recv_multipart()
             if len(frames) >= 3 and frames[0] == PROTOCOL and frames[1] == request_id:
@@ -297,8 +300,8 @@ class ReplayClient:
             start = page.next
         return messages, missing_ranges(from_seq, to_seq, [m[0] for m in messages])
 
-    def info(self) -> dict[str, Any]:
-        header, _ = self.request(b"info")
+    def info(self, timeout_s: float | None = None) -> dict[str, Any]:
+        header, _ = self.request(b"info", timeout_s=timeout_s)
         return dict(header.get("sessions", {}))
 
     def close(self) -> None:

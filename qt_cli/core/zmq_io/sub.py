@@ -4,6 +4,7 @@ recovers gaps through the replay endpoint."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -192,13 +193,17 @@ class SubSource:
 
         Asks the replay endpoint how far each session this source heard from is journaled and
         queues the missing seqs beyond what was received; the next `read()` calls fetch them.
-        Returns how many seqs were queued (0 without a replay endpoint or while recovering).
-        Raises UnavailableError when the replay endpoint does not answer.
+        Returns how many seqs were queued (0 without a replay endpoint, while recovering, or
+        before any session was heard: then there is nothing to compare and nothing is asked).
+        Raises UnavailableError when the replay endpoint does not answer within
+        TAIL_INFO_TIMEOUT_S (a short wait: the caller's loop is blocked meanwhile).
         """
         if self.replay is None or self._jobs:
             return 0
         self._flush_counts()
-        journaled = self.replay.info()
+        if not self.stats.sessions:
+            return 0
+        journaled = self.replay.info(timeout_s=TAIL_INFO_TIMEOUT_S)
         queued = 0
         for session in self.stats.sessions:
             last = int((journaled.get(session) or {}).get("last_seq") or 0)
@@ -491,6 +496,8 @@ def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
 FEW_MESSAGES = 4  # SubSource.read: up to this many, look before reading (see there)
 TAIL_IDLE_S = 1.0  # quiet this long before asking the replay endpoint
 TAIL_CHECK_EVERY_S = 2.0  # and at most this often
+TAIL_CHECK_MAX_S = 30.0  # while the endpoint does not answer, each wait doubles up to this
+TAIL_INFO_TIMEOUT_S = 0.5  # an `info` answers in milliseconds; a feed that is down costs this
 
 
 class TailCheck:
@@ -499,23 +506,32 @@ class TailCheck:
     When an input has been quiet for TAIL_IDLE_S, asks its SubSource (every TAIL_CHECK_EVERY_S
     at most) to compare what it received with what the feed journaled (`check_tail`); the
     missing seqs then arrive through the source's normal gap recovery. Runs on the thread that owns
-    the SubSource (the bridge's input threads, a derived stage's ZeroMQ input).
+    the SubSource (the bridge's input threads, a derived stage's ZeroMQ input), so a replay
+    endpoint that does not answer (the feed is down) blocks that thread for TAIL_INFO_TIMEOUT_S
+    per check: after each unanswered check the wait before the next doubles, up to
+    TAIL_CHECK_MAX_S, and an answer (or a message) brings it back to TAIL_CHECK_EVERY_S.
     """
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
-        self.quiet_since = time.monotonic()
-        self.last_check = 0.0
+        self._clock = clock
+        self.quiet_since = clock()
+        self.last_check = -math.inf
+        self.every_s = TAIL_CHECK_EVERY_S
 
     def after_read(self, got_events: bool) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if got_events:
             self.quiet_since = now
+            self.every_s = TAIL_CHECK_EVERY_S
             return
-        if now - self.quiet_since < TAIL_IDLE_S or now - self.last_check < TAIL_CHECK_EVERY_S:
+        if now - self.quiet_since < TAIL_IDLE_S or now - self.last_check < self.every_s:
             return
         self.last_check = now
         try:
             self.source.check_tail()
         except UnavailableError as exc:
-            log.debug("tail check of %s: %s", self.source.uri, exc)
+            self.every_s = min(self.every_s * 2, TAIL_CHECK_MAX_S)
+            log.debug("tail check of %s: %s (next in %g s)", self.source.uri, exc, self.every_s)
+        else:
+            self.every_s = TAIL_CHECK_EVERY_S
