@@ -39,9 +39,9 @@ from qt_cli.core.store.managed import ManagedValkey, free_port
 from qt_cli.core.store.writer import StreamWriter
 
 SYMBOLS = ("WDOQ25", "WINV25", "PETR4", "VALE3")
-N_RAW = 200_000
+N_RAW = 100_000
 N_SUSTAINED = 200_000
-SUSTAINED_RUNS = 5  # runs vary by ±10-15% on two shared cores: the median is reported
+SUSTAINED_RUNS = 3  # runs vary by ±10-15% on two shared cores: the median is reported
 LATENCY_RATE = 10_000
 LATENCY_SECONDS = 8
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from benchmarks.report import record, write_section
@@ -430,26 +431,15 @@ HISTORY_SESSIONS = 6
 HISTORY_ACTIVITY = 0.05
 
 
-def _numbered_sim(config) -> Iterator[list]:
-    """Batches of a simulated market's events, numbered per channel as `qt feed` numbers them."""
-    import dataclasses
-
-    from qt_cli.core.feed import channel_of
+def _sim_batches(config) -> Iterator[list]:
+    """Batches of a simulated market's events."""
     from qt_cli.core.sources.sim import SimulatedMarket
 
     market = SimulatedMarket(config)
     market.open()
-    seqs: dict[str, int] = {}
     try:
         while not market.finished:
-            batch = []
-            for event in market.read(0.0):
-                channel = channel_of(event)
-                seqs[channel] = seqs.get(channel, 0) + 1
-                batch.append(
-                    dataclasses.replace(event, session=f"bench.{channel}", seq=seqs[channel])
-                )
-            yield batch
+            yield market.read(0.0)
     finally:
         market.close()
 
@@ -468,7 +458,7 @@ def measure_history() -> dict:
         duration_s=HISTORY_SESSIONS * 9 * 3600,
         activity=HISTORY_ACTIVITY,
     )
-    trades = [e for batch in _numbered_sim(config) for e in batch if isinstance(e, Trade)]
+    trades = [e for batch in _sim_batches(config) for e in batch if isinstance(e, Trade)]
     frame = pd.DataFrame(
         {
             "symbol": [t.symbol for t in trades],
@@ -542,7 +532,6 @@ def measure_backfill() -> dict:
     import tempfile
     from pathlib import Path
 
-    import orjson
     import valkey
 
     from qt_cli.core.features.backfill import backfill, to_event, write_vectors
@@ -615,31 +604,38 @@ LIVE_TARGET = 20_000  # trades/s of one worker, `--every trade`
 
 
 def _store_day(directory, n_trades: int, url: str) -> tuple[int, int, float]:
-    """A seeded simulated day's first `n_trades` trades and their price-book events, stored
-    through the real bridge (`maxlen 0`) into the valkey-server at `url`; (trades, book, s)."""
+    """A seeded simulated day's first `n_trades` trades and their price-book events, numbered per
+    channel as `qt feed` numbers them and stored through the real bridge (`maxlen 0`) into the
+    valkey-server at `url`; (trades, book, s)."""
     from qt_cli.core.bridge import BridgeConfig, run_bridge
-    from qt_cli.core.files import JsonLinesSink
+    from qt_cli.core.feed import channel_of
     from qt_cli.core.sources.sim import SimConfig
 
     start = int(pd.Timestamp("2025-08-04T09:00", tz="America/Sao_Paulo").value)
     path = directory / "day.jsonl"
-    sink = JsonLinesSink(path)
+    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
     trades = book = 0
+    seqs: dict[str, int] = {}
     config = SimConfig(symbols=(SYMBOL,), seed=42, rate=0, start_ns=start, duration_s=9 * 3600)
-    for batch in _numbered_sim(config):
-        kept = []
-        for event in batch:
+    with path.open("wb") as out:
+        for batch in _sim_batches(config):
+            lines = []
+            for event in batch:
+                if trades >= n_trades:
+                    break
+                if isinstance(event, Trade):
+                    trades += 1
+                elif isinstance(event, BookUpdate):
+                    book += 1
+                channel = channel_of(event)
+                seq = seqs[channel] = seqs.get(channel, 0) + 1
+                wire = event.to_dict()  # the wire payload, with the feed's identity
+                wire["session"] = f"bench.{channel}"
+                wire["seq"] = seq
+                lines.append(orjson.dumps(wire, option=option))
+            out.write(b"".join(lines))
             if trades >= n_trades:
                 break
-            if isinstance(event, Trade):
-                trades += 1
-            elif isinstance(event, BookUpdate):
-                book += 1
-            kept.append(event)
-        sink.send(kept)
-        if trades >= n_trades:
-            break
-    sink.close()
     spill = directory / "spill"
     spill.mkdir(exist_ok=True)
     t0 = time.perf_counter()

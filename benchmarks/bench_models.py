@@ -53,7 +53,10 @@ HORIZON_TRADES = 100
 CALLS = 2000
 WARMUP = 300
 WRITE_BATCH = 100
-SLOW_CALLS = WARMUP + 1_000  # the bare scikit-learn calls take milliseconds each
+# The bare scikit-learn and legacy calls take milliseconds each (a forest's joblib dispatch
+# ~17 ms): fewer of them, after a shorter warm-up.
+SLOW_WARMUP = 50
+SLOW_CALLS = 500
 
 
 def vectors(seconds: int = SECONDS) -> tuple[np.ndarray, np.ndarray, list[FeatureVector]]:
@@ -104,20 +107,25 @@ def percentile_us(samples: list[int], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q)) / 1000.0
 
 
-def timed(call, args: list) -> list[int]:
-    for a in args[:WARMUP]:
+def timed(call, args: list, warmup: int = WARMUP) -> list[int]:
+    for a in args[:warmup]:
         call(a)
     out = []
     clock = time.thread_time_ns  # CPU time: other processes on a shared machine do not count
     gc.disable()
     try:
-        for a in args[WARMUP:]:
+        for a in args[warmup:]:
             t0 = clock()
             call(a)
             out.append(clock() - t0)
     finally:
         gc.enable()
     return out
+
+
+def slow_timed(call, args: list) -> list[int]:
+    """`timed` for the calls of milliseconds: SLOW_CALLS after SLOW_WARMUP."""
+    return timed(call, args[: SLOW_WARMUP + SLOW_CALLS], warmup=SLOW_WARMUP)
 
 
 def main() -> None:
@@ -270,7 +278,7 @@ def run() -> None:
             runner = OnnxRunner(loaded.onnx)
             session, out_names, in_name = runner.session, [runner.output], runner.input
             predictor = Predictor(loaded)
-            sk = timed(loaded.pipeline.predict_proba, arrays[:SLOW_CALLS])
+            sk = slow_timed(loaded.pipeline.predict_proba, arrays)
             run = session.run
             ort = timed(
                 lambda a, run=run, outs=out_names, name=in_name: run(outs, {name: a}), arrays
@@ -283,7 +291,7 @@ def run() -> None:
             results.append((model, sk, ort, pred, stage, write, diff))
         for name, path, bare in legacy_models(X, y, Path(tmp)):
             scorer, call = stage_path(path)
-            native = timed(bare, arrays[:SLOW_CALLS])
+            native = slow_timed(bare, arrays)
             stage = timed(call, seed_fields)
             assert scorer.counters["predictions"] == len(seed_fields), name
             write = write_us(client, call, seed_fields[WARMUP:], name)
@@ -296,7 +304,7 @@ def run() -> None:
         f"(`training.make_pipeline`) on {len(X):,} warm qt-set vectors of a seeded simulated "
         f"half hour (the features engine over the simulator), labels {HORIZON_TRADES} trades "
         f"ahead. Per call, {CALLS:,} vectors after {WARMUP} warm-up calls (the bare scikit-learn and "
-        f"legacy calls, milliseconds each: {SLOW_CALLS - WARMUP:,}), this thread's CPU "
+        f"legacy calls, milliseconds each: {SLOW_CALLS:,} after {SLOW_WARMUP}), this thread's CPU "
         "time (`thread_time_ns`, GC off; wall time on a busy shared machine adds preemptions to "
         "the tail): bare scikit-learn `predict_proba` on a pre-built 1×65 array (OpenMP limited "
         "to one thread); bare ONNX Runtime `session.run` on the same array (one thread); the "
