@@ -203,7 +203,8 @@ class ReplayClient:
       the journal does not hold.
     - `info(timeout_s=None) -> dict`: sessions the journal holds, with first/last seq.
 
-    A request that gets no answer within `timeout_s` (or the call's own) raises `ReplayTimeout` (an UnavailableError).
+    A request that gets no answer within `timeout_s` (or the call's own `timeout_s`) raises
+    `ReplayTimeout` (an UnavailableError).
     """
 
     def __init__(
