@@ -139,6 +139,8 @@ def register(app: typer.Typer, *, name: str, summary: str) -> None:
             spec.rate is not None or spec.seed is not None or spec.alpha is not None
         ):
             raise UsageError("--rate, --seed and --alpha apply to --sim only")
+        if not check_only:  # --check lists this beside its other checks
+            pipeline.checked_symbols(spec)
         if print_only:
             for line in pipeline.shell_lines(spec, settings):
                 sys.stdout.write(line + "\n")

@@ -177,6 +177,20 @@ def test_print_shows_one_shell_command_per_stage_and_starts_nothing(
     assert "--json" not in finished.stdout
 
 
+@pytest.mark.parametrize("mode", ["--print", "run"])
+def test_a_bad_symbol_is_refused_before_anything_starts(
+    qt: QtProcesses, tmp_path: Path, mode: str
+) -> None:
+    env = {**endpoints_env(), "QT_DATA_DIR": str(tmp_path)}
+    extra = ("--print",) if mode == "--print" else ()
+    finished = qt.run(*up_args(*extra, "--symbol", "WDO Q25"), env=env)
+    assert finished.returncode == 2, finished.output
+    assert "'WDO Q25' is not a ticker symbol" in finished.stderr
+    assert finished.stdout == ""  # no command printed
+    assert "[up] started" not in finished.stderr  # no stage, no managed Valkey
+    assert not (tmp_path / "valkey").exists()
+
+
 def write_pipeline(path: Path, valkey_url: str, model: str = "", **endpoints: str) -> Path:
     ends = {
         "ticks": tcp_endpoint(),

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from qt_cli.core.pipeline.check import Problem, check
+from qt_cli.core.pipeline.check import Problem, check, checked_symbols
 from qt_cli.core.pipeline.spec import (
     PASSWORD_ENV,
     PipelineSpec,
@@ -156,6 +156,7 @@ __all__ = [
     "Problem",
     "StageCommand",
     "check",
+    "checked_symbols",
     "load_spec",
     "run",
     "shell_lines",

@@ -44,7 +44,7 @@ def check(spec: PipelineSpec, settings: Any, url: str | None) -> tuple[list[str]
             ok.append(f"{label}: {note}" if note else label)
 
     run("source", lambda: _source(spec))
-    run("symbols", lambda: _symbols(spec))
+    run("symbols", lambda: checked_symbols(spec))
     run("feature set", lambda: f"{spec.set_name} ({len(feature_set(spec.set_name))} features)")
     run("every", lambda: (every_ns(spec.every), spec.every)[1])
     ends = resolved_endpoints(spec, settings)
@@ -74,7 +74,9 @@ def _source(spec: PipelineSpec) -> str:
     return str(path)
 
 
-def _symbols(spec: PipelineSpec) -> str:
+def checked_symbols(spec: PipelineSpec) -> str:
+    """The pipeline's symbols, comma-separated; UsageError naming the first that is not a
+    ticker symbol (a check that needs no host: `--print` and a run make it before anything)."""
     from qt_cli.core.errors import UsageError
     from qt_cli.core.pipeline.spec import default_symbols
 
