@@ -603,19 +603,16 @@ LIVE_TRADES = 30_000
 LIVE_TARGET = 20_000  # trades/s of one worker, `--every trade`
 
 
-def _store_day(directory, n_trades: int, url: str) -> tuple[int, int, float]:
-    """A seeded simulated day's first `n_trades` trades and their price-book events, numbered per
-    channel as `qt feed` numbers them and stored through the real bridge (`maxlen 0`) into the
-    valkey-server at `url`; (trades, book, s)."""
-    from qt_cli.core.bridge import BridgeConfig, run_bridge
+def _write_day(path, n_trades: int) -> tuple[int, int]:
+    """A seeded simulated day's first `n_trades` trades and their price-book events as JSON
+    lines at `path`, numbered per channel by the feed's own `Sequencer`; (trades, book)."""
     from qt_cli.core.feed import channel_of
+    from qt_cli.core.journal import Sequencer
     from qt_cli.core.sources.sim import SimConfig
 
     start = int(pd.Timestamp("2025-08-04T09:00", tz="America/Sao_Paulo").value)
-    path = directory / "day.jsonl"
-    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
     trades = book = 0
-    seqs: dict[str, int] = {}
+    sequencers: dict[str, Sequencer] = {}
     config = SimConfig(symbols=(SYMBOL,), seed=42, rate=0, start_ns=start, duration_s=9 * 3600)
     with path.open("wb") as out:
         for batch in _sim_batches(config):
@@ -628,14 +625,23 @@ def _store_day(directory, n_trades: int, url: str) -> tuple[int, int, float]:
                 elif isinstance(event, BookUpdate):
                     book += 1
                 channel = channel_of(event)
-                seq = seqs[channel] = seqs.get(channel, 0) + 1
-                wire = event.to_dict()  # the wire payload, with the feed's identity
-                wire["session"] = f"bench.{channel}"
-                wire["seq"] = seq
-                lines.append(orjson.dumps(wire, option=option))
+                sequencer = sequencers.get(channel)
+                if sequencer is None:
+                    sequencer = sequencers[channel] = Sequencer(f"bench.{channel}")
+                lines += [payload + b"\n" for _, payload in sequencer.encode((event,))]
             out.write(b"".join(lines))
             if trades >= n_trades:
                 break
+    return trades, book
+
+
+def _store_day(directory, n_trades: int, url: str) -> tuple[int, int, float]:
+    """`_write_day`'s events stored through the real bridge (`maxlen 0`) into the valkey-server
+    at `url`; (trades, book, s of the store)."""
+    from qt_cli.core.bridge import BridgeConfig, run_bridge
+
+    path = directory / "day.jsonl"
+    trades, book = _write_day(path, n_trades)
     spill = directory / "spill"
     spill.mkdir(exist_ok=True)
     t0 = time.perf_counter()
