@@ -364,7 +364,8 @@ def main() -> None:
         "(**relays**): the same feed, bridge and Valkey, with `qt features` and `qt predict` "
         "replaced by two Python processes that only decode each message and re-encode the "
         "trades (`benchmarks/relay.py`): the same hops and the same bursts, none of the stages' "
-        "work.",
+        "work (the ZeroMQ path's floor; through Valkey there are more hops, so it bounds that "
+        "path from below too).",
         "",
         "| path | sim rate (events/s) | trades/s | signals measured | p50 ms | p99 ms "
         "| p99.9 ms | target p99 (at 5k) | trades sent at once, p99 | CPU, % of a core: feed · "
